@@ -1,0 +1,368 @@
+"""Arithmetic data, the one encode function, fixed-shape batches and a resumable batch order.
+
+Definitions (DESIGN.md §2, §3):
+- An `Example` is `prompt` + `answer`, where `answer` is the exact text that continues the prompt:
+  the model is trained on the string `prompt + answer`, and a generated answer is compared after `.strip()`.
+  Symbolic prompts end with a space (the seed's `"7 * 8 = "`), so their answer is `"56"`; semantic prompts
+  end with `?`, so their answer carries the separating space, `" 56"`. Both keep the readout position on the
+  prompt's own last token (the trailing space or the `?`).
+- `encode_example` is the only way an example becomes token ids (train, eval, lens, probes): prompt and
+  answer are encoded jointly, and the prompt's own encoding must be a prefix of the joint one.
+- Readout position = `prompt_len - 1` everywhere. The answer loss is shifted: the logits at position
+  `prompt_len - 1 + j` predict the answer token `ids[prompt_len + j]` (ORIGINAL_DEFECTS #1, #2).
+- Every random choice takes an explicit seed; the batch for a training step is a pure function of
+  `(seed, step)`, so resuming at step k needs only k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from lazarus_jax.errors import UserError
+
+OPERATIONS = ("multiply", "add", "subtract", "divide")
+FORMATS = ("symbolic", "semantic")
+SYMBOLS = {"multiply": "*", "add": "+", "subtract": "-", "divide": "/"}
+WORDS = {"multiply": "times", "add": "plus", "subtract": "minus", "divide": "divided by"}
+
+# The 8 prompts the seed's evaluation table reports, as (a, operation, b).
+SEED_TRIPLES = (
+    (7, "multiply", 8), (12, "multiply", 5),
+    (23, "add", 45), (17, "add", 38),
+    (50, "subtract", 23), (89, "subtract", 34),
+    (48, "divide", 6), (81, "divide", 9),
+)
+
+# Defaults for make_splits: hundreds of held-out triples per operation (ORIGINAL_DEFECTS #9), but never
+# more than half of an operation's triples, so division (144 triples) keeps 72 for evaluation, 72 for training.
+DEFAULT_EVAL_PER_OP = 200
+DEFAULT_MAX_EVAL_FRACTION = 0.5
+DEFAULT_MAX_ANSWER_TOKENS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  prompt: str
+  answer: str  # exact continuation of the prompt (see module docstring)
+  operation: str
+  a: int | None
+  b: int | None
+  fmt: str  # "symbolic", "semantic", or "jsonl" for user rows
+
+  @property
+  def triple(self) -> tuple[int | None, str, int | None]:
+    return (self.a, self.operation, self.b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  train: list[Example]
+  eval: list[Example]
+  seed_prompts: list[Example]  # the seed's 8 prompts in each format; a subset of eval
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  ids: list[int]
+  prompt_len: int
+
+  @property
+  def readout(self) -> int:
+    return self.prompt_len - 1
+
+  @property
+  def answer_ids(self) -> list[int]:
+    return self.ids[self.prompt_len:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def compute(a: int, operation: str, b: int) -> int:
+  if operation == "multiply":
+    return a * b
+  if operation == "add":
+    return a + b
+  if operation == "subtract":
+    return a - b
+  if operation == "divide":
+    assert a % b == 0, (a, b)  # the generator only makes exact divisions
+    return a // b
+  raise UserError(f"unknown operation {operation!r}: use one of {', '.join(OPERATIONS)}")
+
+
+def all_pairs(operation: str) -> list[tuple[int, int]]:
+  """Every (a, b) the seed's ranges allow for `operation`, in a fixed order."""
+  if operation in ("multiply", "add"):
+    return [(a, b) for a in range(1, 51) for b in range(1, 51)]
+  if operation == "subtract":
+    return [(a, b) for a in range(10, 101) for b in range(1, a + 1)]
+  if operation == "divide":
+    return [(b * k, b) for b in range(1, 13) for k in range(1, 13)]
+  raise UserError(f"unknown operation {operation!r}: use one of {', '.join(OPERATIONS)}")
+
+
+def make_example(a: int, operation: str, b: int, fmt: str) -> Example:
+  value = str(compute(a, operation, b))
+  if fmt == "symbolic":
+    prompt, answer = f"{a} {SYMBOLS[operation]} {b} = ", value
+  elif fmt == "semantic":
+    prompt, answer = f"What is {a} {WORDS[operation]} {b}?", " " + value
+  else:
+    raise UserError(f"unknown data format {fmt!r}: use one of {', '.join(FORMATS)}")
+  return Example(prompt=prompt, answer=answer, operation=operation, a=a, b=b, fmt=fmt)
+
+
+def make_splits(formats: Sequence[str] = ("symbolic",),
+                n_eval_per_op: int = DEFAULT_EVAL_PER_OP,
+                seed: int = 0,
+                max_eval_fraction: float = DEFAULT_MAX_EVAL_FRACTION,
+                operations: Sequence[str] = OPERATIONS) -> Splits:
+  """Train / held-out eval split over (a, operation, b) triples, rendered in every requested format.
+
+  Per operation, `min(n_eval_per_op, floor(max_eval_fraction * n_triples))` triples go to eval, chosen
+  with `np.random.default_rng([seed, operation_index])`; the seed's prompts are always among them (they
+  count towards the number). Defaults (200, 0.5) give 200 eval triples for multiply/add/subtract and 72 of
+  division's 144, so every operation keeps training data. A triple is in eval in *every* format and in train
+  in none, so no format leaks a held-out problem. Train holds all remaining triples in every format (2300 /
+  2300 / 4805 / 72 per format with the defaults); sample it balanced with `batch_indices(..., labels=...)`.
+  Lists are ordered by operation, then format, then triple (eval: seed triples first).
+  """
+  formats = list(formats)
+  if not formats:
+    raise UserError("data.formats is empty: choose at least one of symbolic, semantic")
+  for fmt in formats:
+    if fmt not in FORMATS:
+      raise UserError(f"unknown data format {fmt!r}: use one of {', '.join(FORMATS)}")
+  if len(set(formats)) != len(formats):
+    raise UserError(f"data.formats lists a format twice ({formats}): list each once")
+  for op in operations:
+    if op not in OPERATIONS:
+      raise UserError(f"unknown operation {op!r}: use one of {', '.join(OPERATIONS)}")
+  if not 0.0 < max_eval_fraction < 1.0:
+    raise UserError(f"max_eval_fraction={max_eval_fraction} must be in (0, 1) so training keeps data")
+  _check_seed(seed)
+
+  train, evals, seeds = [], [], []
+  for op_index, op in enumerate(OPERATIONS):
+    if op not in operations:
+      continue
+    pairs = all_pairs(op)
+    seed_pairs = [(a, b) for a, o, b in SEED_TRIPLES if o == op]
+    n_eval = min(n_eval_per_op, int(max_eval_fraction * len(pairs)))
+    if n_eval < len(seed_pairs):
+      raise UserError(
+          f"n_eval_per_op={n_eval_per_op} is below the {len(seed_pairs)} seed prompts of {op!r}: "
+          f"use at least {len(seed_pairs)}")
+    seed_set = set(seed_pairs)
+    rest = [p for p in pairs if p not in seed_set]
+    rng = np.random.default_rng([seed, op_index])
+    picked = rng.choice(len(rest), size=n_eval - len(seed_pairs), replace=False)
+    eval_pairs = seed_pairs + [rest[i] for i in sorted(picked)]
+    eval_set = set(eval_pairs)
+    train_pairs = [p for p in pairs if p not in eval_set]
+    for fmt in formats:
+      evals += [make_example(a, op, b, fmt) for a, b in eval_pairs]
+      train += [make_example(a, op, b, fmt) for a, b in train_pairs]
+      seeds += [make_example(a, op, b, fmt) for a, b in seed_pairs]
+  return Splits(train=train, eval=evals, seed_prompts=seeds)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# User JSONL
+
+
+def load_jsonl(path: str, operations: Sequence[str] = OPERATIONS) -> list[Example]:
+  """Rows `{"prompt": str, "response": str, "operation": str}`, one JSON object a line; blank lines skipped.
+
+  `response` is used verbatim as the answer (the exact continuation of the prompt). `operations` is the
+  ordered label list the caller trains on; a row with any other operation is an error, never silently
+  mapped (ORIGINAL_DEFECTS #8).
+  """
+  if not os.path.isfile(path):
+    raise UserError(f"data file {path} does not exist: check data.jsonl_path")
+  examples = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_no}"
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{where}: malformed JSON ({e.msg}): write one JSON object per line") from None
+      if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object with prompt, response, operation")
+      for field in ("prompt", "response", "operation"):
+        if field not in row:
+          raise UserError(f"{where}: missing field {field!r}: each row needs prompt, response, operation")
+        if not isinstance(row[field], str) or not row[field]:
+          raise UserError(f"{where}: field {field!r} must be a non-empty string")
+      if row["operation"] not in operations:
+        raise UserError(f"{where}: unknown operation {row['operation']!r}: use one of {', '.join(operations)}")
+      examples.append(Example(prompt=row["prompt"], answer=row["response"], operation=row["operation"],
+                              a=None, b=None, fmt="jsonl"))
+  if not examples:
+    raise UserError(f"{path} holds no rows: add JSON lines with prompt, response, operation")
+  return examples
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode_prompt(tok, prompt: str) -> list[int]:
+  """Token ids of a prompt alone (eval generation, lens, probes): exactly the prefix `encode_example` uses."""
+  return tok.encode(prompt)
+
+
+def encode_example(tok, prompt: str, answer: str, append_eos: bool) -> Encoded:
+  """Encodes `prompt + answer` jointly; the prompt's own tokens must be a prefix (ORIGINAL_DEFECTS #3, #5)."""
+  prompt_ids = encode_prompt(tok, prompt)
+  if not prompt_ids:
+    raise UserError(f"prompt {prompt!r} encodes to no tokens (and the tokenizer adds no BOS): use a non-empty prompt")
+  ids = tok.encode(prompt + answer)
+  if ids[:len(prompt_ids)] != prompt_ids:
+    raise UserError(
+        f"prompt {prompt!r} and answer {answer!r} do not tokenize at the boundary: the prompt's last token "
+        f"merges with the start of the answer; move the separating whitespace into the answer "
+        f"(e.g. prompt {prompt.rstrip()!r}, answer {(prompt[len(prompt.rstrip()):] + answer)!r}) "
+        "or end the prompt with a character the tokenizer keeps apart")
+  if append_eos:
+    if tok.eos_id is None:
+      raise UserError("data.append_eos=True but the tokenizer has no EOS token: set data.append_eos=False")
+    ids = ids + [tok.eos_id]
+  return Encoded(ids=list(ids), prompt_len=len(prompt_ids))
+
+
+def encode_examples(tok, examples: Sequence[Example], append_eos: bool) -> list[Encoded]:
+  return [encode_example(tok, ex.prompt, ex.answer, append_eos) for ex in examples]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def choose_seq_len(encoded_list: Sequence[Encoded], multiple: int = 16) -> int:
+  """The longest example rounded up to `multiple`: one fixed length, so the jitted step compiles once."""
+  if not encoded_list:
+    raise UserError("no examples to size a batch from: the data set is empty")
+  longest = max(len(e.ids) for e in encoded_list)
+  return -(-longest // multiple) * multiple
+
+
+def label_index(label: str, label_names: Sequence[str]) -> int:
+  try:
+    return list(label_names).index(label)
+  except ValueError:
+    raise UserError(f"unknown label {label!r}: the classes are {', '.join(label_names)}") from None
+
+
+def collate(encoded_list: Sequence[Encoded], labels: Sequence[str], seq_len: int,
+            max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS, pad_id: int = 0,
+            label_names: Sequence[str] = OPERATIONS) -> dict[str, np.ndarray]:
+  """Fixed-shape numpy batch [B, seq_len] / [B, max_answer_tokens].
+
+  tokens/mask: ids padded with pad_id, mask 1 on real tokens. readout: prompt_len - 1. label: index of the
+  example's label in `label_names`. answer_pos/answer_target/answer_weight: slot j holds the position whose
+  logits predict answer token j (prompt_len - 1 + j), that token (ids[prompt_len + j], EOS included when
+  appended) and weight 1; unused slots have pos 0, target pad_id, weight 0.
+  """
+  if len(labels) != len(encoded_list):
+    raise ValueError(f"{len(labels)} labels for {len(encoded_list)} examples")
+  n = len(encoded_list)
+  tokens = np.full((n, seq_len), pad_id, np.int32)
+  mask = np.zeros((n, seq_len), np.int32)
+  readout = np.zeros((n,), np.int32)
+  label = np.zeros((n,), np.int32)
+  answer_pos = np.zeros((n, max_answer_tokens), np.int32)
+  answer_target = np.full((n, max_answer_tokens), pad_id, np.int32)
+  answer_weight = np.zeros((n, max_answer_tokens), np.float32)
+  for i, (enc, lab) in enumerate(zip(encoded_list, labels)):
+    if len(enc.ids) > seq_len:
+      raise UserError(f"an example has {len(enc.ids)} tokens, more than seq_len={seq_len}: raise data.seq_len")
+    n_answer = len(enc.ids) - enc.prompt_len
+    if n_answer > max_answer_tokens:
+      raise UserError(
+          f"an answer has {n_answer} tokens, more than max_answer_tokens={max_answer_tokens}: "
+          "raise data.max_answer_tokens")
+    tokens[i, :len(enc.ids)] = enc.ids
+    mask[i, :len(enc.ids)] = 1
+    readout[i] = enc.prompt_len - 1
+    label[i] = label_index(lab, label_names)
+    # Shifted: logits at t predict token t+1 (ORIGINAL_DEFECTS #1).
+    answer_pos[i, :n_answer] = np.arange(enc.prompt_len - 1, enc.prompt_len - 1 + n_answer)
+    answer_target[i, :n_answer] = enc.ids[enc.prompt_len:]
+    answer_weight[i, :n_answer] = 1.0
+  return dict(tokens=tokens, mask=mask, readout=readout, label=label,
+              answer_pos=answer_pos, answer_target=answer_target, answer_weight=answer_weight)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batch order
+
+
+def _check_seed(seed) -> None:
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise UserError(f"seed={seed!r} must be a non-negative integer")
+
+
+def _stream(n: int, positions: np.ndarray, key: Sequence[int]) -> np.ndarray:
+  """Indices at `positions` of an endless stream of per-epoch permutations of range(n)."""
+  out = np.empty(len(positions), np.int64)
+  epochs = positions // n
+  for epoch in np.unique(epochs):
+    perm = np.random.default_rng([*key, int(epoch)]).permutation(n)
+    sel = epochs == epoch
+    out[sel] = perm[positions[sel] % n]
+  return out
+
+
+def batch_indices(n_examples: int, batch_size: int, step: int, seed: int,
+                  labels: Sequence | None = None) -> np.ndarray:
+  """Example indices of the global batch at `step`: a pure function of (seed, step), so resume needs only step.
+
+  Without labels: the examples in per-epoch permutations (`default_rng([seed, epoch])`), read as one stream;
+  batch `step` is stream positions [step * batch_size, (step + 1) * batch_size), so a batch may straddle
+  an epoch boundary and no example is dropped.
+  With labels (one per example): balanced by class. Global slot p = step * batch_size + j belongs to
+  class p mod K (classes in sorted order), at position p // K of that class's own stream of per-epoch
+  permutations (`default_rng([seed, 1 + class_index, epoch])`), so every batch holds each class
+  batch_size / K times (±1 when K does not divide batch_size) however unequal the classes' sizes.
+  """
+  _check_seed(seed)
+  if n_examples <= 0:
+    raise UserError("the training set is empty: check data.formats / data.jsonl_path")
+  if batch_size <= 0:
+    raise UserError(f"batch_size={batch_size} must be positive")
+  if step < 0:
+    raise ValueError(f"step={step} must be non-negative")
+  positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+  if labels is None:
+    return _stream(n_examples, positions, [seed])
+  labels = list(labels)
+  if len(labels) != n_examples:
+    raise ValueError(f"{len(labels)} labels for {n_examples} examples")
+  classes = sorted(set(labels))
+  members = {c: np.array([i for i, lab in enumerate(labels) if lab == c], np.int64) for c in classes}
+  k = len(classes)
+  out = np.empty(batch_size, np.int64)
+  for ci, c in enumerate(classes):
+    sel = positions % k == ci
+    out[sel] = members[c][_stream(len(members[c]), positions[sel] // k, [seed, 1 + ci])]
+  return out
+
+
+def process_slice(global_indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+  """This process's contiguous share of the global batch (multi-host: each host loads only its rows)."""
+  n = len(global_indices)
+  if n % process_count:
+    raise UserError(f"batch size {n} is not divisible by the {process_count} processes: pick a multiple")
+  per = n // process_count
+  return np.asarray(global_indices)[process_index * per:(process_index + 1) * per]
