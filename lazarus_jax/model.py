@@ -1,0 +1,294 @@
+"""A Llama-family decoder in Flax NNX.
+
+One style end to end: the decoder blocks' weights are stacked over layers (leading axis `layers`) and the
+blocks run as a `jax.lax.scan` over that stack. LoRA adapters (see `lora.py`) live on the model as
+`LoRAParam` variables stacked over the adapted layer range only, so the scan is split into three segments
+(below / inside / above the adapted range) and no backward pass runs below the lowest adapted layer.
+
+Layer indexing (DESIGN.md §2): the residual stream recorded in the `residual` intermediate has n_layers+1
+rows; row 0 is the embedding output and row L+1 is the residual stream after block L (HF `hidden_states[L+1]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# Projection names, shared with LoRA targets and the HF name map.
+ATTN_PROJS = ("q", "k", "v", "o")
+MLP_PROJS = ("gate", "up", "down")
+PROJS = ATTN_PROJS + MLP_PROJS
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  # Sorted (key, value) items of HF's `rope_scaling` dict (hashable: the config is static under jit).
+  rope_scaling: tuple | None = None
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 2048
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
+  remat: str = "none"  # none | full | dots (save matmul outputs)
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
+    """From an HF `config.json` dict (LlamaConfig keys)."""
+    heads = hf["num_attention_heads"]
+    # transformers v5 writes `rope_parameters` (theta + scaling); v4 wrote `rope_theta` + `rope_scaling`.
+    rope = dict(hf.get("rope_parameters") or {})
+    rope.update(hf.get("rope_scaling") or {})
+    rope_theta = hf.get("rope_theta") or rope.pop("rope_theta", 10000.0)
+    rope.pop("rope_theta", None)
+    scaling = tuple(sorted((k, v) for k, v in rope.items() if not isinstance(v, (list, dict)))) or None
+    kw = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope_theta),
+        rope_scaling=scaling,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+    )
+    kw.update(overrides)
+    return cls(**kw)
+
+  @property
+  def rope_scaling_dict(self) -> dict | None:
+    return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+  """RoPE inverse frequencies [head_dim/2], with llama3 or linear scaling as HF configures it."""
+  dim = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+  scaling = cfg.rope_scaling_dict
+  if not scaling:
+    return inv_freq.astype(np.float32)
+  kind = scaling.get("rope_type", scaling.get("type"))
+  if kind in (None, "default"):
+    return inv_freq.astype(np.float32)
+  if kind == "linear":
+    return (inv_freq / scaling["factor"]).astype(np.float32)
+  if kind == "llama3":
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_ctx = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+  from lazarus_jax.errors import UserError
+  raise UserError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)")
+
+
+def apply_rope(x, cos, sin):
+  """Rotate-half RoPE (HF's layout). x [B,T,H,hd]; cos/sin [B,T,hd]."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def rms_norm(x, weight, eps, out_dtype):
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (weight.astype(jnp.float32) * x32).astype(out_dtype)
+
+
+class LoRAParam(nnx.Variable):
+  """Trainable adapter weights; the base model's `nnx.Param`s stay frozen."""
+
+
+def _param(value, axes):
+  return nnx.Param(value, logical_axes=axes)
+
+
+# Shapes (in, out) and logical axes of each stacked projection, per layer.
+def proj_shapes(cfg: LlamaConfig) -> dict[str, tuple[tuple[int, int], tuple[str, str]]]:
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  return {
+      "q": ((d, q), ("embed", "heads")),
+      "k": ((d, kv), ("embed", "kv_heads")),
+      "v": ((d, kv), ("embed", "kv_heads")),
+      "o": ((q, d), ("heads", "embed")),
+      "gate": ((d, f), ("embed", "mlp")),
+      "up": ((d, f), ("embed", "mlp")),
+      "down": ((f, d), ("mlp", "embed")),
+  }
+
+
+class DecoderStack(nnx.Module):
+  """All decoder blocks' weights, stacked over layers. Projections are stored [layers, in, out]."""
+
+  def __init__(self, cfg: LlamaConfig, weights: dict | None, rngs: nnx.Rngs):
+    n, dtype = cfg.num_layers, jnp.dtype(cfg.param_dtype)
+    init = nnx.initializers.normal(0.02)
+    for name, ((din, dout), axes) in proj_shapes(cfg).items():
+      value = weights[name] if weights else init(rngs.params(), (n, din, dout), dtype)
+      setattr(self, name, _param(jnp.asarray(value, dtype), ("layers",) + axes))
+    for name in ("attn_norm", "mlp_norm"):
+      value = weights[name] if weights else jnp.ones((n, cfg.hidden_size), dtype)
+      setattr(self, name, _param(jnp.asarray(value, dtype), ("layers", "norm")))
+
+
+class LlamaModel(nnx.Module):
+  """Llama decoder. `weights` (our layout, see `convert.py`) or random init when None."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, weights: dict | None = None):
+    self.cfg = cfg
+    dtype = jnp.dtype(cfg.param_dtype)
+    w = weights or {}
+    init = nnx.initializers.normal(0.02)
+    embed = w.get("embed")
+    if embed is None:
+      embed = init(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dtype)
+    self.embed = _param(jnp.asarray(embed, dtype), ("vocab", "embed"))
+    self.layers = DecoderStack(cfg, w.get("layers"), rngs)
+    final_norm = w.get("final_norm")
+    self.final_norm = _param(
+        jnp.asarray(final_norm if final_norm is not None else jnp.ones((cfg.hidden_size,)), dtype),
+        ("norm",))
+    if not cfg.tie_word_embeddings:
+      lm_head = w.get("lm_head")
+      if lm_head is None:
+        lm_head = init(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dtype)
+      self.lm_head = _param(jnp.asarray(lm_head, dtype), ("vocab", "embed"))
+    self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(cfg)))  # a constant, not a Param
+    self.lora = None  # set by lora.add_lora
+
+  # ---- readout ---------------------------------------------------------------------------------
+  def unembed_matrix(self):
+    return (self.embed if self.cfg.tie_word_embeddings else self.lm_head)[...]
+
+  def lens(self, h):
+    """Logit lens: unembed(final_norm(h)) in float32 logits. h [..., D]."""
+    cdt = jnp.dtype(self.cfg.compute_dtype)
+    x = rms_norm(h, self.final_norm[...], self.cfg.rms_norm_eps, cdt)
+    w = self.unembed_matrix().astype(cdt)
+    return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
+
+  # ---- trunk -----------------------------------------------------------------------------------
+  def trunk(self, tokens, mask=None, positions=None):
+    """Runs the decoder blocks. Returns the residual stream stack [n_layers+1, B, T, D].
+
+    tokens [B,T] int; mask [B,T] (1 = real token) masks padded keys; positions default to 0..T-1.
+    The stack is also sown as the `residual` intermediate.
+    """
+    cfg = self.cfg
+    cdt = jnp.dtype(cfg.compute_dtype)
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if mask is None:
+      mask = jnp.ones((b, t), jnp.int32)
+    angles = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    cos, sin = jnp.cos(angles).astype(cdt), jnp.sin(angles).astype(cdt)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    allowed = causal[None, :, :] & (mask[:, None, :] > 0)  # [B, Tq, Tk]
+    bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]  # [B,1,1,Tq,Tk]
+
+    h = self.embed[...][tokens].astype(cdt)
+    layer_weights = {name: getattr(self.layers, name)[...] for name in PROJS + ("attn_norm", "mlp_norm")}
+    lora = self.lora
+    lo, hi = (lora.layer_start, lora.layer_end) if lora is not None else (cfg.num_layers, cfg.num_layers)
+    lora_weights = lora.stacked_weights() if lora is not None else None
+
+    block = make_block(cfg, cos, sin, bias, lora.scale if lora is not None else 0.0)
+    outs = [h[None]]
+    for start, end, adapters in ((0, lo, None), (lo, hi, lora_weights), (hi, cfg.num_layers, None)):
+      if end <= start:
+        continue
+      seg = jax.tree.map(lambda x: x[start:end], layer_weights)
+      h, ys = jax.lax.scan(block, h, (seg, adapters))
+      outs.append(ys)
+    stack = jnp.concatenate(outs, axis=0)
+    self.sow(nnx.Intermediate, "residual", stack)
+    return stack
+
+  def __call__(self, tokens, mask=None, positions=None):
+    """Final-layer logits [B,T,V] (float32)."""
+    return self.lens(residual_stream(self, tokens, mask, positions)[-1])
+
+
+def make_block(cfg: LlamaConfig, cos, sin, bias, lora_scale: float):
+  """The scanned block: (h, (layer weights, adapters)) -> (h, h)."""
+
+  def block(h, xs):
+    weights, adapters = xs
+    h = decoder_block(cfg, weights, adapters, lora_scale, h, cos, sin, bias)
+    return h, h
+
+  if cfg.remat == "full":
+    block = jax.checkpoint(block)
+  elif cfg.remat == "dots":
+    block = jax.checkpoint(block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  elif cfg.remat != "none":
+    from lazarus_jax.errors import UserError
+    raise UserError(f"model.remat={cfg.remat!r} is not one of none, full, dots")
+  return block
+
+
+def project(x, weights, adapters, lora_scale, name, cdt):
+  """x @ W (+ LoRA: scale * (x @ A) @ B), matmuls in the compute dtype with float32 accumulation."""
+  y = jnp.einsum("btd,df->btf", x, weights[name].astype(cdt))
+  if adapters is not None and name in adapters:
+    a, b_ = adapters[name]
+    xa = jnp.einsum("btd,dr->btr", x, a.astype(cdt))
+    y = y + (lora_scale * jnp.einsum("btr,rf->btf", xa, b_.astype(cdt))).astype(y.dtype)
+  return y
+
+
+def attention(q, k, v, bias):
+  """Grouped-query attention. q [B,T,H,hd], k/v [B,S,KV,hd], bias [B,1,1,T,S] -> [B,T,H*hd]."""
+  b, t, h, hd = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, t, kv, h // kv, hd)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(hd)) + bias
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h * hd)
+
+
+def decoder_block(cfg: LlamaConfig, w, adapters, lora_scale, h, cos, sin, bias):
+  cdt = jnp.dtype(cfg.compute_dtype)
+  b, t, _ = h.shape
+  x = rms_norm(h, w["attn_norm"], cfg.rms_norm_eps, cdt)
+  q = project(x, w, adapters, lora_scale, "q", cdt).reshape(b, t, cfg.num_heads, cfg.head_dim)
+  k = project(x, w, adapters, lora_scale, "k", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+  v = project(x, w, adapters, lora_scale, "v", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  h = h + project(attention(q, k, v, bias), w, adapters, lora_scale, "o", cdt).astype(h.dtype)
+  x = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps, cdt)
+  gated = jax.nn.silu(project(x, w, adapters, lora_scale, "gate", cdt)) * project(x, w, adapters, lora_scale, "up", cdt)
+  return h + project(gated, w, adapters, lora_scale, "down", cdt).astype(h.dtype)
+
+
+def residual_stream(model: LlamaModel, tokens, mask=None, positions=None):
+  """The residual stream [n_layers+1, B, T, D], read from the model's `residual` intermediate."""
+  _, intermediates = nnx.capture(model.trunk, nnx.Intermediate)(tokens, mask, positions)
+  return intermediates["residual"].get_value()[0]
