@@ -177,7 +177,7 @@ class LlamaModel(nnx.Module):
         lm_head = init(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dtype)
       self.lm_head = _param(jnp.asarray(lm_head, dtype), ("vocab", "embed"))
     self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(cfg)))  # a constant, not a Param
-    self.lora = None  # set by lora.add_lora
+    self.lora = nnx.data(None)  # set by lora.add_lora
 
   # ---- readout ---------------------------------------------------------------------------------
   def unembed_matrix(self):

@@ -14,7 +14,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from lazarus_jax.tokenizer import Tokenizer
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
-_WORDS = ("multiply add subtract divide times plus minus divided by What is the answer operation "
+_WORDS = ("the operation is multiply add subtract divide times plus minus divided by What is the answer "
           "sum difference product quotient")
 
 

@@ -1,0 +1,79 @@
+"""Default configuration; each `configs/<name>.py` starts from `default_config()` and changes what differs.
+
+Every key is documented here, once. Configs are locked, so a mistyped `--config.<key>` fails at start.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lazarus_jax.sharding import DEFAULT_RULES
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.resume = False  # continue the run in --workdir from its latest checkpoint
+  c.overwrite = False  # replace a run in --workdir that has a different config
+  c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.source = "smollm2-135m"  # embedded name, HF dir, .gguf file or hub id
+  c.model.path = ""  # if set, overrides model.source (a local dir / file / hub id)
+  c.model.param_dtype = "float32"
+  c.model.compute_dtype = "float32"  # bfloat16 on accelerators; adapters and optimizer stay float32
+  c.model.remat = "none"  # none | full | dots
+
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 32
+  c.lora.alpha = 64.0  # scale = alpha / rank (PEFT)
+  c.lora.targets = "v,o"  # any of q,k,v,o,gate,up,down
+  c.lora.layer_start = 0
+  c.lora.layer_end = -1  # exclusive; -1 = all layers
+
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.layer = -1  # block index L; -1 = int(n_layers * layer_fraction)
+  c.classifier.layer_fraction = 0.55
+  c.classifier.weight = 0.7  # w in total = w * classifier_loss + (1 - w) * answer_loss
+  c.classifier.restrict_to_classes = False  # softmax over the class tokens only
+  c.classifier.allow_target_in_prompt = False
+  c.classifier.targets = ml_collections.ConfigDict(
+      {"multiply": "multiply", "add": "add", "subtract": "subtract", "divide": "divide"})
+
+  c.data = ml_collections.ConfigDict()
+  c.data.format = "symbolic"  # symbolic | semantic | symbolic,semantic
+  c.data.jsonl = ""  # optional user data {prompt, response, operation} replacing the generator's train split
+  c.data.n_eval_per_op = 200
+  c.data.append_eos = True
+  c.data.max_answer_tokens = 8
+  c.data.seq_len = 0  # 0 = the longest example rounded up to 16
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 8
+  c.train.lr = 5e-4
+  c.train.warmup_steps = 50
+  c.train.end_lr_fraction = 0.1  # cosine decay to lr * this
+  c.train.weight_decay = 0.0
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.grad_clip = 1.0
+  c.train.grad_accum_steps = 1
+  c.train.log_every = 10
+  c.train.checkpoint_every = 100
+  c.train.max_to_keep = 3
+  c.train.max_consecutive_nonfinite = 5  # stop after this many skipped (non-finite) updates in a row
+  c.train.table_steps = (100, 500, 1000)  # rows of the final training table
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 fills the device count
+  c.mesh.rules = DEFAULT_RULES
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.enabled = True  # train runs the evaluation into <workdir>/eval at the end
+  c.eval.adapter = "workdir"  # workdir | none | <adapter dir>
+  c.eval.max_examples_per_op = 200
+  c.eval.batch_size = 32
+  c.eval.generate = True
+  c.eval.max_new_tokens = 8
+  return c

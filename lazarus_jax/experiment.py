@@ -1,0 +1,88 @@
+"""What train and evaluate share: config checks, the model, class targets and the data, built one way."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import ml_collections
+
+from lazarus_jax import data as data_lib
+from lazarus_jax.errors import UserError
+from lazarus_jax.loading import Pretrained, load_pretrained
+from lazarus_jax.lora import LoRAConfig
+from lazarus_jax.targets import ResolvedTargets, resolve_targets
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """Value checks that need no model (shape checks come once the model is known)."""
+  w = c.classifier.weight
+  if not 0.0 <= w <= 1.0:
+    raise UserError(f"classifier.weight must be in [0, 1] (0 = SFT only, 1 = classifier only), got {w}")
+  if not 0.0 < c.classifier.layer_fraction < 1.0:
+    raise UserError(f"classifier.layer_fraction must be in (0, 1), got {c.classifier.layer_fraction}")
+  for key in ("param_dtype", "compute_dtype"):
+    if c.model[key] not in DTYPES:
+      raise UserError(f"model.{key} must be one of {DTYPES}, got {c.model[key]!r}")
+  if c.lora.rank <= 0:
+    raise UserError(f"lora.rank must be a positive integer, got {c.lora.rank}")
+  for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every"):
+    if c.train[key] <= 0:
+      raise UserError(f"train.{key} must be positive, got {c.train[key]}")
+  if c.train.batch_size % c.train.grad_accum_steps:
+    raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by train.grad_accum_steps "
+                    f"{c.train.grad_accum_steps}")
+  if c.train.lr <= 0:
+    raise UserError(f"train.lr must be positive, got {c.train.lr}")
+  formats = [f.strip() for f in c.data.format.split(",") if f.strip()]
+  bad = [f for f in formats if f not in data_lib.FORMATS]
+  if not formats or bad:
+    raise UserError(f"data.format must list some of {data_lib.FORMATS}, got {c.data.format!r}")
+  LoRAConfig.from_config(c.lora)  # parses targets
+
+
+def data_formats(c) -> list[str]:
+  return [f.strip() for f in c.data.format.split(",") if f.strip()]
+
+
+def classifier_layer(c, num_layers: int) -> int:
+  """Block index L (DESIGN.md §2): config value, or int(n_layers * fraction)."""
+  layer = c.classifier.layer if c.classifier.layer >= 0 else int(num_layers * c.classifier.layer_fraction)
+  if not 0 <= layer < num_layers:
+    raise UserError(f"classifier.layer {layer} is outside 0..{num_layers - 1} for this {num_layers}-layer model")
+  return layer
+
+
+def load_model(c) -> Pretrained:
+  source = c.model.path or c.model.source
+  return load_pretrained(source, param_dtype=c.model.param_dtype, compute_dtype=c.model.compute_dtype,
+                         remat=c.model.remat)
+
+
+@dataclasses.dataclass
+class Datasets:
+  train: list  # Examples
+  eval: list
+  seed_prompts: list
+  train_encoded: list
+  train_labels: list
+  seq_len: int
+
+
+def build_data(c, tokenizer) -> Datasets:
+  formats = data_formats(c)
+  splits = data_lib.make_splits(formats=formats, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed)
+  train = data_lib.load_jsonl(c.data.jsonl) if c.data.jsonl else splits.train
+  encoded = data_lib.encode_examples(tokenizer, train, append_eos=c.data.append_eos)
+  seq_len = c.data.seq_len or data_lib.choose_seq_len(encoded)
+  return Datasets(train=train, eval=splits.eval, seed_prompts=splits.seed_prompts, train_encoded=encoded,
+                  train_labels=[e.operation for e in train], seq_len=seq_len)
+
+
+def class_targets(c, tokenizer, prompts) -> ResolvedTargets:
+  resolved = resolve_targets(tokenizer, dict(c.classifier.targets), prompts=prompts,
+                             allow_target_in_prompt=c.classifier.allow_target_in_prompt)
+  print(resolved.describe(), file=sys.stderr)
+  return resolved

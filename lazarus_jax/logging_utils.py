@@ -1,0 +1,51 @@
+"""Metrics: tensorboardX scalars under <workdir>/tb and one JSON object per log step in metrics.jsonl.
+
+Only process 0 writes (other processes get a writer that keeps history but writes nothing). On resume the
+history after the restored step is dropped, so the file holds exactly one row per logged step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+class MetricsWriter:
+  def __init__(self, workdir: str, enabled: bool = True, truncate_after: int = 0):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.history: list[dict] = []
+    self._tb = None
+    if not enabled:
+      return
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+      self.history = [r for r in rows if r["step"] <= truncate_after]
+    with open(self.path, "w") as f:
+      for r in self.history:
+        f.write(json.dumps(r) + "\n")
+    from tensorboardX import SummaryWriter
+    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, row: dict) -> None:
+    self.history.append(row)
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    for k, v in row.items():
+      if k != "step":
+        self._tb.add_scalar(f"train/{k}", v, row["step"])
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+              desc="train", mininterval=1.0)

@@ -1,0 +1,49 @@
+"""What produced a result: seed, config, code commit, package versions, devices (ORIGINAL_DEFECTS #15)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tokenizers", "gguf", "lazarus_jax")
+
+
+def git_commit() -> dict:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10).stdout.strip())
+    return {"commit": commit or "unknown", "dirty": dirty}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": "unknown", "dirty": None}
+
+
+def versions() -> dict:
+  out = {}
+  for name in PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  out["python"] = platform.python_version()
+  return out
+
+
+def collect(config=None) -> dict:
+  import jax
+  devices = jax.devices()
+  return {
+      "seed": None if config is None else config.seed,
+      "config": None if config is None else config.to_dict(),
+      "git": git_commit(),
+      "versions": versions(),
+      "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
+                  "process_count": jax.process_count()},
+      "host": platform.node(),
+      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }

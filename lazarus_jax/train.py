@@ -1,0 +1,391 @@
+"""Dual-reward LoRA training (DESIGN.md §2-§5).
+
+  python -m lazarus_jax.train --config configs/smollm2_135m.py --workdir runs/smollm2 [--config.key=value ...]
+
+Sections: setup (config, model, data, mesh) -> state (adapters + optimizer, created sharded) -> the jitted
+step -> the loop (logging, checkpoints, preemption) -> outputs (PEFT adapter, training table, evaluation).
+`run(config, workdir)` does the work; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from lazarus_jax import data as data_lib
+from lazarus_jax import experiment, provenance
+from lazarus_jax.adapters import export_peft, model_fingerprint
+from lazarus_jax.checkpoints import Checkpointer, abstract_like
+from lazarus_jax.errors import UserError
+from lazarus_jax.logging_utils import MetricsWriter, progress_bar
+from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
+from lazarus_jax.losses import dual_reward_loss
+from lazarus_jax.model import LoRAParam
+from lazarus_jax.sharding import batch_sharding, make_mesh, state_shardings, validate_model_for_mesh
+
+# Keys that may change between a run and its resumption without making it "a different run".
+RESUMABLE_KEYS = ("resume", "overwrite", "eval", "train.steps", "train.log_every", "train.table_steps",
+                  "distributed")
+
+
+# ---- optimizer ---------------------------------------------------------------------------------------
+def make_optimizer(tc) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up, cosine decay and global-norm clipping (ORIGINAL_DEFECTS #4)."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=tc.lr, warmup_steps=max(tc.warmup_steps, 1),
+      decay_steps=max(tc.steps, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_fraction)
+  tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip),
+                   optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay))
+  return tx, schedule
+
+
+# ---- the step ----------------------------------------------------------------------------------------
+def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_classes: bool, accum: int):
+  """A pure `(state, base, rest, batch, weight, class_ids) -> (state, metrics)` step.
+
+  Only the adapters are differentiated (the base weights are closed-over inputs, never differentiated).
+  A non-finite loss or gradient skips the update and is counted (state['nonfinite']).
+  """
+
+  def loss_fn(lora, base, rest, batch, weight, class_ids):
+    model = nnx.merge(graphdef, base, lora, rest)
+    return dual_reward_loss(model, batch, class_ids, classifier_layer, weight, restrict_to_classes)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state, base, rest, batch, weight, class_ids):
+    if accum == 1:
+      (_, aux), grads = grad_fn(state["lora"], base, rest, batch, weight, class_ids)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+      def body(carry, mb):
+        (_, aux), g = grad_fn(state["lora"], base, rest, mb, weight, class_ids)
+        return jax.tree.map(jnp.add, carry, (g, aux)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          lambda: grad_fn(state["lora"], base, rest, jax.tree.map(lambda x: x[0], micro), weight, class_ids)))
+      (grads, aux), _ = jax.lax.scan(body, (zeros[1], zeros[0][1]), micro)
+      grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["lora"])
+    lora = optax.apply_updates(state["lora"], updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = {
+        "lora": keep(lora, state["lora"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "step": state["step"] + 1,
+        "nonfinite": jnp.where(finite, 0, state["nonfinite"] + 1),
+        "skipped": state["skipped"] + (1 - finite.astype(jnp.int32)),
+    }
+    metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
+                   skipped=1 - finite.astype(jnp.int32))
+    return new_state, metrics
+
+  return step
+
+
+# ---- run ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+  workdir: str
+  final_step: int
+  history: list  # logged metric rows
+  preempted: bool = False
+
+
+def flat_config(c) -> dict:
+  out = {}
+
+  def walk(prefix, d):
+    for k, v in d.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        walk(key + ".", v)
+      else:
+        out[key] = v
+
+  walk("", c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c)
+  return out
+
+
+def check_workdir(c, workdir: str) -> None:
+  """Refuses a workdir holding a different run, before any work (issue 6)."""
+  cfg_file = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_file) or c.overwrite:
+    return
+  with open(cfg_file) as f:
+    old = json.load(f)
+  new = json.loads(json.dumps(c.to_dict(), default=list))
+
+  def relevant(d):
+    return {k: v for k, v in flat_config(d).items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+
+  diff = sorted(k for k in set(relevant(old)) | set(relevant(new)) if relevant(old).get(k) != relevant(new).get(k))
+  if diff:
+    raise UserError(f"{workdir} holds a run with a different config ({', '.join(diff[:5])}): use another --workdir, "
+                    "or --config.overwrite=True to replace it")
+  if not c.resume and os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
+      os.path.join(workdir, "checkpoints")):
+    raise UserError(f"{workdir} already holds checkpoints of this run: pass --config.resume=True to continue it, "
+                    "or --config.overwrite=True to start over")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  c = config
+  experiment.validate_config(c)
+  workdir = os.path.abspath(workdir)
+  check_workdir(c, workdir)
+  if c.distributed:
+    jax.distributed.initialize()
+  is_main = jax.process_index() == 0
+
+  # -- setup: model, adapters, targets, data, mesh (all checks before anything is written) --
+  pretrained = experiment.load_model(c)
+  model = pretrained.build()
+  n_layers = pretrained.config.num_layers
+  layer = experiment.classifier_layer(c, n_layers)
+  lora_cfg = LoRAConfig.from_config(c.lora)
+  lora = add_lora(model, lora_cfg, seed=c.seed)
+  tok = pretrained.tokenizer
+  datasets = experiment.build_data(c, tok)
+  targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in datasets.train[:2000]}))
+  mesh = make_mesh(c.mesh.shape)
+  validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
+  rules = tuple(tuple(r) for r in c.mesh.rules)
+  if is_main:
+    print(f"model {pretrained.source}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
+          f"alpha {lora.alpha} on {','.join(lora.targets)} layers [{lora.layer_start},{lora.layer_end}) = "
+          f"{lora.num_modules} modules; mesh {dict(mesh.shape)}; {len(datasets.train)} train examples, "
+          f"seq_len {datasets.seq_len}", file=sys.stderr)
+
+  # -- outputs: prepare the workdir (only now that every input check passed) --
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if c.overwrite and is_main:
+    for name in ("checkpoints", "metrics.jsonl", "tb", "adapter", "eval"):
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(c.to_dict(), f, indent=2, default=list)
+
+  # -- state: base weights placed by rules; adapters + optimizer created already sharded --
+  graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
+  base_shardings = to_pure(state_shardings(base, mesh, rules))
+  lora_shardings = to_pure(state_shardings(lora_state, mesh, rules))
+  base = jax.device_put(nnx.to_pure_dict(base), base_shardings)
+  rest = nnx.to_pure_dict(rest)
+  tx, schedule = make_optimizer(c.train)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def init_state():
+    fresh = LoRA(pretrained.config, lora_cfg, nnx.Rngs(lora=c.seed))
+    params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
+    return {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+
+  abstract = jax.eval_shape(init_state)
+  state_sh = {"lora": lora_shardings, "opt_state": opt_state_shardings(abstract["opt_state"], lora_shardings,
+                                                                       replicated),
+              "step": replicated, "nonfinite": replicated, "skipped": replicated}
+  state = jax.jit(init_state, out_shardings=state_sh)()
+
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=c.train.max_to_keep)
+  start_step = 0
+  if c.resume and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(ckpt.latest_step(), abstract_like(abstract, state_sh))
+    start_step = int(meta["step"])
+    if is_main:
+      print(f"resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
+
+  # -- the step, compiled ahead of time (sharding or memory errors fail before the loop) --
+  class_ids = jnp.asarray(targets.token_ids, jnp.int32)
+  weight = jnp.asarray(c.classifier.weight, jnp.float32)
+  bsh = batch_sharding(mesh, rules)
+  step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes,
+                            c.train.grad_accum_steps)
+  jitted = jax.jit(step_fn, in_shardings=(state_sh, base_shardings, None, bsh, replicated, replicated),
+                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  n = len(datasets.train_encoded)
+  label_ids = np.asarray([data_lib.label_index(l, targets.labels) for l in datasets.train_labels])
+
+  def global_batch(step):
+    idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
+    local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
+    arrays = data_lib.collate([datasets.train_encoded[i] for i in local], [datasets.train_labels[i] for i in local],
+                              datasets.seq_len, c.data.max_answer_tokens, tok.pad_id, label_names=targets.labels)
+    return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
+
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, base, rest, global_batch(start_step), weight, class_ids).compile()
+  compile_s = time.perf_counter() - t0
+  if is_main:
+    print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
+
+  # -- the loop --
+  writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step)
+  stop = PreemptionFlag()
+  pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=is_main)
+  pending, t_window, tokens_window = [], time.perf_counter(), 0
+  step = start_step
+  preempted = False
+  try:
+    while step < c.train.steps:
+      batch = global_batch(step)
+      state, metrics = compiled(state, base, rest, batch, weight, class_ids)
+      step += 1
+      pending.append(metrics)
+      tokens_window += int(c.train.batch_size * datasets.seq_len)
+      if step % c.train.log_every == 0 or step == c.train.steps:
+        rows = jax.device_get(pending)
+        dt = time.perf_counter() - t_window
+        row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        row.update(step=step, steps_per_s=len(rows) / dt, tokens_per_s=tokens_window / dt,
+                   skipped=float(np.sum([r["skipped"] for r in rows])))
+        writer.write(row)
+        pbar.update(len(rows))
+        pbar.set_postfix(loss=f"{row['loss']:.3f}", cls=f"{row['classifier_loss']:.3f}",
+                         ans=f"{row['answer_loss']:.3f}", acc=f"{row['classifier_accuracy']:.2f}")
+        pending, t_window, tokens_window = [], time.perf_counter(), 0
+        nonfinite = int(jax.device_get(state["nonfinite"]))
+        if nonfinite >= c.train.max_consecutive_nonfinite:
+          ckpt.wait()
+          raise TrainingDiverged(
+              f"{nonfinite} consecutive non-finite updates were skipped at step {step}; the last good checkpoint "
+              f"is step {ckpt.latest_step()} in {ckpt_dir}: lower train.lr or check the data")
+      if step % c.train.checkpoint_every == 0 or step == c.train.steps or stop.requested:
+        save_checkpoint(ckpt, state, step, c, force=stop.requested)
+      if stop.requested:
+        preempted = True
+        break
+  finally:
+    pbar.close()
+    stop.restore()
+    ckpt.close()
+    writer.close()
+
+  if preempted:
+    if is_main:
+      print(f"stopped by {stop.signal_name} at step {step}: checkpoint saved; continue with "
+            "--config.resume=True", file=sys.stderr)
+    return TrainResult(workdir, step, writer.history, preempted=True)
+
+  # -- outputs --
+  if is_main:
+    lora_params = jax.device_get(state["lora"]["lora"])
+    export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), os.path.join(workdir, "adapter"),
+                base_model=pretrained.source, model_fingerprint=model_fingerprint(pretrained.config))
+    table = training_table(writer.history, c.train.table_steps)
+    with open(os.path.join(workdir, "training_table.md"), "w") as f:
+      f.write(table + "\n")
+    summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
+               "class_targets": targets.as_dict(), "provenance": provenance.collect(c)}
+    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+    print(table)
+  if c.eval.enabled:
+    from lazarus_jax import evaluate
+    evaluate.run(c, workdir)
+  return TrainResult(workdir, step, writer.history)
+
+
+class TrainingDiverged(UserError):
+  """Too many consecutive non-finite updates."""
+
+
+def save_checkpoint(ckpt: Checkpointer, state, step: int, c, force: bool = False) -> None:
+  meta = {"step": step, "data_position": step, "seed": c.seed, "skipped": int(jax.device_get(state["skipped"]))}
+  ckpt.save(step, state, meta, force=force)
+
+
+def to_pure(sharding_state):
+  return nnx.to_pure_dict(sharding_state) if isinstance(sharding_state, nnx.State) else sharding_state
+
+
+def opt_state_shardings(abstract_opt, lora_shardings, replicated):
+  """Optimizer leaves mirroring an adapter leaf (Adam's mu, nu) take its sharding; the rest is replicated."""
+  by_path = {}
+  for path, s in jax.tree_util.tree_flatten_with_path(lora_shardings)[0]:
+    by_path[tuple(str(getattr(k, "key", k)) for k in path)] = s
+
+  def pick(path, leaf):
+    keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    for n in range(len(keys)):
+      s = by_path.get(keys[n:])
+      if s is not None and len(s.spec) <= len(leaf.shape):
+        return s
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
+def memory_summary(compiled) -> str:
+  try:
+    m = compiled.memory_analysis()
+    mb = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    return (f"memory: arguments {mb(m.argument_size_in_bytes)}, outputs {mb(m.output_size_in_bytes)}, "
+            f"temporaries {mb(m.temp_size_in_bytes)}")
+  except Exception:  # not every backend reports it
+    return "memory analysis unavailable on this backend"
+
+
+def training_table(history: list[dict], table_steps) -> str:
+  """The seed's training table (step | total | classifier | answer | accuracy) at the requested steps."""
+  lines = ["| Step | Total Loss | Classifier Loss | Answer Loss | Cls Accuracy |", "|---|---|---|---|---|"]
+  for s in table_steps:
+    row = next((r for r in history if r["step"] == s), None)
+    if row is None:
+      earlier = [r for r in history if r["step"] <= s]
+      row = earlier[-1] if earlier else None
+    if row is not None:
+      lines.append(f"| {row['step']} | {row['loss']:.3f} | {row['classifier_loss']:.3f} | "
+                   f"{row['answer_loss']:.3f} | {100 * row['classifier_accuracy']:.0f}% |")
+  return "\n".join(lines)
+
+
+class PreemptionFlag:
+  """SIGTERM (a TPU VM's preemption notice) and SIGINT ask the loop to checkpoint and stop."""
+
+  def __init__(self):
+    self.requested, self.signal_name, self._old = False, None, {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+
+  def _handle(self, signum, frame):
+    self.requested, self.signal_name = True, signal.Signals(signum).name
+
+  def restore(self):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
+def main(argv):
+  from absl import flags
+  workdir = flags.FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+  result = run(flags.FLAGS.config, workdir)
+  return 0
+
+
+if __name__ == "__main__":
+  from lazarus_jax.cli import run_cli
+  run_cli(main, with_config=True)
