@@ -349,12 +349,14 @@ def memory_summary(compiled) -> str:
 def training_table(history: list[dict], table_steps) -> str:
   """The seed's training table (step | total | classifier | answer | accuracy) at the requested steps."""
   lines = ["| Step | Total Loss | Classifier Loss | Answer Loss | Cls Accuracy |", "|---|---|---|---|---|"]
-  for s in table_steps:
-    row = next((r for r in history if r["step"] == s), None)
-    if row is None:
-      earlier = [r for r in history if r["step"] <= s]
-      row = earlier[-1] if earlier else None
-    if row is not None:
+  shown = set()
+  last = history[-1]["step"] if history else 0
+  # The requested steps within the run (the nearest logged step at or before each), and the final step.
+  for s in sorted({min(int(s), last) for s in table_steps} | {last}):
+    earlier = [r for r in history if r["step"] <= s]
+    row = earlier[-1] if earlier else None
+    if row is not None and row["step"] not in shown:
+      shown.add(row["step"])
       lines.append(f"| {row['step']} | {row['loss']:.3f} | {row['classifier_loss']:.3f} | "
                    f"{row['answer_loss']:.3f} | {100 * row['classifier_accuracy']:.0f}% |")
   return "\n".join(lines)
@@ -383,7 +385,7 @@ def main(argv):
   from absl import flags
   workdir = flags.FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   result = run(flags.FLAGS.config, workdir)
-  return 0
+  return 0 if result.final_step > 0 else 1
 
 
 if __name__ == "__main__":
