@@ -1,0 +1,249 @@
+"""Jitted batched greedy generation with a KV cache, and answer-accuracy helpers.
+
+`greedy_generate` left-pads each batch so every row's last prompt token sits in the same column (the
+readout position, DESIGN.md §2), gives each row its own RoPE positions (index among its real tokens) and
+masks the padded keys: each row's output equals generating that prompt alone, unpadded.
+
+One jitted function per (batch size, prompt bucket, max_new_tokens): prefill runs the whole prompt through
+the blocks and fills the cache; the decode steps run in a `lax.while_loop` that stops when every row has
+emitted EOS. The cache is [layers, B, S, KV, hd] for k and v (one array per layer segment, see below),
+S = prompt bucket + max_new_tokens.
+
+The blocks reuse `model.py`'s pieces (`rms_norm`, `project`, `apply_rope`, `attention`), and the layer scan is
+split into the same three segments as `LlamaModel.trunk` (below / inside / above the LoRA range), so adapters
+apply with exactly the trunk's math.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lazarus_jax.errors import UserError
+from lazarus_jax.model import LlamaConfig, PROJS, apply_rope, attention, project, rms_norm
+
+PROMPT_BUCKET = 16  # prompt lengths round up to a multiple of this (one compile per bucket)
+MAX_BATCH = 32  # batches are padded to a power of two up to this size
+
+
+# ---- the jitted core -----------------------------------------------------------------------------
+
+def _segments(cfg: LlamaConfig, lora_range: tuple[int, int]) -> list[tuple[int, int, bool]]:
+  """(start, end, adapted) layer segments, as in `LlamaModel.trunk`; empty segments dropped."""
+  lo, hi = lora_range
+  segs = ((0, lo, False), (lo, hi, True), (hi, cfg.num_layers, False))
+  return [s for s in segs if s[1] > s[0]]
+
+
+def _rope(inv_freq, positions, cdt):
+  # Same as trunk: angles in float32, cos/sin cast to the compute dtype.
+  angles = positions[..., None].astype(jnp.float32) * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles).astype(cdt), jnp.sin(angles).astype(cdt)
+
+
+def _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot):
+  """All blocks on h [B,T,D]; writes this chunk's k/v into the caches at column `slot`.
+
+  caches: one (k, v) pair per segment, each [layers_in_segment, B, S, KV, hd]. The caches are scan carries
+  updated with dynamic_update_slice, so XLA updates them in place.
+  """
+  cdt = jnp.dtype(cfg.compute_dtype)
+  b, t, _ = h.shape
+
+  def block(carry, xs):
+    h, ck, cv = carry
+    w, adapters, i = xs
+    x = rms_norm(h, w["attn_norm"], cfg.rms_norm_eps, cdt)
+    q = project(x, w, adapters, lora_scale, "q", cdt).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = project(x, w, adapters, lora_scale, "k", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = project(x, w, adapters, lora_scale, "v", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, 0, slot, 0, 0))
+    cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, 0, slot, 0, 0))
+    # Attend over the whole cache; the bias hides padding and columns not written yet.
+    h = h + project(attention(q, ck[i], cv[i], bias), w, adapters, lora_scale, "o", cdt).astype(h.dtype)
+    x = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps, cdt)
+    gated = jax.nn.silu(project(x, w, adapters, lora_scale, "gate", cdt)) * project(
+        x, w, adapters, lora_scale, "up", cdt)
+    h = h + project(gated, w, adapters, lora_scale, "down", cdt).astype(h.dtype)
+    return (h, ck, cv), None
+
+  new_caches = []
+  for (start, end, adapted), (ck, cv) in zip(segs, caches):
+    seg_w = jax.tree.map(lambda x: x[start:end], params["layers"])
+    adapters = params["lora"] if adapted else None
+    (h, ck, cv), _ = jax.lax.scan(block, (h, ck, cv), (seg_w, adapters, jnp.arange(end - start)))
+    new_caches.append((ck, cv))
+  return h, new_caches
+
+
+def _lens(cfg, params, h):
+  # Mirrors `LlamaModel.lens`: unembed(final_norm(h)), float32 logits.
+  cdt = jnp.dtype(cfg.compute_dtype)
+  x = rms_norm(h, params["final_norm"], cfg.rms_norm_eps, cdt)
+  return jnp.einsum("...d,vd->...v", x, params["unembed"].astype(cdt), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_range", "lora_scale", "max_new_tokens"))
+def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_scale, max_new_tokens):
+  """tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS)."""
+  cdt = jnp.dtype(cfg.compute_dtype)
+  b, p = tokens.shape
+  s = p + max_new_tokens
+  segs = _segments(cfg, lora_range)
+  neg = jnp.finfo(jnp.float32).min
+  cols = jnp.arange(s)
+  prompt_keys = jnp.pad(mask > 0, ((0, 0), (0, max_new_tokens)))  # [B,S] real prompt columns
+
+  # Prefill: causal over the prompt columns, padded keys masked; positions count real tokens only.
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  n_real = jnp.sum(mask, axis=1)
+  cos, sin = _rope(params["inv_freq"], positions, cdt)
+  allowed = (cols[None, :] <= jnp.arange(p)[:, None])[None] & prompt_keys[:, None, :]  # [B,P,S]
+  bias = jnp.where(allowed, 0.0, neg)[:, None, None]
+  shape = (b, s, cfg.num_kv_heads, cfg.head_dim)
+  caches = [(jnp.zeros((e - a,) + shape, cdt), jnp.zeros((e - a,) + shape, cdt)) for a, e, _ in segs]
+  h = params["embed"][tokens].astype(cdt)
+  h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, 0)
+  tok = jnp.argmax(_lens(cfg, params, h[:, -1]), axis=-1).astype(jnp.int32)
+  done = tok == eos_id
+  out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+
+  def cond(state):
+    i, _, done, _, _ = state
+    return (i < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    i, tok, done, caches, out = state
+    slot = p + i - 1  # the cache column of the token fed in this step
+    cos, sin = _rope(params["inv_freq"], (n_real + i - 1)[:, None], cdt)
+    allowed = prompt_keys | ((cols >= p) & (cols <= slot))[None]
+    bias = jnp.where(allowed, 0.0, neg)[:, None, None, None]  # [B,1,1,1,S]
+    h = params["embed"][tok[:, None]].astype(cdt)
+    h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot)
+    nxt = jnp.argmax(_lens(cfg, params, h[:, -1]), axis=-1).astype(jnp.int32)
+    out = out.at[:, i].set(jnp.where(done, pad_id, nxt))
+    return i + 1, nxt, done | (nxt == eos_id), caches, out
+
+  state = (jnp.int32(1), tok, done, caches, out)
+  return jax.lax.while_loop(cond, body, state)[-1]
+
+
+# ---- host side -----------------------------------------------------------------------------------
+
+def _params(model) -> tuple[dict, tuple[int, int], float]:
+  """The arrays the jitted core needs, the LoRA layer range and the LoRA scale."""
+  cfg = model.cfg
+  params = {
+      "embed": model.embed[...],
+      "unembed": model.unembed_matrix(),
+      "final_norm": model.final_norm[...],
+      "inv_freq": model.inv_freq[...],
+      "layers": {name: getattr(model.layers, name)[...] for name in PROJS + ("attn_norm", "mlp_norm")},
+      "lora": None,
+  }
+  lora = model.lora
+  if lora is None:
+    return params, (cfg.num_layers, cfg.num_layers), 0.0
+  params["lora"] = lora.stacked_weights()
+  return params, (int(lora.layer_start), int(lora.layer_end)), float(lora.scale)
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _batch_size(n: int, max_batch: int) -> int:
+  # A power of two (capped) so that few batch shapes ever compile.
+  return min(max_batch, 1 << max(0, (n - 1).bit_length()))
+
+
+def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int | None, pad_id: int,
+                    *, max_batch: int = MAX_BATCH, bucket: int = PROMPT_BUCKET) -> list[list[int]]:
+  """Greedy continuations of each prompt (token ids), batched, with a KV cache.
+
+  Returns, per prompt, the generated ids up to and excluding the first `eos_id` (all `max_new_tokens` ids
+  when no EOS comes, or when eos_id is None). `pad_id` only fills the padded prompt columns; it is never
+  attended to, so any id works.
+  """
+  if max_new_tokens < 1 or not prompt_ids:
+    return [[] for _ in prompt_ids]
+  for i, ids in enumerate(prompt_ids):
+    if len(ids) == 0:
+      raise UserError(f"prompt {i} is empty: greedy_generate needs at least one prompt token")
+  params, lora_range, lora_scale = _params(model)
+  cfg = model.cfg
+  bsz = _batch_size(len(prompt_ids), max_batch)
+  eos = jnp.int32(-1 if eos_id is None else eos_id)
+  results: list[list[int]] = []
+  for start in range(0, len(prompt_ids), bsz):
+    chunk = [list(x) for x in prompt_ids[start:start + bsz]]
+    n = len(chunk)
+    chunk += [chunk[0]] * (bsz - n)  # filler rows (dropped below) keep the batch shape fixed
+    p = _round_up(max(len(x) for x in chunk), bucket)
+    tokens = np.full((bsz, p), pad_id, np.int32)
+    mask = np.zeros((bsz, p), np.int32)
+    for r, ids in enumerate(chunk):
+      tokens[r, p - len(ids):] = ids  # left padding: every row ends in the last column
+      mask[r, p - len(ids):] = 1
+    out = _generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos, jnp.int32(pad_id), cfg=cfg,
+                    lora_range=lora_range, lora_scale=lora_scale, max_new_tokens=max_new_tokens)
+    for row in np.asarray(out)[:n].tolist():
+      if eos_id is not None and eos_id in row:
+        row = row[:row.index(eos_id)]
+      results.append(row)
+  return results
+
+
+# ---- answer accuracy -----------------------------------------------------------------------------
+
+# A number: optional minus, then either comma-grouped thousands ("1,000") or plain digits, then an optional
+# fractional part (so "3.5" is not read as 3).
+_NUMBER = re.compile(r"(?<![\d.])(-?)(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(\d+))?")
+
+
+def parse_integer(text: str) -> int | None:
+  """The first number in `text` (after strip) as an int, or None.
+
+  "56", " 56", "56</s>", "56." -> 56; "-3" -> -3; "1,000" -> 1000; "abc" -> None. The first number decides: a
+  non-integer one ("3.5") gives None, and "7.0" gives 7.
+  """
+  m = _NUMBER.search(text.strip())
+  if m is None:
+    return None
+  sign, digits, frac = m.groups()
+  if frac and frac.strip("0"):
+    return None
+  value = int(digits.replace(",", ""))
+  return -value if sign else value
+
+
+def exact_match(generated_text: str, expected_answer: str | int) -> bool:
+  """True when the generated text's first integer equals the expected answer.
+
+  An expected answer that is not an integer is compared as stripped text against the start of the output.
+  """
+  expected = expected_answer if isinstance(expected_answer, int) else parse_integer(str(expected_answer))
+  if expected is None:
+    return generated_text.strip().startswith(str(expected_answer).strip())
+  return parse_integer(generated_text) == expected
+
+
+def answer_accuracy(model, tokenizer, prompt_ids: list[list[int]], answers: list[str | int],
+                    max_new_tokens: int = 8, **kwargs) -> dict:
+  """Greedy-generates every prompt and scores exact match. Returns accuracy and per-example rows."""
+  if len(prompt_ids) != len(answers):
+    raise ValueError(f"{len(prompt_ids)} prompts but {len(answers)} answers")
+  outs = greedy_generate(model, prompt_ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, **kwargs)
+  rows = []
+  for ids, answer in zip(outs, answers):
+    text = tokenizer.decode(ids)
+    rows.append({"generated": text, "parsed": parse_integer(text), "expected": str(answer),
+                 "correct": exact_match(text, answer)})
+  accuracy = sum(r["correct"] for r in rows) / len(rows) if rows else float("nan")
+  return {"accuracy": accuracy, "n": len(rows), "rows": rows}

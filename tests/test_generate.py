@@ -1,0 +1,149 @@
+"""KV-cache greedy generation vs. full recomputation, left-padding invariance, EOS, answer parsing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lazarus_jax.generate import exact_match, greedy_generate, parse_integer
+from lazarus_jax.loading import load_pretrained
+from lazarus_jax.model import PROJS, LoRAParam
+
+MAX_NEW = 8
+TEXTS = ["7 * 8 = ", "What is 23 plus 45?", "1", "What is 23 plus 45? What is 7 times 8? 12 * 3 = "]
+
+
+class StandInLoRA(nnx.Module):
+  """What `LlamaModel.trunk` reads from `model.lora` (lora.py's interface), with non-zero A and B."""
+
+  def __init__(self, layer_start, layer_end, scale, weights):
+    self.layer_start, self.layer_end, self.scale = layer_start, layer_end, scale
+    self.targets = tuple(weights)
+    for t, (a, b) in weights.items():
+      setattr(self, f"{t}_a", LoRAParam(a))
+      setattr(self, f"{t}_b", LoRAParam(b))
+
+  def stacked_weights(self):
+    return {t: (getattr(self, f"{t}_a")[...], getattr(self, f"{t}_b")[...]) for t in self.targets}
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+  return load_pretrained("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def models(pretrained):
+  return {False: _model(pretrained, False), True: _model(pretrained, True)}
+
+
+def _model(pretrained, lora: bool):
+  model = pretrained.build()
+  # The tiny model's 0.02-scale weights make it repeat one token forever; larger weights give varied
+  # continuations, so a wrong cache or position shows up in the tokens.
+  for name in PROJS:
+    var = getattr(model.layers, name)
+    var[...] = var[...] * 6.0
+  if lora:
+    cfg = model.cfg
+    n, r = 2, 4
+    keys = iter(jax.random.split(jax.random.key(1), 8))
+    dims = {"q": (cfg.hidden_size, cfg.num_heads * cfg.head_dim), "v": (cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim),
+            "o": (cfg.num_heads * cfg.head_dim, cfg.hidden_size), "down": (cfg.intermediate_size, cfg.hidden_size)}
+    weights = {t: (0.3 * jax.random.normal(next(keys), (n, din, r)), 0.3 * jax.random.normal(next(keys), (n, r, dout)))
+               for t, (din, dout) in dims.items()}
+    model.lora = nnx.data(StandInLoRA(layer_start=1, layer_end=3, scale=2.0, weights=weights))
+  return model
+
+
+def _prompts(pretrained):
+  prompts = [pretrained.tokenizer.encode(t) for t in TEXTS]
+  assert len({len(p) for p in prompts}) == len(prompts) and max(len(p) for p in prompts) > 16
+  return prompts
+
+
+def _reference(model, prompts, max_new):
+  """No cache: the full forward of the whole sequence every step, argmax at its last real position.
+
+  Sequences sit at the left of a fixed-length row (one compile); causal attention keeps the trailing filler
+  from touching any earlier position.
+  """
+  width = max(len(p) for p in prompts) + max_new
+  forward = nnx.jit(lambda m, x: m(x))
+  outs = []
+  for prompt in prompts:
+    ids, gen = list(prompt), []
+    for _ in range(max_new):
+      row = np.zeros((1, width), np.int32)
+      row[0, :len(ids)] = ids
+      logits = np.asarray(forward(model, jnp.asarray(row)))[0, len(ids) - 1]
+      top2 = np.sort(logits)[-2:]
+      assert top2[1] - top2[0] > 1e-5, "near-tie: the comparison would be fragile"
+      gen.append(int(np.argmax(logits)))
+      ids.append(gen[-1])
+    outs.append(gen)
+  return outs
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_cache_matches_full_forward(pretrained, models, lora):
+  model = models[lora]
+  prompts = _prompts(pretrained)
+  got = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0)
+  assert got == _reference(model, prompts, MAX_NEW)
+  assert all(len(g) == MAX_NEW for g in got)
+  assert len({tuple(g) for g in got}) == len(got)  # varied outputs: the check has teeth
+  if lora:  # the adapters really change the output
+    assert got != greedy_generate(models[False], prompts, MAX_NEW, eos_id=None, pad_id=0)
+
+
+def test_left_padding_does_not_change_rows(pretrained, models):
+  # (With LoRA, padding is covered by test_cache_matches_full_forward: its reference is unpadded.)
+  model = models[False]
+  prompts = _prompts(pretrained)
+  batched = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=7)
+  alone = [greedy_generate(model, [p], MAX_NEW, eos_id=None, pad_id=0)[0] for p in prompts]
+  assert batched == alone
+  # Several fixed-size chunks (the last one filled up) give the same rows too.
+  assert greedy_generate(model, prompts[:3], MAX_NEW, eos_id=None, pad_id=0, max_batch=2) == batched[:3]
+
+
+def test_stops_at_eos(pretrained, models):
+  model = models[False]
+  prompts = _prompts(pretrained)
+  free = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0)
+  eos = free[1][2]  # the token row 1 generates at step 2
+  got = greedy_generate(model, prompts, MAX_NEW, eos_id=eos, pad_id=0)
+  expected = [g[:g.index(eos)] if eos in g else g for g in free]
+  assert got == expected
+  assert len(got[1]) <= 2 and any(len(g) == MAX_NEW for g in got)  # other rows run on
+  # Every row stopping at once (EOS = its first token, for a single prompt) ends the loop with nothing out.
+  assert greedy_generate(model, prompts[:1], MAX_NEW, eos_id=free[0][0], pad_id=0) == [[]]
+
+
+def test_edge_cases(models):
+  model = models[False]
+  assert greedy_generate(model, [[5, 6]], 0, eos_id=None, pad_id=0) == [[]]
+  assert greedy_generate(model, [], 4, eos_id=None, pad_id=0) == []
+  assert len(greedy_generate(model, [[5, 6]], 1, eos_id=None, pad_id=0)[0]) == 1
+
+
+@pytest.mark.parametrize("text,value", [
+    ("56", 56), (" 56", 56), ("56<eos>", 56), ("56</s>", 56), ("56.", 56), ("\n 56 apples", 56),
+    ("-3", -3), (" -3 ", -3), ("The answer is 12", 12), ("1,000", 1000), ("1,000,000 ", 1000000),
+    ("7.0", 7), ("3.5", None), ("abc", None), ("", None), ("12,5", 12), ("10-3", 10),
+])
+def test_parse_integer(text, value):
+  assert parse_integer(text) == value
+
+
+def test_exact_match():
+  assert exact_match(" 56</s>", "56")
+  assert exact_match("56", 56)
+  assert exact_match("-3", "-3")
+  assert not exact_match("-3", "3")
+  assert not exact_match("560", "56")
+  assert not exact_match("abc", "56")
+  assert not exact_match("", "0")
+  assert exact_match(" yes", "yes")  # non-integer answers: text prefix
