@@ -148,9 +148,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   c = config
   experiment.validate_config(c)
   workdir = os.path.abspath(workdir)
-  check_workdir(c, workdir)
   if c.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize()  # auto-detects TPU pod workers / cluster environments
+  check_workdir(c, workdir)
   is_main = jax.process_index() == 0
 
   # -- setup: model, adapters, targets, data, mesh (all checks before anything is written) --
@@ -172,7 +172,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
           f"{lora.num_modules} modules; mesh {dict(mesh.shape)}; {len(datasets.train)} train examples, "
           f"seq_len {datasets.seq_len}", file=sys.stderr)
 
-  # -- outputs: prepare the workdir (only now that every input check passed) --
+  # -- outputs: prepare the workdir (only now that every input check passed, on every process) --
+  sync_processes("inputs checked")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if c.overwrite and is_main:
     for name in ("checkpoints", "metrics.jsonl", "tb", "adapter", "eval"):
@@ -288,8 +289,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     return TrainResult(workdir, step, writer.history, preempted=True)
 
   # -- outputs --
+  lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
   if is_main:
-    lora_params = jax.device_get(state["lora"]["lora"])
     export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), os.path.join(workdir, "adapter"),
                 base_model=pretrained.source, model_fingerprint=model_fingerprint(pretrained.config))
     table = training_table(writer.history, c.train.table_steps)
@@ -304,6 +305,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     from lazarus_jax import evaluate
     evaluate.run(c, workdir)
   return TrainResult(workdir, step, writer.history)
+
+
+def sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def gather_to_host(tree):
+  """Numpy copies of (possibly multi-host sharded) arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 class TrainingDiverged(UserError):
