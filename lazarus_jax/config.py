@@ -76,4 +76,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 32
   c.eval.generate = True
   c.eval.max_new_tokens = 8
+  c.eval.compare_base = True  # with an adapter, also evaluate the base model in the same run (report compares)
+  c.eval.probes = True  # linear probes at every layer (hidden-space classifiers)
+  c.eval.probe_test_fraction = 0.5  # of the held-out set, per format, stratified by operation
+  c.eval.probe_l2 = 1e-3
+  c.eval.probe_steps = 200
+  c.eval.seed_table = True  # the seed's 8-prompt table in the report
+
+  # Controlled comparison (python -m lazarus_jax.sweep): arms differ only in classifier.weight.
+  # Comma-separated strings so that --config.sweep.<key>=a,b works on the command line.
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.weights = "0,0.7,1"  # 0 = SFT only, 0.7 = dual reward, 1 = classifier only
+  c.sweep.include_base = True  # the untrained model, measured the same way
+  c.sweep.formats = "symbolic,semantic"  # one arm per format (each trains and evaluates on that format)
+  c.sweep.layer_fractions = "0.25,0.4,0.55,0.7,0.85"  # classifier depth; w=0 arms are depth-independent
+  c.sweep.seeds = "0,1,2"  # data split, LoRA init and batch order
+  c.sweep.confidence = 0.95
   return c

@@ -1,0 +1,403 @@
+"""Evaluation from disk: classifier at layer L, all-layer lens, linear probes, answer accuracy, report.
+
+  python -m lazarus_jax.evaluate --config configs/smollm2_135m.py --workdir runs/smollm2 [--config.key=value ...]
+
+What is evaluated (`config.eval.adapter`):
+- "workdir" (default): the PEFT adapter that train wrote to `<workdir>/adapter`;
+- "none": the base model alone;
+- any other value: a PEFT adapter directory.
+With an adapter and `eval.compare_base=True` (default) the base model is measured in the same run, by the
+same code on the same examples, so the report can say what training changed. Outputs always go to
+`<workdir>/eval/` (base-only runs too; `results.json` says which model it holds in `evaluated`):
+`results.json`, `report.md`, `lens_heatmap.png`, `lens_accuracy.png`, `probes_vs_lens.png`.
+
+Definitions (DESIGN.md §2). Readout = the last prompt token, prompts encoded by `data.encode_prompt`.
+Row r of the all-layer lens is the residual stream after block r-1 (row 0 = embeddings), so the classifier
+layer L is row L+1. Lens accuracy: argmax over the class tokens of the lens at L equals the label's token.
+Confidence: the full-vocabulary softmax probability of the predicted class token. Vocab top-1: the label's
+token is the argmax over the whole vocabulary. Intervals: 95% Wilson (per-example binomial).
+
+results.json schema (version 1; also in docs/results_schema.md):
+  schema_version: 1
+  model: {source, n_layers, adapter: path | null}
+  evaluated: "adapted" | "base"            -- which model the top-level metrics describe
+  classifier_layer: L, lens_row: L + 1
+  class_targets: {targets: [{label, word, token_id, token}], warnings}
+  formats: [..], n_eval: {format: n}
+  classifier_eval, lens, probes, answer_accuracy  -- the evaluated model, see `evaluate_model`
+  base: {classifier_eval, lens, probes, answer_accuracy} | null   -- the base model when an adapter was loaded
+  training: {table_md, last: metrics row} | null   -- from <workdir>/metrics.jsonl when train ran there
+  timing: {stage: seconds}
+  provenance: provenance.collect(config) (config, seed, git commit, package versions, devices)
+Per model:
+  classifier_eval: {layer, row, accuracy, ci_low, ci_high, n, n_correct, vocab_top1_accuracy,
+                    mean_confidence, confusion: {labels, matrix[true][pred]}, by_format: {fmt: same keys},
+                    results: [{prompt, format, expected, predicted, confidence, correct}]  (the seed's prompts),
+                    seed_prompts_accuracy: {accuracy, n, n_correct, ci_low, ci_high}}
+  lens: [{row, layer (block, null for embeddings), name, accuracy, ci_low, ci_high, vocab_top1_accuracy,
+          mean_correct_prob, class_probs: {label: mean p(label token) over examples of that label},
+          by_format: {fmt: {accuracy, ci_low, ci_high, vocab_top1_accuracy, mean_correct_prob}}}]  (n_layers+1)
+  probes: {by_format: {fmt: {summary, layers: [probes.ProbeResults.to_json rows, by row], lexical_baseline}}}
+          | null when eval.probes is False
+  answer_accuracy: {accuracy, ci_low, ci_high, n, n_correct, by_format: {fmt: {same, by_operation: {op: same}}},
+                    examples: [{prompt, format, operation, expected, generated, correct}] (the seed's prompts)}
+                   | null when eval.generate is False
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lazarus_jax import data as data_lib
+from lazarus_jax import experiment, provenance
+from lazarus_jax.errors import UserError
+from lazarus_jax.model import residual_stream
+from lazarus_jax.stats import accuracy_summary
+
+SCHEMA_VERSION = 1
+
+
+# ---- the examples ------------------------------------------------------------------------------------
+
+def select_examples(eval_examples, seed_prompts, cap: int) -> list:
+  """The held-out set capped at `cap` per (operation, format), always including the seed's prompts.
+
+  make_splits orders eval by operation, then format, with the seed triples first, so the first `cap` of
+  each group keep the seed prompts whenever cap >= 2; smaller caps add them back explicitly.
+  """
+  if cap <= 0:
+    raise UserError(f"eval.max_examples_per_op must be positive, got {cap}")
+  counts, out = {}, []
+  for ex in eval_examples:
+    key = (ex.operation, ex.fmt)
+    if counts.get(key, 0) < cap:
+      counts[key] = counts.get(key, 0) + 1
+      out.append(ex)
+  have = {(e.prompt, e.fmt) for e in out}
+  out += [e for e in seed_prompts if (e.prompt, e.fmt) not in have]
+  return out
+
+
+# ---- one forward pass: readout hidden states + the all-layer lens ---------------------------------------
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _readout_fn(graphdef, state, tokens, mask, readout, class_ids):
+  # The same readout as lens.all_layer_lens (tested equal), but it also returns the hidden states, so the
+  # probes and the lens see the very same vectors from one forward pass.
+  model = nnx.merge(graphdef, state)
+  stack = residual_stream(model, tokens, mask)  # [R, B, T, D]
+  h = jnp.take_along_axis(stack, readout[None, :, None, None], axis=2)[:, :, 0]  # [R, B, D]
+  logits = model.lens(h)  # [R, B, V] float32
+  probs = jax.nn.softmax(logits, axis=-1)
+  class_probs = jnp.take(probs, class_ids, axis=-1)  # [R, B, K]
+  top1 = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [R, B]
+  return h.astype(jnp.float32), class_probs, top1
+
+
+def readout_states(model, prompt_ids: list[list[int]], class_ids, batch_size: int, pad_id: int) -> dict:
+  """hidden [R, N, D], class_probs [N, R, K] (full-vocab softmax of each class token), top1 [N, R]."""
+  seq_len = -(-max(len(p) for p in prompt_ids) // 16) * 16  # one bucket: one compile
+  batch_size = max(1, min(batch_size, len(prompt_ids)))
+  graphdef, state = nnx.split(model)
+  class_ids = jnp.asarray(class_ids, jnp.int32)
+  hidden, probs, top1 = [], [], []
+  for start in range(0, len(prompt_ids), batch_size):
+    chunk = prompt_ids[start:start + batch_size]
+    tokens = np.full((batch_size, seq_len), pad_id, np.int32)
+    mask = np.zeros((batch_size, seq_len), np.int32)
+    mask[:, 0] = 1  # filler rows see one token, so no softmax row is all-masked
+    readout = np.zeros((batch_size,), np.int32)
+    for i, ids in enumerate(chunk):
+      tokens[i, :len(ids)], mask[i, :len(ids)], readout[i] = ids, 1, len(ids) - 1
+    h, p, t = jax.device_get(_readout_fn(graphdef, state, tokens, mask, readout, class_ids))
+    n = len(chunk)
+    hidden.append(h[:, :n])
+    probs.append(np.swapaxes(p, 0, 1)[:n])
+    top1.append(np.swapaxes(t, 0, 1)[:n])
+  return {"hidden": np.concatenate(hidden, axis=1), "class_probs": np.concatenate(probs),
+          "top1": np.concatenate(top1)}
+
+
+# ---- metrics (pure numpy; tests feed them batches whose answers are known) ------------------------------
+
+def classifier_metrics(class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray, class_ids,
+                       labels, confidence: float = 0.95) -> dict:
+  """Lens metrics at one row. class_probs [N, K] full-vocab probs of the class tokens; top1 [N] vocab argmax."""
+  class_ids = np.asarray(class_ids)
+  pred = np.argmax(class_probs, axis=-1)
+  correct = pred == y
+  out = accuracy_summary(correct, confidence)
+  out["vocab_top1_accuracy"] = float(np.mean(top1 == class_ids[y])) if len(y) else float("nan")
+  out["mean_confidence"] = float(np.mean(class_probs[np.arange(len(y)), pred])) if len(y) else float("nan")
+  out["mean_correct_prob"] = float(np.mean(class_probs[np.arange(len(y)), y])) if len(y) else float("nan")
+  matrix = np.zeros((len(labels), len(labels)), np.int64)
+  np.add.at(matrix, (y, pred), 1)
+  out["confusion"] = {"labels": list(labels), "matrix": matrix.tolist()}
+  return out
+
+
+def lens_layers(class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray, class_ids, labels, fmts: np.ndarray,
+                confidence: float = 0.95) -> list[dict]:
+  """One entry per lens row (n_layers + 1): accuracy, vocab top-1, p(correct), per-class mean p, per format."""
+  rows = []
+  for r in range(class_probs.shape[1]):
+    m = classifier_metrics(class_probs[:, r], top1[:, r], y, class_ids, labels, confidence)
+    block = r - 1 if r > 0 else None
+    by_format = {}
+    for fmt in sorted(set(fmts.tolist())):
+      sel = fmts == fmt
+      f = classifier_metrics(class_probs[sel, r], top1[sel, r], y[sel], class_ids, labels, confidence)
+      by_format[fmt] = {k: f[k] for k in ("accuracy", "ci_low", "ci_high", "n", "vocab_top1_accuracy",
+                                          "mean_correct_prob")}
+    rows.append({
+        "row": r, "layer": block, "name": "embeddings" if block is None else f"after block {block}",
+        **{k: m[k] for k in ("accuracy", "ci_low", "ci_high", "n", "vocab_top1_accuracy", "mean_correct_prob")},
+        "class_probs": {lab: float(np.mean(class_probs[y == k, r, k])) if np.any(y == k) else None
+                        for k, lab in enumerate(labels)},
+        "by_format": by_format,
+    })
+  return rows
+
+
+def _strip(d: dict) -> dict:
+  return {k: v for k, v in d.items() if k != "mean_correct_prob"}
+
+
+# ---- one model ---------------------------------------------------------------------------------------
+
+def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, tag: str) -> dict:
+  """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys."""
+  labels = list(targets.labels)
+  y = np.asarray([data_lib.label_index(e.operation, labels) for e in examples])
+  fmts = np.asarray([e.fmt for e in examples])
+  prompt_ids = [data_lib.encode_prompt(tok, e.prompt) for e in examples]
+  conf = c.sweep.confidence if "sweep" in c else 0.95
+
+  t0 = time.perf_counter()
+  states = readout_states(model, prompt_ids, targets.token_ids, c.eval.batch_size, tok.pad_id)
+  timing[f"{tag}_forward_s"] = time.perf_counter() - t0
+  row = layer + 1
+  probs_l, top1_l = states["class_probs"][:, row], states["top1"][:, row]
+
+  # -- classifier at L --
+  cls = classifier_metrics(probs_l, top1_l, y, targets.token_ids, labels, conf)
+  cls.pop("mean_correct_prob")
+  cls = {"layer": layer, "row": row, **cls, "by_format": {}}
+  for fmt in sorted(set(fmts.tolist())):
+    sel = fmts == fmt
+    cls["by_format"][fmt] = _strip(classifier_metrics(probs_l[sel], top1_l[sel], y[sel], targets.token_ids,
+                                                      labels, conf))
+  seed_keys = {(e.prompt, e.fmt) for e in experiment_seed_prompts(examples)}
+  seed_idx = [i for i, e in enumerate(examples) if (e.prompt, e.fmt) in seed_keys]
+  pred = np.argmax(probs_l, axis=-1)
+  cls["results"] = [{"prompt": examples[i].prompt, "format": examples[i].fmt, "expected": labels[y[i]],
+                     "predicted": labels[pred[i]], "confidence": float(probs_l[i, pred[i]]),
+                     "correct": bool(pred[i] == y[i])} for i in seed_idx]
+  cls["seed_prompts_accuracy"] = accuracy_summary(np.asarray([r["correct"] for r in cls["results"]], bool), conf)
+
+  # -- all layers --
+  lens = lens_layers(states["class_probs"], states["top1"], y, targets.token_ids, labels, fmts, conf)
+
+  # -- probes (per format: the lexical baseline differs by format) --
+  probes_out = None
+  if c.eval.probes:
+    t0 = time.perf_counter()
+    probes_out = {"by_format": {}}
+    for fmt in sorted(set(fmts.tolist())):
+      idx = np.flatnonzero(fmts == fmt)
+      probes_out["by_format"][fmt] = probe_format(states["hidden"][:, idx], y[idx], [prompt_ids[i] for i in idx],
+                                                  c, labels)
+    timing[f"{tag}_probes_s"] = time.perf_counter() - t0
+
+  # -- answers --
+  answers = None
+  if c.eval.generate:
+    t0 = time.perf_counter()
+    answers = answer_metrics(model, tok, examples, prompt_ids, c.eval.max_new_tokens, seed_keys, conf)
+    timing[f"{tag}_generate_s"] = time.perf_counter() - t0
+  del states
+  return {"classifier_eval": cls, "lens": lens, "probes": probes_out, "answer_accuracy": answers}
+
+
+def experiment_seed_prompts(examples) -> list:
+  """The seed's 8 prompts (data.SEED_TRIPLES) among `examples`, in every format present."""
+  seed = set(data_lib.SEED_TRIPLES)
+  return [e for e in examples if e.triple in seed]
+
+
+def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels) -> dict:
+  """Probes at every row on one format's readout states: stratified split, control task, lexical baseline."""
+  from lazarus_jax import probes
+
+  n_per_class = np.bincount(y, minlength=len(labels))
+  if len(y) < 4 or np.sum(n_per_class > 0) < 2 or np.min(n_per_class[n_per_class > 0]) < 2:
+    return {"skipped": f"too few examples to probe ({len(y)}, per class {n_per_class.tolist()})"}
+  train_idx, test_idx = probes.split_indices(len(y), c.eval.probe_test_fraction, seed=c.seed, stratify_labels=y)
+  res = probes.fit_probes(hidden, y, train_idx, test_idx, l2=c.eval.probe_l2, steps=c.eval.probe_steps,
+                          seed=c.seed)
+  lexical = probes.lexical_baseline(prompt_ids, y, (train_idx, test_idx), l2=c.eval.probe_l2,
+                                    steps=c.eval.probe_steps)
+  summary = res.summary()
+  summary["classes"] = [labels[int(k)] for k in summary["classes"]]
+  return {"summary": summary, "layers": res.to_json(), "lexical_baseline": lexical}
+
+
+def answer_metrics(model, tok, examples, prompt_ids, max_new_tokens: int, seed_keys, conf: float) -> dict:
+  """Greedy generation with the KV cache; exact match of the integer, per format and operation."""
+  from lazarus_jax import generate
+
+  res = generate.answer_accuracy(model, tok, prompt_ids, [e.answer for e in examples], max_new_tokens)
+  correct = np.asarray([r["correct"] for r in res["rows"]], bool)
+  fmts = np.asarray([e.fmt for e in examples])
+  ops = np.asarray([e.operation for e in examples])
+  out = accuracy_summary(correct, conf)
+  out["by_format"] = {}
+  for fmt in sorted(set(fmts.tolist())):
+    sel = fmts == fmt
+    entry = accuracy_summary(correct[sel], conf)
+    entry["by_operation"] = {op: accuracy_summary(correct[sel & (ops == op)], conf)
+                             for op in data_lib.OPERATIONS if np.any(sel & (ops == op))}
+    out["by_format"][fmt] = entry
+  out["examples"] = [{"prompt": e.prompt, "format": e.fmt, "operation": e.operation,
+                      "expected": e.answer.strip(), "generated": r["generated"], "correct": bool(r["correct"])}
+                     for e, r in zip(examples, res["rows"]) if (e.prompt, e.fmt) in seed_keys]
+  return out
+
+
+# ---- run ---------------------------------------------------------------------------------------------
+
+def adapter_path(c, workdir: str) -> str | None:
+  """The adapter directory `eval.adapter` names (None for the base model); refuses a missing one."""
+  spec = c.eval.adapter
+  if spec == "none":
+    return None
+  path = os.path.join(workdir, "adapter") if spec == "workdir" else spec
+  if not (os.path.isfile(os.path.join(path, "adapter_config.json"))
+          and os.path.isfile(os.path.join(path, "adapter_model.safetensors"))):
+    hint = ("train into this --workdir first, or pass --config.eval.adapter=none for the base model"
+            if spec == "workdir" else "pass a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
+    raise UserError(f"no adapter at {path}: {hint}")
+  return path
+
+
+def training_summary(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  table = os.path.join(workdir, "training_table.md")
+  table_md = open(table).read().strip() if os.path.isfile(table) else None
+  return {"table_md": table_md, "last": rows[-1] if rows else None, "n_logged": len(rows)}
+
+
+def write_json(path: str, doc) -> None:
+  # Write beside the target and rename: a crash never leaves a half-written results.json (the sweep's
+  # resume test is "does results.json exist").
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(doc, f, indent=1, default=_json_default, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def _json_default(o):
+  if isinstance(o, np.generic):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  return str(o)
+
+
+def _nan_to_none(o):
+  if isinstance(o, float) and o != o:
+    return None
+  if isinstance(o, dict):
+    return {k: _nan_to_none(v) for k, v in o.items()}
+  if isinstance(o, (list, tuple)):
+    return [_nan_to_none(v) for v in o]
+  if isinstance(o, np.floating):
+    return _nan_to_none(float(o))
+  return o
+
+
+def run(config, workdir: str) -> dict:
+  """Evaluates the model `config.eval.adapter` names; writes `<workdir>/eval/`; returns the results dict."""
+  c = config
+  experiment.validate_config(c)
+  workdir = os.path.abspath(workdir)
+  adapter = adapter_path(c, workdir)  # before any loading: a missing adapter fails fast
+  if jax.process_index() != 0:
+    return {}
+  timing = {}
+  t0 = time.perf_counter()
+  pretrained = experiment.load_model(c)
+  model = pretrained.build()
+  tok = pretrained.tokenizer
+  n_layers = pretrained.config.num_layers
+  layer = experiment.classifier_layer(c, n_layers)
+  datasets = experiment.build_data(c, tok)
+  examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op)
+  targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in examples}))
+  timing["load_s"] = time.perf_counter() - t0
+  print(f"evaluate: {pretrained.source}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
+        f"adapter {adapter or 'none'}", file=sys.stderr)
+
+  base = None
+  if adapter is None or c.eval.compare_base:
+    base = evaluate_model(model, tok, examples, targets, layer, c, timing, "base")
+  adapted = None
+  if adapter is not None:
+    from lazarus_jax.adapters import load_adapter
+    load_adapter(model, adapter)
+    adapted = evaluate_model(model, tok, examples, targets, layer, c, timing, "adapted")
+  main = adapted if adapted is not None else base
+
+  fmts = sorted({e.fmt for e in examples})
+  results = {
+      "schema_version": SCHEMA_VERSION,
+      "model": {"source": pretrained.source, "n_layers": n_layers, "adapter": adapter},
+      "evaluated": "adapted" if adapted is not None else "base",
+      "classifier_layer": layer,
+      "lens_row": layer + 1,
+      "class_targets": targets.as_dict(),
+      "formats": fmts,
+      "n_eval": {f: sum(e.fmt == f for e in examples) for f in fmts},
+      **main,
+      "base": base if adapted is not None else None,
+      "training": training_summary(workdir),
+      "timing": timing,
+      "provenance": provenance.collect(c),
+  }
+  results = _nan_to_none(results)
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  from lazarus_jax import report
+  report.write_report(results, out_dir)
+  write_json(os.path.join(out_dir, "results.json"), results)  # last: its presence means "done"
+  cls = results["classifier_eval"]
+  print(f"evaluate: lens accuracy at L={layer}: {cls['accuracy']:.3f} [{cls['ci_low']:.3f}, {cls['ci_high']:.3f}] "
+        f"(n={cls['n']}); wrote {out_dir}/results.json and report.md", file=sys.stderr)
+  return results
+
+
+def main(argv):
+  from absl import flags
+  if not flags.FLAGS.workdir:
+    raise UserError("--workdir is required: the run directory to evaluate (outputs go to <workdir>/eval)")
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
+  return 0
+
+
+if __name__ == "__main__":
+  from lazarus_jax.cli import run_cli
+  run_cli(main, with_config=True)
