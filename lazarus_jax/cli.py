@@ -6,6 +6,8 @@ file) ends as one line on stderr and exit status 2, before any work and without 
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from lazarus_jax.errors import UserError
@@ -21,14 +23,55 @@ def run_cli(main, with_config: bool = True) -> None:
     flags.DEFINE_string("workdir", None, "output directory (default: runs/<timestamp>)")
   try:
     argv = flags.FLAGS(sys.argv)
-  except Exception as e:  # absl's flag errors, a config file that does not exist or fails to load
-    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-    sys.exit(2)
-  if with_config and flags.FLAGS.config is None:
-    print("error: --config is required, e.g. --config configs/smollm2_135m.py", file=sys.stderr)
-    sys.exit(2)
+  except Exception as e:  # absl's flag errors, a bad --config.<key> or value
+    _fail(flag_error_line(e, sys.argv))
+  if with_config:
+    if flags.FLAGS.config is None:
+      _fail("--config is required, e.g. --config configs/smollm2_135m.py")
+    try:  # the config file loads lazily: force it here so a bad file is one line, not a traceback
+      flags.FLAGS.config.to_dict()
+    except Exception as e:
+      _fail(config_file_error_line(config_flags.get_config_filename(flags.FLAGS["config"]), e))
   try:
     sys.exit(main(argv) or 0)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+
+
+def _fail(line: str) -> None:
+  print(f"error: {' '.join(line.split())}", file=sys.stderr)  # always one line
+  sys.exit(2)
+
+
+def flag_error_line(e: Exception, argv) -> str:
+  """One line for a flag error; an unknown `--config.<key>` is named in full with ml_collections' suggestion."""
+  text = str(e).replace("\\n", "\n").replace("\\'", "'")
+  key = getattr(e, "flagname", None) or ""
+  key = key[len("config."):] if key.startswith("config.") else ""
+  if not key and ("Did you mean" in text or isinstance(e, (KeyError, AttributeError))):
+    # ml_collections names only the unknown field: find the override that holds it
+    m = re.search(r"'(\w+)'", text)
+    hits = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    hits = [h for h in hits if m and m.group(1) in h.split(".")]
+    key = hits[0] if hits else ""
+  if key:
+    hint = ""
+    m = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+    if m and m.group(2) in key.split("."):
+      parts = key.split(".")
+      parts[parts.index(m.group(2))] = m.group(1)
+      hint = f" (did you mean {'.'.join(parts)}?)"
+    return f"unknown config key {key}{hint}: the keys are documented in lazarus_jax/config.py"
+  if isinstance(e, SyntaxError):  # raised while loading the config file
+    return f"config file {e.filename} could not be loaded ({e.msg}, line {e.lineno}): fix the file"
+  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+  if len(first) > 1 and first[0] == first[-1] and first[0] in "'\"":  # a KeyError's repr
+    first = first[1:-1]
+  return first
+
+
+def config_file_error_line(path: str | None, e: Exception) -> str:
+  if path and not os.path.exists(path):
+    return f"config file {path} does not exist: pass e.g. --config configs/smollm2_135m.py"
+  reason = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return f"config file {path} could not be loaded ({reason[-1] if reason else type(e).__name__}): fix the file"
