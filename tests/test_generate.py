@@ -49,8 +49,9 @@ def _model(pretrained, lora: bool):
     cfg = model.cfg
     n, r = 2, 4
     keys = iter(jax.random.split(jax.random.key(1), 8))
-    dims = {"q": (cfg.hidden_size, cfg.num_heads * cfg.head_dim), "v": (cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim),
-            "o": (cfg.num_heads * cfg.head_dim, cfg.hidden_size), "down": (cfg.intermediate_size, cfg.hidden_size)}
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    dims = {"q": (cfg.hidden_size, q), "v": (cfg.hidden_size, kv), "o": (q, cfg.hidden_size),
+            "down": (cfg.intermediate_size, cfg.hidden_size)}
     weights = {t: (0.3 * jax.random.normal(next(keys), (n, din, r)), 0.3 * jax.random.normal(next(keys), (n, r, dout)))
                for t, (din, dout) in dims.items()}
     model.lora = nnx.data(StandInLoRA(layer_start=1, layer_end=3, scale=2.0, weights=weights))
