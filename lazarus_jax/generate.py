@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lazarus_jax.errors import UserError
-from lazarus_jax.model import LlamaConfig, PROJS, apply_rope, attention, project, rms_norm
+from lazarus_jax.model import PROJS, LlamaConfig, apply_rope, attention, project, rms_norm
 
 PROMPT_BUCKET = 16  # prompt lengths round up to a multiple of this (one compile per bucket)
 MAX_BATCH = 32  # batches are padded to a power of two up to this size
