@@ -81,6 +81,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.probe_test_fraction = 0.5  # of the held-out set, per format, stratified by operation
   c.eval.probe_l2 = 1e-3
   c.eval.probe_steps = 200
+  # adam: full-batch, ~25x faster than probes.py's L-BFGS on CPU at equal held-out accuracy (measured on
+  # 31 layers x 400 x 576 features); lbfgs reaches the exact convex optimum.
+  c.eval.probe_method = "adam"  # adam | lbfgs
+  c.eval.probe_lr = 0.05  # adam only
   c.eval.seed_table = True  # the seed's 8-prompt table in the report
 
   # Controlled comparison (python -m lazarus_jax.sweep): arms differ only in classifier.weight.

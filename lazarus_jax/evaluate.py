@@ -244,7 +244,7 @@ def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels) -> di
     return {"skipped": f"too few examples to probe ({len(y)}, per class {n_per_class.tolist()})"}
   train_idx, test_idx = probes.split_indices(len(y), c.eval.probe_test_fraction, seed=c.seed, stratify_labels=y)
   res = probes.fit_probes(hidden, y, train_idx, test_idx, l2=c.eval.probe_l2, steps=c.eval.probe_steps,
-                          seed=c.seed)
+                          seed=c.seed, method=c.eval.probe_method, learning_rate=c.eval.probe_lr)
   lexical = probes.lexical_baseline(prompt_ids, y, (train_idx, test_idx), l2=c.eval.probe_l2,
                                     steps=c.eval.probe_steps)
   summary = res.summary()
@@ -336,6 +336,10 @@ def run(config, workdir: str) -> dict:
   experiment.validate_config(c)
   workdir = os.path.abspath(workdir)
   adapter = adapter_path(c, workdir)  # before any loading: a missing adapter fails fast
+  if c.eval.probe_method not in ("adam", "lbfgs"):
+    raise UserError(f"eval.probe_method must be adam or lbfgs, got {c.eval.probe_method!r}")
+  if not 0.0 < c.eval.probe_test_fraction < 1.0:
+    raise UserError(f"eval.probe_test_fraction must be in (0, 1), got {c.eval.probe_test_fraction}")
   if jax.process_index() != 0:
     return {}
   timing = {}
