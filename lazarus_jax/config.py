@@ -85,7 +85,6 @@ def default_config() -> ml_collections.ConfigDict:
   # 31 layers x 400 x 576 features); lbfgs reaches the exact convex optimum.
   c.eval.probe_method = "adam"  # adam | lbfgs
   c.eval.probe_lr = 0.05  # adam only
-  c.eval.seed_table = True  # the seed's 8-prompt table in the report
 
   # Controlled comparison (python -m lazarus_jax.sweep): arms differ only in classifier.weight.
   # Comma-separated strings so that --config.sweep.<key>=a,b works on the command line.
