@@ -23,7 +23,9 @@ def run_cli(main, with_config: bool = True) -> None:
     flags.DEFINE_string("workdir", None, "output directory (default: runs/<timestamp>)")
   try:
     argv = flags.FLAGS(sys.argv)
-  except Exception as e:  # absl's flag errors, a bad --config.<key> or value
+  except Exception as e:  # absl's flag errors, a bad --config.<key> or value, a config file that fails to load
+    if with_config and "Failed loading config file" in str(e) or "earlier failure to load" in str(e):
+      _fail(config_file_error_line(_config_arg(sys.argv), e))
     _fail(flag_error_line(e, sys.argv))
   if with_config:
     if flags.FLAGS.config is None:
@@ -68,6 +70,15 @@ def flag_error_line(e: Exception, argv) -> str:
   if len(first) > 1 and first[0] == first[-1] and first[0] in "'\"":  # a KeyError's repr
     first = first[1:-1]
   return first
+
+
+def _config_arg(argv) -> str | None:
+  for i, a in enumerate(argv):
+    if a in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+  return None
 
 
 def config_file_error_line(path: str | None, e: Exception) -> str:
