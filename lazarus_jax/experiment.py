@@ -11,6 +11,7 @@ from lazarus_jax import data as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.loading import Pretrained, load_pretrained
 from lazarus_jax.lora import LoRAConfig
+from lazarus_jax.model import PROJS
 from lazarus_jax.targets import ResolvedTargets, resolve_targets
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -40,7 +41,19 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   bad = [f for f in formats if f not in data_lib.FORMATS]
   if not formats or bad:
     raise UserError(f"data.format must list some of {data_lib.FORMATS}, got {c.data.format!r}")
-  LoRAConfig.from_config(c.lora)  # parses targets
+  if c.data.jsonl:  # a bad data file is named (file:line) before the model loads
+    data_lib.load_jsonl(c.data.jsonl)
+  # The LoRA checks that need no model (the layer range against the model comes once it is loaded).
+  lora = LoRAConfig.from_config(c.lora)
+  unknown = [t for t in lora.targets if t not in PROJS]
+  if not lora.targets or unknown:
+    raise UserError(f"unknown LoRA target(s) {unknown or lora.targets}: choose among {','.join(PROJS)} "
+                    "(e.g. --config.lora.targets=v,o)")
+  if lora.alpha <= 0:
+    raise UserError(f"lora.alpha must be positive, got {lora.alpha}")
+  if lora.layer_start < 0 or (lora.layer_end is not None and lora.layer_end <= lora.layer_start):
+    raise UserError(f"LoRA layer range [{lora.layer_start}, {lora.layer_end}) adapts nothing: use "
+                    "0 <= lora.layer_start < lora.layer_end (or lora.layer_end=-1 for all layers)")
 
 
 def data_formats(c) -> list[str]:
