@@ -127,8 +127,12 @@ def check_workdir(c, workdir: str) -> None:
   cfg_file = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_file) or c.overwrite:
     return
-  with open(cfg_file) as f:
-    old = json.load(f)
+  try:
+    with open(cfg_file) as f:
+      old = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{cfg_file} is unreadable ({e}): use another --workdir, or --config.overwrite=True to "
+                    "replace it") from None
   new = json.loads(json.dumps(c.to_dict(), default=list))
 
   def relevant(d):
@@ -153,7 +157,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   check_workdir(c, workdir)
   is_main = jax.process_index() == 0
 
-  # -- setup: model, adapters, targets, data, mesh (all checks before anything is written) --
+  # -- setup: mesh, model, adapters, targets, data (all checks before anything is written) --
+  mesh = make_mesh(c.mesh.shape)  # device count and batch divisibility need no model: fail before loading it
+  data_size = mesh.shape["data"] * mesh.shape["fsdp"]
+  if c.train.batch_size % data_size:
+    raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by the data-parallel size {data_size} "
+                    f"(mesh data x fsdp on {mesh.size} devices): change train.batch_size or mesh.shape")
   pretrained = experiment.load_model(c)
   model = pretrained.build()
   n_layers = pretrained.config.num_layers
@@ -163,7 +172,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   tok = pretrained.tokenizer
   datasets = experiment.build_data(c, tok)
   targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in datasets.train[:2000]}))
-  mesh = make_mesh(c.mesh.shape)
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
   rules = tuple(tuple(r) for r in c.mesh.rules)
   if is_main:
@@ -176,7 +184,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   sync_processes("inputs checked")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if c.overwrite and is_main:
-    for name in ("checkpoints", "metrics.jsonl", "tb", "adapter", "eval"):
+    for name in ("checkpoints", "metrics.jsonl", "tb", "adapter", "eval", "train_summary.json",
+                 "training_table.md"):
       path = os.path.join(workdir, name)
       if os.path.isdir(path):
         shutil.rmtree(path)
@@ -184,8 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         os.remove(path)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(c.to_dict(), f, indent=2, default=list)
+    write_atomic(os.path.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
 
   # -- state: base weights placed by rules; adapters + optimizer created already sharded --
   graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
@@ -294,12 +302,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), os.path.join(workdir, "adapter"),
                 base_model=pretrained.source, model_fingerprint=model_fingerprint(pretrained.config))
     table = training_table(writer.history, c.train.table_steps)
-    with open(os.path.join(workdir, "training_table.md"), "w") as f:
-      f.write(table + "\n")
+    write_atomic(os.path.join(workdir, "training_table.md"), table + "\n")
     summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
+               "skipped_updates": int(jax.device_get(state["skipped"])),
                "class_targets": targets.as_dict(), "provenance": provenance.collect(c)}
-    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    write_atomic(os.path.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
     print(table)
   if c.eval.enabled:
     from lazarus_jax import evaluate
@@ -323,6 +330,14 @@ def gather_to_host(tree):
 
 class TrainingDiverged(UserError):
   """Too many consecutive non-finite updates."""
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes `path` whole or not at all: a kill mid-write must not leave a truncated file behind."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def save_checkpoint(ckpt: Checkpointer, state, step: int, c, force: bool = False) -> None:
