@@ -21,11 +21,13 @@ class MetricsWriter:
       return
     if os.path.exists(self.path):
       with open(self.path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        rows = [_parse(line) for line in f if line.strip()]
+      rows = [r for r in rows if r is not None]
       self.history = [r for r in rows if r["step"] <= truncate_after]
-    with open(self.path, "w") as f:
+    with open(self.path + ".tmp", "w") as f:  # replaced whole: a kill here must not lose the history
       for r in self.history:
         f.write(json.dumps(r) + "\n")
+    os.replace(self.path + ".tmp", self.path)
     from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
@@ -43,6 +45,15 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()
+
+
+def _parse(line: str):
+  # A run killed mid-write leaves a partial last line: it is dropped (its step is re-run after the resume).
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  return row if isinstance(row, dict) and "step" in row else None
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
