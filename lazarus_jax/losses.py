@@ -51,11 +51,15 @@ def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier
                      restrict_to_classes: bool = False):
   """Returns (total, aux). `weight` is an array (changing it does not recompile)."""
   residual = residual_stream(model, batch["tokens"], batch["mask"])  # [n+1,B,T,D]
-  h_l = gather_rows(residual[classifier_layer + 1], batch["readout"])  # after block L
-  cls_logits = model.lens(h_l)
+  h_l = gather_rows(residual[classifier_layer + 1], batch["readout"])  # [B,D] after block L
+  h_answer = gather_rows(residual[-1], batch["answer_pos"])  # [B,A,D] final layer
+  # One unembedding for both readouts: the [V,D] matrix is the largest tensor the step touches, and one
+  # [B+B*A, V] matmul (and one in the backward) streams it half as often as two.
+  b, a, d = h_answer.shape
+  logits = model.lens(jnp.concatenate([h_l, h_answer.reshape(b * a, d)], axis=0))
+  cls_logits, answer_logits = logits[:b], logits[b:].reshape(b, a, -1)
   cls_loss, class_pred, vocab_correct, confidence = classifier_terms(
       cls_logits, batch["label"], class_token_ids, restrict_to_classes)
-  answer_logits = model.lens(gather_rows(residual[-1], batch["answer_pos"]))  # [B,A,V]
   nll_sum, n_answer, correct_sum = answer_terms(answer_logits, batch["answer_target"], batch["answer_weight"])
   classifier_loss = cls_loss.mean()
   answer_loss = nll_sum / jnp.maximum(n_answer, 1.0)

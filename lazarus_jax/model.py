@@ -12,6 +12,7 @@ rows; row 0 is the embedding output and row L+1 is the residual stream after blo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -188,7 +189,7 @@ class LlamaModel(nnx.Module):
     cdt = jnp.dtype(self.cfg.compute_dtype)
     x = rms_norm(h, self.final_norm[...], self.cfg.rms_norm_eps, cdt)
     w = self.unembed_matrix().astype(cdt)
-    return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
+    return dense(x, w, True, jnp.float32)
 
   # ---- trunk -----------------------------------------------------------------------------------
   def trunk(self, tokens, mask=None, positions=None):
@@ -212,7 +213,10 @@ class LlamaModel(nnx.Module):
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]  # [B,1,1,Tq,Tk]
 
     h = self.embed[...][tokens].astype(cdt)
-    layer_weights = {name: getattr(self.layers, name)[...] for name in PROJS + ("attn_norm", "mlp_norm")}
+    # Cast the projection stacks once, outside the scan (a no-op when param and compute dtypes agree): a cast
+    # inside the body would be re-done per layer and its outputs saved, stacked, as residuals for the backward.
+    layer_weights = {name: getattr(self.layers, name)[...].astype(cdt) for name in PROJS}
+    layer_weights.update({name: getattr(self.layers, name)[...] for name in ("attn_norm", "mlp_norm")})
     lora = self.lora
     lo, hi = (lora.layer_start, lora.layer_end) if lora is not None else (cfg.num_layers, cfg.num_layers)
     lora_weights = lora.stacked_weights() if lora is not None else None
@@ -252,13 +256,50 @@ def make_block(cfg: LlamaConfig, cos, sin, bias, lora_scale: float):
   return block
 
 
+def _dot(x, w, w_transposed: bool):
+  """x [..., d] @ w [d, f] (or w [f, d] when `w_transposed`) -> [..., f], accumulated in float32."""
+  dims = (((x.ndim - 1,), (1 if w_transposed else 0,)), ((), ()))
+  return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense(x, w, w_transposed: bool = False, out_dtype=None):
+  """A matmul whose forward AND backward run as same-dtype dots with float32 accumulation.
+
+  Why: XLA:CPU runs bf16 x bf16 -> f32 dots natively (AMX/AVX512-BF16) but upcasts a bf16 -> bf16 dot, or a
+  mixed f32 x bf16 one (what autodiff's transpose of a `preferred_element_type` dot produces), to float32,
+  converting whole weight stacks every step -- 4-5x slower. The backward casts the incoming cotangent to the
+  compute dtype (the usual mixed-precision contract). In float32 this is a plain matmul.
+  """
+  return _dot(x, w, w_transposed).astype(out_dtype or x.dtype)
+
+
+def _dense_fwd(x, w, w_transposed, out_dtype):
+  return dense(x, w, w_transposed, out_dtype), (x, w)
+
+
+def _dense_bwd(w_transposed, out_dtype, res, g):
+  x, w = res
+  g = g.astype(x.dtype)
+  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())),
+                           preferred_element_type=jnp.float32).astype(x.dtype)
+  # Weight gradient (dead code, removed by XLA, for frozen weights; needed for the adapters).
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  pair = (g2, x2) if w_transposed else (x2, g2)
+  dw = jax.lax.dot_general(*pair, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32).astype(w.dtype)
+  return dx, dw
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def project(x, weights, adapters, lora_scale, name, cdt):
   """x @ W (+ LoRA: scale * (x @ A) @ B), matmuls in the compute dtype with float32 accumulation."""
-  y = jnp.einsum("btd,df->btf", x, weights[name].astype(cdt))
+  y = dense(x, weights[name].astype(cdt))  # the cast is a no-op from `trunk`, which casts the stacks once
   if adapters is not None and name in adapters:
     a, b_ = adapters[name]
-    xa = jnp.einsum("btd,dr->btr", x, a.astype(cdt))
-    y = y + (lora_scale * jnp.einsum("btr,rf->btf", xa, b_.astype(cdt))).astype(y.dtype)
+    xa = dense(x, a.astype(cdt))
+    y = y + (lora_scale * dense(xa, b_.astype(cdt))).astype(y.dtype)
   return y
 
 
@@ -270,7 +311,7 @@ def attention(q, k, v, bias):
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores / jnp.sqrt(jnp.float32(hd)) + bias
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
   return out.reshape(b, t, h * hd)
 
 
