@@ -105,6 +105,7 @@ class TrainResult:
   final_step: int
   history: list  # logged metric rows
   preempted: bool = False
+  signal_number: int | None = None  # the signal that stopped a preempted run
 
 
 def flat_config(c) -> dict:
@@ -281,7 +282,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
               f"is step {ckpt.latest_step()} in {ckpt_dir}: lower train.lr or check the data")
       if step % c.train.checkpoint_every == 0 or step == c.train.steps or stop.requested:
         save_checkpoint(ckpt, state, step, c, force=stop.requested)
-      if stop.requested:
+      if stop.requested and step < c.train.steps:  # at the last step, finish normally (outputs)
         preempted = True
         break
   finally:
@@ -292,9 +293,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
   if preempted:
     if is_main:
-      print(f"stopped by {stop.signal_name} at step {step}: checkpoint saved; continue with "
+      print(f"stopped by {stop.signal_name} at step {step}: checkpoint {ckpt_dir}/{step} saved; continue with "
             "--config.resume=True", file=sys.stderr)
-    return TrainResult(workdir, step, writer.history, preempted=True)
+    return TrainResult(workdir, step, writer.history, preempted=True, signal_number=stop.signal_number)
 
   # -- outputs --
   lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
@@ -396,7 +397,7 @@ class PreemptionFlag:
   """SIGTERM (a TPU VM's preemption notice) and SIGINT ask the loop to checkpoint and stop."""
 
   def __init__(self):
-    self.requested, self.signal_name, self._old = False, None, {}
+    self.requested, self.signal_name, self.signal_number, self._old = False, None, None, {}
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         self._old[sig] = signal.signal(sig, self._handle)
@@ -404,7 +405,11 @@ class PreemptionFlag:
         pass
 
   def _handle(self, signum, frame):
-    self.requested, self.signal_name = True, signal.Signals(signum).name
+    if self.requested:  # asked twice (a second Ctrl-C): stop now, as without the handler
+      self.restore()
+      signal.raise_signal(signum)
+      return
+    self.requested, self.signal_name, self.signal_number = True, signal.Signals(signum).name, signum
 
   def restore(self):
     for sig, handler in self._old.items():
@@ -415,6 +420,8 @@ def main(argv):
   from absl import flags
   workdir = flags.FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   result = run(flags.FLAGS.config, workdir)
+  if result.preempted:  # checkpoint saved, run incomplete: the shell's status for "stopped by this signal"
+    return 128 + result.signal_number
   return 0 if result.final_step > 0 else 1
 
 
