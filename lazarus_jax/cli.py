@@ -38,6 +38,9 @@ def run_cli(main, with_config: bool = True) -> None:
     sys.exit(main(argv) or 0)
   except UserError as e:
     _fail(str(e))
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints first): no traceback
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def _fail(line: str) -> None:
