@@ -37,7 +37,7 @@ def test_mesh_matches_single_device(single_device, monkeypatch, tmp_path, shape)
   assert [r["step"] for r in result.history] == list(range(1, STEPS + 1))
   for ref, row in zip(single_device, result.history):
     for k in KEYS:
-      np.testing.assert_allclose(row[k], ref[k], atol=1e-5, rtol=1e-5, err_msg=f"{k} on mesh {shape}")
+      np.testing.assert_allclose(row[k], ref[k], atol=1e-5, rtol=0, err_msg=f"{k} on mesh {shape}")
   assert single_device[-1]["loss"] != single_device[0]["loss"]  # the steps update the adapters
 
 
