@@ -49,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 0  # 0 = the longest example rounded up to 16
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1000
+  c.train.steps = 1000  # also the length of the lr schedule: raising it on resume stretches the remaining decay
   c.train.batch_size = 8
   c.train.lr = 5e-4
   c.train.warmup_steps = 50

@@ -28,8 +28,7 @@ class MetricsWriter:
       for r in self.history:
         f.write(json.dumps(r) + "\n")
     os.replace(self.path + ".tmp", self.path)
-    from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    self._tb = summary_writer_class()(os.path.join(workdir, "tb"))
 
   def write(self, row: dict) -> None:
     self.history.append(row)
@@ -54,6 +53,22 @@ def _parse(line: str):
   except json.JSONDecodeError:
     return None
   return row if isinstance(row, dict) and "step" in row else None
+
+
+def summary_writer_class():
+  """tensorboardX's SummaryWriter, imported with torch hidden.
+
+  tensorboardX imports torch whenever it is installed (only to accept torch tensors); the training path must
+  not import torch (DESIGN.md §6), and it costs seconds at start-up.
+  """
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX tolerates
+    try:
+      import tensorboardX
+    finally:
+      del sys.modules["torch"]
+  from tensorboardX import SummaryWriter
+  return SummaryWriter
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
