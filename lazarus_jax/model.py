@@ -43,7 +43,7 @@ class LlamaConfig:
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 2048
   param_dtype: str = "float32"
-  compute_dtype: str = "float32"
+  compute_dtype: str = "float32"  # matmul operands; accumulation, residual stream, norms, softmax: float32
   remat: str = "none"  # none | full | dots (save matmul outputs)
 
   @classmethod
@@ -187,9 +187,8 @@ class LlamaModel(nnx.Module):
   def lens(self, h):
     """Logit lens: unembed(final_norm(h)) in float32 logits. h [..., D]."""
     cdt = jnp.dtype(self.cfg.compute_dtype)
-    x = rms_norm(h, self.final_norm[...], self.cfg.rms_norm_eps, cdt)
-    w = self.unembed_matrix().astype(cdt)
-    return dense(x, w, True, jnp.float32)
+    x = rms_norm(h, self.final_norm[...], self.cfg.rms_norm_eps, jnp.float32)
+    return dense(x, self.unembed_matrix().astype(cdt), True)
 
   # ---- trunk -----------------------------------------------------------------------------------
   def trunk(self, tokens, mask=None, positions=None):
@@ -207,12 +206,15 @@ class LlamaModel(nnx.Module):
       mask = jnp.ones((b, t), jnp.int32)
     angles = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
     angles = jnp.concatenate([angles, angles], axis=-1)
-    cos, sin = jnp.cos(angles).astype(cdt), jnp.sin(angles).astype(cdt)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
     causal = jnp.tril(jnp.ones((t, t), bool))
     allowed = causal[None, :, :] & (mask[:, None, :] > 0)  # [B, Tq, Tk]
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]  # [B,1,1,Tq,Tk]
 
-    h = self.embed[...][tokens].astype(cdt)
+    # The residual stream, norms, rope and softmax stay float32 whatever the compute dtype: only matmul operands
+    # are cast (in `dense`). XLA:CPU has no bf16 elementwise arithmetic and would upcast each fusion anyway, and
+    # bf16 scan residuals are saved by converting the whole stacked buffer per layer.
+    h = self.embed[...][tokens].astype(jnp.float32)
     # Cast the projection stacks once, outside the scan (a no-op when param and compute dtypes agree): a cast
     # inside the body would be re-done per layer and its outputs saved, stacked, as residuals for the backward.
     layer_weights = {name: getattr(self.layers, name)[...].astype(cdt) for name in PROJS}
@@ -263,15 +265,16 @@ def _dot(x, w, w_transposed: bool):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def dense(x, w, w_transposed: bool = False, out_dtype=None):
-  """A matmul whose forward AND backward run as same-dtype dots with float32 accumulation.
+def dense(x, w, w_transposed: bool = False, out_dtype=jnp.float32):
+  """x @ w with both operands in w's dtype (the compute dtype), accumulated and returned in float32.
 
-  Why: XLA:CPU runs bf16 x bf16 -> f32 dots natively (AMX/AVX512-BF16) but upcasts a bf16 -> bf16 dot, or a
-  mixed f32 x bf16 one (what autodiff's transpose of a `preferred_element_type` dot produces), to float32,
-  converting whole weight stacks every step -- 4-5x slower. The backward casts the incoming cotangent to the
-  compute dtype (the usual mixed-precision contract). In float32 this is a plain matmul.
+  Forward AND backward run as same-dtype dots with float32 accumulation. Why: XLA:CPU runs bf16 x bf16 -> f32
+  dots natively (AMX/AVX512-BF16) but upcasts a bf16 -> bf16 dot, or a mixed f32 x bf16 one (what autodiff's
+  transpose of a `preferred_element_type` dot produces), to float32, converting whole weight stacks every step
+  (4-5x slower). The backward casts the incoming cotangent to the compute dtype (the usual mixed-precision
+  contract). `x` may be float32: only the dot sees it in the compute dtype. In float32 this is a plain matmul.
   """
-  return _dot(x, w, w_transposed).astype(out_dtype or x.dtype)
+  return _dot(x.astype(w.dtype), w, w_transposed).astype(out_dtype)
 
 
 def _dense_fwd(x, w, w_transposed, out_dtype):
@@ -280,11 +283,11 @@ def _dense_fwd(x, w, w_transposed, out_dtype):
 
 def _dense_bwd(w_transposed, out_dtype, res, g):
   x, w = res
-  g = g.astype(x.dtype)
+  g, xc = g.astype(w.dtype), x.astype(w.dtype)
   dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())),
                            preferred_element_type=jnp.float32).astype(x.dtype)
   # Weight gradient (dead code, removed by XLA, for frozen weights; needed for the adapters).
-  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  x2, g2 = xc.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
   pair = (g2, x2) if w_transposed else (x2, g2)
   dw = jax.lax.dot_general(*pair, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32).astype(w.dtype)
   return dx, dw
@@ -294,12 +297,11 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def project(x, weights, adapters, lora_scale, name, cdt):
-  """x @ W (+ LoRA: scale * (x @ A) @ B), matmuls in the compute dtype with float32 accumulation."""
+  """x @ W (+ LoRA: scale * (x @ A) @ B): operands in the compute dtype, float32 accumulation and result."""
   y = dense(x, weights[name].astype(cdt))  # the cast is a no-op from `trunk`, which casts the stacks once
   if adapters is not None and name in adapters:
     a, b_ = adapters[name]
-    xa = dense(x, a.astype(cdt))
-    y = y + (lora_scale * dense(xa, b_.astype(cdt))).astype(y.dtype)
+    y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt))
   return y
 
 
@@ -318,13 +320,13 @@ def attention(q, k, v, bias):
 def decoder_block(cfg: LlamaConfig, w, adapters, lora_scale, h, cos, sin, bias):
   cdt = jnp.dtype(cfg.compute_dtype)
   b, t, _ = h.shape
-  x = rms_norm(h, w["attn_norm"], cfg.rms_norm_eps, cdt)
+  x = rms_norm(h, w["attn_norm"], cfg.rms_norm_eps, h.dtype)
   q = project(x, w, adapters, lora_scale, "q", cdt).reshape(b, t, cfg.num_heads, cfg.head_dim)
   k = project(x, w, adapters, lora_scale, "k", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
   v = project(x, w, adapters, lora_scale, "v", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   h = h + project(attention(q, k, v, bias), w, adapters, lora_scale, "o", cdt).astype(h.dtype)
-  x = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps, cdt)
+  x = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps, h.dtype)
   gated = jax.nn.silu(project(x, w, adapters, lora_scale, "gate", cdt)) * project(x, w, adapters, lora_scale, "up", cdt)
   return h + project(gated, w, adapters, lora_scale, "down", cdt).astype(h.dtype)
 
