@@ -18,6 +18,7 @@ from lazarus_jax.lora import LoRAConfig, add_lora
 from lazarus_jax.model import LlamaModel
 
 PREFIX = "base_model.model.model.layers"
+FINGERPRINT_FILE = "lazarus_jax_model.json"
 
 
 def _key(layer: int, target: str, which: str) -> str:
@@ -42,8 +43,6 @@ def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int,
       "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
       "target_modules": sorted(HF_LAYER_MODULES[t].split(".")[-1] for t in lora_cfg.targets),
       "layers_to_transform": list(range(start, end)), "layers_pattern": "layers",
-      # Ours, ignored by peft: lets a loader check that the adapter belongs to the model.
-      "lazarus_jax": {"model": model_fingerprint},
   }
   os.makedirs(out_dir, exist_ok=True)
   tmp = os.path.join(out_dir, ".adapter_model.safetensors.tmp")
@@ -51,6 +50,10 @@ def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int,
   os.replace(tmp, os.path.join(out_dir, "adapter_model.safetensors"))
   with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
     json.dump(config, f, indent=2)
+  # Ours, beside peft's files (peft warns about unknown keys in its config): lets a loader check that the
+  # adapter belongs to the model it is loaded onto.
+  with open(os.path.join(out_dir, FINGERPRINT_FILE), "w") as f:
+    json.dump({"model": model_fingerprint}, f, indent=2)
 
 
 def model_fingerprint(cfg) -> dict:
@@ -69,7 +72,11 @@ def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
     raise UserError(f"{path} is not an adapter directory (needs adapter_config.json and adapter_model.safetensors)")
   with open(cfg_file) as f:
     pc = json.load(f)
-  saved = (pc.get("lazarus_jax") or {}).get("model")
+  saved = None
+  fingerprint_file = os.path.join(path, FINGERPRINT_FILE)
+  if os.path.exists(fingerprint_file):
+    with open(fingerprint_file) as f:
+      saved = json.load(f).get("model")
   if saved and saved != model_fingerprint(model.cfg):
     raise UserError(f"adapter {path} was trained for a different base model ({saved}); "
                     "load it with the model it was trained on")
