@@ -70,15 +70,15 @@ def _adapters(root: str, ref_run: str) -> dict:
   src = os.path.join(ref_run, "adapter")
   # Fingerprint says: another base model.
   p["other_model"] = shutil.copytree(src, os.path.join(root, "adapter_other_model"))
-  cfg_file = os.path.join(p["other_model"], "adapter_config.json")
-  cfg = json.load(open(cfg_file))
-  cfg["lazarus_jax"]["model"]["hidden_size"] = 128
-  json.dump(cfg, open(cfg_file, "w"))
+  fp_file = os.path.join(p["other_model"], "lazarus_jax_model.json")
+  fp = json.load(open(fp_file))
+  fp["model"]["hidden_size"] = 128
+  json.dump(fp, open(fp_file, "w"))
   # No fingerprint (a plain PEFT adapter) and a rank the tensors do not have: shapes disagree.
   p["shapes"] = shutil.copytree(src, os.path.join(root, "adapter_shapes"))
   cfg_file = os.path.join(p["shapes"], "adapter_config.json")
+  os.remove(os.path.join(p["shapes"], "lazarus_jax_model.json"))
   cfg = json.load(open(cfg_file))
-  cfg.pop("lazarus_jax")
   cfg["r"] = 8
   json.dump(cfg, open(cfg_file, "w"))
   return p
