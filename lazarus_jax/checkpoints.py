@@ -7,6 +7,7 @@ checkpoint is never listed or loaded.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -15,8 +16,28 @@ import orbax.checkpoint as ocp
 from lazarus_jax.errors import UserError
 
 
+class CheckpointSaveError(UserError):
+  """A checkpoint could not be written (disk full, read-only, ...). Earlier checkpoints are untouched."""
+
+
+class _NoTracebacks(logging.Filter):
+  # Orbax's and asyncio's background threads log a failed write with full tracebacks; the run reports the
+  # failure itself in one line (CheckpointSaveError), so keep their messages but drop the tracebacks.
+  def filter(self, record):
+    if record.exc_info and ("orbax" in record.pathname or "asyncio" in record.pathname):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+_FILTER = _NoTracebacks()
+
+
 class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).addFilter(_FILTER)  # a set: adding twice is harmless
+    self._pending = None  # the step whose (async) save may still be running
+    self._failed = False
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                            create=True)
@@ -26,8 +47,31 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+    self.wait()  # an earlier async save that failed is reported as itself, not as this one
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    return self.manager.save(step, args=args, force=force)
+    try:
+      saved = self.manager.save(step, args=args, force=force)
+    except Exception as e:
+      self._fail(step, e)
+    self._pending = step if saved else self._pending
+    return saved
+
+  def finalized_steps(self) -> list[int]:
+    """Steps whose checkpoint is complete on disk (orbax renames a step's directory to `<step>` last)."""
+    try:
+      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    except OSError:
+      return []
+
+  def _fail(self, step, e: Exception):
+    self._failed = True
+    done = self.finalized_steps()
+    reason = " ".join(str(e).split())
+    reason = reason if len(reason) < 200 else reason[:200] + "..."
+    last = (f"the last complete checkpoint is step {done[-1]}; continue from it with --config.resume=True"
+            if done else "no complete checkpoint exists yet")
+    raise CheckpointSaveError(f"could not save checkpoint step {step} to {self.directory} ({type(e).__name__}: "
+                              f"{reason}): free disk space or fix the directory's permissions; {last}") from None
 
   def restore(self, step: int, abstract_state):
     """Restores `step` into `abstract_state` (a tree of ShapeDtypeStructs with shardings)."""
@@ -40,11 +84,22 @@ class Checkpointer:
     return out.state, out.meta
 
   def wait(self):
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      self._fail(self._pending, e)
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save (raising if it failed); after a reported failure, closes quietly."""
+    try:
+      if not self._failed:
+        self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:
+        if not self._failed:
+          raise
 
 
 def abstract_like(tree, shardings):
