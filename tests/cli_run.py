@@ -58,6 +58,8 @@ def train_args(workdir: str, *overrides: str, config: str = "configs/tiny.py") -
 _SERVER = r"""
 import json, os, runpy, sys
 import lazarus_jax.train, lazarus_jax.lens, lazarus_jax.evaluate  # noqa: F401  (the imports every start pays)
+for name in ("lazarus_jax.train", "lazarus_jax.lens", "lazarus_jax.evaluate"):  # run fresh as __main__ (runpy)
+  del sys.modules[name]
 print("ready", flush=True)
 for line in sys.stdin:
   req = json.loads(line)
