@@ -13,6 +13,12 @@ import sys
 from lazarus_jax.errors import UserError
 
 
+CONFIG_FLAGS_HELP = """flags:
+  --config FILE              a config file, e.g. configs/smollm2_135m.py (see lazarus_jax/config.py for every key)
+  --config.<key>=<value>     override one config value, e.g. --config.train.steps=200 --config.classifier.weight=0
+  --workdir DIR              output directory (default: runs/<timestamp>)"""
+
+
 def run_cli(main, with_config: bool = True) -> None:
   from absl import flags
   from ml_collections import config_flags
@@ -21,6 +27,10 @@ def run_cli(main, with_config: bool = True) -> None:
     config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/smollm2_135m.py",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "output directory (default: runs/<timestamp>)")
+  if any(a in ("-h", "--help", "--helpfull") for a in sys.argv[1:]):
+    print((sys.modules["__main__"].__doc__ or "").strip() + "\n")
+    print(flags.FLAGS.main_module_help() if not with_config else CONFIG_FLAGS_HELP)
+    sys.exit(0)
   try:
     argv = flags.FLAGS(sys.argv)
   except Exception as e:  # absl's flag errors, a bad --config.<key> or value, a config file that fails to load
