@@ -2,7 +2,7 @@
 resume after each kill, and end with exactly the adapters and optimizer state of an uninterrupted run.
 
 Kill moments (seeded): the instant orbax creates a checkpoint's temporary directory (a save in flight), a
-random time into the training loop, or a random time into start-up. Every resume must start from the newest
+random instant a few steps into the training loop, or a random time into start-up. Every resume must start from the newest
 *finalized* checkpoint (orbax's `<step>` directories; a `*.orbax-checkpoint-tmp-*` one is never loaded).
 """
 
@@ -51,8 +51,22 @@ def _exited(child) -> bool:
     return True
 
 
-def _kill(child, mode: str, rng: random.Random, ckpt_dir: str) -> bool:
-  """Kills `child` at a moment chosen by `mode`; False if it finished first."""
+def _logged_after(workdir: str, step: int) -> int:
+  """The newest step in metrics.jsonl past `step` (0 if none yet)."""
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      steps = [int(m.group(1)) for m in re.finditer(r'"step": (\d+)', f.read())]
+  except FileNotFoundError:
+    return 0
+  return max([s for s in steps if s > step], default=0)
+
+
+def _kill(child, mode: str, rng: random.Random, ckpt_dir: str, resume_step: int) -> bool:
+  """Kills `child` at a moment chosen by `mode`; False if it finished first.
+
+  "loop" kills a few steps (random) past the resume point, at a random instant: bounded progress per kill,
+  so the run cannot finish before the kills are done, however fast the machine.
+  """
   if mode == "startup":
     time.sleep(rng.uniform(0.05, 1.5))
   else:
@@ -64,7 +78,11 @@ def _kill(child, mode: str, rng: random.Random, ckpt_dir: str) -> bool:
         return False
       time.sleep(rng.uniform(0, 0.01))
     else:
-      time.sleep(rng.uniform(0, 0.6))
+      target = resume_step + 2 * rng.randint(1, 3)  # a logged step (log_every=2)
+      workdir = os.path.dirname(ckpt_dir)
+      if not _wait_for(lambda: _logged_after(workdir, resume_step) >= target, child, 60):
+        return False
+      time.sleep(rng.uniform(0, 0.05))
   child.kill(signal.SIGKILL)
   return True
 
@@ -79,10 +97,10 @@ def test_sigkill_anywhere_then_resume_is_identical(tmp_path):
     attempts += 1
     assert attempts <= 3 * KILLS, log
     finalized, tmp_before = _steps(ckpt_dir)
-    mode = None if kills >= KILLS else rng.choice(["save", "save", "random", "random", "startup"])
+    mode = None if kills >= KILLS else rng.choice(["save", "save", "loop", "loop", "startup"])
     with cli_run.server() as srv:
       child = srv.start("lazarus_jax.train", cli_run.train_args(workdir, *OVERRIDES), str(tmp_path / f"a{attempts}"))
-      killed = _kill(child, mode, rng, ckpt_dir) if mode else False
+      killed = _kill(child, mode, rng, ckpt_dir, finalized[-1] if finalized else 0) if mode else False
       # a save in flight: a temporary directory this run created (earlier kills may have left some behind)
       in_save = killed and bool(set(_steps(ckpt_dir)[1]) - set(tmp_before))
       code = child.wait(timeout=300)
