@@ -1,0 +1,83 @@
+"""Training throughput: our jitted step vs PyTorch + PEFT, float32 and bfloat16, one invocation.
+
+  python bench/bench_train.py [--jax-steps 20] [--torch-steps 5] [--dtypes float32,bfloat16] [--json out.json]
+
+Each side runs in its own subprocess (so each peak RSS is its own), on the same batch (the embedded default's
+first training batch, batch 8, written once to an .npz). Also measures this machine's float32 matmul peak in the
+same run and reports our step's model FLOPs/s as a fraction of it. See bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+
+def sub(script: str, *args: str) -> dict:
+  """Runs bench/<script> in a fresh process; returns its JSON result."""
+  with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+    out = f.name
+  cmd = [sys.executable, os.path.join(common.HERE, script), *args, "--json", out]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT)
+  if proc.returncode:
+    sys.stderr.write(proc.stderr[-4000:])
+    raise SystemExit(f"{script} {' '.join(args)} failed (exit {proc.returncode})")
+  with open(out) as f:
+    result = json.load(f)
+  os.remove(out)
+  return result
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--jax-steps", type=int, default=20)
+  p.add_argument("--torch-steps", type=int, default=5)
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--json", default="")
+  a = p.parse_args()
+
+  print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {common.machine()}  load {common.load_avg()}")
+  batch = os.path.join(tempfile.mkdtemp(), "batch.npz")
+  sub_batch = common.write_batch(batch, a.batch_size)
+  del sub_batch
+  peak = sub("peak.py")
+  print(f"measured matmul peak: float32 {peak['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.1f} "
+        "GFLOP/s (2048^3 jitted dot, best of 10)")
+  results = {"machine": common.machine(), "date": datetime.date.today().isoformat(), "peak": peak, "runs": []}
+  for dtype in a.dtypes.split(","):
+    # bf16: the frozen base weights are stored in bf16 on both sides (nothing to keep a float32 master of).
+    ours = sub("ours.py", "--dtype", dtype, "--param-dtype", dtype, "--batch", batch, "--steps", str(a.jax_steps))
+    theirs = sub("torch_side.py", "--dtype", dtype, "--batch", batch, "--steps", str(a.torch_steps))
+    results["runs"] += [ours, theirs]
+    mfu = ours["flops_per_s"] / peak["float32"]
+    print(f"\n[{dtype}] batch {a.batch_size}")
+    print(f"  {'':8s} {'step s (med)':>13s} {'examples/s':>11s} {'compile s':>10s} {'peak RSS MiB':>13s} {'load':>16s}")
+    for r in (ours, theirs):
+      print(f"  {r['side']:8s} {r['step_s_median']:13.3f} {r['examples_per_s']:11.2f} {r['compile_s']:10.1f} "
+            f"{r['peak_rss_mib']:13.0f} {r['load']:>16s}")
+    print(f"  ratio ours/torch: examples/s x{ours['examples_per_s'] / theirs['examples_per_s']:.2f}; compile "
+          f"x{ours['compile_s'] / theirs['compile_s']:.2f} (torch: first step); peak RSS "
+          f"x{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}")
+    print(f"  our model FLOPs/step {ours['model_flops_per_step'] / 1e9:.1f} G -> {ours['flops_per_s'] / 1e9:.1f} "
+          f"GFLOP/s = {100 * mfu:.0f}% of the measured float32 matmul peak"
+          + (f" ({100 * ours['flops_per_s'] / peak['bfloat16']:.0f}% of the bf16 peak)" if dtype == "bfloat16" else ""))
+    print(f"  first losses: ours {[round(x, 4) for x in ours['first_losses']]}, torch "
+          f"{[round(x, 4) for x in theirs['first_losses']]}")
+  print(f"\nload at end {common.load_avg()}")
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,91 @@
+"""Our side of the training benchmark: the exact step `lazarus_jax.train` compiles, on a fixed batch.
+
+  python bench/ours.py --dtype float32 --batch bench_batch.npz --steps 20 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+
+def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32"):
+  """Returns (compiled step, args tuple, compile seconds, model config)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from lazarus_jax import experiment
+  from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
+  from lazarus_jax.model import LoRAParam
+  from lazarus_jax.train import make_optimizer, make_train_step
+
+  c = common.smollm2_config(compute_dtype, batch_size=batch_np["tokens"].shape[0])
+  c.model.param_dtype = param_dtype
+  pretrained = experiment.load_model(c)
+  model = pretrained.build()
+  lora_cfg = LoRAConfig.from_config(c.lora)
+  add_lora(model, lora_cfg, seed=c.seed)
+  graphdef, base, _, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
+  base = jax.device_put(nnx.to_pure_dict(base))
+  rest = nnx.to_pure_dict(rest)
+  tx, schedule = make_optimizer(c.train)
+  fresh = LoRA(pretrained.config, lora_cfg, nnx.Rngs(lora=c.seed))
+  params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
+  state = {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+           "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+  layer = int(batch_np["classifier_layer"])
+  step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes, 1)
+  batch = {k: jnp.asarray(v) for k, v in batch_np.items() if k not in ("class_ids", "classifier_layer")}
+  weight = jnp.asarray(c.classifier.weight, jnp.float32)
+  class_ids = jnp.asarray(batch_np["class_ids"])
+  t0 = time.perf_counter()
+  compiled = jax.jit(step_fn, donate_argnums=(0,)).lower(state, base, rest, batch, weight, class_ids).compile()
+  compile_s = time.perf_counter() - t0
+  return compiled, (state, base, rest, batch, weight, class_ids), compile_s, pretrained.config
+
+
+def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "float32") -> dict:
+  import jax
+  t_start = time.perf_counter()
+  compiled, args, compile_s, cfg = build(compute_dtype, batch_np, param_dtype)
+  state, rest_args = args[0], args[1:]
+  losses = []
+
+  def one():
+    nonlocal state
+    state, metrics = compiled(state, *rest_args)
+    losses.append(metrics["loss"])
+    jax.block_until_ready(state)
+
+  times = common.time_calls(one, steps, warmup=2)
+  b = batch_np["tokens"].shape[0]
+  flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32)
+  med = sorted(times)[len(times) // 2]
+  return dict(side="jax", dtype=compute_dtype, param_dtype=param_dtype, batch=b, step_s_median=med, step_s_min=min(times),
+              examples_per_s=b / med, compile_s=compile_s, peak_rss_mib=common.peak_rss_mib(),
+              model_flops_per_step=flops, flops_per_s=flops / med, first_losses=[float(x) for x in losses[:3]],
+              setup_s=time.perf_counter() - t_start, load=common.load_avg())
+
+
+if __name__ == "__main__":
+  p = argparse.ArgumentParser()
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--batch", required=True)
+  p.add_argument("--param-dtype", default="float32", help="frozen base weights' storage dtype")
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--json", default="")
+  a = p.parse_args()
+  import numpy as np
+  out = run(a.dtype, dict(np.load(a.batch)), a.steps, a.param_dtype)
+  print(json.dumps(out))
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump(out, f)
