@@ -66,18 +66,19 @@ def _fixtures(root: str) -> dict:
 
 def _adapters(root: str, ref_run: str) -> dict:
   """Adapters of the reference run, altered to belong to another model."""
+  from lazarus_jax.adapters import FINGERPRINT_FILE
   p = {}
   src = os.path.join(ref_run, "adapter")
-  # Fingerprint says: another base model.
+  # Its fingerprint says: another base model.
   p["other_model"] = shutil.copytree(src, os.path.join(root, "adapter_other_model"))
-  fp_file = os.path.join(p["other_model"], "lazarus_jax_model.json")
+  fp_file = os.path.join(p["other_model"], FINGERPRINT_FILE)
   fp = json.load(open(fp_file))
   fp["model"]["hidden_size"] = 128
   json.dump(fp, open(fp_file, "w"))
   # No fingerprint (a plain PEFT adapter) and a rank the tensors do not have: shapes disagree.
   p["shapes"] = shutil.copytree(src, os.path.join(root, "adapter_shapes"))
+  os.remove(os.path.join(p["shapes"], FINGERPRINT_FILE))
   cfg_file = os.path.join(p["shapes"], "adapter_config.json")
-  os.remove(os.path.join(p["shapes"], "lazarus_jax_model.json"))
   cfg = json.load(open(cfg_file))
   cfg["r"] = 8
   json.dump(cfg, open(cfg_file, "w"))
@@ -132,11 +133,15 @@ CASES = {
     # Fresh workdirs are not created by a failing run.
     "fresh_workdir_bad_weight": (["--config.classifier.weight=2"], ["classifier.weight"], {"fresh": True}),
     "fresh_workdir_bad_model": (["--config.model.path={gpt2}"], ["not a Llama"], {"fresh": True}),
-    # Adapters for another model (the lens tool; evaluate uses the same loader).
+    # Adapters for another model, in the lens tool and in evaluate.
     "adapter_other_model": (["--adapter", "{other_model}"], ["different base model"], {"cmd": "lens"}),
     "adapter_shapes": (["--adapter", "{shapes}"], ["shapes", "another base model"], {"cmd": "lens"}),
     "adapter_missing": (["--adapter", "/nonexistent/adapter"], ["/nonexistent/adapter", "does not exist"],
                         {"cmd": "lens"}),
+    "eval_adapter_other_model": (["--config.eval.adapter={other_model}"], ["different base model"],
+                                 {"cmd": "evaluate"}),
+    "eval_adapter_shapes": (["--config.eval.adapter={shapes}"], ["shapes", "another base model"],
+                            {"cmd": "evaluate"}),
 }
 
 
@@ -163,6 +168,8 @@ def outcomes(tmp_path_factory):
       module = "lazarus_jax.lens"
       args = ["--model", "tiny-random", "--prompts", "7 * 8 = |1 + 2 = ", "--json",
               os.path.join(workdir, "lens.json"), *args]
+    elif opts.get("cmd") == "evaluate":
+      module, args = "lazarus_jax.evaluate", cli_run.train_args(workdir, *args)
     else:
       module = "lazarus_jax.train"
       if "--config" in args:  # a case that names its own config file: it replaces the default one
