@@ -14,10 +14,9 @@ import os
 import shutil
 import time
 
+import cli_run
 import numpy as np
 import pytest
-
-import cli_run
 
 OW = "--config.overwrite=True"
 

@@ -7,10 +7,9 @@ import json
 import os
 import re
 
+import cli_run
 import jax
 import numpy as np
-
-import cli_run
 
 
 def test_two_runs_bit_identical_with_provenance(tmp_path):

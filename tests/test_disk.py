@@ -15,9 +15,8 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 import cli_run
+import pytest
 
 OVERRIDES = ("--config.train.checkpoint_every=4",)
 

@@ -2,8 +2,8 @@
 resume after each kill, and end with exactly the adapters and optimizer state of an uninterrupted run.
 
 Kill moments (seeded): the instant orbax creates a checkpoint's temporary directory (a save in flight), a
-random instant a few steps into the training loop, or a random time into start-up. Every resume must start from the newest
-*finalized* checkpoint (orbax's `<step>` directories; a `*.orbax-checkpoint-tmp-*` one is never loaded).
+random instant a few steps into the training loop, or a random time into start-up. Every resume must start
+from the newest *finalized* checkpoint (orbax's `<step>` directories; a `*.orbax-checkpoint-tmp-*` one is never loaded).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import re
 import signal
 import time
 
+import cli_run
 import jax
 import numpy as np
-
-import cli_run
 
 KILLS = 10
 OVERRIDES = ("--config.train.checkpoint_every=2", "--config.train.max_to_keep=2", "--config.resume=True")

@@ -13,10 +13,9 @@ import math
 import os
 import re
 
+import cli_run
 import jax
 import numpy as np
-
-import cli_run
 
 OVERRIDES = ("--config.train.lr=1e30", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
              "--config.train.max_to_keep=3", "--config.train.max_consecutive_nonfinite=3")

@@ -9,9 +9,8 @@ import re
 import signal
 import time
 
-import pytest
-
 import cli_run
+import pytest
 
 # No periodic checkpoint inside the run: the one found at the stop step is the preemption's.
 OVERRIDES = ("--config.train.checkpoint_every=1000",)
