@@ -217,7 +217,7 @@ class LlamaModel(nnx.Module):
     h = self.embed[...][tokens].astype(jnp.float32)
     # Cast the projection stacks once, outside the scan (a no-op when param and compute dtypes agree): a cast
     # inside the body would be re-done per layer and its outputs saved, stacked, as residuals for the backward.
-    layer_weights = {name: getattr(self.layers, name)[...].astype(cdt) for name in PROJS}
+    layer_weights = {name: as_bits(getattr(self.layers, name)[...].astype(cdt)) for name in PROJS}
     layer_weights.update({name: getattr(self.layers, name)[...] for name in ("attn_norm", "mlp_norm")})
     lora = self.lora
     lo, hi = (lora.layer_start, lora.layer_end) if lora is not None else (cfg.num_layers, cfg.num_layers)
@@ -264,8 +264,18 @@ def _dot(x, w, w_transposed: bool):
   return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def dense(x, w, w_transposed: bool = False, out_dtype=jnp.float32):
+def as_bits(w):
+  """A 16-bit float array as raw uint16 bits (no copy). Why: XLA:CPU upcasts bf16 dynamic-slices inside a scan
+  by converting the WHOLE scanned weight stack to float32 every step; integer slices are left alone."""
+  return jax.lax.bitcast_convert_type(w, jnp.uint16) if jnp.dtype(w.dtype).itemsize == 2 else w
+
+
+def _from_bits(w, dtype):
+  return jax.lax.bitcast_convert_type(w, dtype) if w.dtype == jnp.uint16 else w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def dense(x, w, w_transposed: bool = False, out_dtype=jnp.float32, bits_dtype=None):
   """x @ w with both operands in w's dtype (the compute dtype), accumulated and returned in float32.
 
   Forward AND backward run as same-dtype dots with float32 accumulation. Why: XLA:CPU runs bf16 x bf16 -> f32
@@ -274,21 +284,26 @@ def dense(x, w, w_transposed: bool = False, out_dtype=jnp.float32):
   (4-5x slower). The backward casts the incoming cotangent to the compute dtype (the usual mixed-precision
   contract). `x` may be float32: only the dot sees it in the compute dtype. In float32 this is a plain matmul.
   """
+  w = _from_bits(w, bits_dtype)
   return _dot(x.astype(w.dtype), w, w_transposed).astype(out_dtype)
 
 
-def _dense_fwd(x, w, w_transposed, out_dtype):
-  return dense(x, w, w_transposed, out_dtype), (x, w)
+def _dense_fwd(x, w, w_transposed, out_dtype, bits_dtype):
+  # The residual is `w` itself (bits or not): a scanned input is then forwarded, never re-stacked.
+  return dense(x, w, w_transposed, out_dtype, bits_dtype), (x, w)
 
 
-def _dense_bwd(w_transposed, out_dtype, res, g):
-  x, w = res
+def _dense_bwd(w_transposed, out_dtype, bits_dtype, res, g):
+  x, w_in = res
+  w = _from_bits(w_in, bits_dtype)
   g, xc = g.astype(w.dtype), x.astype(w.dtype)
   dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())),
                            preferred_element_type=jnp.float32).astype(x.dtype)
   # Weight gradient (dead code, removed by XLA, for frozen weights; needed for the adapters).
   x2, g2 = xc.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
   pair = (g2, x2) if w_transposed else (x2, g2)
+  if w_in.dtype == jnp.uint16:  # frozen bits: no gradient
+    return dx, np.zeros(w_in.shape, jax.dtypes.float0)
   dw = jax.lax.dot_general(*pair, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32).astype(w.dtype)
   return dx, dw
 
@@ -298,7 +313,9 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 
 def project(x, weights, adapters, lora_scale, name, cdt):
   """x @ W (+ LoRA: scale * (x @ A) @ B): operands in the compute dtype, float32 accumulation and result."""
-  y = dense(x, weights[name].astype(cdt))  # the cast is a no-op from `trunk`, which casts the stacks once
+  w = weights[name]
+  # From `trunk` the stacks arrive already cast (16-bit ones as raw bits, see `as_bits`).
+  y = dense(x, w, bits_dtype=cdt) if w.dtype == jnp.uint16 else dense(x, w.astype(cdt))
   if adapters is not None and name in adapters:
     a, b_ = adapters[name]
     y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt))
