@@ -54,3 +54,21 @@ def test_signal_checkpoints_and_resumes(tmp_path, sig):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert re.search(rf"resumed from \S+ at step {step}\b", proc.stderr), proc.stderr[-3000:]
   cli_run.assert_same_tensors(cli_run.adapter_tensors(workdir), cli_run.adapter_tensors(ref))
+
+
+def test_ctrl_c_before_the_loop_is_one_line(tmp_path):
+  """Ctrl-C while the model loads or compiles: nothing to checkpoint yet; one line, status 130, no traceback."""
+  workdir = str(tmp_path / "run")
+  with cli_run.server() as srv:
+    child = srv.start("lazarus_jax.train", cli_run.train_args(workdir), str(tmp_path / "logs"))
+    deadline = time.monotonic() + 120
+    while "class targets" not in child.stderr():  # past argument parsing, before the loop
+      assert time.monotonic() < deadline and child.returncode is None
+      time.sleep(0.002)
+    child.kill(signal.SIGINT)
+    code = child.wait()
+  err = child.stderr()
+  assert code == 130, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  last = err.rstrip().splitlines()[-1]
+  assert last == "error: interrupted" or last.startswith("stopped by SIGINT"), last
