@@ -125,6 +125,8 @@ def flat_config(c) -> dict:
 
 def check_workdir(c, workdir: str) -> None:
   """Refuses a workdir holding a different run, before any work (issue 6)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} is a file, not a directory: pass a directory for the run's outputs")
   cfg_file = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_file) or c.overwrite:
     return
