@@ -129,6 +129,7 @@ CASES = {
     "workdir_other_config_resume": (["--config.lora.rank=8", "--config.resume=True"], ["different config",
                                                                                       "lora.rank"], {}),
     "workdir_same_config_no_resume": ([], ["already holds checkpoints", "resume=True", "overwrite=True"], {}),
+    "workdir_is_a_file": (["--workdir", "{empty}"], ["is a file, not a directory"], {"fresh": True}),
     # Fresh workdirs are not created by a failing run.
     "fresh_workdir_bad_weight": (["--config.classifier.weight=2"], ["classifier.weight"], {"fresh": True}),
     "fresh_workdir_bad_model": (["--config.model.path={gpt2}"], ["not a Llama"], {"fresh": True}),
