@@ -6,6 +6,7 @@ file) ends as one line on stderr and exit status 2, before any work and without 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -51,6 +52,16 @@ def run_cli(main, with_config: bool = True) -> None:
   except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints first): no traceback
     print("error: interrupted", file=sys.stderr)
     sys.exit(130)
+  except OSError as e:
+    if e.errno not in _DISK_ERRNOS:
+      raise
+    # The disk, not the program: one line (a training run's checkpoints up to here are complete on disk).
+    what = e.filename or (flags.FLAGS.workdir if with_config and flags.FLAGS.workdir else "the outputs")
+    _fail(f"cannot write {what}: {e.strerror}: free disk space or fix the directory's permissions, then "
+          "continue with --config.resume=True")
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG}
 
 
 def _fail(line: str) -> None:
