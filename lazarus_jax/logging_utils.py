@@ -41,9 +41,17 @@ class MetricsWriter:
         self._tb.add_scalar(f"train/{k}", v, row["step"])
 
   def close(self) -> None:
-    if self._tb is not None:
+    if self._tb is None:
+      return
+    try:
       self._tb.flush()
       self._tb.close()
+    except OSError:
+      # The events copy metrics.jsonl: on a failing disk drop them, and keep tensorboardX's exit hook from
+      # retrying the flush (a traceback after the run's own error line).
+      for fw in (getattr(self._tb, "all_writers", None) or {}).values():
+        if getattr(fw, "event_writer", None) is not None:
+          fw.event_writer._closed = True
 
 
 def _parse(line: str):
