@@ -290,8 +290,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   finally:
     pbar.close()
     stop.restore()
+    writer.close()  # never raises; the checkpointer's close may (a failed last save), so it goes last
     ckpt.close()
-    writer.close()
 
   if preempted:
     if is_main:
