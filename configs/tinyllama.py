@@ -10,5 +10,6 @@ from lazarus_jax.config import default_config
 def get_config():
   c = default_config()
   c.model.source = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"  # 22 layers -> classifier layer int(22 * 0.55) = 12
+  c.model.param_dtype = "bfloat16"  # the checkpoint's own dtype; frozen, so no float32 master copy is needed
   c.model.compute_dtype = "bfloat16"
   return c
