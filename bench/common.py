@@ -57,7 +57,7 @@ def write_batch(path: str, batch_size: int = 8, seed_step: int = 0) -> dict:
   tok = load_gguf(embedded_gguf_path()).tokenizer
   ds = experiment.build_data(c, tok)
   targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in ds.train[:2000]}))
-  labels = np.asarray([data_lib.label_index(l, targets.labels) for l in ds.train_labels])
+  labels = np.asarray([data_lib.label_index(lab, targets.labels) for lab in ds.train_labels])
   idx = data_lib.batch_indices(len(ds.train_encoded), batch_size, seed_step, c.seed, labels=labels)
   arrays = data_lib.collate([ds.train_encoded[i] for i in idx], [ds.train_labels[i] for i in idx], ds.seq_len,
                             c.data.max_answer_tokens, tok.pad_id, label_names=targets.labels)

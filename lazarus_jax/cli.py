@@ -13,7 +13,6 @@ import sys
 
 from lazarus_jax.errors import UserError
 
-
 CONFIG_FLAGS_HELP = """flags:
   --config FILE              a config file, e.g. configs/smollm2_135m.py (see lazarus_jax/config.py for every key)
   --config.<key>=<value>     override one config value, e.g. --config.train.steps=200 --config.classifier.weight=0

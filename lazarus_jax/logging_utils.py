@@ -72,7 +72,7 @@ def summary_writer_class():
   if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
     sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX tolerates
     try:
-      import tensorboardX
+      import tensorboardX  # noqa: F401  (imported for its side effect: cached without torch)
     finally:
       del sys.modules["torch"]
   from tensorboardX import SummaryWriter

@@ -263,7 +263,7 @@ def answers(results: dict) -> list[str]:
     out.append(f"1. **Is there a vocab-aligned classifier at L={L} after training?** Not measured here "
                "(no adapter was evaluated).")
   if base is not None:
-    out.append(f"2. **Was there one before training?** " + cls_sentence("base", base))
+    out.append("2. **Was there one before training?** " + cls_sentence("base", base))
   else:
     out.append("2. **Was there one before training?** Not measured (eval.compare_base=False).")
   if base is not None and base.get("probes"):
@@ -318,15 +318,15 @@ def render_markdown(results: dict) -> str:
   targets = ", ".join(f"{t['label']}→`{t['token']}` ({t['token_id']})" for t in results["class_targets"]["targets"])
   main = results
   lines = [
-      f"# Evaluation: {results['model']['source']}" + (f" + adapter" if results["model"]["adapter"] else " (base)"),
+      f"# Evaluation: {results['model']['source']}" + (" + adapter" if results["model"]["adapter"] else " (base)"),
       "",
       f"- Model: `{results['model']['source']}`, {results['model']['n_layers']} blocks; adapter: "
       f"`{results['model']['adapter'] or 'none'}`",
       f"- Classifier layer L = {L} (lens row {results['lens_row']}: the residual stream after block {L})",
       f"- Class targets: {targets}; chance = {pct(1 / k, 0)}",
-      f"- Held-out examples (no (a, op, b) triple in training): "
+      "- Held-out examples (no (a, op, b) triple in training): "
       + ", ".join(f"{f}: {n}" for f, n in results["n_eval"].items()),
-      f"- Readout: the last prompt token; lens accuracy = argmax over the class tokens; confidence = full-vocab "
+      "- Readout: the last prompt token; lens accuracy = argmax over the class tokens; confidence = full-vocab "
       "probability of the predicted class token; intervals: 95% Wilson",
       f"- Seed {prov.get('seed')}, commit `{git.get('commit', 'unknown')[:12]}`"
       + (" (dirty)" if git.get("dirty") else "") + f", device {prov.get('devices', {}).get('kind')}",
@@ -340,7 +340,7 @@ def render_markdown(results: dict) -> str:
   lines += [f"### Evaluation Results (the seed's prompts, lens at L={L}, {results['evaluated']} model)", ""]
   lines += _seed_table(main)
   if results.get("base"):
-    lines += [f"Base model, same prompts:", ""] + _seed_table(results["base"])
+    lines += ["Base model, same prompts:", ""] + _seed_table(results["base"])
   lines += [f"### Held-out classifier accuracy at L={L}", ""] + _classifier_rows(results) + [""]
   lines += [f"Confusion matrix ({results['evaluated']} model):", ""] + _confusion(main)
   lines += ["### All layers: logit lens and linear probes", "",

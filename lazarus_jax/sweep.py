@@ -39,7 +39,6 @@ import sys
 import time
 
 import ml_collections
-import numpy as np
 
 from lazarus_jax import data as data_lib
 from lazarus_jax.config import default_config
@@ -283,9 +282,9 @@ def render_markdown(summary: list[dict], diffs: list[dict], g: dict, meta: dict)
            f"batch {meta['batch_size']}; held-out up to {meta['max_examples_per_op']} per operation",
            f"- Arms share data, LoRA placement, optimizer and steps; only classifier.weight differs (base = no "
            f"training, sft = 0, dual = 0.7, classifier = 1). Seeds {g['seeds']} (split, init, batch order).",
-           f"- Cells: mean over seeds [95% t-interval across seeds] (no interval with one seed). base and sft do "
+           "- Cells: mean over seeds [95% t-interval across seeds] (no interval with one seed). base and sft do "
            "not depend on depth: one run each, read at every depth's layer.",
-           f"- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), top-1 "
+           "- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), top-1 "
            "= vocab top-1 accuracy, answer = greedy exact match, probe = linear-probe test accuracy "
            "(selectivity = probe − control task).", ""]
   for fmt in g["formats"]:

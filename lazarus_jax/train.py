@@ -236,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   jitted = jax.jit(step_fn, in_shardings=(state_sh, base_shardings, None, bsh, replicated, replicated),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))
   n = len(datasets.train_encoded)
-  label_ids = np.asarray([data_lib.label_index(l, targets.labels) for l in datasets.train_labels])
+  label_ids = np.asarray([data_lib.label_index(lab, targets.labels) for lab in datasets.train_labels])
 
   def global_batch(step):
     idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)

@@ -26,5 +26,5 @@ def test_bf16_backward_has_no_float32_weight_dot():
   w = jnp.ones((8, 16), jnp.bfloat16)
   hlo = jax.jit(jax.grad(lambda x, w: jnp.sum(dense(x, w).astype(jnp.float32)), (0, 1))).lower(x, w).as_text()
   # Every dot takes bf16 operands (and accumulates in f32): no f32 x bf16 mixed dot that XLA would upcast.
-  dots = [l for l in hlo.splitlines() if "dot_general" in l]
-  assert dots and all("f32[" not in l.split("(")[1].split(")")[0] for l in dots), dots
+  dots = [line for line in hlo.splitlines() if "dot_general" in line]
+  assert dots and all("f32[" not in line.split("(")[1].split(")")[0] for line in dots), dots

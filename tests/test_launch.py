@@ -337,7 +337,7 @@ if sys.argv[1] == "venv":
                     "--config.model.path=TinyLlama/TinyLlama-1.1B-Chat-v1.0", "--config.train.steps=3"]
     assert "lazarus_jax.train" in (root / "logs" / "tinyllama_train_worker0.log").read_text()
     # The exit status of the training command comes back through the log pipe.
-    r = sh(f'bash "$HOME/lazarus/bin/remote_run.sh" t sh -c "exit 5"')
+    r = sh('bash "$HOME/lazarus/bin/remote_run.sh" t sh -c "exit 5"')
     assert r.returncode == 5
 
 

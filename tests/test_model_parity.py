@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from hf_tiny import save_tiny_hf
+
 from lazarus_jax.loading import load_pretrained
 from lazarus_jax.model import residual_stream
 

@@ -9,15 +9,15 @@ import peft
 import pytest
 import torch
 from flax import nnx
-
 from hf_tiny import save_tiny_hf
+from test_train import tiny_config
+
 from lazarus_jax import train
 from lazarus_jax.adapters import load_adapter
 from lazarus_jax.errors import UserError
 from lazarus_jax.loading import load_pretrained
 from lazarus_jax.model import LlamaConfig, LlamaModel
 from lazarus_jax.tiny import tiny_hf_config
-from test_train import tiny_config
 
 TOKENS = np.random.default_rng(0).integers(3, 384, size=(2, 11)).astype(np.int32)
 

@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from test_train import tiny_config
 
 from lazarus_jax import sharding, train
 from lazarus_jax.errors import UserError
-from test_train import tiny_config
 
 STEPS = 3
 KEYS = ("loss", "classifier_loss", "answer_loss", "grad_norm")

@@ -60,8 +60,8 @@ def _row(arm, w, seed, lens, answer, frac=0.5):
 
 
 def test_summary_and_paired_contrasts_on_known_values():
-  rows = [_row("sft", 0.0, s, l, a) for s, l, a in ((0, 0.2, 0.5), (1, 0.3, 0.6), (2, 0.25, 0.7))]
-  rows += [_row("dual", 0.7, s, l, a) for s, l, a in ((0, 0.8, 0.55), (1, 0.9, 0.6), (2, 0.7, 0.8))]
+  rows = [_row("sft", 0.0, s, lens_acc, a) for s, lens_acc, a in ((0, 0.2, 0.5), (1, 0.3, 0.6), (2, 0.25, 0.7))]
+  rows += [_row("dual", 0.7, s, lens_acc, a) for s, lens_acc, a in ((0, 0.8, 0.55), (1, 0.9, 0.6), (2, 0.7, 0.8))]
   summary = sweep.summarize(rows)
   lens = {r["arm"]: r for r in summary if r["metric"] == "lens_accuracy"}
   assert lens["dual"]["n_seeds"] == 3 and lens["dual"]["values"] == [0.8, 0.9, 0.7]
