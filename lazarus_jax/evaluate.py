@@ -356,13 +356,18 @@ def run(config, workdir: str) -> dict:
   print(f"evaluate: {pretrained.source}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
         f"adapter {adapter or 'none'}", file=sys.stderr)
 
-  base = None
-  if adapter is None or c.eval.compare_base:
-    base = evaluate_model(model, tok, examples, targets, layer, c, timing, "base")
-  adapted = None
+  lora = None
   if adapter is not None:
     from lazarus_jax.adapters import load_adapter
-    load_adapter(model, adapter)
+    load_adapter(model, adapter)  # first: an adapter of another model is refused before any evaluation work
+    lora = model.lora
+  base = None
+  if adapter is None or c.eval.compare_base:
+    model.lora = nnx.data(None)  # the same model without its adapter
+    base = evaluate_model(model, tok, examples, targets, layer, c, timing, "base")
+    model.lora = nnx.data(lora)
+  adapted = None
+  if adapter is not None:
     adapted = evaluate_model(model, tok, examples, targets, layer, c, timing, "adapted")
   main = adapted if adapted is not None else base
 

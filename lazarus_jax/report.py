@@ -5,7 +5,8 @@
 read from `results`; nothing here computes a metric, only the verdicts below, whose rules are stated in the
 report itself:
 - a vocab-aligned classifier is *present* at L when the lower 95% Wilson bound of lens accuracy exceeds
-  chance (1/K); it is *strict* (the class word is what the lens says) when vocab top-1 accuracy >= 50%;
+  the majority-class rate (always answering the most frequent class; 1/K on a balanced set); it is *strict*
+  (the class word is what the lens says) when vocab top-1 accuracy >= 50%;
 - a hidden-space classifier is present when a probe's lower bound exceeds chance with positive selectivity,
   looked at after block 0 onwards (row 0 is the embedding, i.e. the input tokens themselves).
 The sweep's figures (`plot_sweep`) live here too, so all plotting is in one place.
@@ -132,9 +133,22 @@ def plot_probes_vs_lens(results: dict, path: str) -> None:
 
 def vocab_verdict(cls: dict, k: int) -> tuple[bool, bool]:
   """(present, strict) for a classifier_eval (or by_format) entry; rules in the module docstring."""
-  present = cls["ci_low"] is not None and cls["ci_low"] > 1 / k
+  present = cls["ci_low"] is not None and cls["ci_low"] > majority_rate(cls, k)
   strict = (cls.get("vocab_top1_accuracy") or 0.0) >= 0.5
   return present, strict
+
+
+def majority_rate(cls: dict, k: int) -> float:
+  """What always answering the most frequent class scores: the bar a classifier must clear.
+
+  The held-out classes are not balanced (division has fewer triples), so 1/K would let a constant predictor
+  look like a classifier.
+  """
+  matrix = (cls.get("confusion") or {}).get("matrix")
+  if not matrix:
+    return 1 / k
+  rows = [sum(r) for r in matrix]
+  return max(rows) / max(sum(rows), 1)
 
 
 def best_probe(pr: dict, k: int) -> dict | None:
@@ -145,7 +159,8 @@ def best_probe(pr: dict, k: int) -> dict | None:
   if not rows:
     return None
   best = max(rows, key=lambda r: (r["test_accuracy"], r["selectivity"]))
-  return dict(best, present=best["test_ci"][0] > 1 / k and best["selectivity"] > 0)
+  bar = max(1 / k, (pr.get("summary") or {}).get("majority_baseline") or 0.0)
+  return dict(best, present=best["test_ci"][0] > bar and best["selectivity"] > 0)
 
 
 # ---- markdown ----------------------------------------------------------------------------------------
@@ -253,7 +268,8 @@ def answers(results: dict) -> list[str]:
       verdict += " (strict: the class word is the lens's top-1 token in most examples)" if strict else (
           " (but not strict: the class word is the lens's top-1 token in under half of the examples)"
           if present else "")
-      parts.append(f"{fmt}: **{verdict}** — lens accuracy {ci(f)} vs chance {pct(1 / k, 0)}, vocab top-1 "
+      parts.append(f"{fmt}: **{verdict}** — lens accuracy {ci(f)} vs {pct(majority_rate(f, k))} for always "
+                   f"answering the most frequent class (1/K = {pct(1 / k, 0)}), vocab top-1 "
                    f"{pct(f['vocab_top1_accuracy'])}, mean confidence {pct(f['mean_confidence'])}")
     return f"{name}: " + "; ".join(parts) + "."
 
@@ -276,7 +292,8 @@ def answers(results: dict) -> list[str]:
       lex = pr["lexical_baseline"]["accuracy"]
       row0 = pr["layers"][0]
       parts.append(
-          f"{fmt}: **{'yes' if b['present'] else 'no'}** — best probe after block {b['layer']}: "
+          f"{fmt}: **{'yes' if b['present'] else 'no'}** — best probe after block {b['layer'] - 1} "
+          f"(row {b['layer']}): "
           f"{pct(b['test_accuracy'])} [{pct(b['test_ci'][0])}, {pct(b['test_ci'][1])}] (control task "
           f"{pct(b['control_accuracy'])}, selectivity {b['selectivity']:+.2f}). A bag-of-tokens probe on the "
           f"prompt reaches {pct(lex)}: the operation is written in the input (operator symbol or word), so a "
@@ -360,8 +377,10 @@ def render_markdown(results: dict) -> str:
     lines += [f"The seed's prompts ({results['evaluated']} model):", ""] + seed_ans + [""]
   lines += ["## Answers", "",
             "Rules: a vocab-aligned classifier is *present* when the lower 95% bound of lens accuracy exceeds "
-            "chance; *strict* when the class word is the lens's top-1 token in at least half of the examples. A "
-            "hidden-space classifier is present when a probe after block 0 or later clears chance with positive "
+            "the majority-class rate (what always answering the most frequent class scores); *strict* when the "
+            "class word is the lens's top-1 token in at least half of the examples. A "
+            "hidden-space classifier is present when a probe after block 0 or later clears chance (and the "
+            "majority-class rate) with positive "
             "selectivity.", ""]
   lines += answers(results) + [""]
   timing = results.get("timing") or {}
