@@ -79,7 +79,7 @@ def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_c
           lambda: grad_fn(state["lora"], base, rest, jax.tree.map(lambda x: x[0], micro), weight, class_ids)))
       (grads, aux), _ = jax.lax.scan(body, (zeros[1], zeros[0][1]), micro)
       grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state["opt_state"], state["lora"])
     lora = optax.apply_updates(state["lora"], updates)
