@@ -61,7 +61,7 @@ from flax import nnx
 from lazarus_jax import data as data_lib
 from lazarus_jax import experiment, provenance
 from lazarus_jax.errors import UserError
-from lazarus_jax.model import residual_stream
+from lazarus_jax.lens import readout_lens
 from lazarus_jax.stats import accuracy_summary
 
 SCHEMA_VERSION = 1
@@ -95,9 +95,7 @@ def _readout_fn(graphdef, state, tokens, mask, readout, class_ids):
   # The same readout as lens.all_layer_lens (tested equal), but it also returns the hidden states, so the
   # probes and the lens see the very same vectors from one forward pass.
   model = nnx.merge(graphdef, state)
-  stack = residual_stream(model, tokens, mask)  # [R, B, T, D]
-  h = jnp.take_along_axis(stack, readout[None, :, None, None], axis=2)[:, :, 0]  # [R, B, D]
-  logits = model.lens(h)  # [R, B, V] float32
+  h, logits = readout_lens(model, tokens, mask, readout)  # [R, B, D], [R, B, V]
   probs = jax.nn.softmax(logits, axis=-1)
   class_probs = jnp.take(probs, class_ids, axis=-1)  # [R, B, K]
   top1 = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [R, B]

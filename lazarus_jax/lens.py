@@ -44,13 +44,20 @@ LAYER_CONVENTION = ("row = index into the n_layers+1 residual rows (0 = embeddin
 # The jitted readout
 
 
+def readout_lens(model, tokens, mask, readout):
+  """Every row's residual stream at each prompt's readout position [R, B, D] and its lens logits [R, B, V].
+
+  One gather of the readout position for all rows at once, then one batched unembedding (float32 logits).
+  """
+  stack = residual_stream(model, tokens, mask)  # [R, B, T, D]
+  h = jnp.take_along_axis(stack, readout[None, :, None, None], axis=2)[:, :, 0]
+  return h, model.lens(h)
+
+
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("top_k",))
 def _lens_fn(graphdef, state, tokens, mask, readout, target_ids, *, top_k: int):
   model = nnx.merge(graphdef, state)
-  stack = residual_stream(model, tokens, mask)  # [R, B, T, D]
-  # One gather of the readout position for every row at once, then one batched unembedding.
-  h = jnp.take_along_axis(stack, readout[None, :, None, None], axis=2)[:, :, 0]  # [R, B, D]
-  logits = model.lens(h)  # [R, B, V] float32
+  _, logits = readout_lens(model, tokens, mask, readout)
   probs = jax.nn.softmax(logits, axis=-1)
   target_logits = jnp.take(logits, target_ids, axis=-1)  # [R, B, K]
   target_probs = jnp.take(probs, target_ids, axis=-1)
