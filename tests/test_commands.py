@@ -35,3 +35,16 @@ def test_train_and_evaluate_do_not_import_torch(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "torch imported: False" in out.stdout
   assert os.path.exists(tmp_path / "eval" / "results.json")
+
+
+def test_tinyllama_config_without_weights_names_the_model_path_flag(tmp_path):
+  # The seed's run needs TinyLlama's weights: offline, it must say how to point at them, in one line.
+  env = dict(os.environ, HF_HUB_OFFLINE="1")
+  out = subprocess.run([sys.executable, "-m", "lazarus_jax.train", "--config", "configs/tinyllama.py",
+                        "--workdir", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert lines[-1].startswith("error:") and "--config.model.path" in lines[-1], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert not (tmp_path / "run").exists()
