@@ -16,6 +16,7 @@ CASES = {
         original_max_position_embeddings=16), max_position_embeddings=256, rope_theta=500000.0),
     "sharded": dict(tie_word_embeddings=False, _shard="60KB"),
     "bf16": dict(_dtype=torch.bfloat16),
+    "f16": dict(_dtype=torch.float16),
 }
 
 
@@ -31,7 +32,7 @@ def test_logits_and_hidden_states_match_hf(tmp_path, case):
   hf_model = save_tiny_hf(tmp_path, torch_dtype=dtype, max_shard_size=shard, **overrides)
   if shard:
     assert (tmp_path / "model.safetensors.index.json").exists()
-  if dtype == torch.bfloat16:  # the reference is the bf16 weights, compared in float32
+  if dtype != torch.float32:  # the reference is the stored half-precision weights, compared in float32
     hf_model = type(hf_model).from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
   pre = load_pretrained(str(tmp_path))
   model = pre.build()
