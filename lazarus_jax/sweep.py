@@ -47,6 +47,8 @@ from lazarus_jax.stats import mean_ci
 
 METRICS = ("lens_accuracy", "vocab_top1_accuracy", "mean_correct_prob", "probe_accuracy", "probe_selectivity",
            "answer_accuracy")
+BOUNDED_METRICS = ("lens_accuracy", "vocab_top1_accuracy", "mean_correct_prob", "probe_accuracy",
+                   "answer_accuracy")
 NAMED_WEIGHTS = {0.0: "sft", 0.7: "dual", 1.0: "classifier"}
 
 
@@ -215,6 +217,8 @@ def summarize(rows: list[dict], confidence: float = 0.95) -> list[dict]:
       if not vals:
         continue
       m, lo, hi = mean_ci(vals, confidence)
+      if metric in BOUNDED_METRICS:  # a t-interval on proportions can leave [0, 1]; the metric cannot
+        lo, hi = (None if v is None or v != v else min(max(v, 0.0), 1.0) for v in (lo, hi))
       out.append({"arm": arm, "weight": weight, "format": fmt, "layer_fraction": frac, "layer": layer,
                   "metric": metric, "mean": m, "ci_low": _none(lo), "ci_high": _none(hi), "n_seeds": len(vals),
                   "values": vals})
