@@ -217,8 +217,10 @@ def summarize(rows: list[dict], confidence: float = 0.95) -> list[dict]:
       if not vals:
         continue
       m, lo, hi = mean_ci(vals, confidence)
-      if metric in BOUNDED_METRICS:  # a t-interval on proportions can leave [0, 1]; the metric cannot
-        lo, hi = (None if v is None or v != v else min(max(v, 0.0), 1.0) for v in (lo, hi))
+      # A t-interval can leave the range the metric lives in (accuracies [0, 1], selectivity [-1, 1]).
+      bounds = (0.0, 1.0) if metric in BOUNDED_METRICS else (-1.0, 1.0) if metric == "probe_selectivity" else None
+      if bounds:
+        lo, hi = (None if v is None or v != v else min(max(v, bounds[0]), bounds[1]) for v in (lo, hi))
       out.append({"arm": arm, "weight": weight, "format": fmt, "layer_fraction": frac, "layer": layer,
                   "metric": metric, "mean": m, "ci_low": _none(lo), "ci_high": _none(hi), "n_seeds": len(vals),
                   "values": vals})
@@ -336,7 +338,7 @@ def answers(summary: list[dict], diffs: list[dict], g: dict) -> list[str]:
     parts.append(f"{d['arm']} vs sft, {d['format']}, fraction {d['layer_fraction']:g}: "
                  f"{100 * d['mean_diff']:+.1f} pp — {verdict}")
   out.append("1. **Does the classifier term change answer accuracy vs SFT-only?** " +
-             ("; ".join(parts) if parts else "Not measured (needs w=0 and a w>0 arm, with generation).") + ".")
+             ("; ".join(parts) if parts else "Not measured (needs w=0 and a w>0 arm, with generation)") + ".")
   # Symbolic vs semantic; which depth works best (per weighted arm).
   weighted = sorted({r["arm"] for r in summary if r["weight"] not in (None, 0.0)})
   fmt_parts, depth_parts = [], []
@@ -353,9 +355,9 @@ def answers(summary: list[dict], diffs: list[dict], g: dict) -> list[str]:
       fmt_parts.append(f"{arm}: " + ", ".join(f"{fmt} best {_fmt_ci(b)} at fraction {b['layer_fraction']:g}"
                                                for fmt, b in best_by_fmt.items()))
   out.append("2. **Symbolic vs semantic?** " + ("; ".join(fmt_parts) if fmt_parts else
-                                                  "Only one format in this sweep.") + ".")
+                                                  "Only one format in this sweep") + ".")
   out.append("3. **Which depth works best?** (highest mean lens accuracy) " +
-             ("; ".join(depth_parts) if depth_parts else "No weighted arm in this sweep.") + ".")
+             ("; ".join(depth_parts) if depth_parts else "No weighted arm in this sweep") + ".")
   # Vocab-aligned classifier after vs before training, at each depth.
   parts = []
   for fmt in g["formats"]:
