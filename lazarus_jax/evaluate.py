@@ -397,14 +397,6 @@ def run(config, workdir: str) -> dict:
   return results
 
 
-def main(argv):
-  from absl import flags
-  if not flags.FLAGS.workdir:
-    raise UserError("--workdir is required: the run directory to evaluate (outputs go to <workdir>/eval)")
-  run(flags.FLAGS.config, flags.FLAGS.workdir)
-  return 0
-
-
 if __name__ == "__main__":
-  from lazarus_jax.cli import run_cli
-  run_cli(main, with_config=True)
+  from lazarus_jax.cli import run_cli, workdir_main
+  run_cli(workdir_main(run, "the run directory to evaluate (outputs go to <workdir>/eval)"), with_config=True)

@@ -87,15 +87,22 @@ def plot_lens_accuracy(results: dict, path: str) -> None:
       hi = np.array([r["by_format"][fmt]["ci_high"] for r in res["lens"]])
       line, = ax.plot(x, acc, ls="--" if name == "base" else "-", marker=".", label=f"{name} {fmt}")
       ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
-  ax.axhline(1 / k, color="gray", lw=0.8, ls=":", label="chance")
-  ax.axvline(results["lens_row"], color="red", lw=0.8, ls="--", label=f"L={results['classifier_layer']}")
-  ax.set_xticks(x[::max(1, len(x) // 12)], [_row_labels(results["lens"])[i] for i in x[::max(1, len(x) // 12)]])
-  ax.set_xlabel("after block (emb = embeddings)")
-  ax.set_ylabel("lens accuracy (argmax over class tokens)")
-  ax.set_ylim(-0.02, 1.02)
-  ax.legend(fontsize=7)
+  _layer_axis(ax, results, k, "lens accuracy (argmax over class tokens)", legend_size=7)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def _layer_axis(ax, results: dict, k: int, ylabel: str, legend_size: int) -> None:
+  """Accuracy-by-layer axes: chance line, the classifier layer, block tick labels, a [0, 1] y range."""
+  x = np.arange(len(results["lens"]))
+  ax.axhline(1 / k, color="gray", lw=0.8, ls=":", label="chance")
+  ax.axvline(results["lens_row"], color="red", lw=0.8, ls="--", label=f"L={results['classifier_layer']}")
+  ticks = x[::max(1, len(x) // 12)]
+  ax.set_xticks(ticks, [_row_labels(results["lens"])[i] for i in ticks])
+  ax.set_xlabel("after block (emb = embeddings)")
+  ax.set_ylabel(ylabel)
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(fontsize=legend_size)
 
 
 def plot_probes_vs_lens(results: dict, path: str) -> None:
@@ -117,14 +124,8 @@ def plot_probes_vs_lens(results: dict, path: str) -> None:
                 label=f"{name}: probe control task")
         ax.axhline(pr["lexical_baseline"]["accuracy"], color="C3", lw=0.8, ls=ls,
                    label=f"{name}: lexical baseline (bag of tokens)")
-    ax.axhline(1 / k, color="gray", lw=0.8, ls=":", label="chance")
-    ax.axvline(results["lens_row"], color="red", lw=0.8, ls="--")
     ax.set_title(f"{fmt}: hidden-space vs vocab-aligned")
-    ax.set_xticks(x[::max(1, len(x) // 12)], [_row_labels(results["lens"])[i] for i in x[::max(1, len(x) // 12)]])
-    ax.set_xlabel("after block (emb = embeddings)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=6)
+    _layer_axis(ax, results, k, "held-out accuracy", legend_size=6)
   fig.savefig(path, dpi=100)
   plt.close(fig)
 

@@ -421,14 +421,6 @@ def run(config, workdir: str) -> dict:
   return out
 
 
-def main(argv):
-  from absl import flags
-  if not flags.FLAGS.workdir:
-    raise UserError("--workdir is required: the sweep directory (arms go to <workdir>/arms/<name>)")
-  run(flags.FLAGS.config, flags.FLAGS.workdir)
-  return 0
-
-
 if __name__ == "__main__":
-  from lazarus_jax.cli import run_cli
-  run_cli(main, with_config=True)
+  from lazarus_jax.cli import run_cli, workdir_main
+  run_cli(workdir_main(run, "the sweep directory (arms go to <workdir>/arms/<name>)"), with_config=True)

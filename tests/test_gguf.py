@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import random
 
+import gguf  # noqa: E402
 import numpy as np
 import pytest
-
-gguf = pytest.importorskip("gguf")
 
 from lazarus_jax import gguf_loader  # noqa: E402
 from lazarus_jax.errors import UserError  # noqa: E402
@@ -196,7 +195,7 @@ def test_tiny_tokenizer(tiny_gguf):
 
 
 def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
-  transformers = pytest.importorskip("transformers")
+  import transformers
   path = str(tmp_path / "sp.gguf")
   write_tiny_gguf(path, tokenizer="llama")
   ours = gguf_loader.load_gguf(path).tokenizer
@@ -375,7 +374,7 @@ def test_embedded_config(smollm2):
 
 @pytest.mark.embedded
 def test_embedded_tokenizer_parity(smollm2):
-  transformers = pytest.importorskip("transformers")
+  import transformers
   path = gguf_loader.embedded_gguf_path()
   ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
   strings = varied_strings()
@@ -389,8 +388,8 @@ def test_embedded_tokenizer_parity(smollm2):
 
 @pytest.mark.embedded
 def test_embedded_weights_match_transformers(smollm2):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  import torch
+  import transformers
   path = gguf_loader.embedded_gguf_path()
   model = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)

@@ -103,7 +103,6 @@ def _adapter_dir(model, path):
 
 
 def test_adapter_hook_changes_the_model(tiny, tmp_path):
-  pytest.importorskip("lazarus_jax.adapters")
   base, tok = tiny
   adapted = load_pretrained("tiny-random").build()
   lens.load_adapter_hook(adapted, _adapter_dir(base, tmp_path / "adapter"))
@@ -172,12 +171,6 @@ def test_cli_bad_inputs_in_process(tmp_path, capsys, args, message):
 
 @pytest.mark.embedded
 def test_cli_smollm2_seed_prompts(tmp_path):
-  pytest.importorskip("gguf")
-  from lazarus_jax.gguf_loader import embedded_gguf_path
-  try:
-    embedded_gguf_path("smollm2-135m")
-  except Exception as e:  # the package holding the GGUF is not installed
-    pytest.skip(str(e))
   out_json = tmp_path / "smollm2.json"
   proc = _cli("--model", "smollm2-135m", "--prompts", "|".join(SEED_PROMPTS), "--json", str(out_json))
   assert proc.returncode == 0, proc.stderr
