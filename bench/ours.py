@@ -24,7 +24,7 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32"):
 
   from lazarus_jax import experiment
   from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
-  from lazarus_jax.model import LoRAParam
+  from lazarus_jax.model import LoRAParam, pack_frozen_layers
   from lazarus_jax.train import make_optimizer, make_train_step
 
   c = common.smollm2_config(compute_dtype, batch_size=batch_np["tokens"].shape[0])
@@ -34,7 +34,7 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32"):
   lora_cfg = LoRAConfig.from_config(c.lora)
   add_lora(model, lora_cfg, seed=c.seed)
   graphdef, base, _, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
-  base = jax.device_put(nnx.to_pure_dict(base))
+  base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base)))  # as lazarus_jax.train does
   rest = nnx.to_pure_dict(rest)
   tx, schedule = make_optimizer(c.train)
   fresh = LoRA(pretrained.config, lora_cfg, nnx.Rngs(lora=c.seed))

@@ -32,7 +32,7 @@ from lazarus_jax.errors import UserError
 from lazarus_jax.logging_utils import MetricsWriter, progress_bar
 from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
 from lazarus_jax.losses import dual_reward_loss
-from lazarus_jax.model import LoRAParam
+from lazarus_jax.model import LoRAParam, pack_frozen_layers
 from lazarus_jax.sharding import batch_sharding, make_mesh, state_shardings, validate_model_for_mesh
 
 # Keys that may change between a run and its resumption without making it "a different run".
@@ -202,7 +202,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
   base_shardings = to_pure(state_shardings(base, mesh, rules))
   lora_shardings = to_pure(state_shardings(lora_state, mesh, rules))
-  base = jax.device_put(nnx.to_pure_dict(base), base_shardings)
+  base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base), base_shardings), base_shardings)
   rest = nnx.to_pure_dict(rest)
   tx, schedule = make_optimizer(c.train)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
