@@ -58,7 +58,9 @@ def run_ours(batches, target_ids) -> dict:
 
   from lazarus_jax import experiment
   from lazarus_jax.lens import all_layer_lens
-  model = experiment.load_model(common.smollm2_config()).build()
+  c = common.smollm2_config()
+  c.model.param_dtype = "float32"  # as the torch side's weights
+  model = experiment.load_model(c).build()
   t0 = time.perf_counter()
   jax.block_until_ready(all_layer_lens(model, *batches[0], target_ids, top_k=TOP_K))
   compile_s = time.perf_counter() - t0

@@ -58,13 +58,15 @@ def readout_lens(model, tokens, mask, readout):
 def _lens_fn(graphdef, state, tokens, mask, readout, target_ids, *, top_k: int):
   model = nnx.merge(graphdef, state)
   _, logits = readout_lens(model, tokens, mask, readout)
-  probs = jax.nn.softmax(logits, axis=-1)
+  # Probabilities only where they are reported (targets, top-k): exp(logit - logsumexp), never the full
+  # [R, B, V] softmax array: one fewer vocabulary-sized array to write and re-read (~6% of a CPU call).
+  lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
   target_logits = jnp.take(logits, target_ids, axis=-1)  # [R, B, K]
-  target_probs = jnp.take(probs, target_ids, axis=-1)
   # Rank from logits (monotone in probs, but exact where exp() would round two probs together).
   target_ranks = 1 + jnp.sum(logits[:, :, None, :] > target_logits[..., None], axis=-1, dtype=jnp.int32)
-  top_probs, top_ids = jax.lax.top_k(probs, top_k)
-  out = dict(target_probs=target_probs, target_ranks=target_ranks, top_ids=top_ids, top_probs=top_probs)
+  top_logits, top_ids = jax.lax.top_k(logits, top_k)
+  out = dict(target_probs=jnp.exp(target_logits - lse), target_ranks=target_ranks, top_ids=top_ids,
+             top_probs=jnp.exp(top_logits - lse))
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)  # -> [B, R, ...]
 
 
