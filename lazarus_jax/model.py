@@ -221,7 +221,9 @@ class LlamaModel(nnx.Module):
     layer_weights.update({name: getattr(self.layers, name)[...] for name in ("attn_norm", "mlp_norm")})
     lora = self.lora
     lo, hi = (lora.layer_start, lora.layer_end) if lora is not None else (cfg.num_layers, cfg.num_layers)
-    lora_weights = lora.stacked_weights() if lora is not None else None
+    # Adapters cast once too: a cast inside the body makes the backward convert the whole stacked adapter gradient
+    # on every iteration (XLA:CPU); their gradients come out of `dense` in the compute dtype either way.
+    lora_weights = jax.tree.map(lambda w: w.astype(cdt), lora.stacked_weights()) if lora is not None else None
 
     block = make_block(cfg, cos, sin, bias, lora.scale if lora is not None else 0.0)
     outs = [h[None]]
@@ -282,11 +284,12 @@ def as_bits(w):
 
 
 def pack_frozen_layers(base: dict, shardings=None) -> dict:
-  """The frozen base weights (a pure state dict) with every 16-bit projection stack stored as raw uint16 bits.
+  """Model weights (a pure state dict: the base, or the whole model) with every 16-bit projection stack stored as
+  raw uint16 bits; everything else unchanged.
 
-  Why: inside a jitted step `as_bits` is not free on XLA:CPU -- it materialises a copy of each whole stack every
-  step (~100 ms of a 400 ms bf16 SmolLM2 step). Packed once, outside the step, the model reads the stacks as bits
-  of `param_dtype` (see `LlamaModel._projection_stack`). `shardings`: the base's, kept.
+  Why: inside jit `as_bits` is not free on XLA:CPU -- it materialises a copy of each whole stack every call
+  (~100 ms of a 400 ms bf16 SmolLM2 training step). Packed once, outside the jitted step / lens / readout, the
+  model reads the stacks as bits of `param_dtype` (see `LlamaModel._projection_stack`). `shardings`: kept.
   """
   def pack(tree):
     out = dict(tree)
@@ -344,7 +347,7 @@ def project(x, weights, adapters, lora_scale, name, cdt):
   y = dense(x, w, bits_dtype=cdt) if w.dtype == jnp.uint16 else dense(x, w.astype(cdt))
   if adapters is not None and name in adapters:
     a, b_ = adapters[name]
-    y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt))
+    y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt))  # casts: no-ops from `trunk`
   return y
 
 
