@@ -110,6 +110,7 @@ def main():
   p.add_argument("--prompts", type=int, default=128)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--side", default="", help="internal: run one side and write --json")
+  p.add_argument("--no-hugepages", action="store_true", help="run both sides without glibc's huge-page tunable")
   p.add_argument("--json", default="")
   a = p.parse_args()
   if a.side:
@@ -123,12 +124,14 @@ def main():
     return
 
   print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {common.machine()}  load {common.load_avg()}")
+  env = common.side_env(hugepages=not a.no_hugepages)
+  print(f"both sides run with GLIBC_TUNABLES={env.get('GLIBC_TUNABLES')}")
   res = {}
   for side in ("jax", "torch"):
     out = os.path.join(tempfile.mkdtemp(), f"{side}.json")
     cmd = [sys.executable, __file__, "--side", side, "--prompts", str(a.prompts), "--batch", str(a.batch),
            "--json", out]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT, env=env)
     if proc.returncode:
       sys.stderr.write(proc.stderr[-4000:])
       raise SystemExit(f"lens benchmark side {side} failed")

@@ -22,12 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def sub(script: str, *args: str) -> dict:
+def sub(script: str, *args: str, env: dict | None = None) -> dict:
   """Runs bench/<script> in a fresh process; returns its JSON result."""
   with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
     out = f.name
   cmd = [sys.executable, os.path.join(common.HERE, script), *args, "--json", out]
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT)
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT, env=env)
   if proc.returncode:
     sys.stderr.write(proc.stderr[-4000:])
     raise SystemExit(f"{script} {' '.join(args)} failed (exit {proc.returncode})")
@@ -43,21 +43,26 @@ def main():
   p.add_argument("--jax-steps", type=int, default=20)
   p.add_argument("--torch-steps", type=int, default=5)
   p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--no-hugepages", action="store_true", help="run both sides without glibc's huge-page tunable")
   p.add_argument("--json", default="")
   a = p.parse_args()
+  env = common.side_env(hugepages=not a.no_hugepages)
 
   print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {common.machine()}  load {common.load_avg()}")
+  print(f"both sides run with GLIBC_TUNABLES={env.get('GLIBC_TUNABLES')}")
   batch = os.path.join(tempfile.mkdtemp(), "batch.npz")
   sub_batch = common.write_batch(batch, a.batch_size)
   del sub_batch
-  peak = sub("peak.py")
+  peak = sub("peak.py", env=env)
   print(f"measured matmul peak: float32 {peak['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.1f} "
         "GFLOP/s (2048^3 jitted dot, best of 10)")
-  results = {"machine": common.machine(), "date": datetime.date.today().isoformat(), "peak": peak, "runs": []}
+  results = {"machine": common.machine(), "date": datetime.date.today().isoformat(), "peak": peak, "runs": [],
+             "glibc_tunables": env.get("GLIBC_TUNABLES")}
   for dtype in a.dtypes.split(","):
     # bf16: the frozen base weights are stored in bf16 on both sides (nothing to keep a float32 master of).
-    ours = sub("ours.py", "--dtype", dtype, "--param-dtype", dtype, "--batch", batch, "--steps", str(a.jax_steps))
-    theirs = sub("torch_side.py", "--dtype", dtype, "--batch", batch, "--steps", str(a.torch_steps))
+    ours = sub("ours.py", "--dtype", dtype, "--param-dtype", dtype, "--batch", batch, "--steps", str(a.jax_steps),
+                env=env)
+    theirs = sub("torch_side.py", "--dtype", dtype, "--batch", batch, "--steps", str(a.torch_steps), env=env)
     results["runs"] += [ours, theirs]
     mfu = ours["flops_per_s"] / peak["float32"]
     print(f"\n[{dtype}] batch {a.batch_size}")

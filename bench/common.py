@@ -37,6 +37,16 @@ def machine() -> str:
   return f"{model}, {os.cpu_count()} cores"
 
 
+def side_env(hugepages: bool = True) -> dict:
+  """The environment both sides of a comparison run in. Default: what our CLIs run with (glibc's transparent
+  huge pages, see lazarus_jax/hugepages.py), given to torch too; hugepages=False: the tunable removed."""
+  env = {k: v for k, v in os.environ.items() if hugepages or k != "GLIBC_TUNABLES"}
+  if hugepages:
+    from lazarus_jax.hugepages import reexec_env
+    env = reexec_env(env, [sys.executable, "-m", "lazarus_jax.train"]) or env
+  return env
+
+
 def smollm2_config(compute_dtype: str = "float32", batch_size: int = 8):
   """The embedded default's training config with eval off (what `lazarus_jax.train` runs)."""
   sys.path.insert(0, os.path.join(ROOT, "configs"))

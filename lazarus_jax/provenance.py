@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 
+RUNTIME_ENV = ("GLIBC_TUNABLES", "XLA_FLAGS", "JAX_PLATFORMS", "LIBTPU_INIT_ARGS")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tokenizers", "gguf", "lazarus_jax")
 
 
@@ -45,5 +46,7 @@ def collect(config=None) -> dict:
       "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
                   "process_count": jax.process_count()},
       "host": platform.node(),
+      # Settings outside the config that change speed or numerics (GLIBC_TUNABLES: see hugepages.py).
+      "runtime_env": {k: os.environ.get(k) for k in RUNTIME_ENV},
       "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
