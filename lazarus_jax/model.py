@@ -221,9 +221,7 @@ class LlamaModel(nnx.Module):
     layer_weights.update({name: getattr(self.layers, name)[...] for name in ("attn_norm", "mlp_norm")})
     lora = self.lora
     lo, hi = (lora.layer_start, lora.layer_end) if lora is not None else (cfg.num_layers, cfg.num_layers)
-    # Adapters cast once too: a cast inside the body makes the backward convert the whole stacked adapter gradient
-    # on every iteration (XLA:CPU); their gradients come out of `dense` in the compute dtype either way.
-    lora_weights = jax.tree.map(lambda w: w.astype(cdt), lora.stacked_weights()) if lora is not None else None
+    lora_weights = lora.stacked_weights() if lora is not None else None
 
     block = make_block(cfg, cos, sin, bias, lora.scale if lora is not None else 0.0)
     outs = [h[None]]
@@ -347,7 +345,7 @@ def project(x, weights, adapters, lora_scale, name, cdt):
   y = dense(x, w, bits_dtype=cdt) if w.dtype == jnp.uint16 else dense(x, w.astype(cdt))
   if adapters is not None and name in adapters:
     a, b_ = adapters[name]
-    y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt))  # casts: no-ops from `trunk`
+    y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt))
   return y
 
 
