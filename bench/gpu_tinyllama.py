@@ -64,7 +64,7 @@ def main():
   from flax import nnx
 
   from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
-  from lazarus_jax.model import LlamaConfig, LlamaModel, LoRAParam
+  from lazarus_jax.model import LlamaConfig, LlamaModel, LoRAParam, pack_frozen_layers
   from lazarus_jax.train import make_optimizer, make_train_step
 
   print(f"devices: {jax.devices()}", flush=True)
@@ -76,7 +76,7 @@ def main():
   lora_cfg = LoRAConfig(rank=32, alpha=64.0, targets=("v", "o"))
   add_lora(model, lora_cfg, seed=0)
   graphdef, base, _, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
-  base, rest = nnx.to_pure_dict(base), nnx.to_pure_dict(rest)
+  base, rest = pack_frozen_layers(nnx.to_pure_dict(base)), nnx.to_pure_dict(rest)  # as lazarus_jax.train does
   tc = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=50, steps=1000, end_lr_fraction=0.1, grad_clip=1.0,
                                       b1=0.9, b2=0.999, weight_decay=0.0))
   tx, schedule = make_optimizer(tc)
