@@ -110,7 +110,7 @@ def main():
   p.add_argument("--prompts", type=int, default=128)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--side", default="", help="internal: run one side and write --json")
-  p.add_argument("--no-hugepages", action="store_true", help="run both sides without glibc's huge-page tunable")
+  p.add_argument("--hugepages", action="store_true", help="run both sides with glibc's huge-page tunable")
   p.add_argument("--json", default="")
   a = p.parse_args()
   if a.side:
@@ -124,7 +124,7 @@ def main():
     return
 
   print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {common.machine()}  load {common.load_avg()}")
-  env = common.side_env(hugepages=not a.no_hugepages)
+  env = common.side_env("lazarus_jax.train" if a.hugepages else "lazarus_jax.lens")  # default: as the lens CLI
   print(f"both sides run with GLIBC_TUNABLES={env.get('GLIBC_TUNABLES')}")
   res = {}
   for side in ("jax", "torch"):

@@ -46,7 +46,7 @@ def main():
   p.add_argument("--no-hugepages", action="store_true", help="run both sides without glibc's huge-page tunable")
   p.add_argument("--json", default="")
   a = p.parse_args()
-  env = common.side_env(hugepages=not a.no_hugepages)
+  env = common.side_env(None if a.no_hugepages else "lazarus_jax.train")
 
   print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {common.machine()}  load {common.load_avg()}")
   print(f"both sides run with GLIBC_TUNABLES={env.get('GLIBC_TUNABLES')}")

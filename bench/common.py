@@ -37,13 +37,14 @@ def machine() -> str:
   return f"{model}, {os.cpu_count()} cores"
 
 
-def side_env(hugepages: bool = True) -> dict:
-  """The environment both sides of a comparison run in. Default: what our CLIs run with (glibc's transparent
-  huge pages, see lazarus_jax/hugepages.py), given to torch too; hugepages=False: the tunable removed."""
-  env = {k: v for k, v in os.environ.items() if hugepages or k != "GLIBC_TUNABLES"}
-  if hugepages:
+def side_env(cli_module: str | None) -> dict:
+  """The environment both sides of a comparison run in: the one `python -m <cli_module>` runs with (the
+  training CLI re-executes with glibc's huge-page tunable, see lazarus_jax/hugepages.py), given to torch too;
+  None: the tunable removed."""
+  env = {k: v for k, v in os.environ.items() if cli_module or k != "GLIBC_TUNABLES"}
+  if cli_module:
     from lazarus_jax.hugepages import reexec_env
-    env = reexec_env(env, [sys.executable, "-m", "lazarus_jax.train"]) or env
+    env = reexec_env(env, [sys.executable, "-m", cli_module]) or env
   return env
 
 

@@ -289,12 +289,14 @@ def pack_frozen_layers(base: dict, shardings=None) -> dict:
   (~100 ms of a 400 ms bf16 SmolLM2 training step). Packed once, outside the jitted step / lens / readout, the
   model reads the stacks as bits of `param_dtype` (see `LlamaModel._projection_stack`). `shardings`: kept.
   """
-  def pack(tree):
-    out = dict(tree)
-    out["layers"] = {k: as_bits(v) if k in PROJS else v for k, v in tree["layers"].items()}
-    return out
-
-  return jax.jit(pack, out_shardings=shardings)(base)
+  layers = base["layers"]
+  names = [k for k in PROJS if k in layers and jnp.dtype(layers[k].dtype).itemsize == 2]
+  if not names:  # nothing to pack: the same arrays, no copy
+    return base
+  stacks_sh = None if shardings is None else {k: shardings["layers"][k] for k in names}
+  packed = jax.jit(lambda stacks: {k: as_bits(v) for k, v in stacks.items()}, out_shardings=stacks_sh)(
+      {k: layers[k] for k in names})
+  return {**base, "layers": {**layers, **packed}}
 
 
 def _from_bits(w, dtype):

@@ -34,6 +34,7 @@ def test_reexec_env_only_for_the_tools_and_only_once(monkeypatch):
     assert env is None
   assert reexec_env({"LAZARUS_JAX_HUGEPAGES": "0"}, cli) is None
   assert reexec_env({}, ["python", "-m", "pytest"]) is None
+  assert reexec_env({}, ["python", "-m", "lazarus_jax.lens"]) is None  # measured slower with huge pages
   assert reexec_env({}, ["python", "-c", "import lazarus_jax.train"]) is None
   monkeypatch.setattr(hugepages, "THP_SETTING", "/nonexistent/enabled")
   assert reexec_env({}, cli) is None
