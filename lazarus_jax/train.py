@@ -152,6 +152,16 @@ def check_workdir(c, workdir: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  # SIGINT/SIGTERM are a flag from the very start, checked between set-up stages: a KeyboardInterrupt raised
+  # asynchronously during set-up could land inside a library that swallows it (seen: ~1 in 15 early Ctrl-Cs lost).
+  stop = PreemptionFlag()
+  try:
+    return _run(config, workdir, stop)
+  finally:
+    stop.restore()
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag") -> TrainResult:
   c = config
   experiment.validate_config(c)
   workdir = os.path.abspath(workdir)
@@ -166,6 +176,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   if c.train.batch_size % data_size:
     raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by the data-parallel size {data_size} "
                     f"(mesh data x fsdp on {mesh.size} devices): change train.batch_size or mesh.shape")
+  stop.stop_if_requested()
   pretrained = experiment.load_model(c)
   model = pretrained.build()
   n_layers = pretrained.config.num_layers
@@ -173,6 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   lora_cfg = LoRAConfig.from_config(c.lora)
   lora = add_lora(model, lora_cfg, seed=c.seed)
   tok = pretrained.tokenizer
+  stop.stop_if_requested()
   datasets = experiment.build_data(c, tok)
   targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in datasets.train[:2000]}))
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
@@ -246,6 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
 
   t0 = time.perf_counter()
+  stop.stop_if_requested()
   compiled = jitted.lower(state, base, rest, global_batch(start_step), weight, class_ids).compile()
   compile_s = time.perf_counter() - t0
   if is_main:
@@ -253,7 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
   # -- the loop --
   writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step)
-  stop = PreemptionFlag()
+  stop.stop_if_requested()
   pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=is_main)
   pending, t_window, tokens_window = [], time.perf_counter(), 0
   step = start_step
@@ -416,6 +429,17 @@ class PreemptionFlag:
   def restore(self):
     for sig, handler in self._old.items():
       signal.signal(sig, handler)
+    self._old = {}
+
+  def stop_if_requested(self):
+    """Before the loop there is nothing to checkpoint: a signal then ends the run as the signal would."""
+    if not self.requested:
+      return
+    self.restore()
+    if self.signal_number == signal.SIGINT:
+      raise KeyboardInterrupt  # the CLI prints one line, exit status 130
+    print(f"stopped by {self.signal_name} before training started: nothing to checkpoint", file=sys.stderr)
+    raise SystemExit(128 + self.signal_number)
 
 
 def main(argv):
