@@ -52,6 +52,7 @@ def main():
   p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak")
   p.add_argument("--remat", default="none", help="none | full | dots")
   p.add_argument("--tiny", action="store_true", help="CPU smoke run with tiny shapes")
+  p.add_argument("--profile", default="", help="also trace 3 steps with jax.profiler into this directory")
   p.add_argument("--json", default="")
   a = p.parse_args()
   if a.tiny:
@@ -107,6 +108,12 @@ def main():
     state, metrics = compiled(state, base, rest, batch, weight, class_ids)
   jax.block_until_ready(state)
   step_s = (time.perf_counter() - t0) / a.steps
+
+  if a.profile:  # a perfetto trace (*.trace.json.gz) to read op by op
+    with jax.profiler.trace(a.profile, create_perfetto_trace=True):
+      for _ in range(3):
+        state, metrics = compiled(state, base, rest, batch, weight, class_ids)
+      jax.block_until_ready(state)
 
   flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32)
   tokens = a.batch * a.seq_len
