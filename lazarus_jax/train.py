@@ -265,8 +265,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
     print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
 
   # -- the loop --
-  writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step)
   stop.stop_if_requested()
+  writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step)
   pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=is_main)
   pending, t_window, tokens_window = [], time.perf_counter(), 0
   step = start_step
