@@ -51,6 +51,7 @@ def main():
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak")
   p.add_argument("--remat", default="none", help="none | full | dots")
+  p.add_argument("--activation-dtype", default="float32", help="model.activation_dtype: float32 | bfloat16")
   p.add_argument("--tiny", action="store_true", help="CPU smoke run with tiny shapes")
   p.add_argument("--profile", default="", help="also trace 3 steps with jax.profiler into this directory")
   p.add_argument("--json", default="")
@@ -70,7 +71,7 @@ def main():
 
   print(f"devices: {jax.devices()}", flush=True)
   cfg = LlamaConfig.from_hf(TINY if a.tiny else TINYLLAMA, param_dtype="bfloat16", compute_dtype="bfloat16",
-                            remat=a.remat)
+                            remat=a.remat, activation_dtype=a.activation_dtype)
   layer = int(cfg.num_layers * 0.55)
   t0 = time.perf_counter()
   model = LlamaModel(cfg, rngs=nnx.Rngs(0))  # random bf16 weights, created on the default device
@@ -120,7 +121,8 @@ def main():
   out = dict(device=str(jax.devices()[0].device_kind), batch=a.batch, seq_len=a.seq_len, step_s=step_s,
              tokens_per_s=tokens / step_s, examples_per_s=a.batch / step_s, model_tflops_per_step=flops / 1e12,
              model_tflops_per_s=flops / step_s / 1e12, mfu=flops / step_s / (a.peak_tflops * 1e12),
-             peak_tflops=a.peak_tflops, compile_s=compile_s, remat=a.remat, loss=float(metrics["loss"]),
+             peak_tflops=a.peak_tflops, compile_s=compile_s, remat=a.remat, activation_dtype=a.activation_dtype,
+             loss=float(metrics["loss"]),
              tiny=a.tiny)
   print(json.dumps(out, indent=1))
   print(f"{out['device']}: {out['tokens_per_s']:.0f} tokens/s, {out['model_tflops_per_s']:.1f} TFLOP/s, "

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32"):
+def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", activation_dtype: str = "float32"):
   """Returns (compiled step, args tuple, compile seconds, model config)."""
   import jax
   import jax.numpy as jnp
@@ -29,6 +29,7 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32"):
 
   c = common.smollm2_config(compute_dtype, batch_size=batch_np["tokens"].shape[0])
   c.model.param_dtype = param_dtype
+  c.model.activation_dtype = activation_dtype
   pretrained = experiment.load_model(c)
   model = pretrained.build()
   lora_cfg = LoRAConfig.from_config(c.lora)
@@ -52,10 +53,11 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32"):
   return compiled, (state, base, rest, batch, weight, class_ids), compile_s, pretrained.config
 
 
-def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "float32") -> dict:
+def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "float32",
+        activation_dtype: str = "float32") -> dict:
   import jax
   t_start = time.perf_counter()
-  compiled, args, compile_s, cfg = build(compute_dtype, batch_np, param_dtype)
+  compiled, args, compile_s, cfg = build(compute_dtype, batch_np, param_dtype, activation_dtype)
   state, rest_args = args[0], args[1:]
   losses = []
 
@@ -69,7 +71,8 @@ def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "floa
   b = batch_np["tokens"].shape[0]
   flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32)
   med = sorted(times)[len(times) // 2]
-  return dict(side="jax", dtype=compute_dtype, param_dtype=param_dtype, batch=b, step_s_median=med, step_s_min=min(times),
+  return dict(side="jax", dtype=compute_dtype, param_dtype=param_dtype, activation_dtype=activation_dtype, batch=b,
+              step_s_median=med, step_s_min=min(times),
               examples_per_s=b / med, compile_s=compile_s, peak_rss_mib=common.peak_rss_mib(),
               model_flops_per_step=flops, flops_per_s=flops / med, first_losses=[float(x) for x in losses[:3]],
               setup_s=time.perf_counter() - t_start, load=common.load_avg())
@@ -81,10 +84,11 @@ if __name__ == "__main__":
   p.add_argument("--batch", required=True)
   p.add_argument("--param-dtype", default="float32", help="frozen base weights' storage dtype")
   p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--activation-dtype", default="float32", help="model.activation_dtype")
   p.add_argument("--json", default="")
   a = p.parse_args()
   import numpy as np
-  out = run(a.dtype, dict(np.load(a.batch)), a.steps, a.param_dtype)
+  out = run(a.dtype, dict(np.load(a.batch)), a.steps, a.param_dtype, a.activation_dtype)
   print(json.dumps(out))
   if a.json:
     with open(a.json, "w") as f:

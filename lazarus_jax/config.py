@@ -23,6 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "float32"  # bfloat16 on accelerators; adapters and optimizer stay float32
   c.model.remat = "none"  # none | full | dots
+  c.model.activation_dtype = "float32"  # residual stream + matmul outputs; bfloat16 halves activation traffic on GPU/TPU
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 32

@@ -24,7 +24,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"classifier.weight must be in [0, 1] (0 = SFT only, 1 = classifier only), got {w}")
   if not 0.0 < c.classifier.layer_fraction < 1.0:
     raise UserError(f"classifier.layer_fraction must be in (0, 1), got {c.classifier.layer_fraction}")
-  for key in ("param_dtype", "compute_dtype"):
+  for key in ("param_dtype", "compute_dtype", "activation_dtype"):
     if c.model[key] not in DTYPES:
       raise UserError(f"model.{key} must be one of {DTYPES}, got {c.model[key]!r}")
   if c.lora.rank <= 0:
@@ -71,7 +71,7 @@ def classifier_layer(c, num_layers: int) -> int:
 def load_model(c) -> Pretrained:
   source = c.model.path or c.model.source
   return load_pretrained(source, param_dtype=c.model.param_dtype, compute_dtype=c.model.compute_dtype,
-                         remat=c.model.remat)
+                         remat=c.model.remat, activation_dtype=c.model.activation_dtype)
 
 
 @dataclasses.dataclass

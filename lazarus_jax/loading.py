@@ -85,9 +85,10 @@ def read_hf_config(path: str) -> dict:
 
 
 def load_pretrained(source: str, *, param_dtype: str = "float32", compute_dtype: str = "float32",
-                    remat: str = "none") -> Pretrained:
+                    remat: str = "none", activation_dtype: str = "float32") -> Pretrained:
   kind, path = resolve_source(source)
-  overrides = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
+  overrides = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat,
+                   activation_dtype=activation_dtype)
   np_dtype = jnp.dtype(param_dtype)
   if kind == "tiny":
     from lazarus_jax.tiny import tiny_hf_config, tiny_tokenizer
