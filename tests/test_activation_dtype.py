@@ -3,15 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
+from tiny_step import step_and_inputs
 
-from lazarus_jax import data as data_lib
 from lazarus_jax.loading import load_pretrained
 from lazarus_jax.lora import LoRAConfig, add_lora
 from lazarus_jax.model import LoRAParam, pack_frozen_layers, residual_stream
-from lazarus_jax.targets import resolve_targets
-from lazarus_jax.train import make_train_step
 
 TOKENS = jnp.asarray([[5, 17, 93, 41, 7, 88, 3, 12], [64, 2, 2, 31, 9, 120, 77, 6]], jnp.int32)
 
@@ -39,17 +36,7 @@ def test_bf16_activations_train_step_is_finite_and_moves():
   add_lora(model, LoRAConfig(rank=4, alpha=8.0, targets=("v", "o")), seed=0)
   graphdef, base, lora, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
   base, lora, rest = pack_frozen_layers(nnx.to_pure_dict(base)), nnx.to_pure_dict(lora), nnx.to_pure_dict(rest)
-  targets = resolve_targets(pre.tokenizer)
-  examples = [data_lib.make_example(a, op, b, "symbolic") for a, op, b in
-              [(12, "multiply", 5), (23, "add", 45), (50, "subtract", 23), (48, "divide", 2)]]
-  encoded = data_lib.encode_examples(pre.tokenizer, examples, append_eos=True)
-  batch = data_lib.collate(encoded, [e.operation for e in examples], 16, 8, pre.tokenizer.pad_id,
-                           label_names=targets.labels)
-  tx = optax.adamw(1e-2)
-  state = {"lora": lora, "opt_state": tx.init(lora), "step": jnp.zeros((), jnp.int32),
-           "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
-  step = jax.jit(make_train_step(graphdef, tx, optax.constant_schedule(1e-2), 2, False, 1))
-  class_ids = jnp.asarray(targets.token_ids, jnp.int32)
+  step, state, batch, class_ids = step_and_inputs(pre, graphdef, lora)
   losses = []
   for _ in range(5):
     state, m = step(state, base, rest, batch, jnp.float32(0.5), class_ids)

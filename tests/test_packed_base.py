@@ -3,16 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
+from tiny_step import step_and_inputs
 
-from lazarus_jax import data as data_lib
 from lazarus_jax.loading import load_pretrained
 from lazarus_jax.lora import LoRAConfig, add_lora
 from lazarus_jax.model import PROJS, LoRAParam, pack_frozen_layers
-from lazarus_jax.targets import resolve_targets
-from lazarus_jax.train import make_train_step
 
 
 @pytest.mark.parametrize("param_dtype,compute_dtype", [("bfloat16", "bfloat16"), ("bfloat16", "float32"),
@@ -35,17 +32,7 @@ def test_packed_base_gives_the_same_step(param_dtype, compute_dtype):
   if param_dtype == "float32":  # nothing to pack: the very same arrays, no copy
     assert all(packed["layers"][n] is base["layers"][n] for n in PROJS)
 
-  targets = resolve_targets(pre.tokenizer)
-  examples = [data_lib.make_example(a, op, b, "symbolic") for a, op, b in
-              [(12, "multiply", 5), (23, "add", 45), (50, "subtract", 23), (48, "divide", 2)]]
-  encoded = data_lib.encode_examples(pre.tokenizer, examples, append_eos=True)
-  batch = data_lib.collate(encoded, [e.operation for e in examples], 16, 8, pre.tokenizer.pad_id,
-                           label_names=targets.labels)
-  tx = optax.adamw(1e-2)
-  state = {"lora": lora, "opt_state": tx.init(lora), "step": jnp.zeros((), jnp.int32),
-           "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
-  step = jax.jit(make_train_step(graphdef, tx, optax.constant_schedule(1e-2), 2, False, 1))
-  class_ids = jnp.asarray(targets.token_ids, jnp.int32)
+  step, state, batch, class_ids = step_and_inputs(pre, graphdef, lora)
   s_plain, m_plain = step(state, base, rest, batch, jnp.float32(0.5), class_ids)
   s_packed, m_packed = step(state, packed, rest, batch, jnp.float32(0.5), class_ids)
   assert np.isfinite(float(m_plain["loss"])) and float(m_plain["grad_norm"]) > 0
