@@ -62,7 +62,7 @@ from lazarus_jax import data as data_lib
 from lazarus_jax import experiment, provenance
 from lazarus_jax.errors import UserError
 from lazarus_jax.lens import readout_lens
-from lazarus_jax.model import pack_frozen_layers
+from lazarus_jax.model import split_packed
 from lazarus_jax.stats import accuracy_summary
 
 SCHEMA_VERSION = 1
@@ -107,8 +107,7 @@ def readout_states(model, prompt_ids: list[list[int]], class_ids, batch_size: in
   """hidden [R, N, D], class_probs [N, R, K] (full-vocab softmax of each class token), top1 [N, R]."""
   seq_len = -(-max(len(p) for p in prompt_ids) // 16) * 16  # one bucket: one compile
   batch_size = max(1, min(batch_size, len(prompt_ids)))
-  graphdef, state = nnx.split(model)
-  state = pack_frozen_layers(nnx.to_pure_dict(state))  # once, not a whole-weight copy per call
+  graphdef, state = split_packed(model)  # packed once, not a whole-weight copy per batch
   class_ids = jnp.asarray(class_ids, jnp.int32)
   hidden, probs, top1 = [], [], []
   for start in range(0, len(prompt_ids), batch_size):

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lazarus_jax.errors import UserError
-from lazarus_jax.model import PROJS, LlamaConfig, apply_rope, as_bits, attention, project, rms_norm
+from lazarus_jax.model import PROJS, LlamaConfig, apply_rope, attention, project, rms_norm
 
 PROMPT_BUCKET = 16  # prompt lengths round up to a multiple of this (one compile per bucket)
 MAX_BATCH = 32  # batches are padded to a power of two up to this size
@@ -144,11 +144,10 @@ def _params(model) -> tuple[dict, tuple[int, int], float]:
       "unembed": model.unembed_matrix(),
       "final_norm": model.final_norm[...],
       "inv_freq": model.inv_freq[...],
-      # Projection stacks cast to the compute dtype once, here, and 16-bit ones handed over as raw bits: a
-      # bf16 stack sliced inside the layer scan makes XLA:CPU convert the whole stack to float32 on every
-      # decode step (see model.as_bits). `project` reads uint16 stacks as bits of the compute dtype.
-      "layers": {name: as_bits(getattr(model.layers, name)[...].astype(jnp.dtype(cfg.compute_dtype)))
-                 for name in PROJS},
+      # Projection stacks in the compute dtype, 16-bit ones as raw bits, cast once here: a bf16 stack sliced
+      # inside the decode scan makes XLA:CPU convert the whole stack to float32 on every decode step.
+      # `project` reads uint16 stacks as bits of the compute dtype.
+      "layers": {name: model.projection_stack(name, jnp.dtype(cfg.compute_dtype)) for name in PROJS},
       "lora": None,
   }
   params["layers"].update({name: getattr(model.layers, name)[...] for name in ("attn_norm", "mlp_norm")})

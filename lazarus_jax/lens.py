@@ -33,7 +33,7 @@ from flax import nnx
 
 from lazarus_jax.data import encode_prompt
 from lazarus_jax.errors import UserError, cli_entry
-from lazarus_jax.model import pack_frozen_layers, residual_stream
+from lazarus_jax.model import residual_stream, split_packed
 from lazarus_jax.targets import DEFAULT_TARGETS, ResolvedTargets, parse_targets, resolve_targets
 
 LAYER_CONVENTION = ("row = index into the n_layers+1 residual rows (0 = embedding output, r = after block r-1); "
@@ -77,8 +77,7 @@ def all_layer_lens(model, tokens, mask, readout, target_ids, top_k: int = 5) -> 
   target_ids [K]. Returns target_probs [B, R, K], target_ranks [B, R, K] (1-based), top_ids and
   top_probs [B, R, top_k], with R = n_layers + 1 rows (DESIGN.md §2).
   """
-  graphdef, state = nnx.split(model)
-  state = pack_frozen_layers(nnx.to_pure_dict(state))
+  graphdef, state = split_packed(model)
   return _lens_fn(graphdef, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32),
                   jnp.asarray(readout, jnp.int32), jnp.asarray(target_ids, jnp.int32), top_k=int(top_k))
 
@@ -122,8 +121,7 @@ def run_lens(model, tokenizer, prompts: Sequence[str], targets: ResolvedTargets 
                     f"{model.cfg.max_position_embeddings} positions")
   batch_size = max(1, min(batch_size, len(encoded)))
   target_ids = jnp.asarray(targets.token_ids, jnp.int32)
-  graphdef, state = nnx.split(model)
-  state = pack_frozen_layers(nnx.to_pure_dict(state))  # once, not a whole-weight copy per batch
+  graphdef, state = split_packed(model)  # packed once, not a whole-weight copy per batch
 
   t0 = time.perf_counter()
   example = _pad_batch(encoded[:batch_size], batch_size, seq_len, tokenizer.pad_id)

@@ -221,7 +221,7 @@ class LlamaModel(nnx.Module):
     h = self.embed[...][tokens].astype(adt)
     # Cast the projection stacks once, outside the scan (a no-op when param and compute dtypes agree): a cast
     # inside the body would be re-done per layer and its outputs saved, stacked, as residuals for the backward.
-    layer_weights = {name: self._projection_stack(name, cdt) for name in PROJS}
+    layer_weights = {name: self.projection_stack(name, cdt) for name in PROJS}
     layer_weights.update({name: getattr(self.layers, name)[...] for name in ("attn_norm", "mlp_norm")})
     lora = self.lora
     lo, hi = (lora.layer_start, lora.layer_end) if lora is not None else (cfg.num_layers, cfg.num_layers)
@@ -239,7 +239,7 @@ class LlamaModel(nnx.Module):
     self.sow(nnx.Intermediate, "residual", stack)
     return stack
 
-  def _projection_stack(self, name, cdt):
+  def projection_stack(self, name, cdt):
     """One stacked projection in the compute dtype, 16-bit ones as raw bits (see `as_bits`)."""
     w = getattr(self.layers, name)[...]
     if w.dtype == jnp.uint16:  # already packed by `pack_frozen_layers`: bits of param_dtype
@@ -291,7 +291,7 @@ def pack_frozen_layers(base: dict, shardings=None) -> dict:
 
   Why: inside jit `as_bits` is not free on XLA:CPU -- it materialises a copy of each whole stack every call
   (~100 ms of a 400 ms bf16 SmolLM2 training step). Packed once, outside the jitted step / lens / readout, the
-  model reads the stacks as bits of `param_dtype` (see `LlamaModel._projection_stack`). `shardings`: kept.
+  model reads the stacks as bits of `param_dtype` (see `LlamaModel.projection_stack`). `shardings`: kept.
   """
   layers = base["layers"]
   names = [k for k in PROJS if k in layers and jnp.dtype(layers[k].dtype).itemsize == 2]
@@ -301,6 +301,12 @@ def pack_frozen_layers(base: dict, shardings=None) -> dict:
   packed = jax.jit(lambda stacks: {k: as_bits(v) for k, v in stacks.items()}, out_shardings=stacks_sh)(
       {k: layers[k] for k in names})
   return {**base, "layers": {**layers, **packed}}
+
+
+def split_packed(model) -> tuple[Any, dict]:
+  """`nnx.split(model)` with the weights packed (`pack_frozen_layers`) for a jitted readout over many batches."""
+  graphdef, state = nnx.split(model)
+  return graphdef, pack_frozen_layers(nnx.to_pure_dict(state))
 
 
 def _from_bits(w, dtype):

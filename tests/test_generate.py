@@ -160,7 +160,8 @@ def test_packed_16bit_weights_generate_the_same_tokens(monkeypatch, param_dtype,
   assert all(params["layers"][name].dtype == jnp.uint16 for name in PROJS)
   prompts = _prompts(pre)
   packed = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0)
-  monkeypatch.setattr(generate, "as_bits", lambda w: w)
+  from lazarus_jax import model as model_lib
+  monkeypatch.setattr(model_lib, "as_bits", lambda w: w)  # unpacked stacks, as before packing existed
   assert generate._params(model)[0]["layers"]["q"].dtype == jnp.bfloat16
   assert greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0) == packed
   assert len({tuple(g) for g in packed}) == len(packed)
