@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from lazarus_jax.errors import UserError
+from lazarus_jax.errors import UserError, print_error, tidy_stderr
 
 CONFIG_FLAGS_HELP = """flags:
   --config FILE              a config file, e.g. configs/smollm2_135m.py (see lazarus_jax/config.py for every key)
@@ -36,6 +36,7 @@ def run_cli(main, with_config: bool = True) -> None:
   from absl import flags
   from ml_collections import config_flags
 
+  tidy_stderr()
   if with_config:
     config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/smollm2_135m.py",
                                     lock_config=True)
@@ -62,7 +63,7 @@ def run_cli(main, with_config: bool = True) -> None:
   except UserError as e:
     _fail(str(e))
   except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints first): no traceback
-    print("error: interrupted", file=sys.stderr)
+    print_error("interrupted")
     sys.exit(130)
   except OSError as e:
     if e.errno not in _DISK_ERRNOS:
@@ -77,7 +78,7 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFB
 
 
 def _fail(line: str) -> None:
-  print(f"error: {' '.join(line.split())}", file=sys.stderr)  # always one line
+  print_error(line)  # always one line
   sys.exit(2)
 
 
