@@ -7,6 +7,7 @@ tests/test_disk.py).
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -98,7 +99,7 @@ def test_tracebacks_and_the_error_line_are_single_writes():
   proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, cwd=cli_run.REPO,
                         env=cli_run.env(), timeout=120)
   assert proc.returncode == 1, proc.stderr
-  calls = eval(proc.stdout.strip().splitlines()[-1])  # the writes before the main thread's traceback
+  calls = ast.literal_eval(proc.stdout.strip().splitlines()[-1])  # the writes before the main thread's traceback
   report = [c for c in calls if "Exception in thread writer" in c]
   assert len(report) == 1, calls
   assert report[0].startswith("Exception in thread writer:\nTraceback (most recent call last):\n"), report
