@@ -70,7 +70,8 @@ def _thread_excepthook(args) -> None:
 
 
 def tidy_stderr() -> None:
-  """For the CLIs (not on import): stderr passes whole lines, and uncaught exceptions print whole tracebacks."""
+  """For a CLI process (`python -m`, not a library call): stderr passes whole lines, and uncaught exceptions print
+  whole tracebacks."""
   if not isinstance(sys.stderr, LineAtomicStream):
     sys.stderr = LineAtomicStream(sys.stderr)
   sys.excepthook = _write_traceback
@@ -82,7 +83,6 @@ def cli_entry(fn):
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    tidy_stderr()
     try:
       return fn(*args, **kwargs)
     except UserError as e:

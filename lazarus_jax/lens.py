@@ -334,4 +334,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  from lazarus_jax.errors import tidy_stderr
+  tidy_stderr()
   main(sys.argv[1:])
