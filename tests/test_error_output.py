@@ -110,3 +110,33 @@ def test_tracebacks_and_the_error_line_are_single_writes():
   tail = proc.stderr[proc.stderr.index("error: could not save"):]
   assert tail.splitlines()[1] == "Traceback (most recent call last):", tail
   assert tail.rstrip().endswith("ValueError: main thread fails too"), tail
+
+
+_CLI_CHILD = textwrap.dedent("""
+  import sys, threading
+  from lazarus_jax.cli import run_cli
+  from lazarus_jax.errors import UserError
+
+  def main(argv):
+    fragment_written, go_on = threading.Event(), threading.Event()
+    def background():  # a traceback's source line, its newline still to come
+      sys.stderr.write("    self._check_closed()")
+      fragment_written.set()
+      go_on.wait(10)
+      sys.stderr.write("\\n")
+    threading.Thread(target=background, daemon=True).start()
+    fragment_written.wait(10)
+    try:
+      raise UserError("the disk is full")
+    finally:
+      threading.Timer(0.2, go_on.set).start()
+
+  run_cli(main, with_config=False)
+""")
+
+
+def test_the_cli_error_line_starts_its_own_line():
+  proc = subprocess.run([sys.executable, "-c", _CLI_CHILD], capture_output=True, text=True, cwd=cli_run.REPO,
+                        env=cli_run.env(), timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.splitlines()[0] == "error: the disk is full", proc.stderr
