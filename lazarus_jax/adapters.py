@@ -26,8 +26,11 @@ def _key(layer: int, target: str, which: str) -> str:
 
 
 def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int, int], out_dir: str,
-                base_model: str, model_fingerprint: dict) -> None:
-  """Writes `lora_params` ({target}_a [n, in, r], {target}_b [n, r, out]) as a PEFT adapter directory."""
+                base_model: str, model_fingerprint: dict, record: dict | None = None) -> None:
+  """Writes `lora_params` ({target}_a [n, in, r], {target}_b [n, r, out]) as a PEFT adapter directory.
+
+  `record` (ours, e.g. the held-out split's identity and the step) is saved beside the model fingerprint, so
+  whoever evaluates the adapter can check it against what they evaluate on (`adapter_record`)."""
   from safetensors.numpy import save_file
 
   start, end = layer_range
@@ -53,7 +56,19 @@ def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int,
   # Ours, beside peft's files (peft warns about unknown keys in its config): lets a loader check that the
   # adapter belongs to the model it is loaded onto.
   with open(os.path.join(out_dir, FINGERPRINT_FILE), "w") as f:
-    json.dump({"model": model_fingerprint}, f, indent=2)
+    json.dump({"model": model_fingerprint, **(record or {})}, f, indent=2)
+
+
+def adapter_record(path: str) -> dict:
+  """What `export_peft` recorded beside the adapter ({} for an adapter from elsewhere, e.g. peft's own)."""
+  fingerprint_file = os.path.join(path, FINGERPRINT_FILE)
+  if not os.path.exists(fingerprint_file):
+    return {}
+  try:
+    with open(fingerprint_file) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{fingerprint_file} is unreadable ({e}): re-export the adapter (train writes it)") from None
 
 
 def model_fingerprint(cfg) -> dict:

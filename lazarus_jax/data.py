@@ -2,10 +2,12 @@
 
 Definitions (DESIGN.md §2, §3):
 - An `Example` is `prompt` + `answer`, where `answer` is the exact text that continues the prompt:
-  the model is trained on the string `prompt + answer`, and a generated answer is compared after `.strip()`.
-  Symbolic prompts end with a space (the seed's `"7 * 8 = "`), so their answer is `"56"`; semantic prompts
-  end with `?`, so their answer carries the separating space, `" 56"`. Both keep the readout position on the
-  prompt's own last token (the trailing space or the `?`).
+  the model is trained on the string `prompt + answer`; how a generated answer is scored is in `generate.py`.
+  Both formats end their prompt with the separating space (`"7 * 8 = "`, `"What is 7 times 8? "`), so the
+  answer is the bare integer `"56"` in both, and the readout (the prompt's last token) is the position whose
+  next-token prediction is the answer's first digit in both. Why: with SmolLM2's tokenizer `"? 56"` encodes as
+  `"?", " ", "5", "6"`, so a prompt ending in `?` put the readout one token earlier (predicting a bare space)
+  than in the symbolic format, and the first answer token was the space, not a digit.
 - `encode_example` is the only way an example becomes token ids (train, eval, lens, probes): prompt and
   answer are encoded jointly, and the prompt's own encoding must be a prefix of the joint one.
 - Readout position = `prompt_len - 1` everywhere. The answer loss is shifted: the logits at position
@@ -17,6 +19,7 @@ Definitions (DESIGN.md §2, §3):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Sequence
@@ -53,6 +56,7 @@ class Example:
   a: int | None
   b: int | None
   fmt: str  # "symbolic", "semantic", or "jsonl" for user rows
+  line: int | None = dataclasses.field(default=None, compare=False)  # the JSONL line of a user row
 
   @property
   def triple(self) -> tuple[int | None, str, int | None]:
@@ -113,10 +117,34 @@ def make_example(a: int, operation: str, b: int, fmt: str) -> Example:
   if fmt == "symbolic":
     prompt, answer = f"{a} {SYMBOLS[operation]} {b} = ", value
   elif fmt == "semantic":
-    prompt, answer = f"What is {a} {WORDS[operation]} {b}?", " " + value
+    prompt, answer = f"What is {a} {WORDS[operation]} {b}? ", value
   else:
     raise UserError(f"unknown data format {fmt!r}: use one of {', '.join(FORMATS)}")
   return Example(prompt=prompt, answer=answer, operation=operation, a=a, b=b, fmt=fmt)
+
+
+COMMUTATIVE = ("multiply", "add")
+
+
+def _units(operation: str, pairs: Sequence[tuple[int, int]]) -> list[tuple[tuple[int, int], ...]]:
+  """The split's units: for a commutative operation `a op b` and `b op a` form one unit (they fall on the same
+  side of the split, so no held-out answer is learnable from its swap); otherwise each pair is its own unit."""
+  if operation not in COMMUTATIVE:
+    return [(p,) for p in pairs]
+  have = set(pairs)
+  return [((a, b),) if a == b else ((a, b), (b, a)) for a, b in pairs if a <= b and (b, a) in have]
+
+
+def _pick_units(units, n_eval: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+  """Pairs of units taken in a random order until exactly `n_eval` pairs are held out (a unit of two that would
+  overshoot by one is passed over for the next unit of one)."""
+  out: list[tuple[int, int]] = []
+  for i in rng.permutation(len(units)):
+    if len(out) == n_eval:
+      break
+    if len(out) + len(units[i]) <= n_eval:
+      out += units[i]
+  return out
 
 
 def make_splits(formats: Sequence[str] = ("symbolic",),
@@ -126,22 +154,25 @@ def make_splits(formats: Sequence[str] = ("symbolic",),
                 operations: Sequence[str] = OPERATIONS) -> Splits:
   """Train / held-out eval split over (a, operation, b) triples, rendered in every requested format.
 
-  Per operation, `min(n_eval_per_op, floor(max_eval_fraction * n_triples))` triples go to eval, chosen
-  with `np.random.default_rng([seed, operation_index])`; the seed's prompts are always among them (they
-  count towards the number). Defaults (200, 0.5) give 200 eval triples for multiply/add/subtract and 72 of
-  division's 144, so every operation keeps training data. A triple is in eval in *every* format and in train
-  in none, so no format leaks a held-out problem. Train holds all remaining triples in every format (2300 /
-  2300 / 4805 / 72 per format with the defaults); sample it balanced with `batch_indices(..., labels=...)`.
-  Lists are ordered by operation, then format, then triple (eval: seed triples first).
+  Per operation, `min(n_eval_per_op, floor(max_eval_fraction * n_triples))` triples go to eval, drawn at
+  random with `np.random.default_rng([seed, operation_index])`; the seed's prompts are always among them (they
+  count towards the number). For `add` and `multiply` a triple and its commutative swap are one unit: both are
+  held out or both are trained on (DESIGN.md §3). Defaults (200, 0.5) give 200 eval triples for
+  multiply/add/subtract and 72 of division's 144, so every operation keeps training data. A triple is in eval
+  in *every* format and in train in none, so no format leaks a held-out problem. Train holds all remaining
+  triples in every format (2300 / 2300 / 4805 / 72 per format with the defaults); sample it balanced with
+  `batch_indices(..., labels=...)`. Lists are ordered by operation, then format; within that, eval holds the
+  seed triples (and their swaps) first, then the rest in the random order they were drawn (so the first N of
+  a group is a random sample), and train is in generator order.
   """
   formats = list(formats)
   if not formats:
-    raise UserError("data.formats is empty: choose at least one of symbolic, semantic")
+    raise UserError("data.format is empty: choose at least one of symbolic, semantic")
   for fmt in formats:
     if fmt not in FORMATS:
       raise UserError(f"unknown data format {fmt!r}: use one of {', '.join(FORMATS)}")
   if len(set(formats)) != len(formats):
-    raise UserError(f"data.formats lists a format twice ({formats}): list each once")
+    raise UserError(f"data.format lists a format twice ({formats}): list each once")
   for op in operations:
     if op not in OPERATIONS:
       raise UserError(f"unknown operation {op!r}: use one of {', '.join(OPERATIONS)}")
@@ -154,17 +185,18 @@ def make_splits(formats: Sequence[str] = ("symbolic",),
     if op not in operations:
       continue
     pairs = all_pairs(op)
+    units = _units(op, pairs)
     seed_pairs = [(a, b) for a, o, b in SEED_TRIPLES if o == op]
+    seed_units = [u for u in units if set(u) & set(seed_pairs)]
+    seed_held = [p for u in seed_units for p in u]
     n_eval = min(n_eval_per_op, int(max_eval_fraction * len(pairs)))
-    if n_eval < len(seed_pairs):
+    if n_eval < len(seed_held):
       raise UserError(
-          f"n_eval_per_op={n_eval_per_op} is below the {len(seed_pairs)} seed prompts of {op!r}: "
-          f"use at least {len(seed_pairs)}")
-    seed_set = set(seed_pairs)
-    rest = [p for p in pairs if p not in seed_set]
+          f"data.n_eval_per_op={n_eval_per_op} is below the {len(seed_held)} held-out seed triples of {op!r} "
+          f"(with their commutative swaps): use at least {len(seed_held)}")
+    rest = [u for u in units if u not in seed_units]
     rng = np.random.default_rng([seed, op_index])
-    picked = rng.choice(len(rest), size=n_eval - len(seed_pairs), replace=False)
-    eval_pairs = seed_pairs + [rest[i] for i in sorted(picked)]
+    eval_pairs = seed_held + _pick_units(rest, n_eval - len(seed_held), rng)
     eval_set = set(eval_pairs)
     train_pairs = [p for p in pairs if p not in eval_set]
     for fmt in formats:
@@ -172,6 +204,39 @@ def make_splits(formats: Sequence[str] = ("symbolic",),
       train += [make_example(a, op, b, fmt) for a, b in train_pairs]
       seeds += [make_example(a, op, b, fmt) for a, b in seed_pairs]
   return Splits(train=train, eval=evals, seed_prompts=seeds)
+
+
+def heldout_identity(eval_examples: Sequence[Example], seed: int, n_eval_per_op: int,
+                     train_source: str = "generator") -> dict:
+  """The identity of a held-out split, recorded with a trained adapter and checked by evaluation.
+
+  `heldout_sha256` hashes the sorted held-out (a, operation, b) triples: formats render the same triples, so
+  evaluating another format on the same split is allowed, while another seed or size (whose held-out triples
+  were partly trained on) is not. `train_source` is "generator" or "jsonl:<sha256 of the file>".
+  """
+  triples = sorted({f"{a} {op} {b}" for a, op, b in (e.triple for e in eval_examples)})
+  digest = hashlib.sha256("\n".join(triples).encode()).hexdigest()
+  return {"heldout_sha256": digest, "n_heldout_triples": len(triples), "seed": int(seed),
+          "n_eval_per_op": int(n_eval_per_op), "train_source": train_source}
+
+
+def file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def check_jsonl_against_heldout(rows: Sequence[Example], eval_examples: Sequence[Example], path: str) -> None:
+  """Refuses user training rows whose prompt is a held-out evaluation prompt (any format, whitespace ignored)."""
+  held = {" ".join(e.prompt.split()): e for e in eval_examples}
+  for i, row in enumerate(rows):
+    hit = held.get(" ".join(row.prompt.split()))
+    if hit is not None:
+      where = f"{path}:{row.line}" if row.line else f"{path} row {i + 1}"
+      raise UserError(f"{where}: prompt {row.prompt!r} is a held-out evaluation prompt ({hit.a} {hit.operation} "
+                      f"{hit.b}); training on it would score training data: remove the row or change seed")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,7 +272,7 @@ def load_jsonl(path: str, operations: Sequence[str] = OPERATIONS) -> list[Exampl
       if row["operation"] not in operations:
         raise UserError(f"{where}: unknown operation {row['operation']!r}: use one of {', '.join(operations)}")
       examples.append(Example(prompt=row["prompt"], answer=row["response"], operation=row["operation"],
-                              a=None, b=None, fmt="jsonl"))
+                              a=None, b=None, fmt="jsonl", line=line_no))
   if not examples:
     raise UserError(f"{path} holds no rows: add JSON lines with prompt, response, operation")
   return examples

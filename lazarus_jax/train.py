@@ -59,9 +59,9 @@ def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_c
   A non-finite loss or gradient skips the update and is counted (state['nonfinite']).
   """
 
-  def loss_fn(lora, base, rest, batch, weight, class_ids):
+  def loss_fn(lora, base, rest, batch, weight, class_ids, answer_tokens=None):
     model = nnx.merge(graphdef, base, lora, rest)
-    return dual_reward_loss(model, batch, class_ids, classifier_layer, weight, restrict_to_classes)
+    return dual_reward_loss(model, batch, class_ids, classifier_layer, weight, restrict_to_classes, answer_tokens)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -70,13 +70,16 @@ def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_c
       (_, aux), grads = grad_fn(state["lora"], base, rest, batch, weight, class_ids)
     else:
       micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+      # Token-weighted like the whole batch: each micro-batch divides its answer NLL by the batch's tokens / accum.
+      per_micro = batch["answer_weight"].sum() / accum
 
       def body(carry, mb):
-        (_, aux), g = grad_fn(state["lora"], base, rest, mb, weight, class_ids)
+        (_, aux), g = grad_fn(state["lora"], base, rest, mb, weight, class_ids, per_micro)
         return jax.tree.map(jnp.add, carry, (g, aux)), None
 
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(state["lora"], base, rest, jax.tree.map(lambda x: x[0], micro), weight, class_ids)))
+          lambda: grad_fn(state["lora"], base, rest, jax.tree.map(lambda x: x[0], micro), weight, class_ids,
+                          per_micro)))
       (grads, aux), _ = jax.lax.scan(body, (zeros[1], zeros[0][1]), micro)
       grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
     grad_norm = optax.tree.norm(grads)
@@ -186,11 +189,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   tok = pretrained.tokenizer
   stop.stop_if_requested()
   datasets = experiment.build_data(c, tok)
-  targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in datasets.train[:2000]}))
+  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets))
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
   rules = tuple(tuple(r) for r in c.mesh.rules)
   if is_main:
-    print(f"model {pretrained.source}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
+    print(f"model {pretrained.name}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
           f"alpha {lora.alpha} on {','.join(lora.targets)} layers [{lora.layer_start},{lora.layer_end}) = "
           f"{lora.num_modules} modules; mesh {dict(mesh.shape)}; {len(datasets.train)} train examples, "
           f"seq_len {datasets.seq_len}", file=sys.stderr)
@@ -316,12 +319,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
   if is_main:
     export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), os.path.join(workdir, "adapter"),
-                base_model=pretrained.source, model_fingerprint=model_fingerprint(pretrained.config))
+                base_model=pretrained.name, model_fingerprint=model_fingerprint(pretrained.config),
+                record={"split": datasets.split, "final_step": step})
     table = training_table(writer.history, c.train.table_steps)
     write_atomic(os.path.join(workdir, "training_table.md"), table + "\n")
     summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
                "skipped_updates": int(jax.device_get(state["skipped"])),
-               "class_targets": targets.as_dict(), "provenance": provenance.collect(c)}
+               "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c)}
     write_atomic(os.path.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
     print(table)
   if c.eval.enabled:

@@ -58,9 +58,9 @@ def test_formats_and_answers():
   sym = data.make_example(7, "multiply", 8, "symbolic")
   assert (sym.prompt, sym.answer) == ("7 * 8 = ", "56")
   sem = data.make_example(48, "divide", 6, "semantic")
-  assert (sem.prompt, sem.answer) == ("What is 48 divided by 6?", " 8")
-  assert data.make_example(50, "subtract", 23, "semantic").prompt == "What is 50 minus 23?"
-  assert data.make_example(23, "add", 45, "semantic").prompt == "What is 23 plus 45?"
+  assert (sem.prompt, sem.answer) == ("What is 48 divided by 6? ", "8")
+  assert data.make_example(50, "subtract", 23, "semantic").prompt == "What is 50 minus 23? "
+  assert data.make_example(23, "add", 45, "semantic").prompt == "What is 23 plus 45? "
   with pytest.raises(UserError, match="format"):
     data.make_example(1, "add", 2, "latex")
 
@@ -99,7 +99,7 @@ def test_default_sizes_keep_division_training_data():
 def test_seed_prompts_in_eval_never_in_train(splits):
   prompts = {ex.prompt for ex in splits.seed_prompts}
   assert len(splits.seed_prompts) == 16
-  assert "7 * 8 = " in prompts and "What is 81 divided by 9?" in prompts
+  assert "7 * 8 = " in prompts and "What is 81 divided by 9? " in prompts
   assert set(splits.seed_prompts) <= set(splits.eval)
   train_prompts = {ex.prompt for ex in splits.train}
   assert not prompts & train_prompts
@@ -114,8 +114,62 @@ def test_splits_deterministic_and_seeded(splits):
   assert other.seed_prompts == splits.seed_prompts
 
 
+def test_heldout_triples_are_a_random_sample_not_the_smallest():
+  # Issue 10.1: eval used to be sorted by (a, b), so the first 50 of multiply had operands averaging ~7.
+  full = data.make_splits(["symbolic"], n_eval_per_op=200, seed=0)
+  seed_triples = set(data.SEED_TRIPLES)
+  for op in ("multiply", "add", "subtract"):
+    held = [ex for ex in full.eval if ex.operation == op and ex.triple not in seed_triples]
+    population = np.mean([a for a, _ in data.all_pairs(op)])
+    first = np.mean([ex.a for ex in held[:50]])
+    # The first 50 of a random order: their mean first operand is within sampling noise of the population's.
+    sd = np.std([a for a, _ in data.all_pairs(op)]) / np.sqrt(50)
+    assert abs(first - population) < 4 * sd, (op, first, population)
+    assert [ex.triple for ex in held] != sorted(ex.triple for ex in held)
+
+
+def test_no_commutative_swap_crosses_the_split():
+  # Issue 10.2: ~90% of held-out a + b / a * b had their swap b + a / b * a in training.
+  for seed in (0, 1, 2):
+    s = data.make_splits(["symbolic", "semantic"], n_eval_per_op=200, seed=seed)
+    train = {ex.triple for ex in s.train}
+    held = {ex.triple for ex in s.eval}
+    for a, op, b in held:
+      if op in data.COMMUTATIVE:
+        assert (b, op, a) in held and (b, op, a) not in train, (a, op, b)
+    counts = collections.Counter((ex.operation, ex.fmt) for ex in s.eval)
+    assert counts["multiply", "symbolic"] == counts["add", "semantic"] == 200  # exact, though units come in twos
+
+
+def test_heldout_identity_tells_splits_apart_but_not_formats():
+  a = data.make_splits(["symbolic"], n_eval_per_op=64, seed=0)
+  b = data.make_splits(["semantic"], n_eval_per_op=64, seed=0)
+  c = data.make_splits(["symbolic"], n_eval_per_op=64, seed=1)
+  d = data.make_splits(["symbolic"], n_eval_per_op=32, seed=0)
+  ids = [data.heldout_identity(s.eval, 0, 64)["heldout_sha256"] for s in (a, b, c, d)]
+  assert ids[0] == ids[1]  # the same triples in another format: the same split
+  assert len({ids[0], ids[2], ids[3]}) == 3
+
+
+def test_jsonl_rows_that_are_heldout_prompts_are_refused(tmp_path):
+  # Issue 10.9: user rows were never checked against the held-out split.
+  s = data.make_splits(["symbolic", "semantic"], n_eval_per_op=64, seed=0)
+  held = s.eval[5]
+  path = tmp_path / "rows.jsonl"
+  trained = s.train[0]
+  rows = [{"prompt": trained.prompt, "response": trained.answer, "operation": trained.operation},
+          {"prompt": "What is  " + held.prompt.removeprefix("What is ").rstrip(), "response": "1",
+           "operation": held.operation} if held.fmt == "semantic" else
+          {"prompt": held.prompt.rstrip() + "  ", "response": "1", "operation": held.operation}]
+  path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  loaded = data.load_jsonl(str(path))
+  data.check_jsonl_against_heldout(loaded[:1], s.eval, str(path))  # a training prompt passes
+  with pytest.raises(UserError, match=r"rows.jsonl:2: .*held-out evaluation prompt"):
+    data.check_jsonl_against_heldout(loaded, s.eval, str(path))
+
+
 def test_split_arguments_checked():
-  with pytest.raises(UserError, match="seed prompts"):
+  with pytest.raises(UserError, match="seed triples"):
     data.make_splits(["symbolic"], n_eval_per_op=1)
   with pytest.raises(UserError, match="format"):
     data.make_splits(["words"])

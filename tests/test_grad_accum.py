@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from lazarus_jax import data as data_lib
@@ -13,19 +14,23 @@ from lazarus_jax.model import LoRAParam
 from lazarus_jax.targets import resolve_targets
 from lazarus_jax.train import make_train_step
 
+# Two-digit answers only: every example has the same number of answer tokens.
+EQUAL = [(12, "multiply", 5), (23, "add", 45), (50, "subtract", 23), (48, "divide", 2),
+         (11, "multiply", 3), (17, "add", 38), (89, "subtract", 34), (84, "divide", 7)]
+# The first micro-batch has 1-4 digit answers (short), the second 2-4 (long): a mean of the two micro-batch
+# token means differs from the batch's token mean, which is what the answer loss is defined as.
+UNEQUAL = [(1, "multiply", 5), (2, "add", 3), (50, "subtract", 49), (8, "divide", 8),
+           (50, "multiply", 50), (45, "multiply", 45), (89, "subtract", 34), (84, "divide", 7)]
 
-def _batch(tok, labels):
-  # Two-digit answers only: every example has the same number of answer tokens, so the answer loss's
-  # per-micro-batch token mean averages to the whole batch's mean exactly.
-  pairs = [(12, "multiply", 5), (23, "add", 45), (50, "subtract", 23), (48, "divide", 2),
-           (11, "multiply", 3), (17, "add", 38), (89, "subtract", 34), (84, "divide", 7)]
+
+def _batch(tok, labels, pairs):
   examples = [data_lib.make_example(a, op, b, "symbolic") for a, op, b in pairs]
   encoded = data_lib.encode_examples(tok, examples, append_eos=True)
-  assert len({len(e.ids) - e.prompt_len for e in encoded}) == 1
   return data_lib.collate(encoded, [e.operation for e in examples], 16, 8, tok.pad_id, label_names=labels)
 
 
-def test_two_micro_batches_equal_one_batch():
+@pytest.mark.parametrize("pairs", [EQUAL, UNEQUAL], ids=["equal_answers", "unequal_answers"])
+def test_two_micro_batches_equal_one_batch(pairs):
   pre = load_pretrained("tiny-random")
   model = pre.build()
   add_lora(model, LoRAConfig(rank=4, alpha=8.0, targets=("v", "o")), seed=0)
@@ -35,7 +40,10 @@ def test_two_micro_batches_equal_one_batch():
   graphdef, base, lora, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
   base, lora, rest = (nnx.to_pure_dict(s) for s in (base, lora, rest))
   targets = resolve_targets(pre.tokenizer)
-  batch = _batch(pre.tokenizer, targets.labels)
+  batch = _batch(pre.tokenizer, targets.labels, pairs)
+  n_tokens = batch["answer_weight"].sum(axis=1)
+  if pairs is UNEQUAL:
+    assert n_tokens[:4].sum() != n_tokens[4:].sum()
   tx = optax.sgd(1.0)  # the update is the gradient itself
   schedule = optax.constant_schedule(1.0)
   state = {"lora": lora, "opt_state": tx.init(lora), "step": jnp.zeros((), jnp.int32),
