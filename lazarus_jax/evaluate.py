@@ -70,23 +70,25 @@ SCHEMA_VERSION = 1
 
 # ---- the examples ------------------------------------------------------------------------------------
 
-def select_examples(eval_examples, seed_prompts, cap: int) -> list:
-  """The held-out set capped at `cap` per (operation, format), always including the seed's prompts.
-
-  make_splits orders eval by operation, then format, with the seed triples first, so the first `cap` of
-  each group keep the seed prompts whenever cap >= 2; smaller caps add them back explicitly.
-  """
+def select_examples(eval_examples, seed_prompts, cap: int, seed: int = 0) -> list:
+  """The held-out set capped at `cap` triples per operation: a seeded random subset (DESIGN.md §3), never the
+  first N of a list, that always includes the seed's prompts. A chosen triple is kept in every format present,
+  so formats are compared on the same problems."""
   if cap <= 0:
     raise UserError(f"eval.max_examples_per_op must be positive, got {cap}")
-  counts, out = {}, []
-  for ex in eval_examples:
-    key = (ex.operation, ex.fmt)
-    if counts.get(key, 0) < cap:
-      counts[key] = counts.get(key, 0) + 1
-      out.append(ex)
-  have = {(e.prompt, e.fmt) for e in out}
-  out += [e for e in seed_prompts if (e.prompt, e.fmt) not in have]
-  return out
+  seed_triples = {e.triple for e in seed_prompts}
+  keep = set()
+  for op_index, op in enumerate(data_lib.OPERATIONS):
+    triples = list(dict.fromkeys(e.triple for e in eval_examples if e.operation == op))
+    rest = [t for t in triples if t not in seed_triples]
+    n_rest = max(0, cap - (len(triples) - len(rest)))
+    if n_rest >= len(rest):
+      chosen = rest
+    else:
+      rng = np.random.default_rng([seed, op_index, 7919])  # 7919: a stream apart from make_splits' draws
+      chosen = [rest[i] for i in rng.choice(len(rest), size=n_rest, replace=False)]
+    keep |= set(chosen) | (set(triples) & seed_triples)
+  return [e for e in eval_examples if e.triple in keep]
 
 
 # ---- one forward pass: readout hidden states + the all-layer lens ---------------------------------------
@@ -211,11 +213,11 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
   probes_out = None
   if c.eval.probes:
     t0 = time.perf_counter()
-    probes_out = {"by_format": {}}
+    probes_out = {"by_format": {}, "control_types": CONTROL_TYPES_TEXT}
     for fmt in sorted(set(fmts.tolist())):
       idx = np.flatnonzero(fmts == fmt)
       probes_out["by_format"][fmt] = probe_format(states["hidden"][:, idx], y[idx], [prompt_ids[i] for i in idx],
-                                                  c, labels)
+                                                  c, labels, control_types=[control_type(examples[i]) for i in idx])
     timing[f"{tag}_probes_s"] = time.perf_counter() - t0
 
   # -- answers --
@@ -224,8 +226,45 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
     t0 = time.perf_counter()
     answers = answer_metrics(model, tok, examples, prompt_ids, c.eval.max_new_tokens, seed_keys, conf)
     timing[f"{tag}_generate_s"] = time.perf_counter() - t0
+
+  # -- per example: what the sweep pairs across arms (the same held-out prompts) --
+  lens_correct = np.argmax(states["class_probs"], axis=-1) == y[:, None]  # [N, R]
+  per_example = {
+      "key": [example_key(e) for e in examples],
+      "format": fmts.tolist(),
+      "operation": [e.operation for e in examples],
+      "answer_correct": None if answers is None else bits(answers.pop("_correct")),
+      "first_token_correct": None if answers is None else bits(answers.pop("_first_token_correct")),
+      "lens_correct": [bits(lens_correct[:, r]) for r in range(lens_correct.shape[1])],
+  }
   del states
-  return {"classifier_eval": cls, "lens": lens, "probes": probes_out, "answer_accuracy": answers}
+  return {"classifier_eval": cls, "lens": lens, "probes": probes_out, "answer_accuracy": answers,
+          "per_example": per_example}
+
+
+def example_key(e) -> str:
+  """One held-out example's identity across arms: format and prompt."""
+  return f"{e.fmt}|{e.prompt}"
+
+
+def bits(values) -> str:
+  """Booleans as a compact "0110..." string (results.json stays small and diffable)."""
+  return "".join("1" if v else "0" for v in np.asarray(values, bool).tolist())
+
+
+def unbits(text: str) -> np.ndarray:
+  return np.frombuffer(text.encode(), np.uint8) == ord("1")
+
+
+# The probes' control task (Hewitt & Liang 2019): one random label per input type, a type being the prompt's
+# first operand. Each first operand recurs across the probe's train and test halves (and across operations),
+# so a probe scores above chance on the control only by memorising which operand carries which random label.
+CONTROL_TYPES_TEXT = ("per-type random labels (Hewitt & Liang 2019); type = the prompt's first operand a, which "
+                      "recurs across the probe's train and test halves")
+
+
+def control_type(e) -> str:
+  return str(e.a) if e.a is not None else e.prompt
 
 
 def experiment_seed_prompts(examples) -> list:
@@ -234,8 +273,9 @@ def experiment_seed_prompts(examples) -> list:
   return [e for e in examples if e.triple in seed]
 
 
-def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels) -> dict:
-  """Probes at every row on one format's readout states: stratified split, control task, lexical baseline."""
+def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, control_types=None) -> dict:
+  """Probes at every row on one format's readout states: stratified split, control task (per-type labels when
+  `control_types` is given, see `control_type`), lexical baseline."""
   from lazarus_jax import probes
 
   n_per_class = np.bincount(y, minlength=len(labels))
@@ -243,7 +283,8 @@ def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels) -> di
     return {"skipped": f"too few examples to probe ({len(y)}, per class {n_per_class.tolist()})"}
   train_idx, test_idx = probes.split_indices(len(y), c.eval.probe_test_fraction, seed=c.seed, stratify_labels=y)
   res = probes.fit_probes(hidden, y, train_idx, test_idx, l2=c.eval.probe_l2, steps=c.eval.probe_steps,
-                          seed=c.seed, method=c.eval.probe_method, learning_rate=c.eval.probe_lr)
+                          seed=c.seed, method=c.eval.probe_method, learning_rate=c.eval.probe_lr,
+                          control_types=control_types)
   lexical = probes.lexical_baseline(prompt_ids, y, (train_idx, test_idx), l2=c.eval.probe_l2,
                                     steps=c.eval.probe_steps)
   summary = res.summary()
@@ -252,24 +293,33 @@ def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels) -> di
 
 
 def answer_metrics(model, tok, examples, prompt_ids, max_new_tokens: int, seed_keys, conf: float) -> dict:
-  """Greedy generation with the KV cache; exact match of the integer, per format and operation."""
+  """Greedy generation with the KV cache, scored two ways (generate.py defines both):
+  exact match (`generate.exact_match`: the continuation, leading whitespace stripped, starts with the expected
+  integer and no further digit follows) and first-token accuracy (the first generated token is the first token
+  of the reference answer, as `data.encode_example` splits prompt + answer). Per format and operation."""
   from lazarus_jax import generate
 
   res = generate.answer_accuracy(model, tok, prompt_ids, [e.answer for e in examples], max_new_tokens)
   correct = np.asarray([r["correct"] for r in res["rows"]], bool)
+  first_ids = [data_lib.encode_example(tok, e.prompt, e.answer, append_eos=False).answer_ids[0] for e in examples]
+  first = np.asarray([bool(r["ids"]) and r["ids"][0] == t for r, t in zip(res["rows"], first_ids)], bool)
   fmts = np.asarray([e.fmt for e in examples])
   ops = np.asarray([e.operation for e in examples])
   out = accuracy_summary(correct, conf)
+  out["first_token_accuracy"] = accuracy_summary(first, conf)
   out["by_format"] = {}
   for fmt in sorted(set(fmts.tolist())):
     sel = fmts == fmt
     entry = accuracy_summary(correct[sel], conf)
+    entry["first_token_accuracy"] = accuracy_summary(first[sel], conf)
     entry["by_operation"] = {op: accuracy_summary(correct[sel & (ops == op)], conf)
                              for op in data_lib.OPERATIONS if np.any(sel & (ops == op))}
     out["by_format"][fmt] = entry
   out["examples"] = [{"prompt": e.prompt, "format": e.fmt, "operation": e.operation,
-                      "expected": e.answer.strip(), "generated": r["generated"], "correct": bool(r["correct"])}
-                     for e, r in zip(examples, res["rows"]) if (e.prompt, e.fmt) in seed_keys]
+                      "expected": e.answer.strip(), "generated": r["generated"], "correct": bool(r["correct"]),
+                      "first_token_correct": bool(f)}
+                     for e, r, f in zip(examples, res["rows"], first) if (e.prompt, e.fmt) in seed_keys]
+  out["_correct"], out["_first_token_correct"] = correct, first  # moved to per_example by the caller
   return out
 
 
@@ -287,6 +337,45 @@ def adapter_path(c, workdir: str) -> str | None:
             if spec == "workdir" else "pass a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
     raise UserError(f"no adapter at {path}: {hint}")
   return path
+
+
+def check_split(adapter: str | None, split: dict) -> dict:
+  """This evaluation's held-out split, checked against the one the adapter was trained against (recorded by
+  train in the adapter directory). A mismatch is refused: part of this held-out set was trained on."""
+  out = dict(split, check="base model: nothing to check")
+  if adapter is None:
+    return out
+  from lazarus_jax.adapters import adapter_record
+  trained = adapter_record(adapter).get("split")
+  if trained is None:
+    out["check"] = "unverified: the adapter records no split (not written by lazarus_jax.train)"
+    return out
+  keys = ("heldout_sha256", "train_source")
+  if any(trained.get(k) != split[k] for k in keys):
+    def describe(d):
+      return (f"held-out {str(d.get('heldout_sha256'))[:12]} (seed {d.get('seed')}, data.n_eval_per_op "
+              f"{d.get('n_eval_per_op')}, train data {str(d.get('train_source'))[:18]})")
+    raise UserError(f"adapter {adapter} was trained against {describe(trained)} but this evaluation's split is "
+                    f"{describe(split)}: evaluate with the training run's seed, data.n_eval_per_op and data.jsonl")
+  out["check"] = "verified: the adapter was trained against this split"
+  return out
+
+
+def portable_path(path: str, workdir: str) -> str:
+  """A path as it may appear in results: relative to the workdir when inside it, else only its own name."""
+  rel = os.path.relpath(path, workdir)
+  return rel if not rel.startswith("..") else os.path.basename(os.path.normpath(path))
+
+
+def portable_paths(o, workdir: str):
+  """Every absolute path in a results tree made portable (`portable_path`): no machine paths in results."""
+  if isinstance(o, str):
+    return portable_path(o, workdir) if os.path.isabs(o) and "\n" not in o else o
+  if isinstance(o, dict):
+    return {k: portable_paths(v, workdir) for k, v in o.items()}
+  if isinstance(o, (list, tuple)):
+    return [portable_paths(v, workdir) for v in o]
+  return o
 
 
 def training_summary(workdir: str) -> dict | None:
@@ -349,11 +438,12 @@ def run(config, workdir: str) -> dict:
   n_layers = pretrained.config.num_layers
   layer = experiment.classifier_layer(c, n_layers)
   datasets = experiment.build_data(c, tok)
-  examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op)
-  targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in examples}))
+  split = check_split(adapter, datasets.split)  # before any evaluation work: never score training data
+  examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op, c.seed)
+  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets))
   timing["load_s"] = time.perf_counter() - t0
-  print(f"evaluate: {pretrained.source}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
-        f"adapter {adapter or 'none'}", file=sys.stderr)
+  print(f"evaluate: {pretrained.name}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
+        f"adapter {adapter or 'none'}; split {split['heldout_sha256'][:12]} ({split['check']})", file=sys.stderr)
 
   lora = None
   if adapter is not None:
@@ -373,7 +463,9 @@ def run(config, workdir: str) -> dict:
   fmts = sorted({e.fmt for e in examples})
   results = {
       "schema_version": SCHEMA_VERSION,
-      "model": {"source": pretrained.source, "n_layers": n_layers, "adapter": adapter},
+      "model": {"name": pretrained.name, "n_layers": n_layers,
+                "adapter": None if adapter is None else portable_path(adapter, workdir)},
+      "split": split,
       "evaluated": "adapted" if adapted is not None else "base",
       "classifier_layer": layer,
       "lens_row": layer + 1,
@@ -386,7 +478,7 @@ def run(config, workdir: str) -> dict:
       "timing": timing,
       "provenance": provenance.collect(c),
   }
-  results = _nan_to_none(results)
+  results = _nan_to_none(portable_paths(results, workdir))
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   from lazarus_jax import report

@@ -164,6 +164,32 @@ def best_probe(pr: dict, k: int) -> dict | None:
   return dict(best, present=best["test_ci"][0] > bar and best["selectivity"] > 0)
 
 
+def best_rows_sentence(lens_rows: list[dict]) -> str:
+  """Which lens row is most accurate, or, where other rows' intervals overlap the best one's, that it cannot
+  tell them apart (with the numbers): `max` alone would crown the first of tied rows."""
+  best = max(lens_rows, key=lambda r: r["accuracy"])
+  tied = [r for r in lens_rows if r is not best and r["ci_high"] >= best["ci_low"]]
+
+  def name(r):
+    return "the embeddings" if r["layer"] is None else f"block {r['layer']}"
+
+  if not tied:
+    return f"The lens is most accurate after {name(best)} ({ci(best)}); every other row's interval lies below it."
+  shown = sorted([best] + tied, key=lambda r: r["row"])
+  listed = ", ".join(f"{name(r)} {ci(r)}" for r in shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
+  return (f"**Cannot tell**: {len(shown)} rows have intervals that overlap the highest ({name(best)}, "
+          f"{ci(best)}): {listed}.")
+
+
+ANSWER_SCORING = (
+    "What counts as the answer: greedy decoding of up to eval.max_new_tokens tokens after the prompt, stopped at "
+    "EOS; the decoded text, leading whitespace stripped, must start with the expected integer (an optional "
+    "minus, digits, comma-grouped thousands allowed) with no further digit or decimal part after it, so `56`, "
+    "`56.` and `56\\n7 * 9` are right for 56 and `560`, `5.6` and `The answer is 56` are not. First token: "
+    "the first generated token equals the first token of the reference answer as `prompt + answer` is encoded "
+    "in training; in both formats the prompt ends with the separating space, so this is the first digit.")
+
+
 # ---- markdown ----------------------------------------------------------------------------------------
 
 def _classifier_rows(results: dict) -> list[str]:
@@ -235,11 +261,13 @@ def _answer_table(results: dict) -> list[str]:
   if not models:
     return ["(answer accuracy not measured: eval.generate=False)"]
   ops = [op for op in ("multiply", "add", "subtract", "divide")]
-  lines = ["| Model | Format | Exact match [95% CI] | " + " | ".join(ops) + " |", "|---|---|---|" + "---|" * len(ops)]
+  lines = ["| Model | Format | Exact match [95% CI] | First token [95% CI] | " + " | ".join(ops) + " |",
+           "|---|---|---|---|" + "---|" * len(ops)]
   for name, res in models:
     for fmt, f in res["answer_accuracy"]["by_format"].items():
       per = [pct(f["by_operation"][op]["accuracy"], 0) if op in f["by_operation"] else "n/a" for op in ops]
-      lines.append(f"| {name} | {fmt} | {ci(f)} | " + " | ".join(per) + " |")
+      first = ci(f["first_token_accuracy"]) if f.get("first_token_accuracy") else "n/a"
+      lines.append(f"| {name} | {fmt} | {ci(f)} | {first} | " + " | ".join(per) + " |")
   return lines
 
 
@@ -321,10 +349,8 @@ def answers(results: dict) -> list[str]:
     out.append("5. **Symbolic vs semantic?** " + "; ".join(parts) + " (same model, same L).")
   else:
     out.append(f"5. **Symbolic vs semantic?** This run evaluated {fmts[0]} only; the sweep compares formats.")
-  best = max(main["lens"], key=lambda r: r["accuracy"])
-  out.append(f"6. **Which depth works best?** In this model the lens is most accurate after block "
-             f"{best['layer'] if best['layer'] is not None else 'emb'} ({ci(best)}); whether training at another "
-             "depth does better is the sweep's layer-fraction comparison.")
+  out.append("6. **Which depth works best?** " + best_rows_sentence(main["lens"]) + " Whether training at "
+             "another depth does better is the sweep's layer-fraction comparison.")
   return out
 
 
@@ -336,14 +362,16 @@ def render_markdown(results: dict) -> str:
   targets = ", ".join(f"{t['label']}→`{t['token']}` ({t['token_id']})" for t in results["class_targets"]["targets"])
   main = results
   lines = [
-      f"# Evaluation: {results['model']['source']}" + (" + adapter" if results["model"]["adapter"] else " (base)"),
+      f"# Evaluation: {results['model']['name']}" + (" + adapter" if results["model"]["adapter"] else " (base)"),
       "",
-      f"- Model: `{results['model']['source']}`, {results['model']['n_layers']} blocks; adapter: "
+      f"- Model: {results['model']['name']}, {results['model']['n_layers']} blocks; adapter: "
       f"`{results['model']['adapter'] or 'none'}`",
       f"- Classifier layer L = {L} (lens row {results['lens_row']}: the residual stream after block {L})",
       f"- Class targets: {targets}; chance = {pct(1 / k, 0)}",
-      "- Held-out examples (no (a, op, b) triple in training): "
-      + ", ".join(f"{f}: {n}" for f, n in results["n_eval"].items()),
+      "- Held-out examples (no (a, op, b) triple in training, nor its commutative swap; a random sample, capped "
+      "by a seeded random subset): " + ", ".join(f"{f}: {n}" for f, n in results["n_eval"].items()),
+      f"- Split `{results['split']['heldout_sha256'][:12]}` (seed {results['split']['seed']}, "
+      f"{results['split']['n_heldout_triples']} held-out triples): {results['split']['check']}",
       "- Readout: the last prompt token; lens accuracy = argmax over the class tokens; confidence = full-vocab "
       "probability of the predicted class token; intervals: 95% Wilson",
       f"- Seed {prov.get('seed')}, commit `{git.get('commit', 'unknown')[:12]}`"
@@ -363,7 +391,8 @@ def render_markdown(results: dict) -> str:
   lines += [f"Confusion matrix ({results['evaluated']} model):", ""] + _confusion(main)
   lines += ["### All layers: logit lens and linear probes", "",
             "Lens accuracy and p(correct) are over all formats; probe accuracy and selectivity (probe minus "
-            "control-task accuracy) are averaged over formats.", ""]
+            "control-task accuracy) are averaged over formats. Control task: "
+            + ((main.get("probes") or {}).get("control_types") or "permuted labels") + ".", ""]
   lines += _layer_table(results) + [""]
   for fmt, pr in (main.get("probes") or {}).get("by_format", {}).items():
     if "lexical_baseline" in pr:
@@ -372,7 +401,7 @@ def render_markdown(results: dict) -> str:
                    f"reaches {ci(lb)} — what a layer-0 probe can get from the input alone.")
   lines += ["", "![lens heatmap](lens_heatmap.png)", "", "![lens accuracy by layer](lens_accuracy.png)", "",
             "![hidden-space vs vocab-aligned](probes_vs_lens.png)", ""]
-  lines += ["### Answer accuracy (greedy, exact integer match)", ""] + _answer_table(results) + [""]
+  lines += ["### Answer accuracy (greedy)", "", ANSWER_SCORING, ""] + _answer_table(results) + [""]
   seed_ans = _seed_answers(main)
   if seed_ans:
     lines += [f"The seed's prompts ({results['evaluated']} model):", ""] + seed_ans + [""]

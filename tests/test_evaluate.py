@@ -53,13 +53,52 @@ def test_wilson_interval_on_known_counts():
 def test_select_examples_caps_per_op_and_format_and_keeps_seed_prompts():
   splits = data_lib.make_splits(formats=("symbolic", "semantic"), n_eval_per_op=20, seed=0)
   for cap in (1, 5):
-    ex = evaluate.select_examples(splits.eval, splits.seed_prompts, cap)
+    ex = evaluate.select_examples(splits.eval, splits.seed_prompts, cap, seed=0)
     seed_keys = {(e.prompt, e.fmt) for e in splits.seed_prompts}
     assert seed_keys <= {(e.prompt, e.fmt) for e in ex}
     for op in data_lib.OPERATIONS:
       for fmt in ("symbolic", "semantic"):
         n = sum(e.operation == op and e.fmt == fmt for e in ex)
-        assert n == max(cap, 2)  # the seed has 2 prompts per operation
+        assert n == max(cap, 2)  # the seed has 2 prompts per operation, always kept
+    # The same triples in both formats: formats compare on the same problems.
+    by_fmt = [{e.triple for e in ex if e.fmt == f} for f in ("symbolic", "semantic")]
+    assert by_fmt[0] == by_fmt[1]
+
+
+def test_capped_heldout_set_is_a_random_subset_not_the_easy_problems():
+  # Issue 10.1: with eval sorted by (a, b) and the first `cap` kept, capped multiply operands averaged ~7.
+  splits = data_lib.make_splits(formats=("symbolic",), n_eval_per_op=200, seed=0)
+  full = [e.a * e.b for e in splits.eval if e.operation == "multiply"]
+  capped = [e.a * e.b for e in evaluate.select_examples(splits.eval, splits.seed_prompts, 50, seed=0)
+            if e.operation == "multiply"]
+  assert len(capped) == 50
+  sd = np.std(full) / np.sqrt(50)
+  assert abs(np.mean(capped) - np.mean(full)) < 4 * sd, (np.mean(capped), np.mean(full))
+  other = evaluate.select_examples(splits.eval, splits.seed_prompts, 50, seed=1)
+  assert {e.triple for e in other} != {e.triple for e in evaluate.select_examples(splits.eval, splits.seed_prompts,
+                                                                                   50, seed=0)}
+
+
+def test_probe_control_is_per_type_and_learnable_from_types():
+  # Issue 10.3: a permuted-label control scores chance whatever the features; a per-type control does not when
+  # the features carry the type. Features here: a one-hot of the first operand (the type) plus noise.
+  rng = np.random.default_rng(0)
+  splits = data_lib.make_splits(formats=("symbolic",), n_eval_per_op=100, seed=0)
+  ex = splits.eval
+  y = np.asarray([data_lib.label_index(e.operation, LABELS) for e in ex])
+  types = sorted({evaluate.control_type(e) for e in ex})
+  onehot = np.zeros((len(ex), len(types)), np.float32)
+  onehot[np.arange(len(ex)), [types.index(evaluate.control_type(e)) for e in ex]] = 1.0
+  feats = np.stack([onehot + 0.01 * rng.normal(size=onehot.shape)] * 2).astype(np.float32)  # two "rows"
+  c = tiny_config.get_config()
+  c.eval.probe_steps = 300
+  out = evaluate.probe_format(feats, y, [[1]] * len(ex), c, LABELS,
+                              control_types=[evaluate.control_type(e) for e in ex])
+  assert out["summary"]["config"]["control"] == "per_type"
+  ctrl = out["layers"][0]["control_accuracy"]
+  assert ctrl > 0.5, ctrl  # memorised by type, far above the 1/4 a permutation gives
+  permuted = evaluate.probe_format(feats, y, [[1]] * len(ex), c, LABELS)
+  assert permuted["layers"][0]["control_accuracy"] < 0.4
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +194,9 @@ def test_end_to_end_results_schema_report_and_figures(trained):
     r = json.load(f)
   assert r["schema_version"] == 1 and r["evaluated"] == "adapted"
   assert r["classifier_layer"] == 2 and r["lens_row"] == 3
-  assert r["model"]["adapter"] == os.path.join(workdir, "adapter")
+  assert r["model"]["adapter"] == "adapter" and r["model"]["name"] == "tiny-random"  # no machine paths
+  assert workdir not in json.dumps(r) and workdir not in open(os.path.join(out, "report.md")).read()
+  assert r["split"]["check"].startswith("verified") and r["split"]["n_heldout_triples"] == 64
   for key in ("classifier_eval", "lens", "probes", "answer_accuracy", "base", "provenance", "training"):
     assert r[key] is not None, key
   for model in (r, r["base"]):
@@ -174,6 +215,13 @@ def test_end_to_end_results_schema_report_and_figures(trained):
     assert "accuracy" in pr["lexical_baseline"]
     ans = model["answer_accuracy"]
     assert ans["n"] == 24 and set(ans["by_format"]["symbolic"]["by_operation"]) == set(data_lib.OPERATIONS)
+    assert ans["first_token_accuracy"]["n"] == 24
+    pe = model["per_example"]
+    assert len(pe["key"]) == 24 and len(pe["answer_correct"]) == 24 and len(pe["first_token_correct"]) == 24
+    assert len(pe["lens_correct"]) == 5 and all(len(b) == 24 for b in pe["lens_correct"])
+    # The per-example bits are the numbers the summaries were computed from.
+    assert evaluate.unbits(pe["answer_correct"]).sum() == ans["n_correct"]
+    assert evaluate.unbits(pe["lens_correct"][3]).sum() == cls["n_correct"]
   prov = r["provenance"]
   assert prov["seed"] == 0 and prov["config"]["classifier"]["layer"] == 2 and prov["git"]["commit"]
   assert prov["versions"]["jax"] and prov["devices"]["platform"]
@@ -199,6 +247,33 @@ def test_evaluate_from_disk_with_an_adapter_path_reproduces_train_end_eval(train
   np.testing.assert_allclose([x["mean_correct_prob"] for x in r["lens"]],
                              [x["mean_correct_prob"] for x in first["lens"]], rtol=1e-5)
   assert os.path.isfile(tmp_path / "eval" / "report.md")
+
+
+def test_evaluation_refuses_another_split_than_the_adapter_was_trained_on(trained, tmp_path):
+  # Issue 10.5: evaluating with another seed would score triples the adapter was trained on.
+  from lazarus_jax.errors import UserError
+  c, workdir = trained
+  c2 = tiny_config.get_config()
+  c2.eval.adapter = os.path.join(workdir, "adapter")
+  c2.seed = 1
+  with pytest.raises(UserError, match=r"was trained against held-out \w{12} \(seed 0.*this evaluation's split is "
+                     r"held-out \w{12} \(seed 1"):
+    evaluate.run(c2, str(tmp_path))
+  assert not os.path.exists(tmp_path / "eval")
+  c2.seed, c2.data.n_eval_per_op = 0, 8
+  with pytest.raises(UserError, match="n_eval_per_op 16.*n_eval_per_op 8"):
+    evaluate.run(c2, str(tmp_path))
+
+
+def test_report_says_cannot_tell_when_lens_rows_tie():
+  rows = [{"row": r, "layer": r - 1 if r else None, "accuracy": 1.0, "ci_low": 0.99, "ci_high": 1.0, "n": 400}
+          for r in range(4)]
+  text = report.best_rows_sentence(rows)
+  assert text.startswith("**Cannot tell**") and "4 rows" in text
+  rows[2]["accuracy"], rows[2]["ci_low"] = 1.0, 0.99
+  for r in (0, 1, 3):
+    rows[r].update(accuracy=0.3, ci_low=0.25, ci_high=0.35)
+  assert report.best_rows_sentence(rows).startswith("The lens is most accurate after block 1")
 
 
 def test_report_verdict_rules():
