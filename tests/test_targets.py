@@ -90,3 +90,20 @@ def test_parse_targets():
   for bad in ("", ",", "a=", "a,a"):
     with pytest.raises(UserError):
       parse_targets(bad)
+
+
+def test_training_refuses_a_target_found_only_in_later_prompts(tmp_path):
+  # Issue 10.9: train checked the first 2000 training prompts only, all of them multiply prompts, so a
+  # target copied from the divide prompts ("/") passed. Every train and held-out prompt is checked now.
+  import os
+  import sys
+
+  from lazarus_jax import train
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import tiny as tiny_config
+
+  c = tiny_config.get_config()
+  c.classifier.targets.divide = "/"
+  with pytest.raises(UserError, match=r"target 'divide' token .* appears in the prompt '\d+ / \d+ = '"):
+    train.run(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "config.json")
