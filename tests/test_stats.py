@@ -5,7 +5,21 @@ import math
 import numpy as np
 import pytest
 
-from lazarus_jax.stats import accuracy_summary, mean_ci, t_critical, wilson_interval
+from lazarus_jax.stats import (
+  accuracy_summary,
+  bootstrap_mean,
+  design_min_detectable_effect,
+  hierarchical_bootstrap,
+  mcnemar_exact,
+  mean_ci,
+  min_detectable_effect,
+  newcombe_interval,
+  paired_difference,
+  paired_wilson_interval,
+  t_critical,
+  unpaired_difference,
+  wilson_interval,
+)
 
 Z95 = 1.959963984540054  # standard normal 97.5% quantile
 
@@ -91,3 +105,99 @@ def test_accuracy_summary():
   assert empty["n"] == 0 and math.isnan(empty["accuracy"]) and (empty["ci_low"], empty["ci_high"]) == (0.0, 1.0)
   with pytest.raises(ValueError):
     accuracy_summary([0.3, 1.0])
+
+
+def test_mcnemar_exact_by_hand():
+  # 1 vs 5 discordant pairs: 2 * P(X <= 1 | Binomial(6, 1/2)) = 2 * (1 + 6) / 64.
+  assert mcnemar_exact(1, 5) == 14 / 64 and mcnemar_exact(5, 1) == 14 / 64
+  assert mcnemar_exact(0, 10) == 2 / 1024
+  assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(4, 4) == 1.0  # the two-sided sum passes 1: capped
+  assert mcnemar_exact(np.int64(0), np.int64(80)) == 2 / 2 ** 80  # numpy counts: no int64 overflow in 2 ** n
+  import scipy.stats as st
+  for b, c in ((3, 11), (20, 35), (0, 1), (7, 7)):
+    assert mcnemar_exact(b, c) == pytest.approx(st.binomtest(b, b + c, 0.5).pvalue, rel=1e-12)
+  with pytest.raises(ValueError):
+    mcnemar_exact(-1, 2)
+
+
+def test_hierarchical_bootstrap_is_seeded_and_has_the_right_spread():
+  rng = np.random.default_rng(0)
+  groups = [(rng.random(400) < p).astype(int) for p in (0.3, 0.5, 0.7)]
+  a, b = hierarchical_bootstrap(groups, 3000, seed=5), hierarchical_bootstrap(groups, 3000, seed=5)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, hierarchical_bootstrap(groups, 3000, seed=6))
+  # One group: the example bootstrap of a mean, whose SE is sqrt(p (1 - p) / n).
+  one = groups[1]
+  p = one.mean()
+  assert np.std(hierarchical_bootstrap([one], 20000, 1)) == pytest.approx(np.sqrt(p * (1 - p) / one.size), rel=0.05)
+  # Several groups that differ: drawing seeds adds the between-seed spread (the old t-interval's only source).
+  seeds_sd = np.std([g.mean() for g in groups], ddof=0) / np.sqrt(3)
+  within = np.sqrt(np.mean([g.mean() * (1 - g.mean()) for g in groups]) / 400 / 3)
+  assert np.std(a) == pytest.approx(np.sqrt(seeds_sd ** 2 + within ** 2), rel=0.1)
+  # Continuous values work too (the shortcut resamples distinct values with their counts).
+  x = rng.normal(size=50)
+  assert np.mean(hierarchical_bootstrap([x], 4000, 2)) == pytest.approx(x.mean(), abs=0.02)
+  with pytest.raises(ValueError):
+    hierarchical_bootstrap([np.zeros(0)])
+
+
+def test_bootstrap_mean_falls_back_to_wilson_when_every_value_agrees():
+  rng = np.random.default_rng(1)
+  varied = [(rng.random(100) < 0.6).astype(int) for _ in range(3)]
+  s = bootstrap_mean(varied)
+  assert s["method"] == "bootstrap" and s["ci_low"] < s["mean"] < s["ci_high"]
+  assert s["mean"] == pytest.approx(np.mean([g.mean() for g in varied])) and s["n"] == 300 and s["n_groups"] == 3
+  # Seeds that agree on the mean but not on the examples: the interval still has width.
+  same_mean = [np.roll(np.array([1] * 50 + [0] * 50), k) for k in range(3)]
+  assert bootstrap_mean(same_mean)["ci_high"] - bootstrap_mean(same_mean)["ci_low"] > 0.1
+  full = bootstrap_mean([np.ones(40), np.ones(40), np.ones(40)])
+  assert full["method"] == "wilson" and (full["ci_low"], full["ci_high"]) == wilson_interval(120, 120)
+  assert full["mean"] == 1.0 and full["se"] > 0
+  empty = bootstrap_mean([np.zeros(10)])
+  assert (empty["ci_low"], empty["ci_high"]) == wilson_interval(0, 10)
+
+
+def test_paired_difference_contains_the_truth_and_checks_with_mcnemar():
+  rng = np.random.default_rng(2)
+  pairs = []
+  for _ in range(3):
+    b = (rng.random(300) < 0.5).astype(int)
+    flip = rng.random(300) < 0.3
+    a = np.where(flip, 1, b)  # a is b with 30% of its examples made correct: a - b > 0
+    pairs.append((a, b))
+  true = np.mean([np.mean(a - b) for a, b in pairs])
+  d = paired_difference(pairs, n_resamples=4000)
+  assert d["mean_diff"] == pytest.approx(true) and d["method"] == "bootstrap"
+  assert 0 < d["ci_low"] < true < d["ci_high"]
+  # Pairing removes the shared per-example variation: narrower than treating the arms as independent.
+  unpaired = unpaired_difference([a for a, _ in pairs], [b for _, b in pairs])
+  assert d["ci_high"] - d["ci_low"] < unpaired["ci_high"] - unpaired["ci_low"]
+  for (a, b), t in zip(pairs, d["mcnemar"]):
+    n10, n01 = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
+    assert (t["n10"], t["n01"], t["p"]) == (n10, n01, mcnemar_exact(n10, n01)) and n01 == 0
+  # Identical arms: every difference is 0, the bootstrap collapses; the discordant-pair interval does not.
+  same = paired_difference([(np.ones(50), np.ones(50))] * 2)
+  assert same["method"] == "paired wilson" and same["mean_diff"] == 0.0
+  assert (same["ci_low"], same["ci_high"]) == paired_wilson_interval(0, 0, 100)
+  hi = wilson_interval(0, 100, 0.975)[1]
+  assert same["ci_low"] == pytest.approx(-hi) and same["ci_high"] == pytest.approx(hi)
+  with pytest.raises(ValueError):
+    paired_difference([(np.ones(3), np.ones(4))])
+
+
+def test_newcombe_against_the_paper():
+  # Newcombe (1998), Stat Med 17:873, table II example (a): 56/70 vs 48/80, method 10 gives 0.0524 to 0.3339.
+  low, high = newcombe_interval(56, 70, 48, 80)
+  assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+  d = unpaired_difference([np.ones(30)], [np.r_[np.ones(15), np.zeros(15)]])
+  assert d["method"] == "newcombe" and (d["ci_low"], d["ci_high"]) == newcombe_interval(30, 30, 15, 30)
+
+
+def test_minimum_detectable_effect():
+  z = Z95 + 0.8416212335729143  # z_0.975 + z_0.8
+  assert min_detectable_effect(0.02) == pytest.approx(z * 0.02, rel=1e-9)
+  # 600 paired examples, worst case Var(a - b) = 0.25 + 0.25: SE = sqrt(0.5 / 600).
+  assert design_min_detectable_effect(600) == pytest.approx(z * math.sqrt(0.5 / 600), rel=1e-9)
+  assert round(design_min_detectable_effect(600), 4) == 0.0809
+  with pytest.raises(ValueError):
+    design_min_detectable_effect(0)

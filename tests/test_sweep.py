@@ -11,7 +11,7 @@ import pytest
 
 from lazarus_jax import sweep
 from lazarus_jax.errors import UserError
-from lazarus_jax.stats import mean_ci
+from lazarus_jax.stats import mcnemar_exact, wilson_interval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -53,28 +53,243 @@ def test_bad_grid_is_a_user_error(key, value):
     sweep.plan(c)
 
 
-def _row(arm, w, seed, lens, answer, frac=0.5):
-  return {"arm": arm, "weight": w, "format": "symbolic", "layer_fraction": frac, "layer": 2, "seed": seed,
-          "run": f"{arm}{seed}", "lens_accuracy": lens, "vocab_top1_accuracy": 0.0, "mean_correct_prob": 0.1,
-          "probe_accuracy": None, "probe_selectivity": None, "answer_accuracy": answer}
+# ---- synthetic arms: results.json blocks with known per-example outcomes (no training) ------------------
+
+def _bits(v) -> str:
+  return "".join("1" if x else "0" for x in v)
 
 
-def test_summary_and_paired_contrasts_on_known_values():
-  rows = [_row("sft", 0.0, s, lens_acc, a) for s, lens_acc, a in ((0, 0.2, 0.5), (1, 0.3, 0.6), (2, 0.25, 0.7))]
-  rows += [_row("dual", 0.7, s, lens_acc, a) for s, lens_acc, a in ((0, 0.8, 0.55), (1, 0.9, 0.6), (2, 0.7, 0.8))]
+def fake_results(fmt, keys, answer, lens_rows, first=None, n_layers=4):
+  """A results.json model block: `lens_rows` holds one 0/1 vector per lens row (n_layers + 1), or one vector
+  used at every row; answer/first may be None (generation off)."""
+  n = len(keys)
+  if not isinstance(lens_rows, list):
+    lens_rows = [lens_rows] * (n_layers + 1)
+
+  def acc(v):
+    return {"accuracy": float(np.mean(v)), "n": n, "n_correct": int(np.sum(v)),
+            **dict(zip(("ci_low", "ci_high"), wilson_interval(int(np.sum(v)), n)))}
+
+  answers = None if answer is None else {
+      **acc(answer), "by_format": {fmt: {**acc(answer), "first_token_accuracy": None if first is None else acc(first)}}}
+  return {"model": {"n_layers": n_layers}, "class_targets": {"targets": [{}, {}, {}, {}]},
+          "lens": [{"by_format": {fmt: {**acc(v), "vocab_top1_accuracy": float(np.mean(v)), "mean_correct_prob": 0.5}}}
+                   for v in lens_rows],
+          "probes": None, "answer_accuracy": answers,
+          "per_example": {"key": [f"{fmt}|{k}" for k in keys], "format": [fmt] * n, "operation": ["add"] * n,
+                          "answer_correct": None if answer is None else _bits(answer),
+                          "first_token_correct": None if first is None else _bits(first),
+                          "lens_correct": [_bits(v) for v in lens_rows]}}
+
+
+def _outcomes(rng, n, p):
+  return (rng.random(n) < p).astype(int)
+
+
+def _arm_rows(arm, w, frac, seed, res, fmt="symbolic", fracs=(0.5,)):
+  return sweep.arm_rows(sweep.Arm(arm, w, fmt, frac, seed), res, list(fracs))
+
+
+def test_arm_config_keeps_the_confidence():
+  c = tiny_config.get_config()
+  c.sweep.confidence = 0.9
+  ac = sweep.arm_config(c, sweep.Arm("dual", 0.7, "symbolic", 0.5, 0))
+  assert ac.sweep.confidence == 0.9  # evaluate's intervals in the arm use the sweep's level
+
+
+def test_arm_dir_is_keyed_by_the_result_config():
+  c = tiny_config.get_config()
+  arm = sweep.Arm("dual", 0.7, "symbolic", 0.5, 0)
+
+  def h(**changes):
+    cc = tiny_config.get_config()
+    for k, v in changes.items():
+      section, key = k.split("__")
+      cc[section][key] = v
+    return sweep.config_hash(sweep.arm_config(cc, arm))
+
+  base = h()
+  assert sweep.arm_dir("/w", arm, sweep.arm_config(c, arm)) == f"/w/arms/dual-symbolic-f0.5-s0-{base}"
+  for change in ({"train__steps": 21}, {"data__n_eval_per_op": 20}, {"lora__rank": 8}, {"eval__max_examples_per_op": 5},
+                 {"sweep__confidence": 0.9}, {"model__compute_dtype": "bfloat16"}):
+    assert h(**change) != base, change  # a config that changes results never finds the old arm
+  for change in ({"sweep__seeds": "0,1,2,3"}, {"sweep__weights": "0,0.5"}, {"train__log_every": 1},
+                 {"eval__batch_size": 3}, {"train__table_steps": (1,)}):
+    assert h(**change) == base, change  # the grid and logging do not: a grown sweep reuses its arms
+  # Every key left out of the hash is one train accepts when it resumes a partly trained arm.
+  from lazarus_jax.train import RESUMABLE_KEYS
+  assert all(any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS) for k in sweep.NON_RESULT_KEYS)
+
+
+def test_per_example_vectors_and_pairing_by_key():
+  res = fake_results("symbolic", ["a", "b", "c"], [1, 0, 1], np.array([1, 1, 0]), first=None)
+  keys, v = sweep.per_example_vector(res, "answer_correct", "symbolic")
+  assert keys == ["symbolic|a", "symbolic|b", "symbolic|c"] and v.tolist() == [1, 0, 1]
+  assert sweep.per_example_vector(res, "lens_correct", "symbolic", row=3)[1].tolist() == [1, 1, 0]
+  assert sweep.per_example_vector(res, "first_token_correct", "symbolic") is None  # generation off: not a zero
+  with pytest.raises(UserError, match="format"):
+    sweep.per_example_vector(res, "answer_correct", "semantic")
+  with pytest.raises(UserError, match="per_example"):
+    sweep.per_example_vector({k: v for k, v in res.items() if k != "per_example"}, "answer_correct", "symbolic")
+  # Pairing follows the keys, not the order; arms on different prompts are refused.
+  va, vb = sweep.align((["x", "y", "z"], np.array([1, 0, 0])), (["z", "x", "y"], np.array([1, 1, 0])), "t")
+  assert va.tolist() == [1, 0, 0] and vb.tolist() == [1, 0, 1]
+  with pytest.raises(UserError, match="same prompts"):
+    sweep.align((["x", "y"], np.array([1, 0])), (["x", "w"], np.array([1, 0])), "dual vs sft")
+
+
+def test_cells_bootstrap_over_seeds_and_examples_with_a_wilson_fallback():
+  rng = np.random.default_rng(0)
+  keys = [str(i) for i in range(60)]
+  rows = []
+  for seed in (0, 1, 2):
+    # Seeds agree exactly on the mean (30/60) but the examples differ: the old t-interval had zero width.
+    answer = np.array([1] * 30 + [0] * 30)[rng.permutation(60)]
+    rows += _arm_rows("sft", 0.0, None, seed, fake_results("symbolic", keys, answer, np.ones(60, int), first=answer))
+  summary = {r["metric"]: r for r in sweep.summarize(rows)}
+  ans = summary["answer_accuracy"]
+  assert ans["mean"] == 0.5 and ans["method"] == "bootstrap" and ans["n_examples"] == 180
+  assert ans["ci_low"] < 0.5 < ans["ci_high"] and ans["ci_high"] - ans["ci_low"] > 0.05
+  assert summary["first_token_accuracy"]["mean"] == 0.5  # reported beside answer accuracy
+  # Every example right in every seed: the bootstrap collapses, the Wilson interval on 180/180 does not.
+  lens = summary["lens_accuracy"]
+  assert lens["method"] == "wilson" and (lens["ci_low"], lens["ci_high"]) == wilson_interval(180, 180)
+  md = sweep.render_markdown(sweep.summarize(rows), [], {"formats": ["symbolic"], "layer_fractions": [0.5],
+                                                         "seeds": [0, 1, 2]}, _meta(), rows)
+  assert f"100.0% [{100 * wilson_interval(180, 180)[0]:.1f}, 100.0]{sweep.FALLBACK_NOTE}" in md
+  # One seed still gets an interval: it comes from the examples.
+  one = {r["metric"]: r for r in sweep.summarize(rows[:1])}
+  assert one["answer_accuracy"]["ci_low"] < 0.5 < one["answer_accuracy"]["ci_high"]
+
+
+def _meta(**kw):
+  return {"model": "tiny-random", "n_layers": 4, "steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "lora_targets": "v,o",
+          "lr": 0.01, "batch_size": 8, "max_examples_per_op": 3, "design_pairs": {"symbolic": 600}, **kw}
+
+
+def _two_arms(sft_p, dual_p, n=200, seeds=(0, 1, 2), fracs=(0.5,), dual_lens=None, shuffle=False):
+  """sft and dual arms on the same prompts; answers drawn with the given accuracies, lens from dual_lens(frac)."""
+  rng = np.random.default_rng(1)
+  keys = [f"p{i}" for i in range(n)]
+  rows = []
+  for seed in seeds:
+    sft = _outcomes(rng, n, sft_p)
+    dual = _outcomes(rng, n, dual_p)
+    rows += _arm_rows("sft", 0.0, None, seed, fake_results("symbolic", keys, sft, np.zeros(n, int)), fracs=fracs)
+    for f in fracs:
+      lens = np.ones(n, int) if dual_lens is None else _outcomes(rng, n, dual_lens[f])
+      order = rng.permutation(n) if shuffle else np.arange(n)
+      res = fake_results("symbolic", [keys[i] for i in order], dual[order], lens[order])
+      rows += _arm_rows("dual", 0.7, f, seed, res)
+  return rows
+
+
+def test_paired_contrast_on_known_outcomes():
+  rows = _two_arms(0.6, 0.4, shuffle=True)  # dual's examples in another order: paired by key, not position
+  by_seed = {}
+  for r in rows:
+    by_seed.setdefault(r["seed"], {})[r["arm"]] = r["_examples"]["answer_accuracy"]
+  true = np.mean([np.mean(by_seed[s]["dual"][1]) - np.mean(by_seed[s]["sft"][1]) for s in by_seed])
+  d = {x["metric"]: x for x in sweep.contrasts(rows)}["answer_accuracy"]
+  assert d["contrast"] == "dual - sft" and d["n_pairs"] == 600 and d["n_seeds"] == 3
+  assert d["mean_diff"] == pytest.approx(true)
+  assert d["ci_low"] < true < d["ci_high"] < 0 and d["verdict"] == "lower" and d["method"] == "bootstrap"
+  # McNemar per seed from the aligned pairs, as a check.
+  sa, sd = by_seed[0]["sft"], by_seed[0]["dual"]
+  dual0 = dict(zip(*sd))
+  n10 = sum(dual0[k] == 1 and v == 0 for k, v in zip(*sa))
+  n01 = sum(dual0[k] == 0 and v == 1 for k, v in zip(*sa))
+  assert d["mcnemar"].startswith(f"s0 {n10}:{n01} p={mcnemar_exact(n10, n01):.2g}")
+  assert d["mde_80"] == pytest.approx(2.8015852 * d["se"], rel=1e-6)
+  # The same prompts cannot be assumed: a dual arm evaluated on other prompts is refused.
+  bad = [dict(r) for r in rows]
+  r0 = next(r for r in bad if r["arm"] == "dual")
+  keys, v = r0["_examples"]["answer_accuracy"]
+  r0["_examples"] = {**r0["_examples"], "answer_accuracy": (["other"] + keys[1:], v)}
+  with pytest.raises(UserError, match="same prompts"):
+    sweep.contrasts(bad)
+
+
+def test_the_classifier_term_costs_helps_or_cannot_tell():
+  g = {"formats": ["symbolic"], "layer_fractions": [0.5], "seeds": [0, 1, 2]}
+  for sft_p, dual_p, words in ((0.8, 0.3, "**costs** answers"), (0.3, 0.8, "**helps** answers"),
+                               (0.5, 0.5, "**cannot tell** (the interval includes 0)")):
+    rows = _two_arms(sft_p, dual_p)
+    diffs = sweep.contrasts(rows)
+    first = sweep.answers(sweep.summarize(rows), diffs, g, rows)[0]
+    d = next(x for x in diffs if x["metric"] == "answer_accuracy")
+    assert words in first and f"{100 * d['mean_diff']:+.1f} pp [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" in first
+  # Both arms right on every example: the paired bootstrap collapses, the discordant-pair interval does not.
+  rows = _two_arms(1.0, 1.0)
+  d = next(x for x in sweep.contrasts(rows) if x["metric"] == "answer_accuracy")
+  assert d["method"] == "paired wilson" and d["ci_low"] < 0 < d["ci_high"] and d["verdict"] == "cannot tell"
+
+
+def test_tied_depths_say_cannot_tell_with_the_numbers():
+  g = {"formats": ["symbolic"], "layer_fractions": [0.25, 0.5, 0.75], "seeds": [0, 1, 2]}
+  rows = _two_arms(0.5, 0.5, fracs=(0.25, 0.5, 0.75))  # lens 100% at every depth
   summary = sweep.summarize(rows)
-  lens = {r["arm"]: r for r in summary if r["metric"] == "lens_accuracy"}
-  assert lens["dual"]["n_seeds"] == 3 and lens["dual"]["values"] == [0.8, 0.9, 0.7]
-  m, lo, hi = mean_ci([0.8, 0.9, 0.7])
-  assert hi > 1.0  # the raw t-interval leaves [0, 1]; an accuracy's interval is clipped to it
-  assert (lens["dual"]["mean"], lens["dual"]["ci_low"], lens["dual"]["ci_high"]) == (m, lo, 1.0)
-  assert not any(r["metric"] == "probe_accuracy" for r in summary)  # never measured: no row, not a zero
-  diffs = {d["metric"]: d for d in sweep.contrasts(rows)}
-  np.testing.assert_allclose(diffs["answer_accuracy"]["diffs"], [0.05, 0.0, 0.1], atol=1e-12)
-  np.testing.assert_allclose(diffs["lens_accuracy"]["mean_diff"], np.mean([0.6, 0.6, 0.45]))
-  assert diffs["answer_accuracy"]["contrast"] == "dual - sft"
-  one_seed = sweep.summarize(rows[:1])
-  assert one_seed[0]["ci_low"] is None  # one seed: no interval, not a zero-width one
+  depth = sweep.answers(summary, sweep.contrasts(rows), g, rows)[2]
+  assert "dual, symbolic: **cannot tell** between" in depth
+  for f, layer in ((0.25, 1), (0.5, 2), (0.75, 3)):
+    assert f"fraction {f:g} (L={layer}) 100.0% [" in depth
+  assert "above every other depth" not in depth
+
+
+def test_a_clear_best_depth_is_named():
+  g = {"formats": ["symbolic"], "layer_fractions": [0.25, 0.5, 0.75], "seeds": [0, 1, 2]}
+  rows = _two_arms(0.5, 0.5, fracs=(0.25, 0.5, 0.75), dual_lens={0.25: 0.3, 0.5: 0.95, 0.75: 0.5})
+  depth = sweep.answers(sweep.summarize(rows), [], g, rows)[2]
+  assert "dual, symbolic: fraction 0.5 (L=2)" in depth and "above every other depth (closest: fraction 0.75 by +" in depth
+  assert "cannot tell" not in depth
+
+
+def test_symbolic_vs_semantic_unpaired():
+  g = {"formats": ["symbolic", "semantic"], "layer_fractions": [0.5], "seeds": [0, 1]}
+  rng = np.random.default_rng(3)
+  keys = [str(i) for i in range(100)]
+  rows = []
+  for seed in (0, 1):
+    for fmt, lens in (("symbolic", np.ones(100, int)), ("semantic", _outcomes(rng, 100, 0.5))):
+      rows += sweep.arm_rows(sweep.Arm("dual", 0.7, fmt, 0.5, seed), fake_results(fmt, keys, None, lens), [0.5])
+  line = sweep.answers(sweep.summarize(rows), [], g, rows)[1]
+  assert "dual, fraction 0.5: symbolic 100.0% [" in line and "symbolic higher (symbolic − semantic +" in line
+  assert sweep.FALLBACK_NOTE in line  # one side is 100% everywhere: Newcombe's interval, marked
+
+
+def test_lens_survival_past_L():
+  n = 100
+  keys = [str(i) for i in range(n)]
+  above, chance = np.ones(n, int), np.array([1] * 25 + [0] * 75)
+  # 8 blocks, L = int(8 * 0.25) = 2 (row 3): clearly above chance on rows 3..5 (blocks 2..4), at chance on row 6.
+  lens_rows = [chance, chance, chance, above, above, above, chance, above, above]
+  rows = []
+  for seed in (0, 1):
+    res = fake_results("symbolic", keys, None, lens_rows, n_layers=8)
+    rows += sweep.arm_rows(sweep.Arm("dual", 0.7, "symbolic", 0.25, seed), res, [0.25])
+  assert [r["lens_survives_to"] for r in rows] == [4, 4]  # the later recovery (blocks 6, 7) does not count
+  cell = next(r for r in sweep.summarize(rows) if r["metric"] == "lens_survives_to")
+  assert cell["mean"] == 4 and cell["values"] == [4, 4]
+  # Not above chance at L itself: no block.
+  res = fake_results("symbolic", keys, None, [chance] * 9, n_layers=8)
+  assert sweep.arm_rows(sweep.Arm("dual", 0.7, "symbolic", 0.25, 0), res, [0.25])[0]["lens_survives_to"] is None
+  assert sweep.survival_block([0.9, 0.25, 0.9], 5, 0.25) == 5  # at chance is not above it
+
+
+def test_markdown_states_the_contrast_before_the_results():
+  rows = _two_arms(0.6, 0.5)
+  g = {"formats": ["symbolic"], "layer_fractions": [0.5], "seeds": [0, 1, 2]}
+  summary, diffs = sweep.summarize(rows), sweep.contrasts(rows)
+  md = sweep.render_markdown(summary, diffs, g, _meta(design_pairs={"symbolic": 600}), rows)
+  pre, results = md.index("## The contrast that matters (stated before the results)"), md.index("## symbolic")
+  assert pre < md.index("## Method") < results < md.index("## Answers")
+  design = 100 * 2.8015852 * (0.5 / 600) ** 0.5  # worst case: Var(a - b) = 0.25 + 0.25 per pair
+  assert "N = 600 paired examples" in md and f"is (z_0.975 + z_0.8) × SE = {design:.1f} pp" in md
+  assert "hierarchical bootstrap (4000 resamples" in md and "McNemar" in md and "Wilson" in md
+  d = next(x for x in diffs if x["metric"] == "answer_accuracy")
+  assert f"| {100 * d['mde_80']:.1f} pp |" in md  # the observed MDE beside the contrast
+  assert "| first token |" in md.replace("first token | probe", "first token |")
+  assert "| survives to |" in md
 
 
 @pytest.fixture(autouse=True)
@@ -88,9 +303,9 @@ def _compile_cache(tmp_path_factory):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
-def test_micro_sweep_writes_tables_and_resumes(tmp_path):
+def _micro_config(weights="0,0.7", seeds="0,1"):
   c = tiny_config.get_config()
-  c.sweep.weights, c.sweep.formats, c.sweep.layer_fractions, c.sweep.seeds = "0,0.7", "symbolic", "0.5", "0,1"
+  c.sweep.weights, c.sweep.formats, c.sweep.layer_fractions, c.sweep.seeds = weights, "symbolic", "0.5", seeds
   c.sweep.include_base = False
   c.train.steps = 2
   c.train.log_every = 1
@@ -99,37 +314,74 @@ def test_micro_sweep_writes_tables_and_resumes(tmp_path):
   c.eval.max_examples_per_op = 3
   c.eval.probes = False
   c.eval.max_new_tokens = 2
+  return c
+
+
+def test_micro_sweep_writes_tables_and_resumes(tmp_path):
+  c = _micro_config()
   out = sweep.run(c, str(tmp_path))
   assert sorted(out["ran"]) == sorted(["sft-symbolic-s0", "sft-symbolic-s1", "dual-symbolic-f0.5-s0",
                                        "dual-symbolic-f0.5-s1"])
   assert out["skipped"] == []
+  dirs = {k: tmp_path / v for k, v in out["arm_dirs"].items()}
   for name in out["ran"]:
-    assert os.path.isfile(tmp_path / "arms" / name / "eval" / "results.json")
-    assert os.path.isfile(tmp_path / "arms" / name / "adapter" / "adapter_model.safetensors")
+    assert dirs[name].name.startswith(name + "-")  # arms/<name>-<config hash>
+    assert os.path.isfile(dirs[name] / "eval" / "results.json")
+    assert os.path.isfile(dirs[name] / "adapter" / "adapter_model.safetensors")
   with open(tmp_path / "sweep_summary.csv") as f:
     summary = list(csv.DictReader(f))
   cells = {(r["arm"], r["metric"]): r for r in summary}
   for arm in ("sft", "dual"):
-    for metric in ("lens_accuracy", "answer_accuracy", "vocab_top1_accuracy"):
+    for metric in ("lens_accuracy", "answer_accuracy", "first_token_accuracy", "vocab_top1_accuracy"):
       r = cells[(arm, metric)]
-      assert r["n_seeds"] == "2" and r["layer"] == "2" and r["format"] == "symbolic" and r["ci_low"] != ""
+      assert r["n_seeds"] == "2" and r["layer"] == "2" and r["format"] == "symbolic"
+      assert float(r["ci_low"]) < float(r["ci_high"])  # never a zero-width interval
+      assert r["method"] in ("bootstrap", "wilson")
+    assert cells[(arm, "lens_survives_to")]["method"].startswith("last block")
   # The table's numbers are the arms' own results, averaged over seeds.
   accs = []
   for s in (0, 1):
-    with open(tmp_path / "arms" / f"dual-symbolic-f0.5-s{s}" / "eval" / "results.json") as f:
+    with open(dirs[f"dual-symbolic-f0.5-s{s}"] / "eval" / "results.json") as f:
       res = json.load(f)
     assert res["classifier_layer"] == 2 and res["base"] is None
+    assert res["provenance"]["config"]["sweep"]["confidence"] == c.sweep.confidence
     accs.append(res["classifier_eval"]["accuracy"])
   np.testing.assert_allclose(float(cells[("dual", "lens_accuracy")]["mean"]), np.mean(accs))
   with open(tmp_path / "sweep_contrasts.csv") as f:
-    assert {r["contrast"] for r in csv.DictReader(f)} == {"dual - sft"}
+    contrast_rows = list(csv.DictReader(f))
+  assert {r["contrast"] for r in contrast_rows} == {"dual - sft"}
+  answer = next(r for r in contrast_rows if r["metric"] == "answer_accuracy")
+  assert answer["mcnemar"].startswith("s0 ") and answer["verdict"] in ("higher", "lower", "cannot tell")
+  assert float(answer["ci_low"]) < float(answer["ci_high"]) and int(answer["n_pairs"]) > 0
   md = (tmp_path / "sweep.md").read_text()
   assert "## symbolic" in md and "| dual | 0.7 | 0.5 | 2 |" in md and "## Answers" in md
+  assert md.index("## The contrast that matters") < md.index("## symbolic") and "## Method" in md
+  assert "2 training steps per arm" in md
   assert os.path.getsize(tmp_path / "sweep_lens.png") > 0 and os.path.getsize(tmp_path / "sweep_answer.png") > 0
 
   # Resume: a second call trains nothing and rebuilds the same table.
-  mtime = os.path.getmtime(tmp_path / "arms" / "dual-symbolic-f0.5-s0" / "eval" / "results.json")
+  mtime = os.path.getmtime(dirs["dual-symbolic-f0.5-s0"] / "eval" / "results.json")
   again = sweep.run(c, str(tmp_path))
   assert again["ran"] == [] and sorted(again["skipped"]) == sorted(out["ran"])
-  assert os.path.getmtime(tmp_path / "arms" / "dual-symbolic-f0.5-s0" / "eval" / "results.json") == mtime
+  assert os.path.getmtime(dirs["dual-symbolic-f0.5-s0"] / "eval" / "results.json") == mtime
   assert again["summary"] == out["summary"]
+
+
+def test_a_changed_config_never_reuses_an_arm(tmp_path):
+  c = _micro_config(weights="0", seeds="0")
+  first = sweep.run(c, str(tmp_path))
+  assert first["ran"] == ["sft-symbolic-s0"]
+  c.train.steps = 3  # another run: the old arm's results must not be reported under it
+  second = sweep.run(c, str(tmp_path))
+  assert second["ran"] == ["sft-symbolic-s0"] and second["skipped"] == []
+  assert second["arm_dirs"] != first["arm_dirs"]
+  with open(tmp_path / second["arm_dirs"]["sft-symbolic-s0"] / "eval" / "results.json") as f:
+    assert json.load(f)["training"]["last"]["step"] == 3
+  assert "3 training steps per arm" in (tmp_path / "sweep.md").read_text()
+  # A stored config that disagrees with the arm's hash (edited by hand) is refused, not reused.
+  cfg = tmp_path / second["arm_dirs"]["sft-symbolic-s0"] / "config.json"
+  doc = json.loads(cfg.read_text())
+  doc["train"]["lr"] = 1.0
+  cfg.write_text(json.dumps(doc))
+  with pytest.raises(UserError, match="another config"):
+    sweep.run(c, str(tmp_path))
