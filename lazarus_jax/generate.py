@@ -9,9 +9,10 @@ the blocks and fills the cache; the decode steps run in a `lax.while_loop` that 
 emitted EOS. The cache is [layers, B, S, KV, hd] for k and v (one array per layer segment, see below),
 S = prompt bucket + max_new_tokens.
 
-The blocks reuse `model.py`'s pieces (`rms_norm`, `project`, `apply_rope`, `attention`), and the layer scan is
-split into the same three segments as `LlamaModel.trunk` (below / inside / above the LoRA range), so adapters
-apply with exactly the trunk's math.
+One forward pass: every block is `model.decoder_block` (the training and lens block) with its KV-cache argument,
+the logits are `model.lens_logits` (what `LlamaModel.lens` computes), and the residual stream, RoPE tables and
+cache are in `activation_dtype` as in `LlamaModel.trunk`. The layer scan is split into the trunk's three segments
+(below / inside / above the LoRA range), so adapters apply with exactly the trunk's math.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lazarus_jax.errors import UserError
-from lazarus_jax.model import PROJS, LlamaConfig, apply_rope, attention, project, rms_norm
+from lazarus_jax.model import PROJS, LlamaConfig, decoder_block, lens_logits, rope_cos_sin
 
 PROMPT_BUCKET = 16  # prompt lengths round up to a multiple of this (one compile per bucket)
 MAX_BATCH = 32  # batches are padded to a power of two up to this size
@@ -39,38 +40,19 @@ def _segments(cfg: LlamaConfig, lora_range: tuple[int, int]) -> list[tuple[int, 
   return [s for s in segs if s[1] > s[0]]
 
 
-def _rope(inv_freq, positions, cdt):
-  # Same as trunk: angles in float32, cos/sin cast to the compute dtype.
-  angles = positions[..., None].astype(jnp.float32) * inv_freq
-  angles = jnp.concatenate([angles, angles], axis=-1)
-  return jnp.cos(angles).astype(cdt), jnp.sin(angles).astype(cdt)
-
-
 def _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot):
-  """All blocks on h [B,T,D]; writes this chunk's k/v into the caches at column `slot`.
+  """All blocks (`model.decoder_block`, the training block) on h [B,T,D]; this chunk's k/v go to cache column `slot`.
 
-  caches: one (k, v) pair per segment, each [layers_in_segment, B, S, KV, hd]. The caches are scan carries
-  updated with dynamic_update_slice, so XLA updates them in place.
+  caches: one (k, v) pair per segment, each [layers_in_segment, B, S, KV, hd]. They are scan carries: the block
+  gets its layer's [B,S,KV,hd] slice and the updated slice is written back with dynamic_update_slice (in place).
   """
-  cdt = jnp.dtype(cfg.compute_dtype)
-  b, t, _ = h.shape
 
   def block(carry, xs):
     h, ck, cv = carry
     w, adapters, i = xs
-    x = rms_norm(h, w["attn_norm"], cfg.rms_norm_eps, cdt)
-    q = project(x, w, adapters, lora_scale, "q", cdt).reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = project(x, w, adapters, lora_scale, "k", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    v = project(x, w, adapters, lora_scale, "v", cdt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, 0, slot, 0, 0))
-    cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, 0, slot, 0, 0))
-    # Attend over the whole cache; the bias hides padding and columns not written yet.
-    h = h + project(attention(q, ck[i], cv[i], bias), w, adapters, lora_scale, "o", cdt).astype(h.dtype)
-    x = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps, cdt)
-    gated = jax.nn.silu(project(x, w, adapters, lora_scale, "gate", cdt)) * project(
-        x, w, adapters, lora_scale, "up", cdt)
-    h = h + project(gated, w, adapters, lora_scale, "down", cdt).astype(h.dtype)
+    h, (k_i, v_i) = decoder_block(cfg, w, adapters, lora_scale, h, cos, sin, bias, cache=(ck[i], cv[i], slot))
+    ck = jax.lax.dynamic_update_slice(ck, k_i[None], (i, 0, 0, 0, 0))
+    cv = jax.lax.dynamic_update_slice(cv, v_i[None], (i, 0, 0, 0, 0))
     return (h, ck, cv), None
 
   new_caches = []
@@ -82,17 +64,10 @@ def _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot):
   return h, new_caches
 
 
-def _lens(cfg, params, h):
-  # Mirrors `LlamaModel.lens`: unembed(final_norm(h)), float32 logits.
-  cdt = jnp.dtype(cfg.compute_dtype)
-  x = rms_norm(h, params["final_norm"], cfg.rms_norm_eps, cdt)
-  return jnp.einsum("...d,vd->...v", x, params["unembed"].astype(cdt), preferred_element_type=jnp.float32)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_range", "lora_scale", "max_new_tokens"))
 def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_scale, max_new_tokens):
   """tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS)."""
-  cdt = jnp.dtype(cfg.compute_dtype)
+  adt = jnp.dtype(cfg.activation_dtype)  # the residual stream and the k/v cache, as in training
   b, p = tokens.shape
   s = p + max_new_tokens
   segs = _segments(cfg, lora_range)
@@ -100,17 +75,20 @@ def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_sca
   cols = jnp.arange(s)
   prompt_keys = jnp.pad(mask > 0, ((0, 0), (0, max_new_tokens)))  # [B,S] real prompt columns
 
+  def next_token(h):  # greedy pick from the last column's logits: the model's own head (`LlamaModel.lens`)
+    return jnp.argmax(lens_logits(cfg, params["final_norm"], params["unembed"], h[:, -1]), axis=-1).astype(jnp.int32)
+
   # Prefill: causal over the prompt columns, padded keys masked; positions count real tokens only.
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
   n_real = jnp.sum(mask, axis=1)
-  cos, sin = _rope(params["inv_freq"], positions, cdt)
+  cos, sin = rope_cos_sin(params["inv_freq"], positions, adt)
   allowed = (cols[None, :] <= jnp.arange(p)[:, None])[None] & prompt_keys[:, None, :]  # [B,P,S]
   bias = jnp.where(allowed, 0.0, neg)[:, None, None]
   shape = (b, s, cfg.num_kv_heads, cfg.head_dim)
-  caches = [(jnp.zeros((e - a,) + shape, cdt), jnp.zeros((e - a,) + shape, cdt)) for a, e, _ in segs]
-  h = params["embed"][tokens].astype(cdt)
+  caches = [(jnp.zeros((e - a,) + shape, adt), jnp.zeros((e - a,) + shape, adt)) for a, e, _ in segs]
+  h = params["embed"][tokens].astype(adt)
   h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, 0)
-  tok = jnp.argmax(_lens(cfg, params, h[:, -1]), axis=-1).astype(jnp.int32)
+  tok = next_token(h)
   done = tok == eos_id
   out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
 
@@ -121,12 +99,12 @@ def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_sca
   def body(state):
     i, tok, done, caches, out = state
     slot = p + i - 1  # the cache column of the token fed in this step
-    cos, sin = _rope(params["inv_freq"], (n_real + i - 1)[:, None], cdt)
+    cos, sin = rope_cos_sin(params["inv_freq"], (n_real + i - 1)[:, None], adt)
     allowed = prompt_keys | ((cols >= p) & (cols <= slot))[None]
     bias = jnp.where(allowed, 0.0, neg)[:, None, None, None]  # [B,1,1,1,S]
-    h = params["embed"][tok[:, None]].astype(cdt)
+    h = params["embed"][tok[:, None]].astype(adt)
     h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot)
-    nxt = jnp.argmax(_lens(cfg, params, h[:, -1]), axis=-1).astype(jnp.int32)
+    nxt = next_token(h)
     out = out.at[:, i].set(jnp.where(done, pad_id, nxt))
     return i + 1, nxt, done | (nxt == eos_id), caches, out
 
@@ -240,14 +218,15 @@ def exact_match(generated_text: str, expected_answer: str | int) -> bool:
 
 def answer_accuracy(model, tokenizer, prompt_ids: list[list[int]], answers: list[str | int],
                     max_new_tokens: int = 8, **kwargs) -> dict:
-  """Greedy-generates every prompt and scores exact match. Returns accuracy and per-example rows."""
+  """Greedy-generates every prompt and scores exact match. Returns accuracy and per-example rows (with the generated
+  token ids, EOS excluded, for first-token accuracy)."""
   if len(prompt_ids) != len(answers):
     raise ValueError(f"{len(prompt_ids)} prompts but {len(answers)} answers")
   outs = greedy_generate(model, prompt_ids, max_new_tokens, tokenizer.eos_id, tokenizer.pad_id, **kwargs)
   rows = []
   for ids, answer in zip(outs, answers):
     text = tokenizer.decode(ids)
-    rows.append({"generated": text, "parsed": parse_integer(text), "expected": str(answer),
+    rows.append({"generated": text, "ids": list(ids), "parsed": parse_integer(text), "expected": str(answer),
                  "correct": exact_match(text, answer)})
   accuracy = sum(r["correct"] for r in rows) / len(rows) if rows else float("nan")
   return {"accuracy": accuracy, "n": len(rows), "rows": rows}

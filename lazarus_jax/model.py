@@ -115,6 +115,13 @@ def apply_rope(x, cos, sin):
   return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+def rope_cos_sin(inv_freq, positions, dtype):
+  """cos/sin [B,T,head_dim] for positions [B,T]: angles in float32, the tables cast to `dtype` (the activations')."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
 def rms_norm(x, weight, eps, out_dtype):
   x32 = x.astype(jnp.float32)
   x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
@@ -189,9 +196,7 @@ class LlamaModel(nnx.Module):
 
   def lens(self, h):
     """Logit lens: unembed(final_norm(h)) in float32 logits. h [..., D]."""
-    cdt = jnp.dtype(self.cfg.compute_dtype)
-    x = rms_norm(h, self.final_norm[...], self.cfg.rms_norm_eps, jnp.float32)
-    return dense(x, self.unembed_matrix().astype(cdt), True)
+    return lens_logits(self.cfg, self.final_norm[...], self.unembed_matrix(), h)
 
   # ---- trunk -----------------------------------------------------------------------------------
   def trunk(self, tokens, mask=None, positions=None):
@@ -207,10 +212,8 @@ class LlamaModel(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if mask is None:
       mask = jnp.ones((b, t), jnp.int32)
-    angles = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
-    angles = jnp.concatenate([angles, angles], axis=-1)
     adt = jnp.dtype(cfg.activation_dtype)
-    cos, sin = jnp.cos(angles).astype(adt), jnp.sin(angles).astype(adt)
+    cos, sin = rope_cos_sin(self.inv_freq[...], positions, adt)
     causal = jnp.tril(jnp.ones((t, t), bool))
     allowed = causal[None, :, :] & (mask[:, None, :] > 0)  # [B, Tq, Tk]
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]  # [B,1,1,Tq,Tk]
@@ -374,7 +377,13 @@ def attention(q, k, v, bias):
   return out.reshape(b, t, h * hd)
 
 
-def decoder_block(cfg: LlamaConfig, w, adapters, lora_scale, h, cos, sin, bias):
+def decoder_block(cfg: LlamaConfig, w, adapters, lora_scale, h, cos, sin, bias, cache=None):
+  """One decoder block on h [B,T,D] (the residual stream, in the activation dtype): training, lens and generation.
+
+  cache: None, or (k_cache, v_cache, slot) with k/v_cache [B,S,KV,hd] of one layer. This chunk's k/v are written at
+  column `slot` and q attends over the whole cache (`bias` [B,1,1,T,S] hides padding and unwritten columns); the
+  result is then (h, (k_cache, v_cache)). Without a cache the graph is the training one, untouched.
+  """
   cdt, adt = jnp.dtype(cfg.compute_dtype), h.dtype  # h: the residual stream, in the activation dtype
   b, t, _ = h.shape
   proj = functools.partial(project, weights=w, adapters=adapters, lora_scale=lora_scale, cdt=cdt, out_dtype=adt)
@@ -383,10 +392,25 @@ def decoder_block(cfg: LlamaConfig, w, adapters, lora_scale, h, cos, sin, bias):
   k = proj(x, name="k").reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
   v = proj(x, name="v").reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  if cache is not None:
+    k_cache, v_cache, slot = cache
+    # The cache holds k/v in their own dtype (the activation dtype): attention sees what the full pass sees.
+    k = k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, slot, 0, 0))
+    v = v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, slot, 0, 0))
   h = h + proj(attention(q, k, v, bias), name="o")
   x = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps, adt)
   gated = jax.nn.silu(proj(x, name="gate")) * proj(x, name="up")
-  return h + proj(gated, name="down")
+  h = h + proj(gated, name="down")
+  return h if cache is None else (h, (k_cache, v_cache))
+
+
+def lens_logits(cfg: LlamaConfig, final_norm, unembed, h):
+  """The logit lens, unembed(final_norm(h)), as float32 logits [..., V]: the model's head and every lens row.
+
+  final_norm [D]; unembed [V, D] (the lm_head, or the tied embedding) in any dtype: the dot runs in the compute dtype.
+  """
+  x = rms_norm(h, final_norm, cfg.rms_norm_eps, jnp.float32)
+  return dense(x, unembed.astype(jnp.dtype(cfg.compute_dtype)), True)
 
 
 def residual_stream(model: LlamaModel, tokens, mask=None, positions=None):

@@ -1,4 +1,5 @@
-"""KV-cache greedy generation vs. full recomputation, left-padding invariance, EOS, answer parsing."""
+"""KV-cache greedy generation vs. full recomputation (float32 and 16-bit), left-padding invariance, EOS, answer
+parsing."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lazarus_jax.generate import exact_match, greedy_generate, parse_integer
+from lazarus_jax.generate import answer_accuracy, exact_match, greedy_generate, parse_integer
 from lazarus_jax.loading import load_pretrained
-from lazarus_jax.model import PROJS, LoRAParam
+from lazarus_jax.model import PROJS, LoRAParam, lens_logits
 
 MAX_NEW = 8
 TEXTS = ["7 * 8 = ", "What is 23 plus 45?", "1", "What is 23 plus 45? What is 7 times 8? 12 * 3 = "]
@@ -165,3 +166,104 @@ def test_packed_16bit_weights_generate_the_same_tokens(monkeypatch, param_dtype,
   assert generate._params(model)[0]["layers"]["q"].dtype == jnp.bfloat16
   assert greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0) == packed
   assert len({tuple(g) for g in packed}) == len(packed)
+
+
+# ---- 16-bit: the cached decoder against the model's own full forward pass --------------------------------------
+
+def _generate_with_logits(monkeypatch, model, prompts, pad_id=0):
+  """greedy_generate (one batch, no EOS) and the logits [MAX_NEW, B, V] the cached decoder picked each token from.
+
+  A debug callback on generation's `lens_logits` sees them; the jit cache is cleared before (so `_generate` is
+  retraced with the spy) and after (so no spied compile is left for other tests).
+  """
+  from lazarus_jax import generate
+  seen = []
+
+  def spy(*args):
+    logits = lens_logits(*args)
+    jax.debug.callback(lambda x: seen.append(np.asarray(x)), logits, ordered=True)
+    return logits
+
+  monkeypatch.setattr(generate, "lens_logits", spy)
+  generate._generate.clear_cache()
+  try:
+    got = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=pad_id)
+  finally:
+    generate._generate.clear_cache()
+  assert len(seen) == MAX_NEW  # prefill + one per decode step
+  return got, np.stack(seen)
+
+
+def _check_against_full_pass(model, prompts, got, cached_logits, tol, max_ties, logit_tol):
+  """Cached greedy tokens `got` against the full forward pass `model(tokens, mask, positions)`, token by token.
+
+  Step j of a prompt: the full pass on the prompt + got[:j] alone (unpadded, a batch of one); its argmax at the
+  last position must be got[j], and its logits must be within logit_tol of the cached decoder's (`cached_logits`).
+  Why tolerances: in 16-bit the model's own forward pass is not bit-stable under shape changes (key-axis sums over
+  another length or column offset round differently in float32, and a 1-ulp change can flip the bf16 rounding of a
+  matmul operand), and the cached path attends over a wider, left-padded cache. So where the full pass's top-2
+  margin is <= tol (a near-tie) the cached token need only be within tol of the top; such steps are counted and
+  must stay few (<= max_ties). Returns the number of near-ties.
+  """
+  forward = nnx.jit(lambda m, x, mask, pos: m(x, mask, pos))
+  ties = 0
+  for r, (prompt, gen) in enumerate(zip(prompts, got)):
+    for j, token in enumerate(gen):
+      ids = jnp.asarray([list(prompt) + gen[:j]], jnp.int32)
+      n = ids.shape[1]
+      logits = np.asarray(forward(model, ids, jnp.ones((1, n), jnp.int32), jnp.arange(n, dtype=jnp.int32)[None]))[0, -1]
+      np.testing.assert_allclose(cached_logits[j, r], logits, rtol=0, atol=logit_tol, err_msg=f"prompt {r} step {j}")
+      top2 = np.sort(logits)[-2:]
+      if top2[1] - top2[0] > tol:
+        assert token == int(np.argmax(logits)), f"prompt {r} step {j}: cached {token}, full pass {np.argmax(logits)}"
+      else:
+        ties += 1
+        assert logits[token] >= top2[1] - tol, f"prompt {r} step {j}: cached {token} is not one of the near-tied tops"
+  assert ties <= max_ties, f"{ties} near-ties (margin <= {tol}): too few steps checked exactly"
+  return ties
+
+
+# (param, compute, activation) dtypes: all bf16, and configs/smollm2_135m.py's (bf16 matmuls, float32 residual).
+DTYPES_16 = [("bfloat16", "bfloat16", "bfloat16"), ("bfloat16", "bfloat16", "float32")]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("param_dtype,compute_dtype,activation_dtype", DTYPES_16)
+def test_16bit_cache_matches_full_forward(monkeypatch, param_dtype, compute_dtype, activation_dtype, lora):
+  pre = load_pretrained("tiny-random", param_dtype=param_dtype, compute_dtype=compute_dtype,
+                        activation_dtype=activation_dtype)
+  model = _model(pre, lora)
+  prompts = _prompts(pre)
+  got, cached_logits = _generate_with_logits(monkeypatch, model, prompts)  # one left-padded batch
+  assert all(len(g) == MAX_NEW for g in got) and len({tuple(g) for g in got}) == len(got)
+  # The cached logits match the full pass's to ~1e-7 here (float32 rounding; one flipped bf16 operand rounding gives
+  # ~1e-3); a residual stream in the compute dtype (the old generate.py) is off by 4e-3 to 3e-2. tol: the logits of
+  # this model span only ~0.6, so top-2 margins of 1e-3 occur: 0 to 2 of the 32 steps here are near-ties.
+  _check_against_full_pass(model, prompts, got, cached_logits, tol=3e-3, max_ties=3, logit_tol=2e-3)
+  if lora:  # the adapters really change the output
+    assert got != greedy_generate(_model(pre, False), prompts, MAX_NEW, eos_id=None, pad_id=0)
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("activation_dtype", ["bfloat16", "float32"])
+def test_smollm2_16bit_cache_matches_full_forward(monkeypatch, activation_dtype):
+  pre = load_pretrained("smollm2-135m", param_dtype="bfloat16", compute_dtype="bfloat16",
+                        activation_dtype=activation_dtype)
+  model = pre.build()
+  prompts = [pre.tokenizer.encode(t) for t in ("7 * 8 = ", "What is 23 plus 45?")]
+  got, cached_logits = _generate_with_logits(monkeypatch, model, prompts, pad_id=pre.tokenizer.pad_id)
+  # SmolLM2's own full pass moves its bf16 logits by up to 0.34 (float32 residual: 0.12) when only the shape
+  # changes (left padding, or causally invisible trailing columns); the cached ones differ by up to 0.35. So tol
+  # 0.5 (a smaller margin is a coin flip: "7 * 8 = " starts with '1' vs '2' at a margin of 0.01-0.03), which makes
+  # 2 (bf16) and 3 (float32 residual) of the 16 steps near-ties here; logit_tol 1.0 only catches gross errors (a
+  # wrong position or cache column), not rounding.
+  _check_against_full_pass(model, prompts, got, cached_logits, tol=0.5, max_ties=5, logit_tol=1.0)
+
+
+def test_answer_accuracy_rows_carry_generated_ids(pretrained, models):
+  model, tok = models[False], pretrained.tokenizer
+  prompts = _prompts(pretrained)[:2]
+  res = answer_accuracy(model, tok, prompts, ["56", "68"], max_new_tokens=4)
+  gen = greedy_generate(model, prompts, 4, tok.eos_id, tok.pad_id)
+  assert [r["ids"] for r in res["rows"]] == gen
+  assert [r["generated"] for r in res["rows"]] == [tok.decode(g) for g in gen]
