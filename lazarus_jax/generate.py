@@ -190,12 +190,13 @@ _NUMBER = re.compile(r"(?<![\d.])(-?)(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(\d+))?"
 
 
 def parse_integer(text: str) -> int | None:
-  """The first number in `text` (after strip) as an int, or None.
+  """The integer `text` starts with, after leading whitespace, or None: what counts as the model's answer.
 
-  "56", " 56", "56</s>", "56." -> 56; "-3" -> -3; "1,000" -> 1000; "abc" -> None. The first number decides: a
-  non-integer one ("3.5") gives None, and "7.0" gives 7.
+  "56", " 56", "56</s>", "56.", "56\\n7 * 9" -> 56; "-3" -> -3; "1,000" -> 1000; "7.0" -> 7; "3.5", "abc",
+  "The answer is 12" -> None. Anchored at the start on purpose: a first-number-anywhere rule would score
+  "The answer is 56" or "3 * 56" as the answer 56 (issue 10.10), which is not what the readout predicts.
   """
-  m = _NUMBER.search(text.strip())
+  m = _NUMBER.match(text.lstrip())
   if m is None:
     return None
   sign, digits, frac = m.groups()
@@ -206,7 +207,7 @@ def parse_integer(text: str) -> int | None:
 
 
 def exact_match(generated_text: str, expected_answer: str | int) -> bool:
-  """True when the generated text's first integer equals the expected answer.
+  """True when the generated text starts (after leading whitespace) with the expected integer and no further digit.
 
   An expected answer that is not an integer is compared as stripped text against the start of the output.
   """

@@ -133,7 +133,7 @@ def test_edge_cases(models):
 
 @pytest.mark.parametrize("text,value", [
     ("56", 56), (" 56", 56), ("56<eos>", 56), ("56</s>", 56), ("56.", 56), ("\n 56 apples", 56),
-    ("-3", -3), (" -3 ", -3), ("The answer is 12", 12), ("1,000", 1000), ("1,000,000 ", 1000000),
+    ("-3", -3), (" -3 ", -3), ("The answer is 12", None), ("= 12", None), ("1,000", 1000), ("1,000,000 ", 1000000),
     ("7.0", 7), ("3.5", None), ("abc", None), ("", None), ("12,5", 12), ("10-3", 10),
 ])
 def test_parse_integer(text, value):
@@ -146,6 +146,10 @@ def test_exact_match():
   assert exact_match("-3", "-3")
   assert not exact_match("-3", "3")
   assert not exact_match("560", "56")
+  assert exact_match("56\n7 * 9 = 63", "56")
+  # What counts is the integer the continuation starts with (issue 10.10): not a number found later.
+  assert not exact_match("The answer is 56", "56")
+  assert not exact_match("3 * 56", "56")
   assert not exact_match("abc", "56")
   assert not exact_match("", "0")
   assert exact_match(" yes", "yes")  # non-integer answers: text prefix

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Regenerates docs/results/ with the code of the commit it runs from (run it from a clean checkout: every
+# results.json records the commit and whether the tree was dirty). Runs go to $RUNS (default runs/results);
+# `copy` copies what the runs wrote (finished arms as they come) into docs/results/.
+#
+#   bash docs/results/regenerate.sh main      # the embedded default's 1000-step run (~7 min on 2 cores)
+#   bash docs/results/regenerate.sh compare   # controlled comparison: base/SFT/dual/classifier x 2 formats x 5 seeds
+#   bash docs/results/regenerate.sh depth     # classifier depth, dual w=0.7, symbolic, 3 seeds (reuses compare's arms)
+#   bash docs/results/regenerate.sh copy      # copy finished runs into docs/results/
+#
+# Re-running a command continues it: finished arms (same resolved config) are reused, a partly trained arm
+# resumes from its checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-runs/results}
+OUT=docs/results
+CONFIG=configs/smollm2_135m.py
+# 300 steps per arm, evaluated on the whole held-out split (200 triples per operation, 72 for divide: 672 prompts).
+ARM_FLAGS=(--config.train.steps=300 --config.train.warmup_steps=20 --config.train.log_every=10
+           --config.train.checkpoint_every=100 --config.train.table_steps=100,200,300)
+
+case "${1:-}" in
+  main)
+    python -m lazarus_jax.train --config "$CONFIG" --workdir "$RUNS/smollm2_1000_steps" ;;
+  compare)
+    python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/compare" "${ARM_FLAGS[@]}" \
+      --config.sweep.weights=0,0.7,1 --config.sweep.formats=symbolic,semantic --config.sweep.layer_fractions=0.55 \
+      --config.sweep.seeds=0,1,2,3,4 ;;
+  depth)
+    # The depth sweep shares the comparison's arms directory: its 0.55, SFT and base arms are the same runs.
+    mkdir -p "$RUNS/compare/arms" "$RUNS/depth"
+    [ -e "$RUNS/depth/arms" ] || ln -s ../compare/arms "$RUNS/depth/arms"
+    python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/depth" "${ARM_FLAGS[@]}" \
+      --config.sweep.weights=0,0.7 --config.sweep.formats=symbolic \
+      --config.sweep.layer_fractions=0.25,0.4,0.55,0.7,0.85 --config.sweep.seeds=0,1,2 ;;
+  copy)
+    if [ -d "$RUNS/smollm2_1000_steps/eval" ]; then
+      mkdir -p "$OUT/smollm2_1000_steps"
+      cp "$RUNS/smollm2_1000_steps/eval/"{results.json,report.md,*.png} "$OUT/smollm2_1000_steps/"
+      cp "$RUNS/smollm2_1000_steps/training_table.md" "$OUT/smollm2_1000_steps/"
+    fi
+    for sweep in compare depth; do
+      [ -d "$RUNS/$sweep" ] || continue
+      mkdir -p "$OUT/$sweep"
+      for f in sweep.md sweep_results.json sweep_runs.csv sweep_summary.csv sweep_contrasts.csv sweep_lens.png \
+               sweep_answer.png; do
+        [ -f "$RUNS/$sweep/$f" ] && cp "$RUNS/$sweep/$f" "$OUT/$sweep/"
+      done
+    done
+    # Every finished arm: its results, config and training record (enough to recompute the sweep tables).
+    for arm in "$RUNS"/compare/arms/*/; do
+      [ -f "$arm/eval/results.json" ] || continue
+      dest="$OUT/arms/$(basename "$arm")"
+      mkdir -p "$dest"
+      cp "$arm/config.json" "$arm/eval/results.json" "$dest/"
+      for f in metrics.jsonl training_table.md train_summary.json; do
+        [ -f "$arm/$f" ] && cp "$arm/$f" "$dest/"
+      done
+    done ;;
+  *)
+    echo "usage: bash docs/results/regenerate.sh main|compare|depth|copy" >&2; exit 2 ;;
+esac
