@@ -347,3 +347,19 @@ def test_process_slice():
   assert parts[1].tolist() == [20, 30]
   with pytest.raises(UserError, match="divisible"):
     data.process_slice(idx, 0, 3)
+
+
+@pytest.mark.embedded
+def test_readout_predicts_the_first_digit_in_both_formats_with_smollm2():
+  # Issue 10.10: SmolLM2 encodes "? 56" as "?", " ", "5", "6": with prompts ending in "?" the semantic readout
+  # predicted a bare space, one token before the symbolic format's readout, which predicts the first digit.
+  from lazarus_jax import gguf_loader
+  tok = gguf_loader.load_gguf(gguf_loader.embedded_gguf_path()).tokenizer
+  s = data.make_splits(["symbolic", "semantic"], n_eval_per_op=16, seed=0)
+  readout_tokens = set()
+  for ex in s.eval + s.train[::97]:
+    enc = data.encode_example(tok, ex.prompt, ex.answer, append_eos=True)
+    first = tok.decode([enc.answer_ids[0]])
+    assert first.isdigit() and len(first) == 1, (ex.prompt, ex.answer, first)
+    readout_tokens.add(tok.decode([enc.ids[enc.readout]]))
+  assert readout_tokens == {" "}  # the same token, the same relative place, in both formats
