@@ -320,11 +320,15 @@ def answers(results: dict) -> list[str]:
         continue
       lex = pr["lexical_baseline"]["accuracy"]
       row0 = pr["layers"][0]
+      # Rows whose interval reaches the best one's cannot be told apart from it: name the first and count them.
+      tied = [r for r in pr["layers"] if r["layer"] >= 1 and r["test_ci"][1] >= b["test_ci"][0]]
+      first = tied[0]
       parts.append(
-          f"{fmt}: **{'yes' if b['present'] else 'no'}** — best probe after block {b['layer'] - 1} "
-          f"(row {b['layer']}): "
-          f"{pct(b['test_accuracy'])} [{pct(b['test_ci'][0])}, {pct(b['test_ci'][1])}] (control task "
-          f"{pct(b['control_accuracy'])}, selectivity {b['selectivity']:+.2f}). A bag-of-tokens probe on the "
+          f"{fmt}: **{'yes' if b['present'] else 'no'}** — the highest probe accuracy, "
+          f"{pct(b['test_accuracy'])} [{pct(b['test_ci'][0])}, {pct(b['test_ci'][1])}], cannot be told apart from "
+          f"{len(tied) - 1} other rows; the first of them is after block {first['layer'] - 1} "
+          f"({pct(first['test_accuracy'])}, control task {pct(first['control_accuracy'])}, selectivity "
+          f"{first['selectivity']:+.2f}). A bag-of-tokens probe on the "
           f"prompt reaches {pct(lex)}: the operation is written in the input (operator symbol or word), so a "
           "hidden-space classifier only has to move it to the readout position; the embedding row, which sees "
           f"the readout token alone, gives {pct(row0['test_accuracy'])}")
