@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lazarus_jax.sharding import ACTIVATION_AXES, constrain
+
 # Projection names, shared with LoRA targets and the HF name map.
 ATTN_PROJS = ("q", "k", "v", "o")
 MLP_PROJS = ("gate", "up", "down")
@@ -136,19 +138,23 @@ def _param(value, axes):
   return nnx.Param(value, logical_axes=axes)
 
 
-# Shapes (in, out) and logical axes of each stacked projection, per layer.
+# Logical axes of one layer's projection (in, out): the same for every model.
+PROJ_AXES = {"q": ("embed", "heads"), "k": ("embed", "kv_heads"), "v": ("embed", "kv_heads"), "o": ("heads", "embed"),
+             "gate": ("embed", "mlp"), "up": ("embed", "mlp"), "down": ("mlp", "embed")}
+
+
+def gathered_axes(axes: tuple) -> tuple:
+  """A projection's logical axes as its dot in the block sees it: the `embed` axis gathered like the residual
+  stream's (FSDP), any tensor-parallel axis kept."""
+  return tuple("act_embed" if a == "embed" else a for a in axes)
+
+
 def proj_shapes(cfg: LlamaConfig) -> dict[str, tuple[tuple[int, int], tuple[str, str]]]:
+  """Shapes (in, out) and logical axes of each stacked projection, per layer."""
   d, f = cfg.hidden_size, cfg.intermediate_size
   q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-  return {
-      "q": ((d, q), ("embed", "heads")),
-      "k": ((d, kv), ("embed", "kv_heads")),
-      "v": ((d, kv), ("embed", "kv_heads")),
-      "o": ((q, d), ("heads", "embed")),
-      "gate": ((d, f), ("embed", "mlp")),
-      "up": ((d, f), ("embed", "mlp")),
-      "down": ((f, d), ("mlp", "embed")),
-  }
+  dims = {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f), "up": (d, f), "down": (f, d)}
+  return {name: (dims[name], PROJ_AXES[name]) for name in PROJS}
 
 
 class DecoderStack(nnx.Module):
@@ -221,7 +227,7 @@ class LlamaModel(nnx.Module):
     # The residual stream, norms, rope and softmax stay float32 whatever the compute dtype: only matmul operands
     # are cast (in `dense`). XLA:CPU has no bf16 elementwise arithmetic and would upcast each fusion anyway, and
     # bf16 scan residuals are saved by converting the whole stacked buffer per layer.
-    h = self.embed[...][tokens].astype(adt)
+    h = constrain(self.embed[...][tokens].astype(adt), ACTIVATION_AXES)
     # Cast the projection stacks once, outside the scan (a no-op when param and compute dtypes agree): a cast
     # inside the body would be re-done per layer and its outputs saved, stacked, as residuals for the backward.
     layer_weights = {name: self.projection_stack(name, cdt) for name in PROJS}
@@ -262,7 +268,7 @@ def make_block(cfg: LlamaConfig, cos, sin, bias, lora_scale: float):
 
   def block(h, xs):
     weights, adapters = xs
-    h = decoder_block(cfg, weights, adapters, lora_scale, h, cos, sin, bias)
+    h = decoder_block(cfg, weights, adapters, lora_scale, constrain(h, ACTIVATION_AXES), cos, sin, bias)
     return h, h
 
   if cfg.remat == "full":
@@ -316,8 +322,8 @@ def _from_bits(w, dtype):
   return jax.lax.bitcast_convert_type(w, dtype) if w.dtype == jnp.uint16 else w
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def dense(x, w, w_transposed: bool = False, out_dtype=jnp.float32, bits_dtype=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def dense(x, w, w_transposed: bool = False, out_dtype=jnp.float32, bits_dtype=None, w_axes=None):
   """x @ w with both operands in w's dtype (the compute dtype), accumulated and returned in float32.
 
   Forward AND backward run as same-dtype dots with float32 accumulation. Why: XLA:CPU runs bf16 x bf16 -> f32
@@ -325,19 +331,21 @@ def dense(x, w, w_transposed: bool = False, out_dtype=jnp.float32, bits_dtype=No
   transpose of a `preferred_element_type` dot produces), to float32, converting whole weight stacks every step
   (4-5x slower). The backward casts the incoming cotangent to the compute dtype (the usual mixed-precision
   contract). `x` may be float32: only the dot sees it in the compute dtype. In float32 this is a plain matmul.
+  `w_axes`: the logical axes `w` is gathered to for the dot (under `sharding.pinned_activations`), here and again
+  in the backward, so the residual stays the caller's (sharded) `w`.
   """
-  w = _from_bits(w, bits_dtype)
+  w = constrain(_from_bits(w, bits_dtype), w_axes)
   return _dot(x.astype(w.dtype), w, w_transposed).astype(out_dtype)
 
 
-def _dense_fwd(x, w, w_transposed, out_dtype, bits_dtype):
-  # The residual is `w` itself (bits or not): a scanned input is then forwarded, never re-stacked.
-  return dense(x, w, w_transposed, out_dtype, bits_dtype), (x, w)
+def _dense_fwd(x, w, w_transposed, out_dtype, bits_dtype, w_axes):
+  # The residual is `w` itself (bits or not, ungathered): a scanned input is then forwarded, never re-stacked.
+  return dense(x, w, w_transposed, out_dtype, bits_dtype, w_axes), (x, w)
 
 
-def _dense_bwd(w_transposed, out_dtype, bits_dtype, res, g):
+def _dense_bwd(w_transposed, out_dtype, bits_dtype, w_axes, res, g):
   x, w_in = res
-  w = _from_bits(w_in, bits_dtype)
+  w = constrain(_from_bits(w_in, bits_dtype), w_axes)
   g, xc = g.astype(w.dtype), x.astype(w.dtype)
   dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())),
                            preferred_element_type=jnp.float32).astype(x.dtype)
@@ -356,9 +364,11 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 def project(x, weights, adapters, lora_scale, name, cdt, out_dtype=jnp.float32):
   """x @ W (+ LoRA: scale * (x @ A) @ B): operands in the compute dtype, float32 accumulation, `out_dtype` result."""
   w = weights[name]
+  # One layer's slice, gathered inside the dot (FSDP): never the whole stack, and the residual stays the slice.
+  axes = gathered_axes(PROJ_AXES[name])
   # From `trunk` the stacks arrive already cast (16-bit ones as raw bits, see `as_bits`).
-  y = dense(x, w, out_dtype=out_dtype, bits_dtype=cdt) if w.dtype == jnp.uint16 else dense(
-      x, w.astype(cdt), out_dtype=out_dtype)
+  y = dense(x, w, out_dtype=out_dtype, bits_dtype=cdt, w_axes=axes) if w.dtype == jnp.uint16 else dense(
+      x, w.astype(cdt), out_dtype=out_dtype, w_axes=axes)
   if adapters is not None and name in adapters:
     a, b_ = adapters[name]
     y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt), out_dtype=out_dtype)

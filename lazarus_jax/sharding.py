@@ -6,6 +6,8 @@ config (`mesh.rules`), mapping each logical name to mesh axes.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -98,3 +100,35 @@ def state_shardings(state, mesh, rules):
 
 def batch_sharding(mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+
+
+# Logical names of activation axes. Not in the rules table, so replicated, unless a rule names them: the residual
+# stream's embedding axis must not inherit the weights' `embed` -> fsdp rule (see `pinned_activations`).
+ACTIVATION_AXES = ("batch", "length", "act_embed")
+_PINNED = contextvars.ContextVar("lazarus_jax_pinned_activations", default=None)
+
+
+@contextlib.contextmanager
+def pinned_activations(mesh, rules):
+  """While a step is traced under this context, the model pins its activations to the batch axes and gathers each
+  layer's weights inside the layer scan (`constrain`): plain FSDP.
+
+  Why: left to itself, GSPMD propagates the weights' `embed` -> fsdp sharding into the dots and all-gathers the
+  activations over the batch instead, so every device holds the whole batch's activations (a 7B-shaped step at
+  fsdp 16 needed 31 GiB of temporaries per chip for one 512-token sequence per chip; bench/tpu_aot.py).
+  A one-device mesh pins nothing: the traced step is the same as without the context.
+  """
+  token = _PINNED.set((mesh, tuple(tuple(r) for r in rules)) if mesh is not None and mesh.size > 1 else None)
+  try:
+    yield
+  finally:
+    _PINNED.reset(token)
+
+
+def constrain(x, axes):
+  """`x` pinned to the sharding its logical `axes` map to (a no-op outside `pinned_activations`)."""
+  pinned = _PINNED.get()
+  if pinned is None or axes is None:
+    return x
+  mesh, rules = pinned
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules, np.shape(x), mesh)))

@@ -33,7 +33,7 @@ from lazarus_jax.logging_utils import MetricsWriter, progress_bar
 from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
 from lazarus_jax.losses import dual_reward_loss
 from lazarus_jax.model import LoRAParam, pack_frozen_layers
-from lazarus_jax.sharding import batch_sharding, make_mesh, state_shardings, validate_model_for_mesh
+from lazarus_jax.sharding import batch_sharding, make_mesh, pinned_activations, state_shardings, validate_model_for_mesh
 
 # Keys that may change between a run and its resumption without making it "a different run".
 RESUMABLE_KEYS = ("resume", "overwrite", "eval", "train.steps", "train.log_every", "train.table_steps",
@@ -99,6 +99,34 @@ def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_c
     return new_state, metrics
 
   return step
+
+
+def initial_state_fn(model_cfg, lora_cfg: LoRAConfig, tx, seed: int):
+  """The fresh train state (adapters, optimizer state, counters) as a function: for `jax.eval_shape` and for
+  `jax.jit(..., out_shardings=...)`, which creates it already sharded."""
+
+  def init_state():
+    fresh = LoRA(model_cfg, lora_cfg, nnx.Rngs(lora=seed))
+    params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
+    return {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+
+  return init_state
+
+
+def train_state_shardings(abstract_state, lora_shardings, mesh) -> dict:
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return {"lora": lora_shardings,
+          "opt_state": opt_state_shardings(abstract_state["opt_state"], lora_shardings, replicated),
+          "step": replicated, "nonfinite": replicated, "skipped": replicated}
+
+
+def jit_train_step(step_fn, state_sh, base_sh, batch_sh, mesh):
+  """The step under jit with the run's shardings; the state is donated. Lower it inside
+  `sharding.pinned_activations` (as `run` and `lazarus_jax.aot` do)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step_fn, in_shardings=(state_sh, base_sh, None, batch_sh, replicated, replicated),
+                 out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
 
 # ---- run ---------------------------------------------------------------------------------------------
@@ -220,18 +248,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base), base_shardings), base_shardings)
   rest = nnx.to_pure_dict(rest)
   tx, schedule = make_optimizer(c.train)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-  def init_state():
-    fresh = LoRA(pretrained.config, lora_cfg, nnx.Rngs(lora=c.seed))
-    params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
-    return {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
-
+  init_state = initial_state_fn(pretrained.config, lora_cfg, tx, c.seed)
   abstract = jax.eval_shape(init_state)
-  state_sh = {"lora": lora_shardings, "opt_state": opt_state_shardings(abstract["opt_state"], lora_shardings,
-                                                                       replicated),
-              "step": replicated, "nonfinite": replicated, "skipped": replicated}
+  state_sh = train_state_shardings(abstract, lora_shardings, mesh)
   state = jax.jit(init_state, out_shardings=state_sh)()
 
   ckpt = Checkpointer(ckpt_dir, max_to_keep=c.train.max_to_keep)
@@ -248,8 +267,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   bsh = batch_sharding(mesh, rules)
   step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes,
                             c.train.grad_accum_steps)
-  jitted = jax.jit(step_fn, in_shardings=(state_sh, base_shardings, None, bsh, replicated, replicated),
-                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
   n = len(datasets.train_encoded)
   label_ids = np.asarray([data_lib.label_index(lab, targets.labels) for lab in datasets.train_labels])
 
@@ -262,7 +280,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
 
   t0 = time.perf_counter()
   stop.stop_if_requested()
-  compiled = jitted.lower(state, base, rest, global_batch(start_step), weight, class_ids).compile()
+  with pinned_activations(mesh, rules):  # FSDP: activations stay batch-sharded, weights gathered one layer at a time
+    compiled = jitted.lower(state, base, rest, global_batch(start_step), weight, class_ids).compile()
   compile_s = time.perf_counter() - t0
   if is_main:
     print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
