@@ -35,7 +35,7 @@ case "${1:-}" in
       --config.sweep.weights=0,0.7 --config.sweep.formats=symbolic \
       --config.sweep.layer_fractions=0.25,0.4,0.55,0.7,0.85 --config.sweep.seeds=0,1,2 ;;
   sft_steps)
-    for steps in 100 600 1000; do
+    for steps in ${SFT_STEPS:-100 600 1000}; do
       mkdir -p "$RUNS/compare/arms" "$RUNS/sft_steps_$steps"
       [ -e "$RUNS/sft_steps_$steps/arms" ] || ln -s ../compare/arms "$RUNS/sft_steps_$steps/arms"
       python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/sft_steps_$steps" --config.train.steps=$steps \
