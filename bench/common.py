@@ -54,6 +54,7 @@ def smollm2_config(compute_dtype: str = "float32", batch_size: int = 8):
   from smollm2_135m import get_config
   c = get_config()
   c.model.compute_dtype = compute_dtype
+  c.model.activation_dtype = "float32"  # the shipped config says auto: a benchmark names its dtypes
   c.train.batch_size = batch_size
   c.eval.enabled = False
   return c

@@ -20,8 +20,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.source = "smollm2-135m"  # embedded name, HF dir, .gguf file or hub id
   c.model.path = ""  # if set, overrides model.source (a local dir / file / hub id)
+  # Model dtypes: float32 | bfloat16 | float16 | auto. auto (resolved at start, printed, recorded in provenance;
+  # lazarus_jax/dtypes.py): params and matmuls bfloat16 on TPU, GPU and CPUs with AMX/AVX512-BF16, else float32;
+  # activations bfloat16 on TPU/GPU only. Adapters and optimizer state are float32 whatever is chosen.
   c.model.param_dtype = "float32"
-  c.model.compute_dtype = "float32"  # bfloat16 on accelerators; adapters and optimizer stay float32
+  c.model.compute_dtype = "float32"  # matmul operands; accumulation, norms and softmax stay float32
   c.model.remat = "none"  # none | full | dots
   c.model.activation_dtype = "float32"  # residual stream + matmul outputs; bfloat16 halves activation traffic on GPU/TPU
 

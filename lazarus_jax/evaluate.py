@@ -476,7 +476,7 @@ def run(config, workdir: str) -> dict:
       "base": base if adapted is not None else None,
       "training": training_summary(workdir),
       "timing": timing,
-      "provenance": provenance.collect(c),
+      "provenance": provenance.collect(c, pretrained.dtypes),
   }
   results = _nan_to_none(portable_paths(results, workdir))
   out_dir = os.path.join(workdir, "eval")

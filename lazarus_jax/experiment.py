@@ -8,13 +8,14 @@ import sys
 import ml_collections
 
 from lazarus_jax import data as data_lib
+from lazarus_jax import dtypes
 from lazarus_jax.errors import UserError
 from lazarus_jax.loading import Pretrained, load_pretrained
 from lazarus_jax.lora import LoRAConfig
 from lazarus_jax.model import PROJS
 from lazarus_jax.targets import ResolvedTargets, resolve_targets
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", dtypes.AUTO)
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
@@ -68,10 +69,23 @@ def classifier_layer(c, num_layers: int) -> int:
   return layer
 
 
+def resolve_dtypes(c) -> dtypes.DtypeChoice:
+  """The model dtypes with `auto` resolved for this machine (lazarus_jax/dtypes.py)."""
+  return dtypes.resolve(c.model.param_dtype, c.model.compute_dtype, c.model.activation_dtype)
+
+
 def load_model(c) -> Pretrained:
+  """The pretrained model in the config's dtypes, `auto` resolved here, once (said in one line, and recorded as
+  `Pretrained.dtypes` for the run's provenance)."""
   source = c.model.path or c.model.source
-  return load_pretrained(source, param_dtype=c.model.param_dtype, compute_dtype=c.model.compute_dtype,
-                         remat=c.model.remat, activation_dtype=c.model.activation_dtype)
+  choice = resolve_dtypes(c)
+  import jax
+  if jax.process_index() == 0:
+    print(choice.describe(), file=sys.stderr)
+  pretrained = load_pretrained(source, param_dtype=choice.param_dtype, compute_dtype=choice.compute_dtype,
+                               remat=c.model.remat, activation_dtype=choice.activation_dtype)
+  pretrained.dtypes = choice.as_dict()
+  return pretrained
 
 
 @dataclasses.dataclass

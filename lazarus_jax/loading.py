@@ -36,6 +36,7 @@ class Pretrained:
   tokenizer: Tokenizer
   source: str  # what was loaded, for provenance (may hold a machine path)
   name: str = ""  # what was loaded, for reports: no machine path (e.g. "SmolLM2-135M-Instruct (embedded Q4_1 GGUF)")
+  dtypes: dict | None = None  # the resolved model dtypes and why (`experiment.load_model`), for provenance
 
   def build(self, rngs: nnx.Rngs | None = None) -> LlamaModel:
     return LlamaModel(self.config, rngs=rngs or nnx.Rngs(0), weights=self.weights)

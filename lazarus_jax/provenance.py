@@ -35,12 +35,14 @@ def versions() -> dict:
   return out
 
 
-def collect(config=None) -> dict:
+def collect(config=None, dtypes: dict | None = None) -> dict:
+  """`dtypes`: the model dtypes the run resolved (`Pretrained.dtypes`: `auto` in the config says too little)."""
   import jax
   devices = jax.devices()
   return {
       "seed": None if config is None else config.seed,
       "config": None if config is None else config.to_dict(),
+      "dtypes": dtypes,
       "git": git_commit(),
       "versions": versions(),
       "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),

@@ -344,7 +344,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
     write_atomic(os.path.join(workdir, "training_table.md"), table + "\n")
     summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
                "skipped_updates": int(jax.device_get(state["skipped"])),
-               "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c)}
+               "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c, pretrained.dtypes)}
     write_atomic(os.path.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
     print(table)
   if c.eval.enabled:
