@@ -5,8 +5,8 @@
 #
 #   bash docs/results/regenerate.sh main      # the embedded default's 1000-step run (~7 min on 2 cores)
 #   bash docs/results/regenerate.sh compare   # controlled comparison: base/SFT/dual/classifier x 2 formats x 5 seeds
-#   bash docs/results/regenerate.sh depth     # classifier depth, dual w=0.7, symbolic, 3 seeds (reuses compare's arms)
-#   bash docs/results/regenerate.sh sft_steps # SFT arms at 100, 600 and 1000 steps, 2 seeds: where SFT levels off
+#   bash docs/results/regenerate.sh depth     # classifier depth, dual w=0.7, symbolic, 2 seeds (reuses compare's arms)
+#   bash docs/results/regenerate.sh sft_steps # SFT arms at 100 and 600 steps (SFT_STEPS), 2 seeds: where SFT levels off
 #   bash docs/results/regenerate.sh copy      # copy finished runs into docs/results/
 #
 # Re-running a command continues it: finished arms (same resolved config) are reused, a partly trained arm
@@ -33,9 +33,9 @@ case "${1:-}" in
     [ -e "$RUNS/depth/arms" ] || ln -s ../compare/arms "$RUNS/depth/arms"
     python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/depth" "${ARM_FLAGS[@]}" \
       --config.sweep.weights=0,0.7 --config.sweep.formats=symbolic \
-      --config.sweep.layer_fractions=0.25,0.4,0.55,0.7,0.85 --config.sweep.seeds=0,1,2 ;;
+      --config.sweep.layer_fractions=0.25,0.4,0.55,0.7,0.85 --config.sweep.seeds=0,1 ;;
   sft_steps)
-    for steps in ${SFT_STEPS:-100 600 1000}; do
+    for steps in ${SFT_STEPS:-100 600}; do
       mkdir -p "$RUNS/compare/arms" "$RUNS/sft_steps_$steps"
       [ -e "$RUNS/sft_steps_$steps/arms" ] || ln -s ../compare/arms "$RUNS/sft_steps_$steps/arms"
       python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/sft_steps_$steps" --config.train.steps=$steps \
