@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lazarus_jax.model import LlamaModel, residual_stream
+from lazarus_jax.sharding import constrain
 
 
 def gather_rows(h, index):
@@ -60,7 +61,8 @@ def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier
   # One unembedding for both readouts: the [V,D] matrix is the largest tensor the step touches, and one
   # [B+B*A, V] matmul (and one in the backward) streams it half as often as two.
   b, a, d = h_answer.shape
-  logits = model.lens(jnp.concatenate([h_l, h_answer.reshape(b * a, d)], axis=0))
+  rows = constrain(jnp.concatenate([h_l, h_answer.reshape(b * a, d)], axis=0), ("batch", "act_embed"))
+  logits = model.lens(rows)
   cls_logits, answer_logits = logits[:b], logits[b:].reshape(b, a, -1)
   cls_loss, class_pred, vocab_correct, confidence = classifier_terms(
       cls_logits, batch["label"], class_token_ids, restrict_to_classes)

@@ -420,7 +420,9 @@ def lens_logits(cfg: LlamaConfig, final_norm, unembed, h):
   final_norm [D]; unembed [V, D] (the lm_head, or the tied embedding) in any dtype: the dot runs in the compute dtype.
   """
   x = rms_norm(h, final_norm, cfg.rms_norm_eps, jnp.float32)
-  return dense(x, unembed.astype(jnp.dtype(cfg.compute_dtype)), True)
+  # Under FSDP the [V, D] matrix is gathered over D like a layer's weights: unpinned, GSPMD gathered the rows
+  # (the whole batch's logits) instead.
+  return dense(x, unembed.astype(jnp.dtype(cfg.compute_dtype)), True, w_axes=("vocab", "act_embed"))
 
 
 def residual_stream(model: LlamaModel, tokens, mask=None, positions=None):
