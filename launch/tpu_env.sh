@@ -38,6 +38,9 @@
 #   WITH_CHECKPOINTS=1 also collect checkpoints/                     [0]
 #   FORCE=1            delete without asking                         [0]
 #   KEEP=1             tpu_run_all.sh keeps the TPU VM at the end    [0]
+#   PREFLIGHT=1        tpu_run_all.sh first runs tpu_preflight.sh and creates nothing
+#                      when the step will not fit the slice's HBM    [0]
+#   PREFLIGHT_PYTHON   Python with jax[tpu] + this repo, for tpu_preflight.sh
 #   GCLOUD             gcloud executable                             [gcloud]
 #
 # Values are single words (no spaces); EXTRA_ARGS is split on whitespace.
@@ -93,6 +96,8 @@ RESULTS_DIR="${RESULTS_DIR:-${REPO_ROOT}/results/${TPU_NAME}}"
 WITH_CHECKPOINTS="${WITH_CHECKPOINTS:-0}"
 FORCE="${FORCE:-0}"
 KEEP="${KEEP:-0}"
+PREFLIGHT="${PREFLIGHT:-0}"
+PREFLIGHT_PYTHON="${PREFLIGHT_PYTHON:-}"
 GCLOUD="${GCLOUD:-gcloud}"
 
 # Everything that ends up inside a remote shell command must be a plain word.

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# launch/tpu_run_all.sh -- the whole batch job: create -> setup -> train (+eval) -> collect -> delete.
+# launch/tpu_run_all.sh -- the whole batch job: [pre-flight ->] create -> setup -> train (+eval) -> collect -> delete.
 #
 # Usage:  PROJECT=my-proj ZONE=us-central2-b ACCELERATOR_TYPE=v4-16 [SPOT=1] [KEEP=1] \
-#         [CONFIG=configs/tinyllama.py] [EXTRA_ARGS=...] launch/tpu_run_all.sh
+#         [CONFIG=configs/tinyllama.py] [EXTRA_ARGS=...] [PREFLIGHT=1 PREFLIGHT_PYTHON=...] launch/tpu_run_all.sh
 #
+# PREFLIGHT=1 first compiles the step for the slice without a TPU (tpu_preflight.sh) and stops,
+# creating nothing, when it will not fit the chips' HBM.
 # Each step is its own script (launch/tpu_*.sh) and can be re-run alone. Results are
 # collected even when training fails (logs), and the TPU VM is deleted at the end, also
 # after a failure, unless KEEP=1. Exit status: that of the first failing step.
@@ -15,6 +17,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Validate the variables before creating anything.
 # shellcheck source=tpu_env.sh
 source "${here}/tpu_env.sh"
+
+if [[ "${PREFLIGHT}" == 1 ]]; then
+  bash "${here}/tpu_preflight.sh" || exit $?
+fi
 
 status=0
 bash "${here}/tpu_create.sh" || status=$?

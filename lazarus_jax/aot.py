@@ -1,5 +1,10 @@
 """The training step compiled ahead of time on abstract weights: per-device memory without the weights or the hardware.
 
+  python -m lazarus_jax.aot --config configs/tinyllama.py --topology v5litepod-16 [--config.<key>=<value> ...]
+
+(the pre-flight check of launch/tpu_preflight.sh: exit status 0 and one line when the config's step fits the
+slice's HBM, 2 and one line naming what to change when it does not; needs `pip install "jax[tpu]"`).
+
 `compile_train_step` builds exactly what `train.run` compiles (the step, its shardings from the mesh and the rules
 table, the packed bf16 base, donation, `sharding.pinned_activations`) from ShapeDtypeStructs, so nothing is
 allocated. The devices may be simulated CPU devices (tests) or a TPU slice described by libtpu without a TPU
@@ -16,13 +21,37 @@ import ml_collections
 from flax import nnx
 
 from lazarus_jax import data as data_lib
-from lazarus_jax import sharding
+from lazarus_jax import dtypes, sharding
+from lazarus_jax.errors import UserError
 from lazarus_jax.lora import LoRAConfig, add_lora
 from lazarus_jax.model import PROJS, LlamaConfig, LlamaModel, LoRAParam
 from lazarus_jax.train import initial_state_fn, jit_train_step, make_optimizer, make_train_step, train_state_shardings
 
 # HBM per chip, GiB (Cloud TPU system architecture pages). The compiler's own limit is a little lower (v5e: 15.75).
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
+
+
+# Chips of a slice -> its topology: TPU VM accelerator types count chips (v5e, v6e) or TensorCores (v4, v5p: 2 a chip).
+_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8"}
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_GENERATIONS = {"v4": ("v4", 2, _SHAPES_3D), "v5p": ("v5p", 2, _SHAPES_3D), "v5litepod": ("v5e", 1, _SHAPES_2D),
+                "v5e": ("v5e", 1, _SHAPES_2D), "v6e": ("v6e", 1, _SHAPES_2D)}
+
+
+def topology_name(accelerator: str) -> str:
+  """A libtpu topology name ("v5e:4x4") from itself or from a TPU VM accelerator type ("v5litepod-16")."""
+  if ":" in accelerator:
+    return accelerator
+  gen, _, count = accelerator.partition("-")
+  if gen not in _GENERATIONS or not count.isdigit():
+    raise UserError(f"unknown TPU accelerator type {accelerator!r}: use e.g. v4-16, v5litepod-16, v5p-32, v6e-16 "
+                    "or a topology such as v5e:4x4")
+  name, per_chip, shapes = _GENERATIONS[gen]
+  chips = int(count) // per_chip
+  if chips not in shapes:
+    raise UserError(f"no standard topology for {accelerator} ({chips} chips): pass a topology such as "
+                    f"{name}:{next(iter(shapes.values()))}")
+  return f"{name}:{shapes[chips]}"
 
 
 def tpu_devices(topology: str) -> list:
@@ -119,3 +148,66 @@ def compile_memory(model_cfg: LlamaConfig, spec: StepSpec, mesh, rules=sharding.
   out = memory(compiled)
   out["fits"] = hbm is None or out["peak"] <= hbm
   return out
+
+
+def preflight(c: ml_collections.ConfigDict, accelerator: str, devices=None, hbm: int | None = None
+              ) -> tuple[dict, str]:
+  """Compiles the step `train.run` would compile for config `c` on the TPU slice `accelerator` (abstract weights,
+  compile-only devices). Returns (memory record, one line); the line says what to change when it does not fit.
+  `devices` / `hbm` stand in for the slice's devices and HBM per chip (tests on simulated CPU devices)."""
+  from lazarus_jax import experiment
+  from lazarus_jax.loading import load_shape
+  experiment.validate_config(c)
+  topology = topology_name(accelerator)
+  if devices is None:
+    try:
+      devices = tpu_devices(topology)
+    except Exception as e:  # no libtpu, or a name libtpu does not know
+      raise UserError(f"cannot describe TPU topology {topology} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200]}): the check needs libtpu: pip install \"jax[tpu]\" "
+                      "(in a venv of its own)") from None
+  choice = dtypes.resolve(c.model.param_dtype, c.model.compute_dtype, c.model.activation_dtype, platform="tpu")
+  model_cfg, tokenizer = load_shape(c.model.path or c.model.source, param_dtype=choice.param_dtype,
+                                    compute_dtype=choice.compute_dtype, activation_dtype=choice.activation_dtype,
+                                    remat=c.model.remat)
+  seq_len = c.data.seq_len or experiment.build_data(c, tokenizer).seq_len
+  mesh = sharding.make_mesh(c.mesh.shape, devices)
+  spec = StepSpec(batch_size=c.train.batch_size, seq_len=seq_len, max_answer_tokens=c.data.max_answer_tokens,
+                  lora=LoRAConfig.from_config(c.lora), classifier_layer=experiment.classifier_layer(c, model_cfg.num_layers),
+                  grad_accum_steps=c.train.grad_accum_steps, n_classes=len(c.classifier.targets))
+  hbm = hbm or hbm_bytes(topology)
+  mem = compile_memory(model_cfg, spec, mesh, c.mesh.rules, c.train, hbm=hbm)
+  mem.update(topology=topology, chips=len(devices), mesh=dict(mesh.shape), batch_size=spec.batch_size,
+             seq_len=seq_len, hbm=hbm, dtypes=choice.as_dict())
+  what = (f"{topology} ({len(devices)} chips, {hbm / 2**30:.0f} GiB HBM each), mesh {dict(mesh.shape)}, batch "
+          f"{spec.batch_size} x {seq_len} tokens, {choice.param_dtype} weights")
+  if "error" in mem:
+    return mem, f"does not fit: {what}: the compiler says {mem['error']}"
+  gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
+  line = (f"{what}: per chip arguments {gib(mem['arguments'])}, outputs {gib(mem['outputs'])}, temporaries "
+          f"{gib(mem['temporaries'])}, peak {gib(mem['peak'])} GiB")
+  return mem, ("fits: " if mem["fits"] else "does not fit: ") + line
+
+
+def check(c: ml_collections.ConfigDict, accelerator: str, devices=None, hbm: int | None = None) -> str:
+  """`preflight` as a verdict: its line when the step fits, else a UserError (one line: what to change)."""
+  mem, line = preflight(c, accelerator, devices, hbm)
+  if not mem["fits"]:
+    raise UserError(f"pre-flight: {line}: lower train.batch_size (or raise train.grad_accum_steps), shard the "
+                    "weights (--config.mesh.shape='(1,-1,1)'), set model.remat=full, or take a larger slice")
+  return f"pre-flight: {line}"
+
+
+def main(argv):
+  from absl import flags
+  print(check(flags.FLAGS.config, flags.FLAGS.topology))
+  return 0
+
+
+if __name__ == "__main__":
+  from absl import flags
+
+  from lazarus_jax.cli import run_cli
+  flags.DEFINE_string("topology", None, "a TPU VM accelerator type (v4-16, v5litepod-16, ...) or a topology (v5e:4x4)",
+                      required=True)
+  run_cli(main, with_config=True)

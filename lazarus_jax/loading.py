@@ -63,10 +63,11 @@ def resolve_source(source: str) -> tuple[str, str]:
                   f"or one of the embedded sources {sorted(EMBEDDED_SOURCES)}")
 
 
-def _download(repo_id: str) -> str:
+def _download(repo_id: str, weights: bool = True) -> str:
   try:
     from huggingface_hub import snapshot_download
-    return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"])
+    patterns = ["*.json", "tokenizer.model"] + (["*.safetensors"] if weights else [])
+    return snapshot_download(repo_id, allow_patterns=patterns)
   except Exception as e:
     raise UserError(f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); download it "
                     "elsewhere and pass its directory with --config.model.path=<dir>") from None
@@ -117,6 +118,30 @@ def load_pretrained(source: str, *, param_dtype: str = "float32", compute_dtype:
     tokenizer = Tokenizer.from_dir(path)
   check_vocab(tokenizer, cfg, source)
   return Pretrained(cfg, weights, tokenizer, source=f"{kind}:{path}", name=display_name(source, kind, path))
+
+
+def load_shape(source: str, **overrides) -> tuple[LlamaConfig, Tokenizer]:
+  """The model's config (with `overrides`: dtypes, remat) and tokenizer, without its weights where that is
+  possible: an AOT memory check of the step needs shapes only (a hub id fetches config and tokenizer files only).
+  """
+  if source and not os.path.exists(source) and source not in EMBEDDED_SOURCES and re.fullmatch(
+      r"[\w.-]+/[\w.-]+", source):
+    path = _download(source, weights=False)
+    hf = read_hf_config(path)
+    return LlamaConfig.from_hf(hf, **overrides), Tokenizer.from_dir(path)
+  kind, path = resolve_source(source)
+  if kind == "hf_dir":
+    cfg = LlamaConfig.from_hf(read_hf_config(path), **overrides)
+    try:
+      _, keys, close = read_safetensors(path)  # headers only
+      close()
+      if not cfg.tie_word_embeddings and "lm_head.weight" not in keys:
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=True)
+    except UserError:  # config and tokenizer files only: the config's word on tying
+      pass
+    return cfg, Tokenizer.from_dir(path)
+  pre = load_pretrained(source, **overrides)  # the tiny model, or a GGUF file (read whole: its tensors decide tying)
+  return pre.config, pre.tokenizer
 
 
 def display_name(source: str, kind: str, path: str) -> str:

@@ -356,3 +356,41 @@ def test_gpu_host_command(env, tmp_path):
         assert argv[argv.index("--config") + 1] == "configs/tinyllama.py"
         assert argv[argv.index("--workdir") + 1] == str(env.repo / "runs" / "tinyllama_gpu")
     assert train[-1] == "--config.train.steps=5"
+
+
+def _fake_preflight(tmp_path, status):
+    """A stand-in for the tpu venv's Python: records its argv and cwd, says one line, exits with `status`."""
+    log = tmp_path / "preflight.log"
+    exe = tmp_path / "preflight_python"
+    _write_exe(exe, f"#!{sys.executable}\nimport json, os, sys\n"
+               f"open({str(log)!r}, 'a').write(json.dumps([os.getcwd()] + sys.argv[1:]) + '\\n')\n"
+               f"print('error: pre-flight: does not fit' if {status} else 'pre-flight: fits', file=sys.stderr)\n"
+               f"sys.exit({status})\n")
+    return exe, log
+
+
+def test_preflight_refusal_creates_nothing(env, tmp_path):
+    exe, log = _fake_preflight(tmp_path, 2)
+    result = env.run("tpu_run_all.sh", PREFLIGHT="1", PREFLIGHT_PYTHON=str(exe), ACCELERATOR_TYPE="v5litepod-16",
+                     EXTRA_ARGS="--config.train.batch_size=4096")
+    assert result.returncode != 0
+    assert not any(_is(c, "create") or _is(c, "delete") for c in env.calls()), env.calls()
+    assert "pre-flight failed (exit 2): not creating v5litepod-16" in result.stderr
+    (argv,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert argv[0] == str(env.repo)  # run from the repository root, where CONFIG is relative to
+    assert argv[1:] == ["-m", "lazarus_jax.aot", "--config", "configs/tinyllama.py", "--topology", "v5litepod-16",
+                        "--config.model.path=TinyLlama/TinyLlama-1.1B-Chat-v1.0", "--config.train.batch_size=4096"]
+
+
+def test_preflight_pass_goes_on_to_create(env, tmp_path):
+    exe, log = _fake_preflight(tmp_path, 0)
+    result = env.run("tpu_run_all.sh", PREFLIGHT="1", PREFLIGHT_PYTHON=str(exe))
+    assert result.returncode == 0, result.stderr
+    assert log.exists()
+    _index(env.calls(), lambda c: _is(c, "create"), "create")
+
+
+def test_preflight_needs_its_python(env):
+    result = env.run("tpu_preflight.sh")
+    assert result.returncode != 0 and "PREFLIGHT_PYTHON is not set" in result.stderr
+    assert not env.calls()
