@@ -26,7 +26,7 @@ the same prompts) with McNemar's exact test per seed as a check (stats.py; sweep
 
 Outputs in `<workdir>/`:
   sweep_runs.csv     one row per (arm run, depth): arm, weight, format, layer_fraction, layer, seed, run, arm_dir,
-                     n_examples, chance, metrics
+                     n_examples, chance (the majority-class rate: the bar for lens survival), metrics
   sweep_summary.csv  tidy: one row per (arm, format, layer_fraction, metric): mean, ci_low, ci_high, se, method,
                      n_seeds, n_examples and the per-seed values
   sweep_contrasts.csv paired differences of each weighted arm minus SFT-only (answer, first token, lens accuracy):
@@ -34,7 +34,7 @@ Outputs in `<workdir>/`:
   sweep.md           the pre-stated contrast, the method, the tables, the figures and the answers
   sweep_lens.png, sweep_answer.png; sweep_results.json (all of the above as JSON)
 Metrics (held-out set of the arm's format, at the depth's layer L): lens_accuracy, lens_survives_to (the last
-block >= L up to which the lens accuracy's interval stays above chance on every row from L), vocab_top1_accuracy,
+block >= L up to which the lens accuracy's interval stays above the majority-class rate on every row from L), vocab_top1_accuracy,
 mean_correct_prob, probe_accuracy, probe_selectivity (row L+1 of the probes), answer_accuracy, first_token_accuracy.
 """
 
@@ -309,7 +309,10 @@ def arm_rows(arm: Arm, results: dict, fractions: list[float], confidence: float 
   Keys starting with "_" hold the per-example vectors (for the intervals and the pairing), not written to files.
   """
   n_layers = results["model"]["n_layers"]
-  chance = 1.0 / len(results["class_targets"]["targets"])
+  # The bar is the majority-class rate of this format's held-out set, not 1/K: the classes are unbalanced (72 divide
+  # against 200 of each other), so an untrained lens that always says " add" scores 29.8% > 25% at every row.
+  ops = [op for op, f in zip(results["per_example"]["operation"], results["per_example"]["format"]) if f == arm.fmt]
+  chance = max(ops.count(op) for op in set(ops)) / len(ops)
   answer = per_example_vector(results, "answer_correct", arm.fmt)
   first = per_example_vector(results, "first_token_correct", arm.fmt)
   rows = []
@@ -530,7 +533,7 @@ def render_markdown(summary: list[dict], diffs: list[dict], g: dict, meta: dict,
            "- Each arm is `arms/<name>-<hash>`, the hash of its whole resolved config except "
            f"{', '.join(NON_RESULT_KEYS)}: a changed config trains new arms; old results are never reported under it.",
            "- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), survives "
-           "to = the last block ≥ L up to which the lens accuracy's interval stays above chance (1/K) on every row "
+           "to = the last block ≥ L up to which the lens accuracy's interval stays above the majority-class rate on every row "
            "from L, top-1 = vocab top-1 accuracy, answer = greedy exact match, first token = the first generated token "
            "is the answer's first token, probe = linear-probe test accuracy (selectivity = probe − control task).", ""]
   lines += ["## The contrast that matters (stated before the results)", "",
@@ -688,7 +691,7 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
           parts.append(f"{arm}, {fmt}, fraction {f:g} (L={s['layer']}): " +
                        ("not above chance at L" if s["mean"] is None else f"to block {s['mean']}"))
   if parts:
-    out.append("**How far past L does the lens signal survive?** (every row from L above chance) " +
+    out.append("**How far past L does the lens signal survive?** (every row from L above the majority-class rate) " +
                "; ".join(parts) + ".")
   return [f"{i}. {text}" for i, text in enumerate(out, 1)]
 

@@ -59,7 +59,10 @@ def _bits(v) -> str:
   return "".join("1" if x else "0" for x in v)
 
 
-def fake_results(fmt, keys, answer, lens_rows, first=None, n_layers=4):
+OPS = ("multiply", "add", "subtract", "divide")
+
+
+def fake_results(fmt, keys, answer, lens_rows, first=None, n_layers=4, operations=None):
   """A results.json model block: `lens_rows` holds one 0/1 vector per lens row (n_layers + 1), or one vector
   used at every row; answer/first may be None (generation off)."""
   n = len(keys)
@@ -76,7 +79,8 @@ def fake_results(fmt, keys, answer, lens_rows, first=None, n_layers=4):
           "lens": [{"by_format": {fmt: {**acc(v), "vocab_top1_accuracy": float(np.mean(v)), "mean_correct_prob": 0.5}}}
                    for v in lens_rows],
           "probes": None, "answer_accuracy": answers,
-          "per_example": {"key": [f"{fmt}|{k}" for k in keys], "format": [fmt] * n, "operation": ["add"] * n,
+          "per_example": {"key": [f"{fmt}|{k}" for k in keys], "format": [fmt] * n,
+                          "operation": [OPS[i % 4] for i in range(n)] if operations is None else operations,
                           "answer_correct": None if answer is None else _bits(answer),
                           "first_token_correct": None if first is None else _bits(first),
                           "lens_correct": [_bits(v) for v in lens_rows]}}
@@ -273,6 +277,13 @@ def test_lens_survival_past_L():
   # Not above chance at L itself: no block.
   res = fake_results("symbolic", keys, None, [chance] * 9, n_layers=8)
   assert sweep.arm_rows(sweep.Arm("dual", 0.7, "symbolic", 0.25, 0), res, [0.25])[0]["lens_survives_to"] is None
+  # The bar is the majority-class rate, not 1/K: with 40% of the prompts "add", an untrained lens that always says
+  # " add" is right 40% of the time at every row, well above 25%, and must not count as a surviving signal.
+  ops = ["add"] * 40 + ["multiply"] * 20 + ["subtract"] * 20 + ["divide"] * 20
+  always_add = np.array([op == "add" for op in ops], int)
+  res = fake_results("symbolic", keys, None, [always_add] * 9, n_layers=8, operations=ops)
+  row = sweep.arm_rows(sweep.Arm("dual", 0.7, "symbolic", 0.25, 0), res, [0.25])[0]
+  assert row["chance"] == 0.4 and row["lens_survives_to"] is None
   assert sweep.survival_block([0.9, 0.25, 0.9], 5, 0.25) == 5  # at chance is not above it
 
 

@@ -16,13 +16,16 @@ cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/results}
 OUT=docs/results
 CONFIG=configs/smollm2_135m.py
+# The dtypes the recorded runs used, pinned (the config's `auto` would pick float32 on a CPU without native bf16,
+# which changes the numbers and every arm's config hash): bf16 weights and matmuls, a float32 residual stream.
+DTYPES=(--config.model.param_dtype=bfloat16 --config.model.compute_dtype=bfloat16 --config.model.activation_dtype=float32)
 # 300 steps per arm, evaluated on the whole held-out split (200 triples per operation, 72 for divide: 672 prompts).
-ARM_FLAGS=(--config.train.steps=300 --config.train.warmup_steps=20 --config.train.log_every=10
+ARM_FLAGS=("${DTYPES[@]}" --config.train.steps=300 --config.train.warmup_steps=20 --config.train.log_every=10
            --config.train.checkpoint_every=100 --config.train.table_steps=100,200,300)
 
 case "${1:-}" in
   main)
-    python -m lazarus_jax.train --config "$CONFIG" --workdir "$RUNS/smollm2_1000_steps" ;;
+    python -m lazarus_jax.train --config "$CONFIG" --workdir "$RUNS/smollm2_1000_steps" "${DTYPES[@]}" ;;
   compare)
     python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/compare" "${ARM_FLAGS[@]}" \
       --config.sweep.weights=0,0.7,1 --config.sweep.formats=symbolic,semantic --config.sweep.layer_fractions=0.55 \
@@ -38,7 +41,7 @@ case "${1:-}" in
     for steps in ${SFT_STEPS:-100 600}; do
       mkdir -p "$RUNS/compare/arms" "$RUNS/sft_steps_$steps"
       [ -e "$RUNS/sft_steps_$steps/arms" ] || ln -s ../compare/arms "$RUNS/sft_steps_$steps/arms"
-      python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/sft_steps_$steps" --config.train.steps=$steps \
+      python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/sft_steps_$steps" "${DTYPES[@]}" --config.train.steps=$steps \
         --config.train.warmup_steps=20 --config.train.log_every=10 --config.train.checkpoint_every=100 \
         --config.train.table_steps=$((steps / 2)),$steps --config.sweep.weights=0 --config.sweep.include_base=False \
         --config.sweep.formats=symbolic,semantic --config.sweep.layer_fractions=0.55 --config.sweep.seeds=0,1
