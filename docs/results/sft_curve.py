@@ -15,8 +15,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from lazarus_jax import stats
 from lazarus_jax.evaluate import unbits
 
@@ -46,8 +44,9 @@ def pct(x: float) -> str:
 
 def main(arms_dir: str) -> str:
   groups = load(arms_dir)
+  shown = "/".join(os.path.normpath(arms_dir).split(os.sep)[-2:])  # no machine path in the output
   lines = ["# SFT (w = 0) held-out answer accuracy by training length", "",
-           f"From `python docs/results/sft_curve.py {os.path.normpath(arms_dir)}`: every finished SFT arm of the "
+           f"From `python docs/results/sft_curve.py <runs>/{shown}`: every finished SFT arm of the "
            "sweeps, same config except `train.steps` (the learning-rate schedule spans the run's steps). Cells: mean "
            "over seeds [95% hierarchical bootstrap over seeds and examples]; change: paired by prompt on the seeds "
            "both lengths share.", "",
