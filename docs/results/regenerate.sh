@@ -6,7 +6,7 @@
 #   bash docs/results/regenerate.sh main      # the embedded default's 1000-step run (~7 min on 2 cores)
 #   bash docs/results/regenerate.sh compare   # controlled comparison: base/SFT/dual/classifier x 2 formats x 5 seeds
 #   bash docs/results/regenerate.sh depth     # classifier depth, dual w=0.7, symbolic, 2 seeds (reuses compare's arms)
-#   bash docs/results/regenerate.sh sft_steps # SFT arms at 100 and 600 steps (SFT_STEPS), 2 seeds: where SFT levels off
+#   bash docs/results/regenerate.sh sft_steps # symbolic SFT arms at 600 steps (SFT_STEPS="100 600 1000" for more), 2 seeds: where SFT levels off
 #   bash docs/results/regenerate.sh copy      # copy finished runs into docs/results/
 #
 # Re-running a command continues it: finished arms (same resolved config) are reused, a partly trained arm
@@ -38,13 +38,13 @@ case "${1:-}" in
       --config.sweep.weights=0,0.7 --config.sweep.formats=symbolic \
       --config.sweep.layer_fractions=0.25,0.4,0.55,0.7,0.85 --config.sweep.seeds=0,1 ;;
   sft_steps)
-    for steps in ${SFT_STEPS:-100 600}; do
+    for steps in ${SFT_STEPS:-600}; do
       mkdir -p "$RUNS/compare/arms" "$RUNS/sft_steps_$steps"
       [ -e "$RUNS/sft_steps_$steps/arms" ] || ln -s ../compare/arms "$RUNS/sft_steps_$steps/arms"
       python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/sft_steps_$steps" "${DTYPES[@]}" --config.train.steps=$steps \
         --config.train.warmup_steps=20 --config.train.log_every=10 --config.train.checkpoint_every=100 \
         --config.train.table_steps=$((steps / 2)),$steps --config.sweep.weights=0 --config.sweep.include_base=False \
-        --config.sweep.formats=symbolic,semantic --config.sweep.layer_fractions=0.55 --config.sweep.seeds=0,1
+        --config.sweep.formats=symbolic --config.sweep.layer_fractions=0.55 --config.sweep.seeds=0,1
     done ;;
   copy)
     if [ -d "$RUNS/smollm2_1000_steps/eval" ]; then
