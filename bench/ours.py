@@ -72,6 +72,7 @@ def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "floa
   flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32)
   med = sorted(times)[len(times) // 2]
   return dict(side="jax", dtype=compute_dtype, param_dtype=param_dtype, activation_dtype=activation_dtype, batch=b,
+              resolved={"param": cfg.param_dtype, "compute": cfg.compute_dtype, "activation": cfg.activation_dtype},
               step_s_median=med, step_s_min=min(times),
               examples_per_s=b / med, compile_s=compile_s, peak_rss_mib=common.peak_rss_mib(),
               model_flops_per_step=flops, flops_per_s=flops / med, first_losses=[float(x) for x in losses[:3]],
@@ -80,7 +81,7 @@ def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "floa
 
 if __name__ == "__main__":
   p = argparse.ArgumentParser()
-  p.add_argument("--dtype", default="float32")
+  p.add_argument("--dtype", default="float32", help="model.compute_dtype (auto: lazarus_jax/dtypes.py)")
   p.add_argument("--batch", required=True)
   p.add_argument("--param-dtype", default="float32", help="frozen base weights' storage dtype")
   p.add_argument("--steps", type=int, default=20)
