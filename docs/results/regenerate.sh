@@ -52,7 +52,8 @@ case "${1:-}" in
       cp "$RUNS/smollm2_1000_steps/eval/"{results.json,report.md,*.png} "$OUT/smollm2_1000_steps/"
       cp "$RUNS/smollm2_1000_steps/training_table.md" "$OUT/smollm2_1000_steps/"
     fi
-    for sweep in compare depth; do
+    for dir in "$RUNS"/compare "$RUNS"/depth "$RUNS"/sft_steps_*; do
+      sweep=$(basename "$dir")
       [ -d "$RUNS/$sweep" ] || continue
       mkdir -p "$OUT/$sweep"
       for f in sweep.md sweep_results.json sweep_runs.csv sweep_summary.csv sweep_contrasts.csv sweep_lens.png \
