@@ -5,7 +5,7 @@
 (the pre-flight check of launch/tpu_preflight.sh: exit status 0 and one line when the config's step fits the
 slice's HBM, 2 and one line naming what to change when it does not; needs `pip install "jax[tpu]"`).
 
-`compile_train_step` builds exactly what `train.run` compiles (the step, its shardings from the mesh and the rules
+`lower_train_step` builds exactly what `train.run` compiles (the step, its shardings from the mesh and the rules
 table, the packed bf16 base, donation, `sharding.pinned_activations`) from ShapeDtypeStructs, so nothing is
 allocated. The devices may be simulated CPU devices (tests) or a TPU slice described by libtpu without a TPU
 (`tpu_devices("v5e:4x4")`, needs `pip install "jax[tpu]"`); `bench/tpu_aot.py` runs it over slices and batch sizes.
