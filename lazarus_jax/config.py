@@ -100,3 +100,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.sweep.seeds = "0,1,2"  # data split, LoRA init and batch order
   c.sweep.confidence = 0.95
   return c
+
+
+def flat_config(c) -> dict:
+  """A config (ConfigDict or the dict of a config.json) as {"dotted.key": value}: how runs and arms are compared."""
+  out = {}
+
+  def walk(prefix, d):
+    for k, v in d.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        walk(key + ".", v)
+      else:
+        out[key] = v
+
+  walk("", c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c)
+  return out

@@ -53,8 +53,9 @@ import numpy as np
 
 from lazarus_jax import data as data_lib
 from lazarus_jax import stats
-from lazarus_jax.config import default_config
+from lazarus_jax.config import default_config, flat_config
 from lazarus_jax.errors import UserError
+from lazarus_jax.evaluate import unbits
 
 METRICS = ("lens_accuracy", "lens_survives_to", "vocab_top1_accuracy", "mean_correct_prob", "probe_accuracy",
            "probe_selectivity", "answer_accuracy", "first_token_accuracy")
@@ -174,20 +175,10 @@ def arm_config(c, arm: Arm) -> ml_collections.ConfigDict:
   return ac
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def result_config(config) -> dict:
   """An arm's resolved config (a ConfigDict, or the dict of its config.json), flat, without NON_RESULT_KEYS."""
   d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-  flat = _flat(json.loads(json.dumps(d, default=list)))  # as config.json holds it: tuples read back as lists
+  flat = flat_config(json.loads(json.dumps(d, default=list)))  # as config.json holds it: tuples read back as lists
   return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)}
 
 
@@ -270,7 +261,7 @@ def per_example_vector(results: dict, metric: str, fmt: str, row: int | None = N
   idx = [i for i, f in enumerate(pe["format"]) if f == fmt]
   if not idx:
     raise UserError(f"results.json has no per-example results for format {fmt!r}")
-  vec = (np.frombuffer(bits.encode("ascii"), np.uint8)[idx] == ord("1")).astype(np.int8)
+  vec = unbits(bits)[idx].astype(np.int8)
   return [pe["key"][i] for i in idx], vec
 
 
@@ -720,7 +711,7 @@ def _shared_in(flats: list[dict], get):
 
 def describe_arms(configs: list[dict]) -> dict:
   """The header's facts, read from the reported arms' own config.json (a value that differs is listed as such)."""
-  flats = [_flat(cfg) for cfg in configs]
+  flats = [flat_config(cfg) for cfg in configs]
 
   def shared(get):
     return _shared_in(flats, get)

@@ -28,6 +28,7 @@ from lazarus_jax import data as data_lib
 from lazarus_jax import experiment, provenance
 from lazarus_jax.adapters import export_peft, model_fingerprint
 from lazarus_jax.checkpoints import Checkpointer, abstract_like
+from lazarus_jax.config import flat_config
 from lazarus_jax.errors import UserError
 from lazarus_jax.logging_utils import MetricsWriter, progress_bar
 from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
@@ -137,21 +138,6 @@ class TrainResult:
   history: list  # logged metric rows
   preempted: bool = False
   signal_number: int | None = None  # the signal that stopped a preempted run
-
-
-def flat_config(c) -> dict:
-  out = {}
-
-  def walk(prefix, d):
-    for k, v in d.items():
-      key = f"{prefix}{k}"
-      if isinstance(v, (dict, ml_collections.ConfigDict)):
-        walk(key + ".", v)
-      else:
-        out[key] = v
-
-  walk("", c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c)
-  return out
 
 
 def check_workdir(c, workdir: str) -> None:

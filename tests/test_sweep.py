@@ -35,7 +35,7 @@ def test_arm_configs_differ_only_in_the_arm_keys():
   c = tiny_config.get_config()
   a = sweep.arm_config(c, sweep.Arm("dual", 0.7, "semantic", 0.4, 2))
   b = sweep.arm_config(c, sweep.Arm("sft", 0.0, "semantic", None, 2))
-  from lazarus_jax.train import flat_config
+  from lazarus_jax.config import flat_config
   fa, fb = flat_config(a), flat_config(b)
   assert {k for k in fa if fa[k] != fb[k]} == {"classifier.weight", "classifier.layer_fraction"}
   assert a.classifier.layer == -1 and a.data.format == "semantic" and a.seed == 2 and a.resume
