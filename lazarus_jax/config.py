@@ -27,6 +27,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.compute_dtype = "float32"  # matmul operands; accumulation, norms and softmax stay float32
   c.model.remat = "none"  # none | full | dots
   c.model.activation_dtype = "float32"  # residual stream + matmul outputs; bfloat16 halves activation traffic on GPU/TPU
+  c.model.attention = "einsum"  # einsum | xla | cudnn (fused flash attention on NVIDIA GPUs; bench/RESULTS.md)
+  c.model.scan_layers = True  # False: unrolled layers (longer compiles; see bench/RESULTS.md for when it pays)
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 32

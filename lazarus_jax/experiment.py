@@ -28,6 +28,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   for key in ("param_dtype", "compute_dtype", "activation_dtype"):
     if c.model[key] not in DTYPES:
       raise UserError(f"model.{key} must be one of {DTYPES}, got {c.model[key]!r}")
+  if c.model.get("attention", "einsum") not in ("einsum", "xla", "cudnn"):
+    raise UserError(f"model.attention must be one of einsum, xla, cudnn, got {c.model.attention!r}")
   if c.lora.rank <= 0:
     raise UserError(f"lora.rank must be a positive integer, got {c.lora.rank}")
   for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every"):
@@ -83,7 +85,9 @@ def load_model(c) -> Pretrained:
   if jax.process_index() == 0:
     print(choice.describe(), file=sys.stderr)
   pretrained = load_pretrained(source, param_dtype=choice.param_dtype, compute_dtype=choice.compute_dtype,
-                               remat=c.model.remat, activation_dtype=choice.activation_dtype)
+                               remat=c.model.remat, activation_dtype=choice.activation_dtype,
+                               attention=c.model.get("attention", "einsum"),
+                               scan_layers=bool(c.model.get("scan_layers", True)))
   pretrained.dtypes = choice.as_dict()
   return pretrained
 

@@ -89,10 +89,11 @@ def read_hf_config(path: str) -> dict:
 
 
 def load_pretrained(source: str, *, param_dtype: str = "float32", compute_dtype: str = "float32",
-                    remat: str = "none", activation_dtype: str = "float32") -> Pretrained:
+                    remat: str = "none", activation_dtype: str = "float32", attention: str = "einsum",
+                    scan_layers: bool = True) -> Pretrained:
   kind, path = resolve_source(source)
   overrides = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat,
-                   activation_dtype=activation_dtype)
+                   activation_dtype=activation_dtype, attention=attention, scan_layers=scan_layers)
   np_dtype = jnp.dtype(param_dtype)
   if kind == "tiny":
     from lazarus_jax.tiny import tiny_hf_config, tiny_tokenizer

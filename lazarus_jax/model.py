@@ -50,6 +50,12 @@ class LlamaConfig:
   # 60% slower for SmolLM2); bfloat16 halves the activation traffic on accelerators (+22% tokens/s on an H200).
   activation_dtype: str = "float32"
   remat: str = "none"  # none | full | dots (save matmul outputs)
+  # Attention kernel: einsum (ours; every backend) | xla | cudnn (`jax.nn.dot_product_attention`; cudnn = fused
+  # flash attention on NVIDIA GPUs, bf16/fp16 only). Generation with a KV cache always uses einsum.
+  attention: str = "einsum"
+  # True: the blocks run as a `jax.lax.scan` over the stacked weights (one compiled block, fast compiles; what
+  # XLA:CPU wants). False: unrolled, static per-layer slices (longer compiles; no per-iteration weight copies).
+  scan_layers: bool = True
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
@@ -241,9 +247,15 @@ class LlamaModel(nnx.Module):
     for start, end, adapters in ((0, lo, None), (lo, hi, lora_weights), (hi, cfg.num_layers, None)):
       if end <= start:
         continue
-      seg = jax.tree.map(lambda x: x[start:end], layer_weights)
-      h, ys = jax.lax.scan(block, h, (seg, adapters))
-      outs.append(ys)
+      if cfg.scan_layers:
+        seg = jax.tree.map(lambda x: x[start:end], layer_weights)
+        h, ys = jax.lax.scan(block, h, (seg, adapters))
+        outs.append(ys)
+        continue
+      for i in range(start, end):
+        layer = jax.tree.map(lambda x: x[i], layer_weights)
+        h, y = block(h, (layer, jax.tree.map(lambda x: x[i - start], adapters)))
+        outs.append(y[None])
     stack = jnp.concatenate(outs, axis=0)
     self.sow(nnx.Intermediate, "residual", stack)
     return stack
@@ -375,9 +387,22 @@ def project(x, weights, adapters, lora_scale, name, cdt, out_dtype=jnp.float32):
   return y
 
 
-def attention(q, k, v, bias):
-  """Grouped-query attention. q [B,T,H,hd], k/v [B,S,KV,hd], bias [B,1,1,T,S] -> [B,T,H*hd]."""
+def attention(q, k, v, bias, impl: str = "einsum"):
+  """Grouped-query attention. q [B,T,H,hd], k/v [B,S,KV,hd], bias [B,1,1,T,S] -> [B,T,H*hd].
+
+  impl: einsum (below) or `jax.nn.dot_product_attention`'s xla / cudnn (softmax scale 1/sqrt(hd) in both).
+  """
   b, t, h, hd = q.shape
+  if impl != "einsum":
+    if impl not in ("xla", "cudnn"):
+      from lazarus_jax.errors import UserError
+      raise UserError(f"model.attention={impl!r} is not one of einsum, xla, cudnn")
+    # The boolean mask the bias encodes, with the diagonal always allowed: a padded query row would otherwise be
+    # fully masked, which the fused kernel may turn into NaN (einsum gives it a uniform row); real rows unchanged.
+    allowed = (bias[:, 0] == 0) | jnp.eye(t, k.shape[1], dtype=bool)
+    dt = jnp.bfloat16 if impl == "cudnn" and q.dtype == jnp.float32 else q.dtype  # cuDNN takes 16-bit only
+    out = jax.nn.dot_product_attention(q.astype(dt), k.astype(dt), v.astype(dt), mask=allowed, implementation=impl)
+    return out.astype(v.dtype).reshape(b, t, h * hd)
   kv = k.shape[2]
   q = q.reshape(b, t, kv, h // kv, hd)
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
@@ -407,7 +432,7 @@ def decoder_block(cfg: LlamaConfig, w, adapters, lora_scale, h, cos, sin, bias, 
     # The cache holds k/v in their own dtype (the activation dtype): attention sees what the full pass sees.
     k = k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, slot, 0, 0))
     v = v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, slot, 0, 0))
-  h = h + proj(attention(q, k, v, bias), name="o")
+  h = h + proj(attention(q, k, v, bias, cfg.attention if cache is None else "einsum"), name="o")
   x = rms_norm(h, w["mlp_norm"], cfg.rms_norm_eps, adt)
   gated = jax.nn.silu(proj(x, name="gate")) * proj(x, name="up")
   h = h + proj(gated, name="down")
