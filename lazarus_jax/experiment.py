@@ -9,6 +9,7 @@ import ml_collections
 
 from lazarus_jax import data as data_lib
 from lazarus_jax import dtypes
+from lazarus_jax import kernels as kernel_choice
 from lazarus_jax.errors import UserError
 from lazarus_jax.loading import Pretrained, load_pretrained
 from lazarus_jax.lora import LoRAConfig
@@ -28,8 +29,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   for key in ("param_dtype", "compute_dtype", "activation_dtype"):
     if c.model[key] not in DTYPES:
       raise UserError(f"model.{key} must be one of {DTYPES}, got {c.model[key]!r}")
-  if c.model.get("attention", "einsum") not in ("einsum", "xla", "cudnn"):
-    raise UserError(f"model.attention must be one of einsum, xla, cudnn, got {c.model.attention!r}")
+  for key, allowed in (("attention", kernel_choice.ATTENTION), ("layer_loop", kernel_choice.LAYER_LOOP)):
+    if c.model.get(key, "auto") not in allowed:
+      raise UserError(f"model.{key} must be one of {allowed}, got {c.model[key]!r}")
   if c.lora.rank <= 0:
     raise UserError(f"lora.rank must be a positive integer, got {c.lora.rank}")
   for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "checkpoint_every"):
@@ -78,17 +80,20 @@ def resolve_dtypes(c) -> dtypes.DtypeChoice:
 
 def load_model(c) -> Pretrained:
   """The pretrained model in the config's dtypes, `auto` resolved here, once (said in one line, and recorded as
-  `Pretrained.dtypes` for the run's provenance)."""
+  `Pretrained.dtypes` for the run's provenance), and the kernels (`kernels.py`) likewise."""
   source = c.model.path or c.model.source
   choice = resolve_dtypes(c)
   import jax
+  kernels = kernel_choice.resolve(c.model.get("attention", "auto"), c.model.get("layer_loop", "auto"),
+                                  choice.compute_dtype)
   if jax.process_index() == 0:
     print(choice.describe(), file=sys.stderr)
+    print(kernels.describe(), file=sys.stderr)
   pretrained = load_pretrained(source, param_dtype=choice.param_dtype, compute_dtype=choice.compute_dtype,
                                remat=c.model.remat, activation_dtype=choice.activation_dtype,
-                               attention=c.model.get("attention", "einsum"),
-                               scan_layers=bool(c.model.get("scan_layers", True)))
+                               attention=kernels.attention, scan_layers=kernels.scan_layers)
   pretrained.dtypes = choice.as_dict()
+  pretrained.dtypes["kernels"] = kernels.as_dict()
   return pretrained
 
 

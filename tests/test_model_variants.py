@@ -57,3 +57,23 @@ def test_unrolled_fused_attention_train_step_matches_scanned_einsum():
 def test_unknown_attention_is_one_clear_error():
   with pytest.raises(UserError, match="model.attention"):
     residual_stream(load_pretrained("tiny-random", attention="flash").build(), TOKENS, MASK)
+
+
+class _Device:
+  def __init__(self, platform, version=""):
+    self.platform, self.client = platform, type("Client", (), {"platform_version": version})()
+
+
+def test_auto_kernels_follow_the_device():
+  from lazarus_jax import kernels
+  gpu = _Device("gpu", "cuda 12.8")
+  k = kernels.resolve("auto", "auto", "bfloat16", gpu)
+  assert (k.attention, k.scan_layers) == ("cudnn", False) and "NVIDIA" in k.describe()
+  assert kernels.resolve("auto", "auto", "float32", gpu).attention == "einsum"  # cuDNN's kernel is 16-bit only
+  assert kernels.resolve("auto", "auto", "bfloat16", _Device("gpu", "rocm 6")).attention == "einsum"
+  for platform in ("cpu", "tpu"):
+    k = kernels.resolve("auto", "auto", "bfloat16", _Device(platform))
+    assert (k.attention, k.scan_layers) == ("einsum", True)
+  k = kernels.resolve("xla", "unroll", "float32", _Device("cpu"))  # explicit choices are kept as given
+  assert (k.attention, k.scan_layers, k.reason) == ("xla", False, "")
+  assert k.as_dict()["layer_loop"] == "unroll"
