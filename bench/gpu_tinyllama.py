@@ -131,10 +131,11 @@ def device_memory_gib() -> float | None:
 
 
 def emit(out: dict, json_dir: str):
+  out = dict(out, part=os.environ.get("BENCH_PART", ""))
   print(json.dumps(out), flush=True)
   if json_dir:
     os.makedirs(json_dir, exist_ok=True)
-    with open(os.path.join(json_dir, "ours.jsonl"), "a") as f:
+    with open(os.path.join(json_dir, "results.jsonl"), "a") as f:
       f.write(json.dumps(out) + "\n")
 
 

@@ -148,10 +148,11 @@ def _device_name(device):
 
 
 def emit(out, json_dir):
+  out = dict(out, part=os.environ.get("BENCH_PART", ""))
   print(json.dumps(out), flush=True)
   if json_dir:
     os.makedirs(json_dir, exist_ok=True)
-    with open(os.path.join(json_dir, "torch.jsonl"), "a") as f:
+    with open(os.path.join(json_dir, "results.jsonl"), "a") as f:
       f.write(json.dumps(out) + "\n")
 
 
