@@ -736,6 +736,8 @@ def run(config, workdir: str) -> dict:
   os.makedirs(os.path.join(workdir, "arms"), exist_ok=True)
   with open(os.path.join(workdir, "sweep_config.json"), "w") as f:
     json.dump(c.to_dict(), f, indent=2, default=list)
+  from lazarus_jax import compile_cache
+  compile_cache.enable(os.path.join(workdir, "jax_cache"))  # arms of the same shapes compile the same programs
   dirs = {a.name: arm_dir(workdir, a, arm_config(c, a)) for a in arms}
   unhashed = sorted(set(os.listdir(os.path.join(workdir, "arms"))) & set(dirs))
   if unhashed:
