@@ -45,6 +45,8 @@ def run_cli(main, with_config: bool = True) -> None:
     print((sys.modules["__main__"].__doc__ or "").strip() + "\n")
     print(flags.FLAGS.main_module_help() if not with_config else CONFIG_FLAGS_HELP)
     sys.exit(0)
+  if with_config:
+    sys.argv = shipped_config_argv(sys.argv)
   try:
     argv = flags.FLAGS(sys.argv)
   except Exception as e:  # absl's flag errors, a bad --config.<key> or value, a config file that fails to load
@@ -109,6 +111,23 @@ def flag_error_line(e: Exception, argv) -> str:
   return first
 
 
+def shipped_config_argv(argv: list[str]) -> list[str]:
+  """argv with `--config X` pointing at the shipped config named X when X is no file here (an installed package
+  run from any directory). A config_flags argument after ':' is kept."""
+  from lazarus_jax import configs
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a in ("--config", "-config") and i + 1 < len(out):
+      j, value, prefix = i + 1, out[i + 1], ""
+    elif a.startswith("--config="):
+      j, value, prefix = i, a.split("=", 1)[1], "--config="
+    else:
+      continue
+    path, sep, arg = value.partition(":")
+    out[j] = prefix + configs.resolve(path) + sep + arg
+  return out
+
+
 def _config_arg(argv) -> str | None:
   for i, a in enumerate(argv):
     if a in ("--config", "-config") and i + 1 < len(argv):
@@ -120,6 +139,8 @@ def _config_arg(argv) -> str | None:
 
 def config_file_error_line(path: str | None, e: Exception) -> str:
   if path and not os.path.exists(path):
-    return f"config file {path} does not exist: pass e.g. --config configs/smollm2_135m.py"
+    from lazarus_jax import configs
+    return (f"config file {path} does not exist: pass a file or a shipped config ({', '.join(configs.names())}), "
+            "e.g. --config smollm2_135m")
   reason = [line.strip() for line in str(e).splitlines() if line.strip()]
   return f"config file {path} could not be loaded ({reason[-1] if reason else type(e).__name__}): fix the file"

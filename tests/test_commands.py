@@ -48,3 +48,28 @@ def test_tinyllama_config_without_weights_names_the_model_path_flag(tmp_path):
   assert lines[-1].startswith("error:") and "--config.model.path" in lines[-1], out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_shipped_config_runs_by_name_from_another_directory(tmp_path):
+  """An installed package has no configs/ beside the caller: `--config tiny` (or configs/tiny.py) finds the
+  shipped one. Run from an empty directory, as a user of a wheel would."""
+  run = tmp_path / "run"
+  out = subprocess.run([sys.executable, "-m", "lazarus_jax.train", "--config", "configs/tiny.py", "--workdir", str(run),
+                        "--config.train.steps=2", "--config.eval.enabled=False"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert (run / "train_summary.json").exists()
+  out = subprocess.run([sys.executable, "-m", "lazarus_jax.train", "--config", "no_such_config", "--workdir",
+                        str(tmp_path / "x")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "smollm2_135m" in last and "tiny" in last, out.stderr[-1000:]
+
+
+def test_shipped_config_names_resolve():
+  from lazarus_jax import configs
+  assert {"smollm2_135m", "tiny", "tinyllama"} <= set(configs.names())
+  for name in ("tiny", "tiny.py", "configs/tiny.py", "/nowhere/tiny.py"):
+    assert configs.resolve(name) == os.path.join(configs.DIR, "tiny.py") or os.path.exists(name)
+  assert configs.resolve("nope.py") == "nope.py"
