@@ -1,4 +1,5 @@
-"""Default configuration; each `lazarus_jax/configs/<name>.py` (= `configs/` in a checkout) starts from `default_config()` and changes what differs.
+"""Default configuration; each `lazarus_jax/configs/<name>.py` (`configs/` in a checkout) starts from
+`default_config()` and changes what differs.
 
 Every key is documented here, once. Configs are locked, so a mistyped `--config.<key>` fails at start.
 """
