@@ -1,5 +1,5 @@
-"""The Python API (also as `lazarus_jax.<name>`): the model, its residual stream, the all-layer logit lens, probes, generation and plots, as
-arrays a notebook can use (the CLIs write files; this returns values).
+"""The Python API (also as `lazarus_jax.<name>`): the model, its residual stream, the all-layer logit lens,
+probes, generation and plots, as arrays a notebook can use (the CLIs write files; this returns values).
 
   import lazarus_jax as lj
   m = lj.load("smollm2-135m")                            # adapter="runs/smollm2/adapter" to add trained LoRA
