@@ -113,7 +113,10 @@ def test_a_run_records_the_resolved_dtypes(monkeypatch, tmp_path, capsys, flags,
                               f"{want[2]} ({reason})")
   expected = {"param_dtype": want[0], "compute_dtype": want[1], "activation_dtype": want[2],
               "requested": {"param_dtype": "auto", "compute_dtype": "auto", "activation_dtype": "auto"},
-              "reason": reason}
+              "reason": reason,
+              "kernels": {"attention": "einsum", "layer_loop": "scan",  # kernels.py: auto on a CPU
+                          "requested": {"attention": "auto", "layer_loop": "auto"},
+                          "reason": "einsum attention on cpu; scanned layers on cpu"}}
   with open(tmp_path / "train_summary.json") as f:
     assert json.load(f)["provenance"]["dtypes"] == expected
   with open(tmp_path / "eval" / "results.json") as f:
