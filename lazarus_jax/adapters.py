@@ -7,13 +7,13 @@ which is what `peft.PeftModel.from_pretrained` loads onto the HF model.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from lazarus_jax.convert import HF_LAYER_MODULES
 from lazarus_jax.errors import UserError
+from lazarus_jax.files import read_json, replace_dir, write_json
 from lazarus_jax.lora import LoRAConfig, add_lora
 from lazarus_jax.model import LlamaModel
 
@@ -31,7 +31,7 @@ def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int,
 
   `record` (ours, e.g. the held-out split's identity and the step) is saved beside the model fingerprint, so
   whoever evaluates the adapter can check it against what they evaluate on (`adapter_record`)."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
 
   start, end = layer_range
   tensors = {}
@@ -47,16 +47,17 @@ def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int,
       "target_modules": sorted(HF_LAYER_MODULES[t].split(".")[-1] for t in lora_cfg.targets),
       "layers_to_transform": list(range(start, end)), "layers_pattern": "layers",
   }
-  os.makedirs(out_dir, exist_ok=True)
-  tmp = os.path.join(out_dir, ".adapter_model.safetensors.tmp")
-  save_file(tensors, tmp)
-  os.replace(tmp, os.path.join(out_dir, "adapter_model.safetensors"))
-  with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
-    json.dump(config, f, indent=2)
-  # Ours, beside peft's files (peft warns about unknown keys in its config): lets a loader check that the
-  # adapter belongs to the model it is loaded onto.
-  with open(os.path.join(out_dir, FINGERPRINT_FILE), "w") as f:
-    json.dump({"model": model_fingerprint, **(record or {})}, f, indent=2)
+
+  def build(tmp_dir):
+    # safetensors' save_file creates its file 0600 whatever the umask: write its bytes ourselves.
+    with open(os.path.join(tmp_dir, "adapter_model.safetensors"), "wb") as f:
+      f.write(save(tensors))
+    write_json(os.path.join(tmp_dir, "adapter_config.json"), config, indent=2)
+    # Ours, beside peft's files (peft warns about unknown keys in its config): lets a loader check that the
+    # adapter belongs to the model it is loaded onto, and which training step it is.
+    write_json(os.path.join(tmp_dir, FINGERPRINT_FILE), {"model": model_fingerprint, **(record or {})}, indent=2)
+
+  replace_dir(build, out_dir)  # built beside, then renamed: no reader sees a half-written adapter
 
 
 def adapter_record(path: str) -> dict:
@@ -64,11 +65,10 @@ def adapter_record(path: str) -> dict:
   fingerprint_file = os.path.join(path, FINGERPRINT_FILE)
   if not os.path.exists(fingerprint_file):
     return {}
-  try:
-    with open(fingerprint_file) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f"{fingerprint_file} is unreadable ({e}): re-export the adapter (train writes it)") from None
+  record = read_json(fingerprint_file, "adapter record", "re-export the adapter (train writes it)")
+  if not isinstance(record, dict):
+    raise UserError(f"adapter record {fingerprint_file} is not a JSON object: re-export the adapter (train writes it)")
+  return record
 
 
 def model_fingerprint(cfg) -> dict:
@@ -85,24 +85,34 @@ def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
   cfg_file, weights_file = (os.path.join(path, n) for n in ("adapter_config.json", "adapter_model.safetensors"))
   if not (os.path.exists(cfg_file) and os.path.exists(weights_file)):
     raise UserError(f"{path} is not an adapter directory (needs adapter_config.json and adapter_model.safetensors)")
-  with open(cfg_file) as f:
-    pc = json.load(f)
-  saved = None
-  fingerprint_file = os.path.join(path, FINGERPRINT_FILE)
-  if os.path.exists(fingerprint_file):
-    with open(fingerprint_file) as f:
-      saved = json.load(f).get("model")
+  fix = "re-export it (train writes it), or pass an intact adapter"
+  pc = read_json(cfg_file, "adapter config", fix)
+  try:
+    rank, alpha, modules = int(pc["r"]), float(pc["lora_alpha"]), list(pc["target_modules"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise UserError(f"adapter config {cfg_file} lacks a valid r, lora_alpha or target_modules ({type(e).__name__}: "
+                    f"{e}): {fix}") from None
+  saved = adapter_record(path).get("model")
   if saved and saved != model_fingerprint(model.cfg):
     raise UserError(f"adapter {path} was trained for a different base model ({saved}); "
                     "load it with the model it was trained on")
   by_module = {v.split(".")[-1]: k for k, v in HF_LAYER_MODULES.items()}
-  targets = tuple(by_module[m] for m in pc["target_modules"] if m in by_module)
-  tensors = load_file(weights_file)
-  layers = sorted({int(k.split(".")[4]) for k in tensors})
+  targets = tuple(by_module[m] for m in modules if m in by_module)
+  try:
+    tensors = load_file(weights_file)
+  except Exception as e:  # safetensors reports a cut or garbled file as SafetensorError or OSError
+    raise UserError(f"adapter weights {weights_file} are unreadable ({type(e).__name__}: {str(e)[:120]}): "
+                    f"{fix}") from None
+  try:
+    layers = sorted({int(k.split(".")[4]) for k in tensors})
+  except (IndexError, ValueError):
+    raise UserError(f"adapter weights {weights_file} hold tensors that are not per-layer LoRA weights "
+                    f"(e.g. {sorted(tensors)[0]!r}): {fix}") from None
   if not layers or layers != list(range(layers[0], layers[-1] + 1)):
     raise UserError(f"adapter {path} adapts layers {layers}: only one contiguous range is supported")
-  lcfg = LoRAConfig(rank=int(pc["r"]), alpha=float(pc["lora_alpha"]), targets=targets,
-                    layer_start=layers[0], layer_end=layers[-1] + 1)
+  if rank <= 0 or not np.isfinite(alpha):
+    raise UserError(f"adapter config {cfg_file} has r={rank}, lora_alpha={alpha}: {fix}")
+  lcfg = LoRAConfig(rank=rank, alpha=alpha, targets=targets, layer_start=layers[0], layer_end=layers[-1] + 1)
   if layers[-1] >= model.cfg.num_layers:
     raise UserError(f"adapter {path} adapts layer {layers[-1]} but the model has {model.cfg.num_layers} layers")
   lora = add_lora(model, lcfg, seed=0)
@@ -117,6 +127,35 @@ def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
     if a_val.shape != a[...].shape or b_val.shape != b[...].shape:
       raise UserError(f"adapter {path} has {t} shapes {a_val.shape}/{b_val.shape}, the model needs "
                       f"{a[...].shape}/{b[...].shape}: it belongs to another base model")
+    if not (np.all(np.isfinite(a_val)) and np.all(np.isfinite(b_val))):
+      raise UserError(f"adapter {path} has non-finite {t} weights: {fix}")
     a[...] = jnp.asarray(a_val)
     b[...] = jnp.asarray(b_val)
   return lcfg
+
+
+def adapter_origin(path: str | None, run_dir: str | None) -> dict:
+  """Which training step the adapter in `path` holds (recorded by train), checked against the run it sits in.
+
+  With `run_dir` (evaluate's default, the adapter train wrote into the workdir) the run's newest complete
+  checkpoint must be that same step: otherwise training went on after the export (a resume that was interrupted,
+  or is still running) and the adapter is not what the run's checkpoints and metrics say was trained."""
+  if path is None:
+    return {"step": None, "latest_checkpoint": None, "check": "base model: no adapter"}
+  step = adapter_record(path).get("final_step")
+  latest = None
+  if run_dir is not None:
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(ckpt_dir) else []
+    latest = steps[-1] if steps else None
+  if step is None:
+    check = "unverified: the adapter records no training step (not written by lazarus_jax.train)"
+  elif latest is None:
+    check = f"step {step} (no checkpoints beside it to compare)"
+  elif latest != step:
+    raise UserError(f"the adapter in {path} is from step {step} but the run's newest checkpoint is step {latest} "
+                    f"({run_dir}/checkpoints): training went on after the export; finish it with "
+                    "python -m lazarus_jax.train ... --config.resume=True, then evaluate")
+  else:
+    check = f"verified: step {step}, the run's newest checkpoint"
+  return {"step": step, "latest_checkpoint": latest, "check": check}

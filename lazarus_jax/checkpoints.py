@@ -74,14 +74,43 @@ class Checkpointer:
                               f"{reason}): free disk space or fix the directory's permissions; {last}") from None
 
   def restore(self, step: int, abstract_state):
-    """Restores `step` into `abstract_state` (a tree of ShapeDtypeStructs with shardings)."""
+    """Restores `step` into `abstract_state` (a tree of ShapeDtypeStructs with shardings); raises what orbax raises."""
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
-    try:
-      out = self.manager.restore(step, args=args)
-    except (ValueError, KeyError, TypeError) as e:
-      raise UserError(f"checkpoint {self.directory}/{step} does not match this run's adapters ({e}); "
-                      "use a fresh --workdir or the config it was trained with") from None
+    out = self.manager.restore(step, args=args)
+    saved_step = out.meta.get("step") if isinstance(out.meta, dict) else None
+    if saved_step != step:
+      raise ValueError(f"its metadata names step {saved_step}")
     return out.state, out.meta
+
+  def restore_latest(self, abstract_state, say=print):
+    """The newest checkpoint that restores, as (state, meta), or None when there is none.
+
+    A torn or corrupt newest checkpoint (a disk that lost part of it, a copy cut short) is moved aside to
+    `corrupt-<step>` and the previous complete one restored, said in one line: the run loses the steps since
+    then, not itself. When no checkpoint restores, one UserError names the newest one's error and moves nothing
+    (it may be this run's config that does not fit them, e.g. another LoRA rank)."""
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except Exception as e:  # orbax, tensorstore and json report damage in many types
+        failures.append((step, e))
+        continue
+      for bad, e in failures:
+        aside = os.path.join(self.directory, f"corrupt-{bad}")
+        os.rename(os.path.join(self.directory, str(bad)), aside)
+        say(f"checkpoint step {bad} is unreadable ({_short(e)}): moved it to {aside} and resumed from step {step}, "
+            "the previous complete checkpoint")
+      if failures:
+        self.manager.reload()
+      return state, meta
+    if failures:
+      step, e = failures[0]
+      others = f" nor do the {len(failures) - 1} before it" if len(failures) > 1 else ""
+      raise UserError(f"checkpoint {self.directory}/{step} is unreadable ({_short(e)}){others}, and no earlier "
+                      "checkpoint restores: it is damaged, or was written with another config (LoRA rank, targets, "
+                      "layers); use the config it was trained with, or start over with --config.overwrite=True")
+    return None
 
   def wait(self):
     try:
@@ -100,6 +129,11 @@ class Checkpointer:
       except Exception:
         if not self._failed:
           raise
+
+
+def _short(e: Exception) -> str:
+  text = " ".join(str(e).split(". See full TensorStore details")[0].split()) or type(e).__name__
+  return f"{type(e).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
 
 
 def abstract_like(tree, shardings):

@@ -6,12 +6,11 @@ file) ends as one line on stderr and exit status 2, before any work and without 
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import sys
 
-from lazarus_jax.errors import UserError, print_error, tidy_stderr
+from lazarus_jax.errors import UserError, os_error_line, print_error, tidy_stderr, unicode_error_line
 
 CONFIG_FLAGS_HELP = """flags:
   --config FILE              a config file, e.g. configs/smollm2_135m.py (see lazarus_jax/config.py for every key)
@@ -67,16 +66,10 @@ def run_cli(main, with_config: bool = True) -> None:
   except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints first): no traceback
     print_error("interrupted")
     sys.exit(130)
-  except OSError as e:
-    if e.errno not in _DISK_ERRNOS:
-      raise
-    # The disk, not the program: one line (a training run's checkpoints up to here are complete on disk).
-    what = e.filename or (flags.FLAGS.workdir if with_config and flags.FLAGS.workdir else "the outputs")
-    _fail(f"cannot write {what}: {e.strerror}: free disk space or fix the directory's permissions, then "
-          "continue with --config.resume=True")
-
-
-_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG}
+  except OSError as e:  # the disk or the path, not the program (the checks before any work catch most)
+    _fail(os_error_line(e, flags.FLAGS.workdir if with_config else None, resumable=with_config))
+  except UnicodeError as e:
+    _fail(unicode_error_line(e))
 
 
 def _fail(line: str) -> None:

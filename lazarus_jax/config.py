@@ -6,6 +6,9 @@ Every key is documented here, once. Configs are locked, so a mistyped `--config.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import ml_collections
 
 from lazarus_jax.sharding import DEFAULT_RULES
@@ -121,3 +124,104 @@ def flat_config(c) -> dict:
 
   walk("", c.to_dict() if isinstance(c, ml_collections.ConfigDict) else c)
   return out
+
+
+# ---- ranges ------------------------------------------------------------------------------------------
+# Every numeric key has its range here, checked at start before anything is read or written (`check_ranges`;
+# tests/test_config_ranges.py fails for a numeric key without one). NaN and infinity are refused everywhere.
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  low: float | None = None
+  high: float | None = None
+  open_low: bool = False
+  open_high: bool = False
+  special: tuple = ()  # sentinel values allowed outside the range (e.g. -1 = "all" / "derive it")
+  meaning: str = ""  # what the sentinel means, for the error line
+
+  def contains(self, v) -> bool:
+    if v in self.special:
+      return True
+    if isinstance(v, float) and not math.isfinite(v):
+      return False
+    if self.low is not None and (v < self.low or (self.open_low and v == self.low)):
+      return False
+    return not (self.high is not None and (v > self.high or (self.open_high and v == self.high)))
+
+  def describe(self) -> str:
+    if self.low is not None and self.high is not None:
+      text = f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+    elif self.low is not None:
+      text = f"{'>' if self.open_low else '>='} {self.low}"
+    elif self.high is not None:
+      text = f"{'<' if self.open_high else '<='} {self.high}"
+    else:
+      text = "finite"
+    return text + (f" (or {self.meaning})" if self.special else "")
+
+
+_POSITIVE_INT = Range(1)
+_FRACTION_OPEN = Range(0, 1, open_low=True, open_high=True)
+RANGES = {
+    "seed": Range(0, 2**31 - 1),
+    "lora.rank": _POSITIVE_INT,
+    "lora.alpha": Range(0, open_low=True),
+    "lora.layer_start": Range(0),
+    "lora.layer_end": Range(1, special=(-1,), meaning="-1 = through the last layer"),
+    "classifier.layer": Range(0, special=(-1,), meaning="-1 = int(n_layers * classifier.layer_fraction)"),
+    "classifier.layer_fraction": _FRACTION_OPEN,
+    "classifier.weight": Range(0, 1),
+    "data.n_eval_per_op": _POSITIVE_INT,
+    "data.max_answer_tokens": _POSITIVE_INT,
+    "data.seq_len": Range(0, 1 << 20),  # 0 = the longest example rounded up to 16
+    "train.steps": _POSITIVE_INT,
+    "train.batch_size": _POSITIVE_INT,
+    "train.lr": Range(0, open_low=True),
+    "train.warmup_steps": Range(0),
+    "train.end_lr_fraction": Range(0, 1),
+    "train.weight_decay": Range(0),
+    "train.b1": Range(0, 1, open_high=True),
+    "train.b2": Range(0, 1, open_high=True),
+    "train.grad_clip": Range(0, open_low=True),
+    "train.grad_accum_steps": _POSITIVE_INT,
+    "train.log_every": _POSITIVE_INT,
+    "train.checkpoint_every": _POSITIVE_INT,
+    "train.max_to_keep": _POSITIVE_INT,  # 0 kept nothing: the "saved" checkpoint did not exist and resume restarted
+    "train.max_consecutive_nonfinite": _POSITIVE_INT,
+    "train.table_steps": _POSITIVE_INT,  # each element
+    "mesh.shape": Range(1, special=(-1,), meaning="-1 = fill the device count"),  # each element
+    "eval.max_examples_per_op": _POSITIVE_INT,
+    "eval.batch_size": _POSITIVE_INT,
+    "eval.max_new_tokens": _POSITIVE_INT,
+    "eval.probe_test_fraction": _FRACTION_OPEN,
+    "eval.probe_l2": Range(0),
+    "eval.probe_steps": _POSITIVE_INT,
+    "eval.probe_lr": Range(0, open_low=True),
+    "sweep.confidence": _FRACTION_OPEN,
+}
+
+
+def is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_ranges(c) -> None:
+  """Refuses, in one line, the first numeric config value outside its range (RANGES), NaN and infinity included."""
+  from lazarus_jax.errors import UserError
+
+  for key, value in flat_config(c).items():
+    rng = RANGES.get(key)
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    if rng is None:
+      bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+      if bad:
+        raise UserError(f"{key} must be a finite number, got {bad[0]}")
+      continue
+    for v in values:
+      if not is_number(v):
+        raise UserError(f"{key} must be a number {rng.describe()}, got {v!r}")
+      if not rng.contains(v):
+        raise UserError(f"{key} must be {rng.describe()}, got {value}: fix --config.{key}")
+  shape = tuple(c.mesh.shape)
+  if len(shape) != 3 or shape.count(-1) > 1:
+    raise UserError(f"mesh.shape must be three sizes (data, fsdp, tensor) with at most one -1, got {shape}")

@@ -63,7 +63,7 @@ def safetensors_files(path: str) -> list[str]:
   """The safetensors files of an HF checkpoint dir (single file or sharded with an index)."""
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.exists(index):
-    with open(index) as f:
+    with open(index, encoding="utf-8") as f:
       weight_map = json.load(f)["weight_map"]
     return sorted({os.path.join(path, v) for v in weight_map.values()})
   single = os.path.join(path, "model.safetensors")

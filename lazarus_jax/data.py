@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from typing import Sequence
@@ -27,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from lazarus_jax.errors import UserError
+from lazarus_jax.files import read_text
 
 OPERATIONS = ("multiply", "add", "subtract", "divide")
 FORMATS = ("symbolic", "semantic")
@@ -253,7 +255,8 @@ def load_jsonl(path: str, operations: Sequence[str] = OPERATIONS) -> list[Exampl
   if not os.path.isfile(path):
     raise UserError(f"data file {path} does not exist: check data.jsonl_path")
   examples = []
-  with open(path, encoding="utf-8") as f:
+  # Decoded up front (files.read_text): a file in another encoding is one line naming it, not a traceback.
+  with io.StringIO(read_text(path, "data file"), newline=None) as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue

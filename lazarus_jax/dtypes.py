@@ -20,7 +20,7 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names
 def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
   """The CPU's feature flags (x86 `flags`, Arm `Features`); empty where unreadable (not Linux)."""
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
       for line in f:
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):

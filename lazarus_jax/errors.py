@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import threading
@@ -69,17 +70,56 @@ def _thread_excepthook(args) -> None:
   _write_traceback(args.exc_type, args.exc_value, args.exc_traceback, f"Exception in thread {name}:\n")
 
 
+def _unraisable_hook(args) -> None:
+  # An exception Python could only ignore (a coroutine orbax abandoned after a failed read, a __del__): one line,
+  # not a traceback among the run's own lines. The run reports what it means itself.
+  text = " ".join(str(args.exc_value).split())
+  try:
+    where = repr(args.object)[:60] if args.object is not None else "a finalizer"
+    sys.stderr.write(f"note: ignored {args.exc_type.__name__} in {where}{': ' + text[:120] if text else ''}\n")
+  except (OSError, ValueError):
+    pass
+
+
 def tidy_stderr() -> None:
-  """For a CLI process (`python -m`, not a library call): stderr passes whole lines, and uncaught exceptions print
-  whole tracebacks."""
+  """For a CLI process (`python -m`, not a library call): stderr passes whole lines, uncaught exceptions print
+  whole tracebacks, and exceptions Python ignores print one line."""
+  for stream in (sys.stdout, sys.stderr):  # a C / ASCII locale must not turn a printed token into a traceback
+    if hasattr(stream, "reconfigure") and stream.errors == "strict":
+      stream.reconfigure(errors="backslashreplace")
   if not isinstance(sys.stderr, LineAtomicStream):
     sys.stderr = LineAtomicStream(sys.stderr)
   sys.excepthook = _write_traceback
   threading.excepthook = _thread_excepthook
+  sys.unraisablehook = _unraisable_hook
+
+
+# A full disk, a read-only or unwritable directory: the user's to fix, and what a training run has checkpointed
+# up to here is complete on disk.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+def os_error_line(e: OSError, fallback_path: str | None = None, resumable: bool = False) -> str:
+  """One line for a filesystem failure that escaped the checks (they run first): what, where, how to fix."""
+  where = e.filename if e.filename is not None else (fallback_path or "the outputs")
+  if e.filename2 is not None:
+    where = f"{where} -> {e.filename2}"
+  reason = e.strerror or errno.errorcode.get(e.errno or 0, type(e).__name__)
+  if e.errno in DISK_ERRNOS:
+    fix = "free disk space or fix the directory's permissions" + (
+        ", then continue with --config.resume=True" if resumable else ", then run again")
+    return f"cannot write {where}: {reason}: {fix}"
+  return f"cannot use {where}: {reason}: check the path (a directory that exists, names the filesystem accepts)"
+
+
+def unicode_error_line(e: UnicodeError) -> str:
+  what = "decode" if isinstance(e, UnicodeDecodeError) else "encode"
+  return (f"cannot {what} text as {e.encoding} ({e.reason} at position {e.start}): save text files as UTF-8, or run "
+          "with PYTHONUTF8=1")
 
 
 def cli_entry(fn):
-  """Wraps a CLI `main`: user errors become one line on stderr and exit status 2."""
+  """Wraps a CLI `main`: user errors and filesystem / encoding failures become one line on stderr, exit status 2."""
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
@@ -87,6 +127,10 @@ def cli_entry(fn):
       return fn(*args, **kwargs)
     except UserError as e:
       print_error(str(e))
-      sys.exit(2)
+    except OSError as e:
+      print_error(os_error_line(e))
+    except UnicodeError as e:
+      print_error(unicode_error_line(e))
+    sys.exit(2)
 
   return wrapper

@@ -46,11 +46,10 @@ Per model:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -59,7 +58,7 @@ import numpy as np
 from flax import nnx
 
 from lazarus_jax import data as data_lib
-from lazarus_jax import experiment, provenance
+from lazarus_jax import experiment, files, provenance
 from lazarus_jax.errors import UserError
 from lazarus_jax.lens import readout_lens
 from lazarus_jax.model import split_packed
@@ -378,24 +377,25 @@ def portable_paths(o, workdir: str):
   return o
 
 
-def training_summary(workdir: str) -> dict | None:
+def training_summary(workdir: str, up_to_step: int | None = None) -> dict | None:
+  """The training history in <workdir>: its table and last row, through `up_to_step` (the evaluated adapter's
+  step) when given, so that a later, interrupted resume is not reported as what was evaluated."""
+  from lazarus_jax.logging_utils import read_metrics
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [r for r in read_metrics(path) if up_to_step is None or r["step"] <= up_to_step]
   table = os.path.join(workdir, "training_table.md")
-  table_md = open(table).read().strip() if os.path.isfile(table) else None
+  table_md = None
+  if os.path.isfile(table):
+    with open(table, encoding="utf-8", errors="replace") as f:
+      table_md = f.read().strip()
   return {"table_md": table_md, "last": rows[-1] if rows else None, "n_logged": len(rows)}
 
 
 def write_json(path: str, doc) -> None:
-  # Write beside the target and rename: a crash never leaves a half-written results.json (the sweep's
-  # resume test is "does results.json exist").
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(doc, f, indent=1, default=_json_default, allow_nan=False)
-  os.replace(tmp, path)
+  # Whole or not at all (files.write_json): the sweep's resume test is "does results.json exist".
+  files.write_json(path, doc, default=_json_default, allow_nan=False)
 
 
 def _json_default(o):
@@ -420,16 +420,22 @@ def _nan_to_none(o):
 
 def run(config, workdir: str) -> dict:
   """Evaluates the model `config.eval.adapter` names; writes `<workdir>/eval/`; returns the results dict."""
+  with contextlib.ExitStack() as held:  # the workdir lock, from the first write on
+    return _run(config, workdir, held)
+
+
+def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   c = config
   experiment.validate_config(c)
   workdir = os.path.abspath(workdir)
+  files.check_output_dir(os.path.join(workdir, "eval"), "--workdir")
+  from lazarus_jax.workdir import check_not_in_use
+  check_not_in_use(workdir)
   adapter = adapter_path(c, workdir)  # before any loading: a missing adapter fails fast
-  if c.eval.probe_method not in ("adam", "lbfgs"):
-    raise UserError(f"eval.probe_method must be adam or lbfgs, got {c.eval.probe_method!r}")
-  if not 0.0 < c.eval.probe_test_fraction < 1.0:
-    raise UserError(f"eval.probe_test_fraction must be in (0, 1), got {c.eval.probe_test_fraction}")
   if jax.process_index() != 0:
     return {}
+  from lazarus_jax.adapters import adapter_origin
+  origin = adapter_origin(adapter, workdir if c.eval.adapter == "workdir" else None)
   timing = {}
   t0 = time.perf_counter()
   pretrained = experiment.load_model(c)
@@ -450,6 +456,8 @@ def run(config, workdir: str) -> dict:
     from lazarus_jax.adapters import load_adapter
     load_adapter(model, adapter)  # first: an adapter of another model is refused before any evaluation work
     lora = model.lora
+  from lazarus_jax.workdir import WorkdirLock
+  held.enter_context(WorkdirLock(workdir, "evaluate"))  # every check passed: now one writer (train holds it already)
   base = None
   if adapter is None or c.eval.compare_base:
     model.lora = nnx.data(None)  # the same model without its adapter
@@ -464,7 +472,7 @@ def run(config, workdir: str) -> dict:
   results = {
       "schema_version": SCHEMA_VERSION,
       "model": {"name": pretrained.name, "n_layers": n_layers,
-                "adapter": None if adapter is None else portable_path(adapter, workdir)},
+                "adapter": None if adapter is None else portable_path(adapter, workdir), "adapter_origin": origin},
       "split": split,
       "evaluated": "adapted" if adapted is not None else "base",
       "classifier_layer": layer,
@@ -474,7 +482,7 @@ def run(config, workdir: str) -> dict:
       "n_eval": {f: sum(e.fmt == f for e in examples) for f in fmts},
       **main,
       "base": base if adapted is not None else None,
-      "training": training_summary(workdir),
+      "training": training_summary(workdir, origin.get("step") if adapter is not None else None),
       "timing": timing,
       "provenance": provenance.collect(c, pretrained.dtypes),
   }

@@ -10,6 +10,7 @@ import ml_collections
 from lazarus_jax import data as data_lib
 from lazarus_jax import dtypes
 from lazarus_jax import kernels as kernel_choice
+from lazarus_jax.config import check_ranges
 from lazarus_jax.errors import UserError
 from lazarus_jax.loading import Pretrained, load_pretrained
 from lazarus_jax.lora import LoRAConfig
@@ -59,6 +60,12 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   if lora.layer_start < 0 or (lora.layer_end is not None and lora.layer_end <= lora.layer_start):
     raise UserError(f"LoRA layer range [{lora.layer_start}, {lora.layer_end}) adapts nothing: use "
                     "0 <= lora.layer_start < lora.layer_end (or lora.layer_end=-1 for all layers)")
+  check_ranges(c)  # every other numeric key (NaN included), before anything is read or written
+  # What evaluate checks is checked here too: train runs it after training, and a typo must not cost a run.
+  if c.eval.probe_method not in ("adam", "lbfgs"):
+    raise UserError(f"eval.probe_method must be adam or lbfgs, got {c.eval.probe_method!r}")
+  if c.model.remat not in ("none", "full", "dots"):
+    raise UserError(f"model.remat must be none, full or dots, got {c.model.remat!r}")
 
 
 def data_formats(c) -> list[str]:

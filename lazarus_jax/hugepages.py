@@ -46,7 +46,7 @@ def reexec_env(environ: dict, argv: list[str]) -> dict | None:
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
     return None
   try:
-    with open(THP_SETTING) as f:
+    with open(THP_SETTING, encoding="ascii", errors="replace") as f:
       if "[never]" in f.read():
         return None
   except OSError:

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -180,17 +179,10 @@ def format_table(result: dict, labels: Sequence[str]) -> str:
 
 
 def _atomic_write(path: str, write) -> None:
-  # Write next to the target and rename, so a failure never leaves a half-written file.
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  os.close(fd)
-  try:
+  # Write next to the target and rename (files.atomic_path): a failure never leaves a half-written file.
+  from lazarus_jax.files import atomic_path
+  with atomic_path(path) as tmp:
     write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def save_png(results: list[dict], labels: Sequence[str], path: str) -> None:
@@ -233,8 +225,8 @@ def read_prompts(spec: str) -> list[str]:
     path = spec[1:]
     if not os.path.isfile(path):
       raise UserError(f"prompts file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-      prompts = [line.rstrip("\r\n") for line in f]
+    from lazarus_jax.files import read_text
+    prompts = [line.rstrip("\r") for line in read_text(path, "prompts file").split("\n")]
     prompts = [p for p in prompts if p.strip()]
     where = f"prompts file {path}"
   else:
@@ -255,6 +247,8 @@ def _check_output(path: str | None, flag: str) -> None:
     raise UserError(f"{flag} {path}: directory {directory} does not exist")
   if os.path.isdir(path):
     raise UserError(f"{flag} {path} is a directory: give a file name")
+  from lazarus_jax.files import check_output_dir
+  check_output_dir(directory, flag)  # writable, before any work
 
 
 def load_adapter_hook(model, path: str):

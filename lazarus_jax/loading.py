@@ -6,7 +6,6 @@ No torch import on this path (DESIGN.md §6).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -77,11 +76,10 @@ def read_hf_config(path: str) -> dict:
   cfg_file = os.path.join(path, "config.json")
   if not os.path.exists(cfg_file):
     raise UserError(f"no config.json in {path}: not an HF checkpoint directory")
-  with open(cfg_file) as f:
-    try:
-      hf = json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{cfg_file} is not valid JSON ({e})") from None
+  from lazarus_jax.files import read_json
+  hf = read_json(cfg_file, "model config", "fix the checkpoint's config.json (a Llama-family HF config)")
+  if not isinstance(hf, dict):
+    raise UserError(f"model config {cfg_file} is not a JSON object: fix the checkpoint's config.json")
   model_type = hf.get("model_type")
   if model_type not in LLAMA_MODEL_TYPES:
     raise UserError(f"{path} holds a {model_type!r} model, not a Llama-family checkpoint (model_type 'llama')")

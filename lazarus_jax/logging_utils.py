@@ -20,11 +20,8 @@ class MetricsWriter:
     if not enabled:
       return
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        rows = [_parse(line) for line in f if line.strip()]
-      rows = [r for r in rows if r is not None]
-      self.history = [r for r in rows if r["step"] <= truncate_after]
-    with open(self.path + ".tmp", "w") as f:  # replaced whole: a kill here must not lose the history
+      self.history = [r for r in read_metrics(self.path) if r["step"] <= truncate_after]
+    with open(self.path + ".tmp", "w", encoding="utf-8") as f:  # replaced whole: a kill here must not lose the history
       for r in self.history:
         f.write(json.dumps(r) + "\n")
     os.replace(self.path + ".tmp", self.path)
@@ -34,7 +31,7 @@ class MetricsWriter:
     self.history.append(row)
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
+    with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
     for k, v in row.items():
       if k != "step":
@@ -54,13 +51,20 @@ class MetricsWriter:
           fw.event_writer._closed = True
 
 
+def read_metrics(path: str) -> list[dict]:
+  """The rows of a metrics.jsonl; torn or foreign lines are skipped (see `_parse`)."""
+  with open(path, encoding="utf-8", errors="replace") as f:
+    rows = [_parse(line) for line in f if line.strip()]
+  return [r for r in rows if r is not None]
+
+
 def _parse(line: str):
   # A run killed mid-write leaves a partial last line: it is dropped (its step is re-run after the resume).
   try:
     row = json.loads(line)
   except json.JSONDecodeError:
     return None
-  return row if isinstance(row, dict) and "step" in row else None
+  return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
 
 
 def summary_writer_class():

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from lazarus_jax import files
+
 
 def _plt():
   import matplotlib
@@ -70,7 +72,7 @@ def plot_lens_heatmap(results: dict, path: str) -> None:
     ax.set_title(f"{name}: p(class token | class)")
     ax.set_ylabel("after block (emb = embeddings)")
   fig.colorbar(image, ax=axes, shrink=0.8, label="log10 mean probability")
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -88,7 +90,7 @@ def plot_lens_accuracy(results: dict, path: str) -> None:
       line, = ax.plot(x, acc, ls="--" if name == "base" else "-", marker=".", label=f"{name} {fmt}")
       ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
   _layer_axis(ax, results, k, "lens accuracy (argmax over class tokens)", legend_size=7)
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -126,7 +128,7 @@ def plot_probes_vs_lens(results: dict, path: str) -> None:
                    label=f"{name}: lexical baseline (bag of tokens)")
     ax.set_title(f"{fmt}: hidden-space vs vocab-aligned")
     _layer_axis(ax, results, k, "held-out accuracy", legend_size=6)
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -423,6 +425,12 @@ def render_markdown(results: dict) -> str:
   return "\n".join(lines)
 
 
+def save_figure(fig, path: str) -> None:
+  """A PNG written whole (files.atomic_path) with the user's umask."""
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=100, format="png")
+
+
 def write_report(results: dict, out_dir: str) -> list[str]:
   """Writes report.md and the three figures; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
@@ -431,8 +439,7 @@ def write_report(results: dict, out_dir: str) -> list[str]:
   plot_lens_heatmap(results, paths[0])
   plot_lens_accuracy(results, paths[1])
   plot_probes_vs_lens(results, paths[2])
-  with open(paths[3], "w") as f:
-    f.write(render_markdown(results))
+  files.write_text(paths[3], render_markdown(results))
   return paths
 
 
@@ -460,5 +467,5 @@ def plot_sweep(summary_rows: list[dict], path: str, metric: str, ylabel: str) ->
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
-  fig.savefig(path, dpi=100)
+  save_figure(fig, path)
   plt.close(fig)

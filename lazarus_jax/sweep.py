@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 
 from lazarus_jax import data as data_lib
-from lazarus_jax import stats
+from lazarus_jax import files, stats
 from lazarus_jax.config import default_config, flat_config
 from lazarus_jax.errors import UserError
 from lazarus_jax.evaluate import unbits
@@ -198,9 +198,9 @@ def stored_config(armdir: str, ac) -> dict:
   """The arm's config.json; refuses one whose results-relevant keys differ from `ac`, so it is never reused."""
   path = os.path.join(armdir, "config.json")
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       stored = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+  except (OSError, ValueError) as e:
     raise UserError(f"{path} is missing or unreadable ({e}): delete {armdir} to run that arm again") from None
   old, new = result_config(stored), result_config(ac)
   diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -220,10 +220,10 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
     return False
   if arm.arm == "base":
     from lazarus_jax import evaluate
-    os.makedirs(armdir, exist_ok=True)
-    with open(os.path.join(armdir, "config.json"), "w") as f:
-      json.dump(ac.to_dict(), f, indent=2, default=list)
-    evaluate.run(ac, armdir)
+    from lazarus_jax.workdir import WorkdirLock
+    with WorkdirLock(armdir, "sweep arm"):
+      files.write_json(os.path.join(armdir, "config.json"), ac.to_dict(), indent=2, default=list)
+      evaluate.run(ac, armdir)
   else:
     from lazarus_jax import train
     result = train.run(ac, armdir)
@@ -466,11 +466,10 @@ def _order(r):
 
 def write_csv(path: str, rows: list[dict]) -> None:
   rows = [public(r) for r in rows]
-  if not rows:
-    open(path, "w").close()
-    return
-  keys = list(rows[0])
-  with open(path, "w", newline="") as f:
+  keys = list(rows[0]) if rows else []
+  with files.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    if not keys:
+      return
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     for r in rows:
@@ -727,15 +726,21 @@ def describe_arms(configs: list[dict]) -> dict:
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) every arm, then writes the tables, figures and sweep.md. Returns the summary."""
+  from lazarus_jax.workdir import WorkdirLock
   c = config
   from lazarus_jax import experiment
   experiment.validate_config(c)
   g = grid(c)
   arms = plan(c)
   workdir = os.path.abspath(workdir)
+  files.check_output_dir(workdir, "--workdir")
+  with WorkdirLock(workdir, "sweep"):  # one sweep per directory (each arm's run also locks its own directory)
+    return _run(c, g, arms, workdir)
+
+
+def _run(c, g: dict, arms: list, workdir: str) -> dict:
   os.makedirs(os.path.join(workdir, "arms"), exist_ok=True)
-  with open(os.path.join(workdir, "sweep_config.json"), "w") as f:
-    json.dump(c.to_dict(), f, indent=2, default=list)
+  files.write_json(os.path.join(workdir, "sweep_config.json"), c.to_dict(), indent=2, default=list)
   from lazarus_jax import compile_cache
   compile_cache.enable(os.path.join(workdir, "jax_cache"))  # arms of the same shapes compile the same programs
   dirs = {a.name: arm_dir(workdir, a, arm_config(c, a)) for a in arms}
@@ -753,8 +758,7 @@ def run(config, workdir: str) -> dict:
   rows, n_layers, configs = [], None, []
   for arm in arms:
     configs.append(stored_config(dirs[arm.name], arm_config(c, arm)))
-    with open(results_path(dirs[arm.name])) as f:
-      res = json.load(f)
+    res = files.read_json(results_path(dirs[arm.name]), "arm results", f"delete {dirs[arm.name]} to run that arm again")
     n_layers = res["model"]["n_layers"]
     arm_result = arm_rows(arm, res, g["layer_fractions"], c.sweep.confidence)
     for r in arm_result:
@@ -769,16 +773,14 @@ def run(config, workdir: str) -> dict:
   from lazarus_jax import provenance, report
   report.plot_sweep(summary, os.path.join(workdir, "sweep_lens.png"), "lens_accuracy", "lens accuracy at L")
   report.plot_sweep(summary, os.path.join(workdir, "sweep_answer.png"), "answer_accuracy", "answer accuracy")
-  with open(os.path.join(workdir, "sweep.md"), "w") as f:
-    f.write(render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence))
+  files.write_text(os.path.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence))
   out = {"grid": g, "meta": meta, "arms": [a.name for a in arms],
          "arm_dirs": {k: os.path.relpath(v, workdir) for k, v in dirs.items()}, "ran": ran, "skipped": skipped,
          "seconds": elapsed, "runs": [public(r) for r in rows], "summary": summary, "contrasts": diffs,
          "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER,
                         "confidence": c.sweep.confidence},
          "provenance": provenance.collect(c)}
-  with open(os.path.join(workdir, "sweep_results.json"), "w") as f:
-    json.dump(out, f, indent=1, default=str)
+  files.write_json(os.path.join(workdir, "sweep_results.json"), out, indent=1, default=str)
   print(f"sweep: {len(ran)} arms ran, {len(skipped)} reused (same config, done before) in {elapsed:.0f}s; wrote "
         f"{workdir}/sweep.md, sweep_summary.csv", file=sys.stderr)
   return out

@@ -7,7 +7,6 @@ BOS decision: `add_bos` follows the tokenizer's own setting, identically everywh
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import tokenizers
@@ -53,8 +52,9 @@ class Tokenizer:
     cfg = {}
     cfg_file = os.path.join(path, "tokenizer_config.json")
     if os.path.exists(cfg_file):
-      with open(cfg_file) as f:
-        cfg = json.load(f)
+      from lazarus_jax.files import read_json
+      cfg = read_json(cfg_file, "tokenizer config", "fix or remove the checkpoint's tokenizer_config.json")
+      cfg = cfg if isinstance(cfg, dict) else {}
 
     def special_id(name):
       tok = cfg.get(name)

@@ -9,10 +9,10 @@ step -> the loop (logging, checkpoints, preemption) -> outputs (PEFT adapter, tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -26,15 +26,18 @@ from flax import nnx
 
 from lazarus_jax import data as data_lib
 from lazarus_jax import experiment, provenance
+from lazarus_jax import workdir as workdir_lib
 from lazarus_jax.adapters import export_peft, model_fingerprint
 from lazarus_jax.checkpoints import Checkpointer, abstract_like
 from lazarus_jax.config import flat_config
 from lazarus_jax.errors import UserError
+from lazarus_jax.files import check_output_dir, read_json, write_text
 from lazarus_jax.logging_utils import MetricsWriter, progress_bar
 from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
 from lazarus_jax.losses import dual_reward_loss
 from lazarus_jax.model import LoRAParam, pack_frozen_layers
 from lazarus_jax.sharding import batch_sharding, make_mesh, pinned_activations, state_shardings, validate_model_for_mesh
+from lazarus_jax.workdir import WorkdirLock
 
 # Keys that may change between a run and its resumption without making it "a different run".
 RESUMABLE_KEYS = ("resume", "overwrite", "eval", "train.steps", "train.log_every", "train.table_steps",
@@ -141,18 +144,25 @@ class TrainResult:
 
 
 def check_workdir(c, workdir: str) -> None:
-  """Refuses a workdir holding a different run, before any work (issue 6)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UserError(f"--workdir {workdir} is a file, not a directory: pass a directory for the run's outputs")
-  cfg_file = os.path.join(workdir, "config.json")
-  if not os.path.exists(cfg_file) or c.overwrite:
+  """Refuses, before any work and any write, a workdir this run must not write into (issues 6 and 16):
+  one that cannot be written, holds a run with another config, holds this run's checkpoints without
+  --config.resume=True, holds our outputs without a run's config.json, or (with --config.overwrite=True) holds
+  files that no run writes."""
+  check_output_dir(workdir, "--workdir")
+  if not os.path.isdir(workdir):
     return
-  try:
-    with open(cfg_file) as f:
-      old = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f"{cfg_file} is unreadable ({e}): use another --workdir, or --config.overwrite=True to "
-                    "replace it") from None
+  workdir_lib.check_not_in_use(workdir)
+  cfg_file = os.path.join(workdir, "config.json")
+  if c.overwrite:
+    workdir_lib.check_can_clean(workdir)
+    return
+  if not os.path.exists(cfg_file):
+    ours = sorted(set(os.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))
+    if ours:
+      raise UserError(f"{workdir} holds {', '.join(ours)} but no config.json (not a training run's workdir): use "
+                      "another --workdir, or --config.overwrite=True to replace them")
+    return
+  old = read_json(cfg_file, "run config", "use another --workdir, or --config.overwrite=True to replace it")
   new = json.loads(json.dumps(c.to_dict(), default=list))
 
   def relevant(d):
@@ -172,13 +182,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   # SIGINT/SIGTERM are a flag from the very start, checked between set-up stages: a KeyboardInterrupt raised
   # asynchronously during set-up could land inside a library that swallows it (seen: ~1 in 15 early Ctrl-Cs lost).
   stop = PreemptionFlag()
-  try:
-    return _run(config, workdir, stop)
-  finally:
-    stop.restore()
+  with contextlib.ExitStack() as held:  # the workdir lock, from the first write to the end (evaluation included)
+    try:
+      return _run(config, workdir, stop, held)
+    finally:
+      stop.restore()
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag") -> TrainResult:
+def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag",
+         held: contextlib.ExitStack) -> TrainResult:
   c = config
   experiment.validate_config(c)
   workdir = os.path.abspath(workdir)
@@ -212,21 +224,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
           f"{lora.num_modules} modules; mesh {dict(mesh.shape)}; {len(datasets.train)} train examples, "
           f"seq_len {datasets.seq_len}", file=sys.stderr)
 
-  # -- outputs: prepare the workdir (only now that every input check passed, on every process) --
-  sync_processes("inputs checked")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if c.overwrite and is_main:
-    for name in ("checkpoints", "metrics.jsonl", "tb", "adapter", "eval", "train_summary.json",
-                 "training_table.md"):
-      path = os.path.join(workdir, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    write_atomic(os.path.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
-
   # -- state: base weights placed by rules; adapters + optimizer created already sharded --
   graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
   base_shardings = to_pure(state_shardings(base, mesh, rules))
@@ -238,14 +235,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   abstract = jax.eval_shape(init_state)
   state_sh = train_state_shardings(abstract, lora_shardings, mesh)
   state = jax.jit(init_state, out_shardings=state_sh)()
-
-  ckpt = Checkpointer(ckpt_dir, max_to_keep=c.train.max_to_keep)
-  start_step = 0
-  if c.resume and ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(ckpt.latest_step(), abstract_like(abstract, state_sh))
-    start_step = int(meta["step"])
-    if is_main:
-      print(f"resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
 
   # -- the step, compiled ahead of time (sharding or memory errors fail before the loop) --
   class_ids = jnp.asarray(targets.token_ids, jnp.int32)
@@ -267,10 +256,32 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   t0 = time.perf_counter()
   stop.stop_if_requested()
   with pinned_activations(mesh, rules):  # FSDP: activations stay batch-sharded, weights gathered one layer at a time
-    compiled = jitted.lower(state, base, rest, global_batch(start_step), weight, class_ids).compile()
+    compiled = jitted.lower(state, base, rest, global_batch(0), weight, class_ids).compile()
   compile_s = time.perf_counter() - t0
   if is_main:
     print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
+
+  # -- outputs: prepare the workdir, now that every check passed and the step compiled (on every process) --
+  sync_processes("inputs checked")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if is_main:
+    held.enter_context(WorkdirLock(workdir, "train"))
+    check_workdir(c, workdir)  # again, under the lock: another run may have written here since the first check
+    if c.overwrite:
+      workdir_lib.clean(workdir)  # what a run of ours wrote, nothing else (check_workdir refused anything else)
+    os.makedirs(workdir, exist_ok=True)
+    write_text(os.path.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
+  sync_processes("workdir prepared")
+  if not is_main:
+    os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=c.train.max_to_keep)
+  start_step = 0
+  restored = ckpt.restore_latest(abstract_like(abstract, state_sh), say=_say) if c.resume else None
+  if restored is not None:
+    state, meta = restored
+    start_step = int(meta["step"])
+    if is_main:
+      print(f"resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
 
   # -- the loop --
   stop.stop_if_requested()
@@ -327,11 +338,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
                 base_model=pretrained.name, model_fingerprint=model_fingerprint(pretrained.config),
                 record={"split": datasets.split, "final_step": step})
     table = training_table(writer.history, c.train.table_steps)
-    write_atomic(os.path.join(workdir, "training_table.md"), table + "\n")
+    write_text(os.path.join(workdir, "training_table.md"), table + "\n")
     summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
                "skipped_updates": int(jax.device_get(state["skipped"])),
                "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c, pretrained.dtypes)}
-    write_atomic(os.path.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
+    write_text(os.path.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
     print(table)
   if c.eval.enabled:
     from lazarus_jax import evaluate
@@ -357,12 +368,9 @@ class TrainingDiverged(UserError):
   """Too many consecutive non-finite updates."""
 
 
-def write_atomic(path: str, text: str) -> None:
-  """Writes `path` whole or not at all: a kill mid-write must not leave a truncated file behind."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+def _say(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr)
 
 
 def save_checkpoint(ckpt: Checkpointer, state, step: int, c, force: bool = False) -> None:

@@ -60,15 +60,18 @@ import json, os, runpy, sys
 import lazarus_jax.train, lazarus_jax.lens, lazarus_jax.evaluate  # noqa: F401  (the imports every start pays)
 for name in ("lazarus_jax.train", "lazarus_jax.lens", "lazarus_jax.evaluate"):  # run fresh as __main__ (runpy)
   del sys.modules[name]
+import gc; gc.freeze()  # children never scan (and so never copy-on-write) the imports' objects
 print("ready", flush=True)
 for line in sys.stdin:
   req = json.loads(line)
   pid = os.fork()
   if pid == 0:
     os.environ.update(req["env"])  # read by XLA when the child initialises its backend
+    if req.get("umask") is not None:
+      os.umask(req["umask"])
     for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
       os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-    sys.argv = [req["module"], *req["args"]]
+    sys.argv = [req["module"], *(os.fsdecode(a.encode()) for a in req["args"])]  # as the interpreter decodes argv
     runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
     sys.exit(0)
   print(f"pid {pid}", flush=True)
@@ -78,18 +81,21 @@ for line in sys.stdin:
 
 
 class Server:
-  def __init__(self):
-    self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=REPO, env=env(), stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, bufsize=1)
+  def __init__(self, **env_extra):
+    """`env_extra`: what must hold from interpreter start (a locale, PYTHONUTF8), for every child of this server."""
+    self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=REPO, env=env(**env_extra),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
     assert self.proc.stdout.readline().strip() == "ready"
 
-  def start(self, module: str, args, out_dir: str, devices: int | None = None, **env_extra) -> "Child":
+  def start(self, module: str, args, out_dir: str, devices: int | None = None, umask: int | None = None,
+            **env_extra) -> "Child":
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{module.rsplit('.', 1)[-1]}.{n}") for n in ("stdout", "stderr")]
     for path in paths:  # exist before the child runs, for those who watch them
       open(path, "w").close()
     e = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}" if devices else "", **env_extra}
-    req = {"module": module, "args": [str(a) for a in args], "env": e, "stdout": paths[0], "stderr": paths[1]}
+    req = {"module": module, "args": [str(a) for a in args], "env": e, "stdout": paths[0], "stderr": paths[1],
+           "umask": umask}
     self.proc.stdin.write(json.dumps(req) + "\n")
     self.proc.stdin.flush()
     tag, pid = self.proc.stdout.readline().split()
@@ -165,11 +171,27 @@ def _shutdown():
 
 
 def run(module: str, args, timeout: float = 300, devices: int | None = None, out_dir: str | None = None,
-        **env_extra) -> subprocess.CompletedProcess:
+        umask: int | None = None, **env_extra) -> subprocess.CompletedProcess:
   """Runs `python -m module args...` (via a fork server) to the end."""
   out_dir = out_dir or tempfile.mkdtemp(prefix="lazarus_cli_")
   with server() as srv:
-    return srv.start(module, args, out_dir, devices, **env_extra).result(timeout)
+    return srv.start(module, args, out_dir, devices, umask=umask, **env_extra).result(timeout)
+
+
+@contextlib.contextmanager
+def lock_held(workdir: str):
+  """Another process holds `workdir`'s lock (lazarus_jax.workdir.WorkdirLock) while the block runs; yields it."""
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, lazarus_jax.workdir as w\nwith w.WorkdirLock(sys.argv[1], 'a test'):\n"
+       "  print('held', flush=True); sys.stdin.read()", str(workdir)],
+      cwd=REPO, env=env(LAZARUS_JAX_HUGEPAGES="0"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    yield holder
+  finally:
+    if holder.poll() is None:
+      holder.stdin.close()
+      holder.wait(timeout=30)
 
 
 def run_train(workdir: str, *overrides: str, **kw) -> subprocess.CompletedProcess:

@@ -1,0 +1,153 @@
+"""Writing outputs: whole or not at all, UTF-8 whatever the locale, with the user's umask.
+
+Every file a run writes goes through here (or through orbax / tensorboardX, which keep the umask too), so that
+- a kill or a full disk mid-write never leaves a truncated file under the final name (write beside it, rename);
+- the bytes do not depend on the locale (`LC_ALL=C` once made `open(path, "w")` ASCII-only);
+- permissions follow the umask like any other program's (tempfile.mkstemp creates 0600 files: results.json was
+  unreadable to the group that shares a run directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import sys
+
+from lazarus_jax.errors import UserError
+
+
+def _tmp_name(path: str, suffix: str = "") -> str:
+  directory, name = os.path.split(os.path.abspath(path))
+  return os.path.join(directory, f".{name}.tmp-{secrets.token_hex(4)}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temporary path beside `path`; on success it is renamed onto `path`, on failure removed.
+
+  The temporary file is created here (O_EXCL, mode 0666 less the umask) so that writers that reopen it by name
+  (matplotlib, safetensors) keep those permissions."""
+  tmp = _tmp_name(path, os.path.splitext(path)[1])
+  os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  """`text` to `path` as UTF-8, atomically."""
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def write_json(path: str, doc, **dump_kwargs) -> None:
+  """`doc` as JSON (UTF-8, non-ASCII kept as is) to `path`, atomically."""
+  dump_kwargs.setdefault("indent", 1)
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    json.dump(doc, f, ensure_ascii=False, **dump_kwargs)
+
+
+def replace_dir(build, path: str) -> None:
+  """Builds a directory with `build(tmp_dir)` beside `path`, then puts it at `path`.
+
+  A reader sees the old directory, no directory for the instant between two renames, or the new one: never a
+  half-written one (a kill mid-build leaves only a `.name.tmp-*` directory beside it, which the next export of
+  the same run removes)."""
+  parent, name = os.path.split(os.path.abspath(path))
+  for stale in os.listdir(parent):  # a build or swap that a kill interrupted
+    if stale.startswith(f".{name}.tmp-") or stale.startswith(f".{name}.old-"):
+      shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+  tmp = _tmp_name(path)
+  os.mkdir(tmp)
+  try:
+    build(tmp)
+    if os.path.isdir(path):
+      old = os.path.join(parent, f".{name}.old-{secrets.token_hex(4)}")
+      os.rename(path, old)
+      os.rename(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read_json(path: str, what: str, fix: str):
+  """A JSON file's content; an unreadable, non-UTF-8 or malformed file is one UserError naming `what` and `fix`."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except UnicodeDecodeError as e:
+    reason = f"not UTF-8 text: byte {e.object[e.start:e.start + 1]!r} at offset {e.start}"
+  except json.JSONDecodeError as e:
+    reason = f"malformed JSON: {e.msg} at line {e.lineno}"
+  except IsADirectoryError:
+    reason = "a directory, not a file"
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+  raise UserError(f"{what} {path} is unreadable ({reason}): {fix}")
+
+
+def check_output_dir(path: str, flag: str) -> None:
+  """Refuses, before any work, an output directory that cannot be created or written: the nearest existing
+  ancestor must be a writable directory, and every name must fit the filesystem."""
+  path = os.path.abspath(path)
+  try:
+    path.encode("utf-8"), os.fsencode(path)
+  except UnicodeEncodeError:  # LC_ALL=C: undecodable bytes (tensorstore cannot open them), or text the filesystem encoding lacks
+    raise UserError(f"{flag} {ascii(path)[1:-1]} is not valid text in this locale ({sys.getfilesystemencoding()}): "
+                    "run with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII path") from None
+  for part in path.split(os.sep):
+    if len(part.encode("utf-8", "surrogateescape")) > 255:
+      raise UserError(f"{flag}: the name {part[:20]}... in it is {len(part.encode('utf-8', 'surrogateescape'))} "
+                      "bytes long, more than the filesystem's 255 bytes: use a shorter name")
+  probe = path
+  while not os.path.lexists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    what = "is a file" if probe == path else f"is under {probe}, which is a file"
+    raise UserError(f"{flag} {path} {what}, not a directory: pass a directory for the outputs")
+  if not os.access(probe, os.W_OK | os.X_OK) or _read_only_fs(probe):
+    raise UserError(f"{flag} {path}: {probe} is not writable: choose a directory you can write, or fix its "
+                    "permissions")
+
+
+def _read_only_fs(path: str) -> bool:
+  try:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+  except OSError:
+    return False
+
+
+def describe_os_error(e: OSError) -> str:
+  """'<file>: <reason>' for an OSError, naming both files of a rename."""
+  name = e.filename if e.filename is not None else ""
+  if e.filename2 is not None:
+    name = f"{name} -> {e.filename2}"
+  reason = e.strerror or errno.errorcode.get(e.errno or 0, type(e).__name__)
+  return f"{name}: {reason}" if name else reason
+
+
+def read_text(path: str, what: str) -> str:
+  """A text file's content as UTF-8 (a byte-order mark is dropped); other encodings are one UserError naming the
+  file and the first offending byte, whatever the locale."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except IsADirectoryError:
+    raise UserError(f"{what} {path} is a directory, not a file") from None
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise UserError(f"{what} {path} is not UTF-8 text (byte {data[e.start:e.start + 1]!r} at line {line}): save it "
+                    "as UTF-8") from None
