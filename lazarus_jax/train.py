@@ -157,7 +157,8 @@ def check_workdir(c, workdir: str) -> None:
     workdir_lib.check_can_clean(workdir)
     return
   if not os.path.exists(cfg_file):
-    ours = sorted(set(os.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))
+    ours = [n for n in sorted(set(os.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))  # empty dirs: mount points
+            if not (os.path.isdir(os.path.join(workdir, n)) and not os.listdir(os.path.join(workdir, n)))]
     if ours:
       raise UserError(f"{workdir} holds {', '.join(ours)} but no config.json (not a training run's workdir): use "
                       "another --workdir, or --config.overwrite=True to replace them")
@@ -195,7 +196,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   experiment.validate_config(c)
   workdir = os.path.abspath(workdir)
   if c.distributed:
-    jax.distributed.initialize()  # auto-detects TPU pod workers / cluster environments
+    initialize_distributed()
   check_workdir(c, workdir)
   is_main = jax.process_index() == 0
 
@@ -290,6 +291,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   pending, t_window, tokens_window = [], time.perf_counter(), 0
   step = start_step
   preempted = False
+  multi_process = jax.process_count() > 1
   try:
     while step < c.train.steps:
       batch = global_batch(step)
@@ -314,9 +316,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
           raise TrainingDiverged(
               f"{nonfinite} consecutive non-finite updates were skipped at step {step}; the last good checkpoint "
               f"is step {ckpt.latest_step()} in {ckpt_dir}: lower train.lr or check the data")
-      if step % c.train.checkpoint_every == 0 or step == c.train.steps or stop.requested:
-        save_checkpoint(ckpt, state, step, c, force=stop.requested)
-      if stop.requested and step < c.train.steps:  # at the last step, finish normally (outputs)
+      stop_now = stop.requested if not multi_process else stop.reached_sync_point(step)
+      if step % c.train.checkpoint_every == 0 or step == c.train.steps or stop_now:
+        save_checkpoint(ckpt, state, step, c, force=stop_now)
+      if stop_now and step < c.train.steps:  # at the last step, finish normally (outputs)
         preempted = True
         break
   finally:
@@ -348,6 +351,18 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
     from lazarus_jax import evaluate
     evaluate.run(c, workdir)
   return TrainResult(workdir, step, writer.history)
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize()`: auto-detects TPU pod slices and clusters (SLURM, Open MPI, ...); a job started
+  by hand names its coordinator in JAX_COORDINATOR_ADDRESS and each process's JAX_NUM_PROCESSES / JAX_PROCESS_ID
+  (e.g. the two-process CPU test: tests/test_multiprocess.py)."""
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES") and os.environ.get("JAX_PROCESS_ID"):
+    kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]), "process_id": int(os.environ["JAX_PROCESS_ID"])}
+  if os.environ.get("LAZARUS_JAX_HEARTBEAT_S"):  # how soon a dead peer stops the others (JAX's default: 100 s)
+    kwargs["heartbeat_timeout_seconds"] = int(os.environ["LAZARUS_JAX_HEARTBEAT_S"])
+  jax.distributed.initialize(**kwargs)
 
 
 def sync_processes(name: str) -> None:
@@ -447,6 +462,18 @@ class PreemptionFlag:
     for sig, handler in self._old.items():
       signal.signal(sig, handler)
     self._old = {}
+
+  def reached_sync_point(self, step: int) -> bool:
+    """Multi-process: True on every process at the same step once any of them got a preemption notice.
+
+    `jax.distributed.initialize` replaces our SIGTERM handler with JAX's preemption notifier, which tells the
+    coordination service; each process asks here after every step, and all of them are told the same step, so
+    all save that step and exit together (a SIGTERM reaches the hosts of a pod slice at different moments)."""
+    from jax.experimental import multihost_utils
+    if not multihost_utils.reached_preemption_sync_point(step):
+      return False
+    self.requested, self.signal_name, self.signal_number = True, "SIGTERM (preemption, all processes)", signal.SIGTERM
+    return True
 
   def stop_if_requested(self):
     """Before the loop there is nothing to checkpoint: a signal then ends the run as the signal would."""

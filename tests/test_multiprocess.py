@@ -1,0 +1,106 @@
+"""Issue 16 §8: a coordinated stop across processes. Two local processes x 2 CPU devices (gloo collectives) train
+one run with `--config.distributed=True`; a SIGTERM to ONE of them stops both at the same step (JAX's preemption
+sync point), both save that step and exit with the preemption status, and the resumed run ends bit-identical to an
+uninterrupted two-process run. A SIGKILL of one process ends the other within a bounded time (JAX's heartbeat),
+and the resume from the last complete checkpoint is exact.
+
+The slowest test file of the reliability suite (each two-process start compiles or loads the step twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import time
+
+import cli_run
+
+STEPS = 48
+OVERRIDES = ("--config.distributed=True", f"--config.train.steps={STEPS}", "--config.train.table_steps=(8,48)")
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _job(workdir: str, logs: str, *extra: str, heartbeat_s: int = 100):
+  """Starts the two processes of one job (each from its own fork server); yields [process 0, process 1]."""
+  port = _port()
+  with cli_run.server() as srv0, cli_run.server() as srv1:
+    children = [srv.start("lazarus_jax.train", cli_run.train_args(workdir, *OVERRIDES, *extra),
+                          os.path.join(logs, f"p{i}"), devices=2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                          JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), LAZARUS_JAX_HEARTBEAT_S=str(heartbeat_s))
+                for i, srv in enumerate((srv0, srv1))]
+    try:
+      yield children
+    finally:
+      for child in children:
+        if child.returncode is None:
+          child.wait(timeout=300)
+
+
+def _wait_for_metrics(workdir: str, children, timeout: float = 300) -> None:
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.monotonic() + timeout
+  while not (os.path.exists(path) and os.path.getsize(path) > 0):
+    assert time.monotonic() < deadline, [c.stderr()[-2000:] for c in children]
+    time.sleep(0.01)
+
+
+def _complete_steps(workdir: str) -> list[int]:
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+
+
+def _reference(tmp_path) -> str:
+  workdir = str(tmp_path / "reference")
+  with _job(workdir, str(tmp_path / "reference_logs")) as (p0, p1):
+    codes = [p0.wait(), p1.wait()]
+  assert codes == [0, 0], [p0.stderr()[-3000:], p1.stderr()[-3000:]]
+  return workdir
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resume_is_exact(tmp_path):
+  ref = _reference(tmp_path)
+  workdir = str(tmp_path / "run")
+  with _job(workdir, str(tmp_path / "first"), "--config.train.checkpoint_every=1000") as (p0, p1):
+    _wait_for_metrics(workdir, (p0, p1))
+    p1.kill(signal.SIGTERM)  # the notice reaches one host only
+    codes = [p0.wait(), p1.wait()]
+  err0, err1 = p0.stderr(), p1.stderr()
+  assert codes == [128 + signal.SIGTERM] * 2, [err0[-3000:], err1[-3000:]]
+  m = re.search(r"stopped by SIGTERM \(preemption, all processes\) at step (\d+): checkpoint (\S+) saved", err0)
+  assert m, err0[-3000:]
+  step = int(m.group(1))
+  assert 2 <= step < STEPS
+  assert f"Reached preemption sync point, step={step}" in err1, err1[-3000:]  # the other process: the same step
+  assert _complete_steps(workdir) == [step]
+  assert "Traceback" not in err0 + err1
+
+  with _job(workdir, str(tmp_path / "second"), "--config.train.checkpoint_every=1000",
+            "--config.resume=True") as (p0, p1):
+    codes = [p0.wait(), p1.wait()]
+  assert codes == [0, 0], [p0.stderr()[-3000:], p1.stderr()[-3000:]]
+  assert re.search(rf"resumed from \S+ at step {step}\b", p0.stderr())
+  cli_run.assert_same_tensors(cli_run.adapter_tensors(workdir), cli_run.adapter_tensors(ref))
+
+  # ---- SIGKILL of one process: the other stops within the heartbeat bound, and the resume is exact.
+  workdir = str(tmp_path / "killed")
+  with _job(workdir, str(tmp_path / "killed_logs"), "--config.train.checkpoint_every=4", heartbeat_s=5) as (p0, p1):
+    _wait_for_metrics(workdir, (p0, p1))
+    t0 = time.monotonic()
+    p1.kill(signal.SIGKILL)
+    code = p0.wait(timeout=120)
+    waited = time.monotonic() - t0
+  assert code != 0 and waited < 60, (code, waited, p0.stderr()[-2000:])
+  assert "another task died" in p0.stderr(), p0.stderr()[-2000:]
+  with _job(workdir, str(tmp_path / "killed_resume"), "--config.train.checkpoint_every=4",
+            "--config.resume=True") as (p0, p1):
+    codes = [p0.wait(), p1.wait()]
+  assert codes == [0, 0], [p0.stderr()[-3000:], p1.stderr()[-3000:]]
+  cli_run.assert_same_tensors(cli_run.adapter_tensors(workdir), cli_run.adapter_tensors(ref))
