@@ -32,6 +32,7 @@ def _port() -> int:
 def _job(workdir: str, logs: str, *extra: str, heartbeat_s: int = 100):
   """Starts the two processes of one job (each from its own fork server); yields [process 0, process 1]."""
   port = _port()
+  t0 = time.perf_counter()
   with cli_run.server() as srv0, cli_run.server() as srv1:
     children = [srv.start("lazarus_jax.train", cli_run.train_args(workdir, *OVERRIDES, *extra),
                           os.path.join(logs, f"p{i}"), devices=2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
@@ -43,6 +44,7 @@ def _job(workdir: str, logs: str, *extra: str, heartbeat_s: int = 100):
       for child in children:
         if child.returncode is None:
           child.wait(timeout=300)
+      print(f"{os.path.basename(logs)}: {time.perf_counter() - t0:.1f}s")
 
 
 def _wait_for_metrics(workdir: str, children, timeout: float = 300) -> None:
@@ -65,10 +67,13 @@ def _reference(tmp_path) -> str:
   return workdir
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resume_is_exact(tmp_path):
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumes_are_exact(tmp_path):
+  """One run, interrupted twice: a SIGTERM to one process (both stop at one step, save it, exit 143), then a SIGKILL
+  of one process in the resumed run (the other stops within the heartbeat bound), then a resume to the end: the
+  adapter is the uninterrupted two-process run's, bit for bit."""
   ref = _reference(tmp_path)
   workdir = str(tmp_path / "run")
-  with _job(workdir, str(tmp_path / "first"), "--config.train.checkpoint_every=1000") as (p0, p1):
+  with _job(workdir, str(tmp_path / "first")) as (p0, p1):
     _wait_for_metrics(workdir, (p0, p1))
     p1.kill(signal.SIGTERM)  # the notice reaches one host only
     codes = [p0.wait(), p1.wait()]
@@ -79,28 +84,24 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resume_is_exact(t
   step = int(m.group(1))
   assert 2 <= step < STEPS
   assert f"Reached preemption sync point, step={step}" in err1, err1[-3000:]  # the other process: the same step
-  assert _complete_steps(workdir) == [step]
+  assert _complete_steps(workdir)[-1] == step
   assert "Traceback" not in err0 + err1
 
-  with _job(workdir, str(tmp_path / "second"), "--config.train.checkpoint_every=1000",
-            "--config.resume=True") as (p0, p1):
-    codes = [p0.wait(), p1.wait()]
-  assert codes == [0, 0], [p0.stderr()[-3000:], p1.stderr()[-3000:]]
-  assert re.search(rf"resumed from \S+ at step {step}\b", p0.stderr())
-  cli_run.assert_same_tensors(cli_run.adapter_tensors(workdir), cli_run.adapter_tensors(ref))
-
-  # ---- SIGKILL of one process: the other stops within the heartbeat bound, and the resume is exact.
-  workdir = str(tmp_path / "killed")
-  with _job(workdir, str(tmp_path / "killed_logs"), "--config.train.checkpoint_every=4", heartbeat_s=5) as (p0, p1):
-    _wait_for_metrics(workdir, (p0, p1))
+  # The resumed run loses a process without notice: the survivor stops within the heartbeat bound (no hang).
+  with _job(workdir, str(tmp_path / "second"), "--config.resume=True", heartbeat_s=5) as (p0, p1):
+    deadline = time.monotonic() + 300
+    while not any(s > step for s in _complete_steps(workdir)):  # past the resume: a new checkpoint exists
+      assert time.monotonic() < deadline, p0.stderr()[-2000:]
+      time.sleep(0.01)
     t0 = time.monotonic()
     p1.kill(signal.SIGKILL)
     code = p0.wait(timeout=120)
     waited = time.monotonic() - t0
+  assert re.search(rf"resumed from \S+ at step {step}\b", p0.stderr())
   assert code != 0 and waited < 60, (code, waited, p0.stderr()[-2000:])
   assert "another task died" in p0.stderr(), p0.stderr()[-2000:]
-  with _job(workdir, str(tmp_path / "killed_resume"), "--config.train.checkpoint_every=4",
-            "--config.resume=True") as (p0, p1):
+
+  with _job(workdir, str(tmp_path / "third"), "--config.resume=True") as (p0, p1):
     codes = [p0.wait(), p1.wait()]
   assert codes == [0, 0], [p0.stderr()[-3000:], p1.stderr()[-3000:]]
   cli_run.assert_same_tensors(cli_run.adapter_tensors(workdir), cli_run.adapter_tensors(ref))
