@@ -1,6 +1,6 @@
 """The run directory: which files a run of ours writes there, one writer at a time, and what overwrite may delete.
 
-- `RUN_OUTPUTS` names everything train and evaluate write into a workdir, `SWEEP_OUTPUTS` what a sweep writes.
+- `RUN_OUTPUTS` names everything train and evaluate write into a workdir (a sweep has no overwrite).
   `--config.overwrite=True` deletes those names and nothing else, and refuses a directory that holds anything
   else (a user's file is never deleted because it sits in the wrong directory).
 - `WorkdirLock` is an advisory `fcntl.flock` on `<workdir>/.lock`. The kernel drops it when the holder exits, however
@@ -26,8 +26,6 @@ from lazarus_jax.errors import UserError
 LOCK_FILE = ".lock"
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "tb", "checkpoints", "adapter", "eval", "train_summary.json",
                "training_table.md")
-SWEEP_OUTPUTS = ("arms", "jax_cache", "sweep_config.json", "sweep.md", "sweep_results.json", "sweep_runs.csv",
-                 "sweep_summary.csv", "sweep_contrasts.csv", "sweep_lens.png", "sweep_answer.png")
 
 
 def _ours(name: str, outputs) -> bool:

@@ -30,7 +30,7 @@ def _numeric_keys(c) -> set:
 
 
 def _shipped_configs():
-  for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
+  for path in sorted(glob.glob(os.path.join(REPO, "configs", "[!_]*.py"))):
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
