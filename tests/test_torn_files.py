@@ -166,3 +166,20 @@ def test_a_run_in_the_c_locale_with_umask_027(tmp_path):
   origin = results["model"]["adapter_origin"]
   assert origin["step"] == 8 and origin["latest_checkpoint"] == 8 and origin["check"].startswith("verified")
   assert results["training"]["last"]["step"] == 8
+
+
+def test_every_text_file_the_package_opens_names_its_encoding():
+  """The locale must not decide the bytes: every text-mode `open(...)` in lazarus_jax passes `encoding=`."""
+  import ast
+  package = os.path.join(cli_run.REPO, "lazarus_jax")
+  missing = []
+  for path in sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True)):
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    for node in ast.walk(tree):
+      if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open"):
+        continue
+      mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+      binary = isinstance(mode, ast.Constant) and "b" in str(mode.value)
+      if not binary and not any(k.arg == "encoding" for k in node.keywords):
+        missing.append(f"{os.path.relpath(path, cli_run.REPO)}:{node.lineno}")
+  assert missing == []
