@@ -13,9 +13,3 @@ def __getattr__(name):
     return getattr(api, name)
   raise AttributeError(f"module 'lazarus_jax' has no attribute {name!r}")
 
-
-# A command-line tool (`python -m lazarus_jax.<tool>`) re-executes itself once with glibc's huge-page tunable
-# (see hugepages.py); a library import does nothing.
-from lazarus_jax import hugepages as _hugepages  # noqa: E402
-
-_hugepages.maybe_reexec()

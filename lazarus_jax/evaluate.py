@@ -46,6 +46,11 @@ Per model:
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command line: re-execute with huge pages before the heavy imports (hugepages.py)
+  from lazarus_jax import hugepages
+
+  hugepages.maybe_reexec()
+
 import contextlib
 import functools
 import os

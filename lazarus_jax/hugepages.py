@@ -6,7 +6,8 @@ in again 4 KiB at a time: ~60k page faults and ~15% of a bf16 SmolLM2 step on a 
 glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask for transparent huge pages (2 MiB) instead.
 
 A tunable is read only when the process starts, so a tool launched as `python -m lazarus_jax.<tool>` (train,
-evaluate, sweep) re-executes itself once with it set (same pid, same arguments), before anything else runs.
+evaluate, sweep) re-executes itself once with it set (same pid, same arguments): the first statement of those
+modules, under `if __name__ == "__main__"`, before their heavy imports.
 Nothing happens when the package is imported as a library, when the tunable is already set, on other platforms,
 or with LAZARUS_JAX_HUGEPAGES=0.
 """

@@ -40,6 +40,11 @@ mean_correct_prob, probe_accuracy, probe_selectivity (row L+1 of the probes), an
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command line: re-execute with huge pages before the heavy imports (hugepages.py)
+  from lazarus_jax import hugepages
+
+  hugepages.maybe_reexec()
+
 import csv
 import dataclasses
 import hashlib

@@ -52,3 +52,13 @@ def test_train_cli_runs_with_the_tunable(tmp_path):
     recorded = json.load(f)["provenance"]["runtime_env"]["GLIBC_TUNABLES"]
   expected = reexec_env(env, [sys.executable, "-m", "lazarus_jax.train"])
   assert recorded == (expected["GLIBC_TUNABLES"] if expected else None)
+
+
+def test_importing_the_package_never_reexecutes():
+  # A library import (a notebook, a script) must not re-execute the process: only the CLI entry does.
+  code = ("import sys; sys.orig_argv = [sys.executable, '-m', 'lazarus_jax.train']\n"
+          "import lazarus_jax, lazarus_jax.train, lazarus_jax.evaluate, lazarus_jax.sweep\n"
+          "print('still here')")
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LAZARUS_JAX_HUGEPAGES")}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "still here" in proc.stdout, proc.stderr[-2000:]
