@@ -475,8 +475,11 @@ class PreemptionFlag:
     coordination service; each process asks here after every step, and all of them are told the same step, so
     all save that step and exit together (a SIGTERM reaches the hosts of a pod slice at different moments)."""
     from jax.experimental import multihost_utils
-    if not multihost_utils.reached_preemption_sync_point(step):
-      return False
+    try:
+      if not multihost_utils.reached_preemption_sync_point(step):
+        return False
+    except RuntimeError:  # JAX's preemption service turned off: only this process's own signal (uncoordinated)
+      return self.requested
     self.requested, self.signal_name, self.signal_number = True, "SIGTERM (preemption, all processes)", signal.SIGTERM
     return True
 

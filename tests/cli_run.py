@@ -100,7 +100,8 @@ class Server:
     self.proc.stdin.flush()
     tag, pid = self.proc.stdout.readline().split()
     assert tag == "pid", tag
-    return Child(self, int(pid), *paths)
+    self.child = Child(self, int(pid), *paths)
+    return self.child
 
   def close(self):
     self.proc.stdin.close()
@@ -158,6 +159,10 @@ def server():
   try:
     yield srv
   finally:
+    child = getattr(srv, "child", None)
+    if child is not None and child.returncode is None:  # a test that failed mid-run: end its child, read its
+      child.kill()  # exit line, so the next user of this server does not read it instead of its own "pid"
+      child.wait(timeout=60)
     _pool.put(srv)
 
 
