@@ -14,7 +14,6 @@ forward in `torch.compile` (default mode). Peak memory: `torch.cuda.max_memory_a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-from gpu_tinyllama import CLASS_IDS, LORA_RANK, TINY, TINYLLAMA, parse_shapes, synthetic_batch  # noqa: E402
+from gpu_tinyllama import CLASS_IDS, LORA_RANK, TINY, TINYLLAMA, emit, parse_shapes, synthetic_batch  # noqa: E402
 from torch_side import dual_reward_loss  # noqa: E402
 
 
@@ -145,15 +144,6 @@ def max_batch(peer: Peer, t: int, start: int) -> dict:
 def _device_name(device):
   import torch
   return torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
-
-
-def emit(out, json_dir):
-  out = dict(out, part=os.environ.get("BENCH_PART", ""))
-  print(json.dumps(out), flush=True)
-  if json_dir:
-    os.makedirs(json_dir, exist_ok=True)
-    with open(os.path.join(json_dir, "results.jsonl"), "a") as f:
-      f.write(json.dumps(out) + "\n")
 
 
 def main():
