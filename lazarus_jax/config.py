@@ -51,9 +51,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.classifier.allow_target_in_prompt = False
   c.classifier.targets = ml_collections.ConfigDict(
       {"multiply": "multiply", "add": "add", "subtract": "subtract", "divide": "divide"})
+  # Target controls (targets.TARGET_SETS): operation = classifier.targets above; arbitrary = unrelated words
+  # (multiply -> " river", ...); shuffled = the operation words deranged (multiply -> " add", ...); answer = the
+  # lens target at L is the first token of the answer (the seed's "classifier_emergence (answer)").
+  c.classifier.target_set = "operation"
 
   c.data = ml_collections.ConfigDict()
-  c.data.format = "symbolic"  # symbolic | semantic | symbolic,semantic
+  # Trained formats, comma-separated: symbolic | semantic | fewshot | word (prompt_formats.py for the last two).
+  c.data.format = "symbolic"
+  # Held-out formats evaluated ("" = the trained ones; "all"; or a list that may add symbolic_alt, the held-out
+  # operator spellings): the same held-out triples in each, so one run gives a row of the transfer matrix.
+  c.data.eval_format = ""
+  c.data.fewshot_k = 2  # solved examples per fewshot prompt
   c.data.jsonl = ""  # optional user data {prompt, response, operation} replacing the generator's train split
   c.data.n_eval_per_op = 200
   c.data.append_eos = True

@@ -31,7 +31,10 @@ from lazarus_jax.errors import UserError
 from lazarus_jax.files import read_text
 
 OPERATIONS = ("multiply", "add", "subtract", "divide")
-FORMATS = ("symbolic", "semantic")
+# Formats a run can train on; `EVAL_FORMATS` adds the evaluation-only ones (prompt_formats.py).
+FORMATS = ("symbolic", "semantic", "fewshot", "word")
+EVAL_FORMATS = FORMATS + ("symbolic_alt",)
+ROUND2_FORMATS = ("fewshot", "word", "symbolic_alt")  # rendered by prompt_formats.py
 SYMBOLS = {"multiply": "*", "add": "+", "subtract": "-", "divide": "/"}
 WORDS = {"multiply": "times", "add": "plus", "subtract": "minus", "divide": "divided by"}
 
@@ -57,8 +60,12 @@ class Example:
   operation: str
   a: int | None
   b: int | None
-  fmt: str  # "symbolic", "semantic", or "jsonl" for user rows
+  fmt: str  # one of EVAL_FORMATS, "jsonl" for user rows, or a fewshot counterfactual's name
   line: int | None = dataclasses.field(default=None, compare=False)  # the JSONL line of a user row
+  symbol: str | None = None  # fewshot: the prompt's neutral symbol; symbolic_alt: the operator spelling
+  shots: tuple = ()  # fewshot: the solved examples (a, b, shown result)
+  template: int | None = None  # word: index into the template list of its split side
+  source: str | None = None  # counterfactual / shuffled fewshot: the operation of the example it was built from
 
   @property
   def triple(self) -> tuple[int | None, str, int | None]:
@@ -115,6 +122,7 @@ def all_pairs(operation: str) -> list[tuple[int, int]]:
 
 
 def make_example(a: int, operation: str, b: int, fmt: str) -> Example:
+  """A symbolic or semantic example (the round-2 formats need a split side and a seed: prompt_formats.render)."""
   value = str(compute(a, operation, b))
   if fmt == "symbolic":
     prompt, answer = f"{a} {SYMBOLS[operation]} {b} = ", value
@@ -153,7 +161,9 @@ def make_splits(formats: Sequence[str] = ("symbolic",),
                 n_eval_per_op: int = DEFAULT_EVAL_PER_OP,
                 seed: int = 0,
                 max_eval_fraction: float = DEFAULT_MAX_EVAL_FRACTION,
-                operations: Sequence[str] = OPERATIONS) -> Splits:
+                operations: Sequence[str] = OPERATIONS,
+                eval_formats: Sequence[str] | None = None,
+                fewshot_k: int = 2) -> Splits:
   """Train / held-out eval split over (a, operation, b) triples, rendered in every requested format.
 
   Per operation, `min(n_eval_per_op, floor(max_eval_fraction * n_triples))` triples go to eval, drawn at
@@ -166,15 +176,15 @@ def make_splits(formats: Sequence[str] = ("symbolic",),
   `batch_indices(..., labels=...)`. Lists are ordered by operation, then format; within that, eval holds the
   seed triples (and their swaps) first, then the rest in the random order they were drawn (so the first N of
   a group is a random sample), and train is in generator order.
+
+  `formats` are trained on; `eval_formats` (default: `formats`) are the held-out set's formats, which may include
+  formats not trained on and the evaluation-only `symbolic_alt` (the transfer matrix). The round-2 formats are
+  rendered by `prompt_formats.render` (held-out symbols and templates on the eval side; `fewshot_k` examples).
   """
-  formats = list(formats)
-  if not formats:
-    raise UserError("data.format is empty: choose at least one of symbolic, semantic")
-  for fmt in formats:
-    if fmt not in FORMATS:
-      raise UserError(f"unknown data format {fmt!r}: use one of {', '.join(FORMATS)}")
-  if len(set(formats)) != len(formats):
-    raise UserError(f"data.format lists a format twice ({formats}): list each once")
+  formats = check_formats(formats, "data.format", FORMATS)
+  eval_formats = formats if eval_formats is None else check_formats(eval_formats, "data.eval_format", EVAL_FORMATS)
+  if fewshot_k < 1:
+    raise UserError(f"data.fewshot_k={fewshot_k} must be at least 1 (the examples are the only cue)")
   for op in operations:
     if op not in OPERATIONS:
       raise UserError(f"unknown operation {op!r}: use one of {', '.join(OPERATIONS)}")
@@ -202,10 +212,46 @@ def make_splits(formats: Sequence[str] = ("symbolic",),
     eval_set = set(eval_pairs)
     train_pairs = [p for p in pairs if p not in eval_set]
     for fmt in formats:
-      evals += [make_example(a, op, b, fmt) for a, b in eval_pairs]
-      train += [make_example(a, op, b, fmt) for a, b in train_pairs]
-      seeds += [make_example(a, op, b, fmt) for a, b in seed_pairs]
+      train += render(fmt, op, train_pairs, train_pairs, False, seed, op_index, fewshot_k)
+    for fmt in eval_formats:
+      held = render(fmt, op, eval_pairs, train_pairs, True, seed, op_index, fewshot_k)
+      evals += held
+      seeds += sorted((e for e in held if (e.a, e.b) in seed_pairs), key=lambda e: seed_pairs.index((e.a, e.b)))
   return Splits(train=train, eval=evals, seed_prompts=seeds)
+
+
+def check_formats(formats: Sequence[str], key: str, allowed: Sequence[str]) -> list[str]:
+  formats = list(formats)
+  if not formats:
+    raise UserError(f"{key} is empty: choose at least one of {', '.join(allowed)}")
+  for fmt in formats:
+    if fmt not in allowed:
+      only = " (evaluation only: put it in data.eval_format)" if fmt in EVAL_FORMATS else ""
+      raise UserError(f"{key}: unknown data format {fmt!r}{only}: use some of {', '.join(allowed)}")
+  if len(set(formats)) != len(formats):
+    raise UserError(f"{key} lists a format twice ({formats}): list each once")
+  return formats
+
+
+def render(fmt: str, operation: str, pairs, train_pairs, heldout: bool, seed: int, op_index: int,
+           fewshot_k: int) -> list[Example]:
+  """One operation's `pairs` in format `fmt`, on the training (`heldout=False`) or evaluation side."""
+  if fmt in ROUND2_FORMATS:
+    from lazarus_jax import prompt_formats  # it builds Examples, so it imports this module
+    return prompt_formats.render(fmt, operation, pairs, train_pairs, heldout, seed, op_index, fewshot_k)
+  return [make_example(a, operation, b, fmt) for a, b in pairs]
+
+
+def split_pairs(seed: int, n_eval_per_op: int, max_eval_fraction: float = DEFAULT_MAX_EVAL_FRACTION) -> dict:
+  """{operation: (eval pairs, train pairs)} of `make_splits` with these arguments (counterfactuals draw their
+  solved examples from the training pairs)."""
+  splits = make_splits(("symbolic",), n_eval_per_op, seed, max_eval_fraction)
+  out = {}
+  for op in OPERATIONS:
+    ev = [(e.a, e.b) for e in splits.eval if e.operation == op]
+    tr = [(e.a, e.b) for e in splits.train if e.operation == op]
+    out[op] = (ev, tr)
+  return out
 
 
 def heldout_identity(eval_examples: Sequence[Example], seed: int, n_eval_per_op: int,

@@ -15,7 +15,7 @@ from lazarus_jax.errors import UserError
 from lazarus_jax.loading import Pretrained, load_pretrained
 from lazarus_jax.lora import LoRAConfig
 from lazarus_jax.model import PROJS
-from lazarus_jax.targets import ResolvedTargets, resolve_targets
+from lazarus_jax.targets import TARGET_SETS, ResolvedTargets, answer_label, answer_targets, resolve_targets
 
 DTYPES = ("float32", "bfloat16", "float16", dtypes.AUTO)
 
@@ -43,10 +43,12 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
                     f"{c.train.grad_accum_steps}")
   if c.train.lr <= 0:
     raise UserError(f"train.lr must be positive, got {c.train.lr}")
-  formats = [f.strip() for f in c.data.format.split(",") if f.strip()]
-  bad = [f for f in formats if f not in data_lib.FORMATS]
-  if not formats or bad:
-    raise UserError(f"data.format must list some of {data_lib.FORMATS}, got {c.data.format!r}")
+  data_lib.check_formats(data_formats(c), "data.format", data_lib.FORMATS)
+  data_lib.check_formats(eval_formats(c), "data.eval_format", data_lib.EVAL_FORMATS)
+  if c.data.fewshot_k < 1:
+    raise UserError(f"data.fewshot_k must be at least 1, got {c.data.fewshot_k}")
+  if c.classifier.target_set not in TARGET_SETS:
+    raise UserError(f"classifier.target_set must be one of {', '.join(TARGET_SETS)}, got {c.classifier.target_set!r}")
   if c.data.jsonl:  # a bad data file is named (file:line) before the model loads
     data_lib.load_jsonl(c.data.jsonl)
   # The LoRA checks that need no model (the layer range against the model comes once it is loaded).
@@ -70,6 +72,14 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 
 def data_formats(c) -> list[str]:
   return [f.strip() for f in c.data.format.split(",") if f.strip()]
+
+
+def eval_formats(c) -> list[str]:
+  """The held-out set's formats: `data.eval_format` ("all" = every format), default the training formats."""
+  spec = c.data.eval_format.strip()
+  if spec == "all":
+    return list(data_lib.EVAL_FORMATS)
+  return [f.strip() for f in spec.split(",") if f.strip()] if spec else data_formats(c)
 
 
 def classifier_layer(c, num_layers: int) -> int:
@@ -117,11 +127,13 @@ class Datasets:
 
 def build_data(c, tokenizer) -> Datasets:
   formats = data_formats(c)
-  splits = data_lib.make_splits(formats=formats, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed)
+  splits = data_lib.make_splits(formats=formats, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed,
+                                eval_formats=eval_formats(c), fewshot_k=c.data.fewshot_k)
   if c.data.jsonl:
     train = data_lib.load_jsonl(c.data.jsonl)
     # The held-out split in every format, not only the ones trained on: evaluation may read any of them.
-    every_format = data_lib.make_splits(formats=data_lib.FORMATS, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed)
+    every_format = data_lib.make_splits(formats=data_lib.FORMATS, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed,
+                                        eval_formats=data_lib.EVAL_FORMATS, fewshot_k=c.data.fewshot_k)
     data_lib.check_jsonl_against_heldout(train, every_format.eval, c.data.jsonl)
     train_source = f"jsonl:{data_lib.file_sha256(c.data.jsonl)}"
   else:
@@ -138,8 +150,22 @@ def all_prompts(datasets: Datasets) -> list[str]:
   return sorted({e.prompt for e in datasets.train} | {e.prompt for e in datasets.eval})
 
 
-def class_targets(c, tokenizer, prompts) -> ResolvedTargets:
-  resolved = resolve_targets(tokenizer, dict(c.classifier.targets), prompts=prompts,
-                             allow_target_in_prompt=c.classifier.allow_target_in_prompt)
+def class_targets(c, tokenizer, prompts, examples=None) -> ResolvedTargets:
+  """The class tokens of `classifier.target_set` (targets.py); `examples` (train + eval) for the answer set."""
+  if c.classifier.target_set == "answer":
+    if examples is None:
+      raise ValueError("the answer target set needs the examples")
+    resolved = answer_targets(tokenizer, examples)
+  else:
+    mapping = TARGET_SETS[c.classifier.target_set] or dict(c.classifier.targets)
+    resolved = resolve_targets(tokenizer, mapping, prompts=prompts,
+                               allow_target_in_prompt=c.classifier.allow_target_in_prompt)
   print(resolved.describe(), file=sys.stderr)
   return resolved
+
+
+def example_labels(c, tokenizer, examples) -> list[str]:
+  """Each example's class label under `classifier.target_set`: its operation, or (answer) its first answer token."""
+  if c.classifier.target_set == "answer":
+    return [answer_label(tokenizer, e) for e in examples]
+  return [e.operation for e in examples]

@@ -26,6 +26,13 @@ from typing import Mapping, Sequence
 from lazarus_jax.errors import UserError
 
 DEFAULT_TARGETS = {"multiply": "multiply", "add": "add", "subtract": "subtract", "divide": "divide"}
+# Target controls (`classifier.target_set`). If arbitrary words become readable at L as fast and as well as the
+# operation words, the "vocabulary alignment" is a trained readout rather than an emergent one. The arbitrary
+# words are single SmolLM2 tokens that no prompt of any format contains; the shuffled set is a derangement of
+# the operation words (every label gets another operation's word). None = `classifier.targets`.
+ARBITRARY_TARGETS = {"multiply": "river", "add": "cloud", "subtract": "piano", "divide": "candle"}
+SHUFFLED_TARGETS = {"multiply": "add", "add": "divide", "subtract": "multiply", "divide": "subtract"}
+TARGET_SETS = {"operation": None, "arbitrary": ARBITRARY_TARGETS, "shuffled": SHUFFLED_TARGETS, "answer": None}
 # Neutral left context for the whitespace fallback: a plain letter no tokenizer merges with a space + word.
 _CONTEXT = "x"
 
@@ -166,3 +173,28 @@ def parse_targets(spec: str) -> dict[str, str]:
   if not out:
     raise UserError(f"no targets in {spec!r}: e.g. --targets multiply,add,subtract,divide")
   return out
+
+
+# ---- number targets: the lens target at L is the first answer token --------------------------------------
+
+def first_answer_id(tokenizer, example) -> int:
+  """The answer's first token as `data.encode_example` splits prompt + answer (what the model must emit next)."""
+  from lazarus_jax.data import encode_example
+  return encode_example(tokenizer, example.prompt, example.answer, append_eos=False).answer_ids[0]
+
+
+def answer_label(tokenizer, example) -> str:
+  return tokenizer.token_str(first_answer_id(tokenizer, example))
+
+
+def answer_targets(tokenizer, examples) -> ResolvedTargets:
+  """One class per distinct first answer token among `examples` (the digits 0-9 with SmolLM2's tokenizer), the
+  label being the token's text. These tokens are in every prompt (the operands), so the target-in-prompt rule
+  cannot hold; the warning says so."""
+  ids = sorted({first_answer_id(tokenizer, e) for e in examples})
+  strs = tuple(tokenizer.token_str(i) for i in ids)
+  if len(set(strs)) != len(strs):
+    raise UserError(f"answer targets: two first-answer tokens decode to the same text {strs}")
+  warn = ("answer targets: the class tokens are the answers' first tokens, which also occur in the prompts "
+          "(operands); the target-in-prompt rule does not apply to this control")
+  return ResolvedTargets(labels=strs, words=strs, token_ids=tuple(ids), token_strs=strs, warnings=(warn,))

@@ -221,7 +221,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   tok = pretrained.tokenizer
   stop.stop_if_requested()
   datasets = experiment.build_data(c, tok)
-  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets))
+  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets),
+                                     examples=datasets.train + datasets.eval)
+  train_labels = experiment.example_labels(c, tok, datasets.train)  # the class each example's lens targets
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
   rules = tuple(tuple(r) for r in c.mesh.rules)
   if is_main:
@@ -250,12 +252,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
                             c.train.grad_accum_steps)
   jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
   n = len(datasets.train_encoded)
-  label_ids = np.asarray([data_lib.label_index(lab, targets.labels) for lab in datasets.train_labels])
+  # Batches are balanced by operation whatever the target set (with answer targets the classes are digits).
+  label_ids = np.asarray([data_lib.label_index(op, data_lib.OPERATIONS) for op in datasets.train_labels])
 
   def global_batch(step):
     idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
     local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
-    arrays = data_lib.collate([datasets.train_encoded[i] for i in local], [datasets.train_labels[i] for i in local],
+    arrays = data_lib.collate([datasets.train_encoded[i] for i in local], [train_labels[i] for i in local],
                               datasets.seq_len, c.data.max_answer_tokens, tok.pad_id, label_names=targets.labels)
     return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
 
