@@ -183,7 +183,7 @@ def _strip(d: dict) -> dict:
 def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, tag: str) -> dict:
   """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys."""
   labels = list(targets.labels)
-  y = np.asarray([data_lib.label_index(e.operation, labels) for e in examples])
+  y = np.asarray([data_lib.label_index(lab, labels) for lab in experiment.example_labels(c, tok, examples)])
   fmts = np.asarray([e.fmt for e in examples])
   prompt_ids = [data_lib.encode_prompt(tok, e.prompt) for e in examples]
   conf = c.sweep.confidence if "sweep" in c else 0.95
@@ -218,11 +218,20 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
   if c.eval.probes:
     t0 = time.perf_counter()
     probes_out = {"by_format": {}, "control_types": CONTROL_TYPES_TEXT}
+    embed = np.asarray(jax.device_get(model.embed[...]), np.float32)  # layer-0 baseline: LoRA never touches it
     for fmt in sorted(set(fmts.tolist())):
       idx = np.flatnonzero(fmts == fmt)
       probes_out["by_format"][fmt] = probe_format(states["hidden"][:, idx], y[idx], [prompt_ids[i] for i in idx],
-                                                  c, labels, control_types=[control_type(examples[i]) for i in idx])
+                                                  c, labels, control_types=[control_type(examples[i]) for i in idx],
+                                                  embed=embed)
+    del embed
     timing[f"{tag}_probes_s"] = time.perf_counter() - t0
+
+  # -- fewshot counterfactuals: does the lens at L follow the solved examples? --
+  t0 = time.perf_counter()
+  counterfactuals = counterfactual_metrics(model, tok, examples, targets, layer, c, conf)
+  if counterfactuals is not None:
+    timing[f"{tag}_counterfactuals_s"] = time.perf_counter() - t0
 
   # -- answers --
   answers = None
@@ -242,8 +251,51 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
       "lens_correct": [bits(lens_correct[:, r]) for r in range(lens_correct.shape[1])],
   }
   del states
-  return {"classifier_eval": cls, "lens": lens, "probes": probes_out, "answer_accuracy": answers,
-          "per_example": per_example}
+  out = {"classifier_eval": cls, "lens": lens, "probes": probes_out, "answer_accuracy": answers,
+         "counterfactuals": counterfactuals, "per_example": per_example}
+  from lazarus_jax import compute_or_copy
+  out["compute_or_copy"] = compute_or_copy.verdict(out)
+  return out
+
+
+def counterfactual_metrics(model, tok, examples, targets, layer: int, c, conf: float) -> dict | None:
+  """The fewshot counterfactuals (prompt_formats.py) read by the lens at L. None without fewshot held-out
+  examples, or with answer targets (whose classes are digits, not operations).
+
+  flip_rate: the lens names the operation of the *swapped-in* examples (it follows the examples);
+  stay_rate: it still names the original operation (it reads the query or the symbol, not the examples);
+  shuffled: lens accuracy against the original operation when the examples' results are shuffled across prompts
+  (no example fits the label): a classifier that computes from the examples falls to the input-only baselines.
+  """
+  from lazarus_jax import prompt_formats
+  fewshot = [e for e in examples if e.fmt == "fewshot"]
+  if not fewshot or c.classifier.target_set == "answer":
+    return None
+  train_by_op = {op: tr for op, (_, tr) in data_lib.split_pairs(c.seed, c.data.n_eval_per_op).items()}
+  cf = prompt_formats.counterfactual_examples(fewshot, train_by_op, c.seed)
+  sh = prompt_formats.shuffled_examples(fewshot, c.seed)
+  labels = list(targets.labels)
+  ids = [data_lib.encode_prompt(tok, e.prompt) for e in cf + sh]
+  states = readout_states(model, ids, targets.token_ids, c.eval.batch_size, tok.pad_id)
+  pred = np.argmax(states["class_probs"][:, layer + 1], axis=-1)
+  pred_cf, pred_sh = pred[:len(cf)], pred[len(cf):]
+  new = np.asarray([labels.index(e.operation) for e in cf])
+  old = np.asarray([labels.index(e.source) for e in cf])
+  y_sh = np.asarray([labels.index(e.operation) for e in sh])
+  flip = accuracy_summary(pred_cf == new, conf)
+  flip["by_shown_operation"] = {op: accuracy_summary(pred_cf[new == k] == k, conf)
+                                for k, op in enumerate(labels) if np.any(new == k)}
+  return {
+      "n": len(cf),
+      "flip_rate": flip,
+      "stay_rate": accuracy_summary(pred_cf == old, conf),
+      "shuffled": {**accuracy_summary(pred_sh == y_sh, conf), "chance": 1.0 / len(labels),
+                   "majority": float(np.max(np.bincount(y_sh, minlength=len(labels))) / max(1, len(y_sh)))},
+      "examples": [{"prompt": e.prompt, "shown": e.operation, "original": e.source, "predicted": labels[p]}
+                   for e, p in list(zip(cf, pred_cf))[:8]],
+      "shuffled_examples": [{"prompt": e.prompt, "label": e.operation, "predicted": labels[p]}
+                            for e, p in list(zip(sh, pred_sh))[:4]],
+  }
 
 
 def example_key(e) -> str:
@@ -277,9 +329,12 @@ def experiment_seed_prompts(examples) -> list:
   return [e for e in examples if e.triple in seed]
 
 
-def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, control_types=None) -> dict:
+def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, control_types=None,
+                 embed: np.ndarray | None = None) -> dict:
   """Probes at every row on one format's readout states: stratified split, control task (per-type labels when
-  `control_types` is given, see `control_type`), lexical baseline."""
+  `control_types` is given, see `control_type`), and the input-only baselines on the same split: the lexical
+  (bag-of-tokens) baseline and, given the embedding matrix, a probe on the layer-0 residual at every prompt
+  position (`layer0_positions`)."""
   from lazarus_jax import probes
 
   n_per_class = np.bincount(y, minlength=len(labels))
@@ -293,7 +348,30 @@ def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, contr
                                     steps=c.eval.probe_steps)
   summary = res.summary()
   summary["classes"] = [labels[int(k)] for k in summary["classes"]]
-  return {"summary": summary, "layers": res.to_json(), "lexical_baseline": lexical}
+  out = {"summary": summary, "layers": res.to_json(), "lexical_baseline": lexical}
+  if embed is not None:
+    out["layer0_positions"] = layer0_baseline(embed, prompt_ids, y, (train_idx, test_idx), c)
+  return out
+
+
+def layer0_baseline(embed: np.ndarray, prompt_ids, y: np.ndarray, split, c) -> dict:
+  """Input-only baseline: one linear probe per prompt position on the layer-0 residual (the token embedding,
+  row 0: no computation across positions has happened), positions counted back from the readout (1 = the
+  readout token, 2 = the one before, ...; a prompt without that position gives a zero vector). `best` is the
+  position whose probe scores highest on the held-out half: what a single input token tells at the best place."""
+  from lazarus_jax import probes
+  n_pos = max(len(p) for p in prompt_ids)
+  feats = np.zeros((n_pos, len(prompt_ids), embed.shape[1]), np.float32)
+  for i, ids in enumerate(prompt_ids):
+    back = np.asarray(ids[::-1])
+    feats[:len(back), i] = embed[back]
+  train_idx, test_idx = split
+  res = probes.fit_probes(feats, y, train_idx, test_idx, l2=c.eval.probe_l2, steps=c.eval.probe_steps, seed=c.seed,
+                          method=c.eval.probe_method, learning_rate=c.eval.probe_lr)
+  rows = [{"from_end": p + 1, "accuracy": float(res.test_accuracy[p]), "ci_low": float(res.test_ci[p, 0]),
+           "ci_high": float(res.test_ci[p, 1])} for p in range(n_pos)]
+  best = max(rows, key=lambda r: (r["accuracy"], -r["from_end"]))
+  return {"positions": rows, "best": dict(best, n=int(res.n_test)), "method": "per_position_linear_probe_on_row0"}
 
 
 def answer_metrics(model, tok, examples, prompt_ids, max_new_tokens: int, seed_keys, conf: float) -> dict:
@@ -451,7 +529,8 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   datasets = experiment.build_data(c, tok)
   split = check_split(adapter, datasets.split)  # before any evaluation work: never score training data
   examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op, c.seed)
-  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets))
+  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets),
+                                     examples=datasets.train + datasets.eval)
   timing["load_s"] = time.perf_counter() - t0
   print(f"evaluate: {pretrained.name}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
         f"adapter {adapter or 'none'}; split {split['heldout_sha256'][:12]} ({split['check']})", file=sys.stderr)
@@ -485,6 +564,10 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
       "class_targets": targets.as_dict(),
       "formats": fmts,
       "n_eval": {f: sum(e.fmt == f for e in examples) for f in fmts},
+      # One row of the transfer matrix: trained on `train_formats`, lens at L on each eval format
+      # (classifier_eval.by_format), the same held-out triples in each.
+      "transfer": {"train_formats": experiment.data_formats(c) if not c.data.jsonl else ["jsonl"],
+                   "eval_formats": fmts, "target_set": c.classifier.target_set, "fewshot_k": c.data.fewshot_k},
       **main,
       "base": base if adapted is not None else None,
       "training": training_summary(workdir, origin.get("step") if adapter is not None else None),

@@ -360,6 +360,48 @@ def answers(results: dict) -> list[str]:
   return out
 
 
+def _ci_or_dash(d: dict | None) -> str:
+  return "—" if not d or d.get("accuracy") is None else ci(d)
+
+
+def _compute_or_copy(results: dict) -> list[str]:
+  """The transfer row, the input-only baselines, the fewshot counterfactuals and the verdict per model."""
+  from lazarus_jax import compute_or_copy
+  tr = results.get("transfer") or {}
+  lines = ["## Computed or copied?", "",
+           f"Trained on {', '.join(tr.get('train_formats') or ['?'])} (target set `{tr.get('target_set', '?')}`); "
+           f"the lens at L on every evaluated format is one row of the transfer matrix (same held-out triples in "
+           "each format). Input-only baselines on the same held-out split: a bag-of-tokens probe and the best "
+           "single-position probe on the layer-0 residual (token embeddings; no computation across positions).",
+           "", f"Rule: {compute_or_copy.RULE}.", "",
+           "| Model | Eval format | Lens at L | Bag-of-tokens | Layer-0, best position | Probe at L | Beats the input |",
+           "|---|---|---|---|---|---|---|"]
+  for name, res in _models(results):
+    cc = res.get("compute_or_copy")
+    if not cc:
+      continue
+    for fmt, r in cc["formats"].items():
+      l0 = r["layer0_best"]
+      l0_text = "—" if not l0 else f"{ci(l0)} (token {l0['from_end']} from the end)"
+      beats = {True: "yes", False: "no", None: "—"}[r["beats_input"]]
+      lines.append(f"| {name} | {fmt} | {_ci_or_dash(r['lens'])} | {_ci_or_dash(r['bag_of_tokens'])} | {l0_text} | "
+                   f"{_ci_or_dash(r['probe_at_L'])} | {beats} |")
+  lines.append("")
+  for name, res in _models(results):
+    cf = res.get("counterfactuals")
+    if cf:
+      sh = cf["shuffled"]
+      lines.append(f"- Counterfactuals ({name}, fewshot, n = {cf['n']}): with solved examples of another operation "
+                   f"the lens at L names the new operation in {ci(cf['flip_rate'])} (flip rate) and keeps the "
+                   f"original in {ci(cf['stay_rate'])}; with the examples' results shuffled (n = {sh['n']}) it names "
+                   f"the original operation in {ci(sh)} (chance {pct(sh['chance'], 0)}, majority "
+                   f"{pct(sh['majority'])}).")
+    cc = res.get("compute_or_copy")
+    if cc:
+      lines.append(f"- **Verdict ({name}): {cc['verdict']}** — {cc['reason']}.")
+  return lines + [""]
+
+
 def render_markdown(results: dict) -> str:
   prov = results["provenance"]
   git = prov.get("git", {})
@@ -411,6 +453,7 @@ def render_markdown(results: dict) -> str:
   seed_ans = _seed_answers(main)
   if seed_ans:
     lines += [f"The seed's prompts ({results['evaluated']} model):", ""] + seed_ans + [""]
+  lines += _compute_or_copy(results)
   lines += ["## Answers", "",
             "Rules: a vocab-aligned classifier is *present* when the lower 95% bound of lens accuracy exceeds "
             "the majority-class rate (what always answering the most frequent class scores); *strict* when the "

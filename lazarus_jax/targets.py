@@ -28,9 +28,10 @@ from lazarus_jax.errors import UserError
 DEFAULT_TARGETS = {"multiply": "multiply", "add": "add", "subtract": "subtract", "divide": "divide"}
 # Target controls (`classifier.target_set`). If arbitrary words become readable at L as fast and as well as the
 # operation words, the "vocabulary alignment" is a trained readout rather than an emergent one. The arbitrary
-# words are single SmolLM2 tokens that no prompt of any format contains; the shuffled set is a derangement of
-# the operation words (every label gets another operation's word). None = `classifier.targets`.
-ARBITRARY_TARGETS = {"multiply": "river", "add": "cloud", "subtract": "piano", "divide": "candle"}
+# words are single SmolLM2 tokens that no prompt of any format contains, with distinct first letters (the tiny
+# test tokenizer spells them letter by letter); the shuffled set is a derangement of the operation words (every
+# label gets another operation's word). None = `classifier.targets`.
+ARBITRARY_TARGETS = {"multiply": "river", "add": "cloud", "subtract": "piano", "divide": "lemon"}
 SHUFFLED_TARGETS = {"multiply": "add", "add": "divide", "subtract": "multiply", "divide": "subtract"}
 TARGET_SETS = {"operation": None, "arbitrary": ARBITRARY_TARGETS, "shuffled": SHUFFLED_TARGETS, "answer": None}
 # Neutral left context for the whitespace fallback: a plain letter no tokenizer merges with a space + word.
