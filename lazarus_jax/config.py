@@ -115,6 +115,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.sweep.formats = "symbolic,semantic"  # one arm per format (each trains and evaluates on that format)
   c.sweep.layer_fractions = "0.25,0.4,0.55,0.7,0.85"  # classifier depth; w=0 arms are depth-independent
   c.sweep.seeds = "0,1,2"  # data split, LoRA init and batch order
+  # Held-out formats every arm is evaluated on ("" = the arm's own; "all"): the transfer matrix (train x eval).
+  c.sweep.eval_formats = ""
+  # Target controls: one arm set per classifier.target_set (operation | arbitrary | shuffled | answer).
+  c.sweep.target_sets = "operation"
   c.sweep.confidence = 0.95
   return c
 

@@ -246,6 +246,7 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
       "key": [example_key(e) for e in examples],
       "format": fmts.tolist(),
       "operation": [e.operation for e in examples],
+      "label": [labels[k] for k in y],  # the class the lens targets (the operation, or a digit for answer targets)
       "answer_correct": None if answers is None else bits(answers.pop("_correct")),
       "first_token_correct": None if answers is None else bits(answers.pop("_first_token_correct")),
       "lens_correct": [bits(lens_correct[:, r]) for r in range(lens_correct.shape[1])],

@@ -9,7 +9,12 @@ Every arm takes the config as given (model, data sizes, LoRA placement, optimize
   - data.format: one of `sweep.formats` (the arm trains and is evaluated on that format);
   - classifier.layer_fraction: one of `sweep.layer_fractions` (classifier.layer is set to -1 so the fraction
     decides L = int(n_layers * f));
-  - seed: one of `sweep.seeds` (the train/eval split, LoRA init and batch order).
+  - seed: one of `sweep.seeds` (the train/eval split, LoRA init and batch order);
+  - classifier.target_set: one of `sweep.target_sets` (target controls); an arm of another set than "operation" is
+    labelled `<arm>@<set>` (e.g. dual@arbitrary) and compared with `sft@<set>`.
+Every arm is evaluated on `sweep.eval_formats` (data.eval_format; "" = its own format): with several, the sweep
+writes the transfer matrix (trained format x evaluated format, lens at L, same held-out triples) and the
+computed-or-copied table (sweep_transfer.csv, sweep.md).
 Arms with w = 0 and the base arm do not depend on the classifier layer (the classifier term has weight 0),
 so they run once per (format, seed) and are read at every depth from their all-layer lens.
 
@@ -83,11 +88,12 @@ FALLBACK_NOTE = "†"
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-  arm: str  # base | sft | dual | classifier | w<value>
+  arm: str  # base | sft | dual | classifier | w<value>, + "@<target set>" for a set other than operation
   weight: float | None  # None for base
   fmt: str
   layer_fraction: float | None  # None: depth-independent (base, w = 0), read at every depth
   seed: int
+  target_set: str = "operation"
 
   @property
   def name(self) -> str:
@@ -136,26 +142,45 @@ def grid(c) -> dict:
     raise UserError(f"sweep.seeds={s.seeds!r} must be non-negative")
   if not 0.0 < s.confidence < 1.0:
     raise UserError(f"sweep.confidence must be in (0, 1), got {s.confidence}")
+  target_sets = _split(s.target_sets, "target_sets")
+  from lazarus_jax.targets import TARGET_SETS
+  for t in target_sets:
+    if t not in TARGET_SETS:
+      raise UserError(f"sweep.target_sets: unknown target set {t!r}: use {', '.join(TARGET_SETS)}")
+  eval_formats = str(s.eval_formats).strip()
+  if eval_formats and eval_formats != "all":
+    data_lib.check_formats(_split(eval_formats, "eval_formats"), "sweep.eval_formats", data_lib.EVAL_FORMATS)
   return {"weights": weights, "formats": formats, "layer_fractions": fractions, "seeds": seeds,
-          "include_base": bool(s.include_base)}
+          "include_base": bool(s.include_base), "target_sets": target_sets, "eval_formats": eval_formats}
 
 
-def arm_label(weight: float) -> str:
-  return NAMED_WEIGHTS.get(round(weight, 6), f"w{weight:g}")
+def arm_label(weight: float | None, target_set: str = "operation") -> str:
+  label = "base" if weight is None else NAMED_WEIGHTS.get(round(weight, 6), f"w{weight:g}")
+  return label if target_set == "operation" else f"{label}@{target_set}"
+
+
+def plain_arm(arm: str) -> str:
+  """The arm's weight label without its target set ("dual@arbitrary" -> "dual")."""
+  return arm.split("@")[0]
+
+
+def target_suffix(arm: str) -> str:
+  return arm[arm.index("@"):] if "@" in arm else ""
 
 
 def plan(c) -> list[Arm]:
   g = grid(c)
   arms = []
-  for fmt in g["formats"]:
-    for seed in g["seeds"]:
-      if g["include_base"]:
-        arms.append(Arm("base", None, fmt, None, seed))
-      for w in g["weights"]:
-        if w == 0.0:
-          arms.append(Arm(arm_label(w), w, fmt, None, seed))
-        else:
-          arms += [Arm(arm_label(w), w, fmt, f, seed) for f in g["layer_fractions"]]
+  for ts in g["target_sets"]:
+    for fmt in g["formats"]:
+      for seed in g["seeds"]:
+        if g["include_base"]:
+          arms.append(Arm(arm_label(None, ts), None, fmt, None, seed, ts))
+        for w in g["weights"]:
+          if w == 0.0:
+            arms.append(Arm(arm_label(w, ts), w, fmt, None, seed, ts))
+          else:
+            arms += [Arm(arm_label(w, ts), w, fmt, f, seed, ts) for f in g["layer_fractions"]]
   return arms
 
 
@@ -167,24 +192,34 @@ def arm_config(c, arm: Arm) -> ml_collections.ConfigDict:
   ac.sweep.confidence = c.sweep.confidence  # but evaluate's intervals read this one
   ac.seed = arm.seed
   ac.data.format = arm.fmt
+  ac.data.eval_format = c.sweep.eval_formats
+  ac.classifier.target_set = arm.target_set
   ac.classifier.layer = -1
   if arm.layer_fraction is not None:
     ac.classifier.layer_fraction = arm.layer_fraction
   ac.classifier.weight = 0.0 if arm.weight is None else arm.weight
   ac.eval.enabled = True
   ac.eval.compare_base = False  # the base arm measures the base model, on the same split
-  ac.eval.adapter = "none" if arm.arm == "base" else "workdir"
+  ac.eval.adapter = "none" if arm.weight is None else "workdir"
   ac.resume = True  # a partly trained arm continues from its checkpoint
   ac.overwrite = False
   ac.lock()
   return ac
 
 
+# Keys added after sweeps had run, left out of the hash while at the value that reproduces the older behaviour,
+# so an arm trained before they existed keeps its hash (and its results) instead of being retrained.
+LATER_KEYS_AT_DEFAULT = {"data.eval_format": "", "data.fewshot_k": 2, "classifier.target_set": "operation",
+                         "sweep.eval_formats": "", "sweep.target_sets": "operation"}
+
+
 def result_config(config) -> dict:
-  """An arm's resolved config (a ConfigDict, or the dict of its config.json), flat, without NON_RESULT_KEYS."""
+  """An arm's resolved config (a ConfigDict, or the dict of its config.json), flat, without NON_RESULT_KEYS (and
+  LATER_KEYS_AT_DEFAULT at their defaults)."""
   d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
   flat = flat_config(json.loads(json.dumps(d, default=list)))  # as config.json holds it: tuples read back as lists
-  return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)}
+  return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
+          and not (k in LATER_KEYS_AT_DEFAULT and v == LATER_KEYS_AT_DEFAULT[k])}
 
 
 def config_hash(config) -> str:
@@ -223,7 +258,7 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
   if os.path.isfile(results_path(armdir)):
     stored_config(armdir, ac)
     return False
-  if arm.arm == "base":
+  if arm.weight is None:  # a base arm
     from lazarus_jax import evaluate
     from lazarus_jax.workdir import WorkdirLock
     with WorkdirLock(armdir, "sweep arm"):
@@ -307,7 +342,8 @@ def arm_rows(arm: Arm, results: dict, fractions: list[float], confidence: float 
   n_layers = results["model"]["n_layers"]
   # The bar is the majority-class rate of this format's held-out set, not 1/K: the classes are unbalanced (72 divide
   # against 200 of each other), so an untrained lens that always says " add" scores 29.8% > 25% at every row.
-  ops = [op for op, f in zip(results["per_example"]["operation"], results["per_example"]["format"]) if f == arm.fmt]
+  pe = results["per_example"]
+  ops = [op for op, f in zip(pe.get("label") or pe["operation"], pe["format"]) if f == arm.fmt]
   chance = max(ops.count(op) for op in set(ops)) / len(ops)
   answer = per_example_vector(results, "answer_correct", arm.fmt)
   first = per_example_vector(results, "first_token_correct", arm.fmt)
@@ -332,6 +368,62 @@ def arm_rows(arm: Arm, results: dict, fractions: list[float], confidence: float 
       row["probe_n_test"] = pr["layers"][layer + 1]["n_test"]
     rows.append(row)
   return rows
+
+
+def transfer_rows(arm: Arm, results: dict, fractions: list[float]) -> list[dict]:
+  """One row per (evaluated format, depth) of one arm run: the lens at L on that format (per-example, for the
+  intervals), its input-only baselines and, for fewshot, the counterfactual flip rate and the run's
+  computed-or-copied verdict. The last two are measured at the run's own classifier layer only, so a
+  depth-independent arm (base, sft) carries them at that depth and None at the others."""
+  n_layers = results["model"]["n_layers"]
+  cc = results.get("compute_or_copy") or {}
+  cf = results.get("counterfactuals")
+  rows = []
+  for f in ([arm.layer_fraction] if arm.layer_fraction is not None else fractions):
+    layer = int(n_layers * f)
+    at_run_layer = layer == results["classifier_layer"]
+    for efmt in results["formats"]:
+      vec = per_example_vector(results, "lens_correct", efmt, layer + 1)
+      fr = (cc.get("formats") or {}).get(efmt) or {}
+      bag, l0 = fr.get("bag_of_tokens") or {}, fr.get("layer0_best") or {}
+      with_cf = at_run_layer and cf is not None and efmt == "fewshot"
+      rows.append({
+          "arm": arm.arm, "weight": arm.weight, "target_set": arm.target_set, "train_format": arm.fmt,
+          "eval_format": efmt, "layer_fraction": f, "layer": layer, "seed": arm.seed, "run": arm.name,
+          "n_examples": len(vec[0]), "lens_accuracy": _mean(vec),
+          "bag_of_tokens": bag.get("accuracy"), "layer0_best": l0.get("accuracy"), "baseline_n": bag.get("n"),
+          "flip_rate": cf["flip_rate"]["accuracy"] if with_cf else None,
+          "flip_n": cf["flip_rate"]["n"] if with_cf else None,
+          "shuffled_accuracy": cf["shuffled"]["accuracy"] if with_cf else None,
+          "shuffled_n": cf["shuffled"]["n"] if with_cf else None,
+          "verdict": cc.get("verdict") if at_run_layer else None,
+          "_examples": {"lens_accuracy": vec}})
+  return rows
+
+
+def summarize_transfer(rows: list[dict], confidence: float = 0.95) -> list[dict]:
+  """One row per (arm, trained format, evaluated format, depth): lens accuracy at L over seeds and examples
+  (hierarchical bootstrap), the input-only baselines (mean over seeds), the flip rate and shuffled-results accuracy
+  (bootstrapped from their counts) and each seed's verdict."""
+  groups: dict = {}
+  for r in rows:
+    groups.setdefault((r["arm"], r["weight"], r["target_set"], r["train_format"], r["eval_format"],
+                       r["layer_fraction"], r["layer"]), []).append(r)
+  out = []
+  for (arm, weight, ts, tf, ef, frac, layer), rs in groups.items():
+    rs = sorted(rs, key=lambda r: r["seed"])
+    cell = {"arm": arm, "weight": weight, "target_set": ts, "train_format": tf, "eval_format": ef,
+            "layer_fraction": frac, "layer": layer, "n_seeds": len(rs),
+            "lens_accuracy": _cell(rs, "lens_accuracy", confidence)}
+    for key in ("bag_of_tokens", "layer0_best"):
+      vals = [r[key] for r in rs if r[key] is not None]
+      cell[key] = float(np.mean(vals)) if vals else None
+    for key, n_key in (("flip_rate", "flip_n"), ("shuffled_accuracy", "shuffled_n")):
+      vecs = [_count_vector(r[key], r[n_key]) for r in rs if r[key] is not None and r[n_key]]
+      cell[key] = _bootstrap(vecs, confidence) if vecs else None
+    cell["verdicts"] = [r["verdict"] for r in rs if r["verdict"] is not None]
+    out.append(cell)
+  return sorted(out, key=lambda r: (r["train_format"], r["eval_format"], _order({**r, "format": ""})))
 
 
 def public(row: dict) -> dict:
@@ -446,16 +538,17 @@ def contrasts(rows: list[dict], confidence: float = 0.95, baseline: str = "sft")
   cells = _cells(rows)
   out = []
   for (arm, weight, fmt, frac, layer), rs in cells.items():
-    if arm in (baseline, "base"):
+    if plain_arm(arm) in (baseline, "base"):
       continue
-    base = next((v for k, v in cells.items() if k[0] == baseline and k[2] == fmt and k[3] == frac), None)
+    ref = baseline + target_suffix(arm)  # the same target set's SFT arm: the lens reads the same tokens
+    base = next((v for k, v in cells.items() if k[0] == ref and k[2] == fmt and k[3] == frac), None)
     if base is None:
       continue
     for metric in CONTRAST_METRICS:
       d = paired_rows(rs, base, metric, confidence, f"{arm} vs {baseline}, {fmt}, fraction {frac:g}, {metric}")
       if d is None:
         continue
-      out.append({"contrast": f"{arm} - {baseline}", "arm": arm, "weight": weight, "format": fmt,
+      out.append({"contrast": f"{arm} - {ref}", "arm": arm, "weight": weight, "format": fmt,
                   "layer_fraction": frac, "layer": layer, "metric": metric, "mean_diff": d["mean_diff"],
                   "ci_low": d["ci_low"], "ci_high": d["ci_high"], "se": d["se"], "mde_80": d["mde"],
                   "method": d["method"], "verdict": direction(d), "mcnemar": _mcnemar_text(d),
@@ -464,8 +557,8 @@ def contrasts(rows: list[dict], confidence: float = 0.95, baseline: str = "sft")
 
 
 def _order(r):
-  arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3}.get(r["arm"], 4)
-  return (r["format"], arm_rank, r["weight"] if r["weight"] is not None else -1, r["layer_fraction"],
+  arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3}.get(plain_arm(r["arm"]), 4)
+  return (r["format"], target_suffix(r["arm"]), arm_rank, r["weight"] if r["weight"] is not None else -1, r["layer_fraction"],
           r.get("metric", ""))
 
 
@@ -513,7 +606,7 @@ def _arm_list(summary: list[dict]) -> list:
 
 
 def render_markdown(summary: list[dict], diffs: list[dict], g: dict, meta: dict, rows: list[dict] | None = None,
-                    confidence: float = 0.95) -> str:
+                    confidence: float = 0.95, transfer: list[dict] | None = None) -> str:
   by = {(r["arm"], r["format"], r["layer_fraction"], r["metric"]): r for r in summary}
   pct = f"{100 * confidence:g}%"
   design = meta.get("design_pairs") or {}
@@ -589,8 +682,41 @@ def render_markdown(summary: list[dict], diffs: list[dict], g: dict, meta: dict,
                    f"{100 * d['mde_80']:.1f} pp | {d['mcnemar']} | {d['verdict']} | {d['n_seeds']} | {d['n_pairs']} |")
     lines.append("")
   lines += ["![lens accuracy by depth](sweep_lens.png)", "", "![answer accuracy by depth](sweep_answer.png)", ""]
+  lines += transfer_markdown(transfer or [], pct)
   lines += ["## Answers", ""] + answers(summary, diffs, g, rows or [], confidence) + [""]
   return "\n".join(lines)
+
+
+def _fmt_boot(b: dict | None) -> str:
+  return "—" if not b else f"{100 * b['mean']:.1f}% [{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]"
+
+
+def transfer_markdown(transfer: list[dict], pct: str) -> list[str]:
+  """The transfer matrix and the computed-or-copied table (empty when each arm saw its own format only and no
+  counterfactual was run)."""
+  if not transfer or (len({r["eval_format"] for r in transfer}) < 2 and not any(r["flip_rate"] for r in transfer)):
+    return []
+  from lazarus_jax.compute_or_copy import RULE
+  evals = sorted({r["eval_format"] for r in transfer})
+  by = {(r["arm"], r["train_format"], r["layer_fraction"], r["eval_format"]): r for r in transfer}
+  lines = ["## Transfer matrix (lens accuracy at L)", "",
+           "Rows: the format an arm trained on; columns: the held-out format it was evaluated on (the same held-out "
+           f"triples in each); cells: mean over seeds [{pct} hierarchical bootstrap].", "",
+           "| Arm | trained on | fraction | " + " | ".join(evals) + " |", "|---|---|---|" + "---|" * len(evals)]
+  for arm, tf, frac in dict.fromkeys((r["arm"], r["train_format"], r["layer_fraction"]) for r in transfer):
+    cells = [_fmt_ci(by[(arm, tf, frac, e)]["lens_accuracy"]) if (arm, tf, frac, e) in by else "—" for e in evals]
+    lines.append(f"| {arm} | {tf} | {frac:g} | " + " | ".join(cells) + " |")
+  lines += ["", "## Computed or copied?", "", f"Rule (per run, at its classifier layer): {RULE}.", "",
+            "| Arm | trained on | fraction | eval format | lens at L | bag-of-tokens | layer-0 best | flip rate | "
+            "shuffled results | verdict per seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in transfer:
+    if not r["verdicts"] and r["flip_rate"] is None:
+      continue  # a depth-independent arm read at a depth other than its run's: no verdict there
+    base = [f"{100 * r[k]:.1f}%" if r[k] is not None else "—" for k in ("bag_of_tokens", "layer0_best")]
+    lines.append(f"| {r['arm']} | {r['train_format']} | {r['layer_fraction']:g} | {r['eval_format']} | "
+                 f"{_fmt_ci(r['lens_accuracy'])} | {base[0]} | {base[1]} | {_fmt_boot(r['flip_rate'])} | "
+                 f"{_fmt_boot(r['shuffled_accuracy'])} | {', '.join(r['verdicts']) or '—'} |")
+  return lines + [""]
 
 
 def _cell_text(by: dict, arm: str, fmt: str, f: float, metric: str = "lens_accuracy") -> str:
@@ -760,7 +886,7 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
     (ran if run_arm(c, arm, workdir) else skipped).append(arm.name)
   elapsed = time.perf_counter() - t0
 
-  rows, n_layers, configs = [], None, []
+  rows, t_rows, n_layers, configs = [], [], None, []
   for arm in arms:
     configs.append(stored_config(dirs[arm.name], arm_config(c, arm)))
     res = files.read_json(results_path(dirs[arm.name]), "arm results", f"delete {dirs[arm.name]} to run that arm again")
@@ -769,19 +895,24 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
     for r in arm_result:
       r["arm_dir"] = os.path.relpath(dirs[arm.name], workdir)
     rows += arm_result
+    t_rows += transfer_rows(arm, res, g["layer_fractions"])
   summary = summarize(rows, c.sweep.confidence)
+  transfer = summarize_transfer(t_rows, c.sweep.confidence)
   diffs = contrasts(rows, c.sweep.confidence)
   meta = {**describe_arms(configs), "n_layers": n_layers, "design_pairs": planned_pairs(c, g)}
   write_csv(os.path.join(workdir, "sweep_runs.csv"), rows)
   write_csv(os.path.join(workdir, "sweep_summary.csv"), summary)
   write_csv(os.path.join(workdir, "sweep_contrasts.csv"), diffs)
+  write_csv(os.path.join(workdir, "sweep_transfer.csv"), t_rows)
   from lazarus_jax import provenance, report
   report.plot_sweep(summary, os.path.join(workdir, "sweep_lens.png"), "lens_accuracy", "lens accuracy at L")
   report.plot_sweep(summary, os.path.join(workdir, "sweep_answer.png"), "answer_accuracy", "answer accuracy")
-  files.write_text(os.path.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence))
+  files.write_text(os.path.join(workdir, "sweep.md"),
+                   render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence, transfer))
   out = {"grid": g, "meta": meta, "arms": [a.name for a in arms],
          "arm_dirs": {k: os.path.relpath(v, workdir) for k, v in dirs.items()}, "ran": ran, "skipped": skipped,
          "seconds": elapsed, "runs": [public(r) for r in rows], "summary": summary, "contrasts": diffs,
+         "transfer_runs": [public(r) for r in t_rows], "transfer": transfer,
          "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER,
                         "confidence": c.sweep.confidence},
          "provenance": provenance.collect(c)}

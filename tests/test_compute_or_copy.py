@@ -165,3 +165,26 @@ def test_fewshot_evaluation_carries_baselines_counterfactuals_transfer_and_verdi
   for needle in ("## Computed or copied?", "Counterfactuals (base, fewshot", "Verdict (base)", "| base | fewshot |",
                  "| base | symbolic_alt |"):
     assert needle in text, needle
+
+
+def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
+  from lazarus_jax import sweep
+  r, _ = fewshot_base_eval
+  rows = []
+  for seed in (0, 1):  # the same results twice stand in for two seeds
+    rows += sweep.transfer_rows(sweep.Arm("base", None, "fewshot", None, seed), r, [0.25, 0.55])
+  assert {(x["eval_format"], x["layer"]) for x in rows} == {(f, lay) for f in ("fewshot", "symbolic_alt")
+                                                            for lay in (1, 2)}
+  at_l = [x for x in rows if x["layer"] == r["classifier_layer"]]
+  few = next(x for x in at_l if x["eval_format"] == "fewshot")
+  assert few["flip_rate"] == r["counterfactuals"]["flip_rate"]["accuracy"] and few["verdict"] == \
+      r["compute_or_copy"]["verdict"]
+  assert few["lens_accuracy"] == r["classifier_eval"]["by_format"]["fewshot"]["accuracy"]
+  assert few["bag_of_tokens"] == r["probes"]["by_format"]["fewshot"]["lexical_baseline"]["accuracy"]
+  assert all(x["verdict"] is None and x["flip_rate"] is None for x in rows if x["layer"] != r["classifier_layer"])
+  summary = sweep.summarize_transfer(rows)
+  cell = next(x for x in summary if x["eval_format"] == "fewshot" and x["layer"] == 2)
+  assert cell["n_seeds"] == 2 and cell["verdicts"] == [few["verdict"]] * 2
+  assert cell["lens_accuracy"]["mean"] == pytest.approx(few["lens_accuracy"])
+  md = "\n".join(sweep.transfer_markdown(summary, "95%"))
+  assert "## Transfer matrix" in md and "| base | fewshot | 0.55 |" in md and "## Computed or copied?" in md

@@ -396,3 +396,30 @@ def test_a_changed_config_never_reuses_an_arm(tmp_path):
   cfg.write_text(json.dumps(doc))
   with pytest.raises(UserError, match="another config"):
     sweep.run(c, str(tmp_path))
+
+
+def test_target_sets_and_eval_formats_are_sweep_dimensions():
+  c = tiny_config.get_config()
+  c.sweep.weights, c.sweep.formats, c.sweep.layer_fractions, c.sweep.seeds = "0,0.7", "fewshot", "0.5", "0"
+  c.sweep.target_sets, c.sweep.eval_formats = "operation,arbitrary", "all"
+  arms = sweep.plan(c)
+  assert [a.arm for a in arms] == ["base", "sft", "dual", "base@arbitrary", "sft@arbitrary", "dual@arbitrary"]
+  ac = sweep.arm_config(c, arms[-1])
+  assert ac.classifier.target_set == "arbitrary" and ac.data.eval_format == "all" and ac.data.format == "fewshot"
+  assert sweep.arm_config(c, arms[3]).eval.adapter == "none"  # base@arbitrary is a base arm
+  c.sweep.target_sets = "operation,colours"
+  with pytest.raises(UserError, match="target_sets"):
+    sweep.grid(c)
+
+
+def test_keys_added_later_keep_an_older_arms_hash_at_their_defaults():
+  c = tiny_config.get_config()
+  arm = sweep.Arm("dual", 0.7, "symbolic", 0.5, 0)
+  ac = sweep.arm_config(c, arm)
+  old = ac.to_dict()  # as a config.json written before these keys existed
+  for section, key in (("data", "eval_format"), ("data", "fewshot_k"), ("classifier", "target_set"),
+                       ("sweep", "eval_formats"), ("sweep", "target_sets")):
+    del old[section][key]
+  assert sweep.config_hash(old) == sweep.config_hash(ac)
+  c.data.fewshot_k = 3
+  assert sweep.config_hash(sweep.arm_config(c, arm)) != sweep.config_hash(ac)  # a non-default value is a new arm
