@@ -59,8 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # Trained formats, comma-separated: symbolic | semantic | fewshot | word (prompt_formats.py for the last two).
   c.data.format = "symbolic"
-  # Held-out formats evaluated ("" = the trained ones; "all"; or a list that may add symbolic_alt, the held-out
-  # operator spellings): the same held-out triples in each, so one run gives a row of the transfer matrix.
+  # Held-out formats evaluated: "" = the trained ones (every format when fewshot or word is trained); "all"; or a
+  # list that may add symbolic_alt, the held-out operator spellings. The same held-out triples in each, so one
+  # run gives a row of the transfer matrix.
   c.data.eval_format = ""
   c.data.fewshot_k = 2  # solved examples per fewshot prompt
   c.data.jsonl = ""  # optional user data {prompt, response, operation} replacing the generator's train split

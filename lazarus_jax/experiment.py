@@ -75,11 +75,14 @@ def data_formats(c) -> list[str]:
 
 
 def eval_formats(c) -> list[str]:
-  """The held-out set's formats: `data.eval_format` ("all" = every format), default the training formats."""
+  """The held-out set's formats: `data.eval_format` ("all" = every format). Default (""): the trained formats, or
+  every format when a cue-free one (fewshot, word) is trained, so such a run reports its row of the transfer
+  matrix and the input-only baselines of every format without being asked."""
   spec = c.data.eval_format.strip()
-  if spec == "all":
+  trained = data_formats(c)
+  if spec == "all" or (not spec and set(trained) & {"fewshot", "word"}):
     return list(data_lib.EVAL_FORMATS)
-  return [f.strip() for f in spec.split(",") if f.strip()] if spec else data_formats(c)
+  return [f.strip() for f in spec.split(",") if f.strip()] if spec else trained
 
 
 def classifier_layer(c, num_layers: int) -> int:

@@ -188,3 +188,15 @@ def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
   assert cell["lens_accuracy"]["mean"] == pytest.approx(few["lens_accuracy"])
   md = "\n".join(sweep.transfer_markdown(summary, "95%"))
   assert "## Transfer matrix" in md and "| base | fewshot | 0.55 |" in md and "## Computed or copied?" in md
+
+
+def test_default_eval_formats():
+  c = tiny_config.get_config()
+  assert experiment.eval_formats(c) == ["symbolic"]  # round-1 runs evaluate what they train on, as before
+  c.data.format = "fewshot"
+  assert experiment.eval_formats(c) == list(data_lib.EVAL_FORMATS)  # a cue-free run reports its transfer row
+  c.data.eval_format = "fewshot,symbolic_alt"
+  assert experiment.eval_formats(c) == ["fewshot", "symbolic_alt"]
+  c.data.eval_format = "symbolic_alt,nope"
+  with pytest.raises(UserError, match="nope"):
+    experiment.validate_config(c)
