@@ -188,6 +188,7 @@ RANGES = {
     "data.n_eval_per_op": _POSITIVE_INT,
     "data.max_answer_tokens": _POSITIVE_INT,
     "data.seq_len": Range(0, 1 << 20),  # 0 = the longest example rounded up to 16
+    "data.fewshot_k": _POSITIVE_INT,
     "train.steps": _POSITIVE_INT,
     "train.batch_size": _POSITIVE_INT,
     "train.lr": Range(0, open_low=True),

@@ -45,8 +45,6 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"train.lr must be positive, got {c.train.lr}")
   data_lib.check_formats(data_formats(c), "data.format", data_lib.FORMATS)
   data_lib.check_formats(eval_formats(c), "data.eval_format", data_lib.EVAL_FORMATS)
-  if c.data.fewshot_k < 1:
-    raise UserError(f"data.fewshot_k must be at least 1, got {c.data.fewshot_k}")
   if c.classifier.target_set not in TARGET_SETS:
     raise UserError(f"classifier.target_set must be one of {', '.join(TARGET_SETS)}, got {c.classifier.target_set!r}")
   if c.data.jsonl:  # a bad data file is named (file:line) before the model loads
