@@ -6,6 +6,7 @@ import dataclasses
 import sys
 
 import ml_collections
+import numpy as np
 
 from lazarus_jax import data as data_lib
 from lazarus_jax import dtypes
@@ -163,6 +164,15 @@ def class_targets(c, tokenizer, prompts, examples=None) -> ResolvedTargets:
                                allow_target_in_prompt=c.classifier.allow_target_in_prompt)
   print(resolved.describe(), file=sys.stderr)
   return resolved
+
+
+def balance_ids(operations) -> np.ndarray:
+  """The class ids `data.batch_indices` balances training batches by: the operation, whatever the target set (with
+  answer targets the lens classes are digits), numbered alphabetically. That is the order the operation labels had
+  before target sets existed (`classifier.targets` is a ConfigDict, whose keys iterate sorted), so a given seed
+  draws the very batches it drew then."""
+  order = sorted(data_lib.OPERATIONS)
+  return np.asarray([data_lib.label_index(op, order) for op in operations])
 
 
 def example_labels(c, tokenizer, examples) -> list[str]:

@@ -252,8 +252,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
                             c.train.grad_accum_steps)
   jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
   n = len(datasets.train_encoded)
-  # Batches are balanced by operation whatever the target set (with answer targets the classes are digits).
-  label_ids = np.asarray([data_lib.label_index(op, data_lib.OPERATIONS) for op in datasets.train_labels])
+  label_ids = experiment.balance_ids(datasets.train_labels)
 
   def global_batch(step):
     idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)

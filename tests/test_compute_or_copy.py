@@ -200,3 +200,17 @@ def test_default_eval_formats():
   c.data.eval_format = "symbolic_alt,nope"
   with pytest.raises(UserError, match="nope"):
     experiment.validate_config(c)
+
+
+def test_batches_are_balanced_as_before_target_sets_existed():
+  # The ids train balances by equal the operation's index among the default class targets (the label order every
+  # run before target sets used), so a seed draws the same batches; and they do not depend on the target set.
+  c = tiny_config.get_config()
+  tok = tiny_tokenizer()
+  s = data_lib.make_splits(n_eval_per_op=16)
+  ops = [e.operation for e in s.train]
+  labels = experiment.class_targets(c, tok, []).labels
+  assert list(experiment.balance_ids(ops)) == [data_lib.label_index(op, labels) for op in ops]
+  np.testing.assert_array_equal(data_lib.batch_indices(len(ops), 8, 5, 0, labels=experiment.balance_ids(ops)),
+                                data_lib.batch_indices(len(ops), 8, 5, 0,
+                                                       labels=[data_lib.label_index(op, labels) for op in ops]))
