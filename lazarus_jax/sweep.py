@@ -210,7 +210,9 @@ def arm_config(c, arm: Arm) -> ml_collections.ConfigDict:
 # Keys added after sweeps had run, left out of the hash while at the value that reproduces the older behaviour,
 # so an arm trained before they existed keeps its hash (and its results) instead of being retrained.
 LATER_KEYS_AT_DEFAULT = {"data.eval_format": "", "data.fewshot_k": 2, "classifier.target_set": "operation",
-                         "sweep.eval_formats": "", "sweep.target_sets": "operation"}
+                         "sweep.eval_formats": "", "sweep.target_sets": "operation",
+                         # auto = einsum attention and the scanned loop on the CPUs earlier arms ran on
+                         "model.attention": "auto", "model.layer_loop": "auto"}
 
 
 def result_config(config) -> dict:

@@ -418,7 +418,8 @@ def test_keys_added_later_keep_an_older_arms_hash_at_their_defaults():
   ac = sweep.arm_config(c, arm)
   old = ac.to_dict()  # as a config.json written before these keys existed
   for section, key in (("data", "eval_format"), ("data", "fewshot_k"), ("classifier", "target_set"),
-                       ("sweep", "eval_formats"), ("sweep", "target_sets")):
+                       ("sweep", "eval_formats"), ("sweep", "target_sets"), ("model", "attention"),
+                       ("model", "layer_loop")):
     del old[section][key]
   assert sweep.config_hash(old) == sweep.config_hash(ac)
   c.data.fewshot_k = 3
