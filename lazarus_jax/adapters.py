@@ -77,9 +77,9 @@ def model_fingerprint(cfg) -> dict:
           "vocab_size": cfg.vocab_size}
 
 
-def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
-  """Attaches the PEFT adapter in `path` to `model` (in place). Refuses one made for another model."""
-  import jax.numpy as jnp
+def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
+  """The PEFT adapter in `path` as our LoRA config and stacked weights ({target}_a [n, in, r], {target}_b [n, r, out],
+  float32 numpy). Refuses one made for another model."""
   from safetensors.numpy import load_file
 
   cfg_file, weights_file = (os.path.join(path, n) for n in ("adapter_config.json", "adapter_model.safetensors"))
@@ -93,7 +93,7 @@ def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
     raise UserError(f"adapter config {cfg_file} lacks a valid r, lora_alpha or target_modules ({type(e).__name__}: "
                     f"{e}): {fix}") from None
   saved = adapter_record(path).get("model")
-  if saved and saved != model_fingerprint(model.cfg):
+  if saved and saved != model_fingerprint(model_cfg):
     raise UserError(f"adapter {path} was trained for a different base model ({saved}); "
                     "load it with the model it was trained on")
   by_module = {v.split(".")[-1]: k for k, v in HF_LAYER_MODULES.items()}
@@ -113,24 +113,32 @@ def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
   if rank <= 0 or not np.isfinite(alpha):
     raise UserError(f"adapter config {cfg_file} has r={rank}, lora_alpha={alpha}: {fix}")
   lcfg = LoRAConfig(rank=rank, alpha=alpha, targets=targets, layer_start=layers[0], layer_end=layers[-1] + 1)
-  if layers[-1] >= model.cfg.num_layers:
-    raise UserError(f"adapter {path} adapts layer {layers[-1]} but the model has {model.cfg.num_layers} layers")
-  lora = add_lora(model, lcfg, seed=0)
+  if layers[-1] >= model_cfg.num_layers:
+    raise UserError(f"adapter {path} adapts layer {layers[-1]} but the model has {model_cfg.num_layers} layers")
+  weights = {}
   for t in targets:
-    a = getattr(lora, f"{t}_a")
-    b = getattr(lora, f"{t}_b")
     try:
-      a_val = np.stack([tensors[_key(i, t, "A")].T for i in layers])
-      b_val = np.stack([tensors[_key(i, t, "B")].T for i in layers])
+      weights[f"{t}_a"] = np.stack([tensors[_key(i, t, "A")].T for i in layers]).astype(np.float32)
+      weights[f"{t}_b"] = np.stack([tensors[_key(i, t, "B")].T for i in layers]).astype(np.float32)
     except KeyError as e:
       raise UserError(f"adapter {path} lacks tensor {e}") from None
-    if a_val.shape != a[...].shape or b_val.shape != b[...].shape:
-      raise UserError(f"adapter {path} has {t} shapes {a_val.shape}/{b_val.shape}, the model needs "
-                      f"{a[...].shape}/{b[...].shape}: it belongs to another base model")
-    if not (np.all(np.isfinite(a_val)) and np.all(np.isfinite(b_val))):
+    if not all(np.all(np.isfinite(weights[f"{t}_{w}"])) for w in "ab"):
       raise UserError(f"adapter {path} has non-finite {t} weights: {fix}")
-    a[...] = jnp.asarray(a_val)
-    b[...] = jnp.asarray(b_val)
+  return lcfg, weights
+
+
+def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
+  """Attaches the PEFT adapter in `path` to `model` (in place). Refuses one made for another model."""
+  import jax.numpy as jnp
+
+  lcfg, weights = read_adapter(path, model.cfg)
+  lora = add_lora(model, lcfg, seed=0)
+  for name, value in weights.items():
+    var = getattr(lora, name)
+    if value.shape != var[...].shape:
+      raise UserError(f"adapter {path} has {name} shapes {value.shape}, the model needs {var[...].shape}: "
+                      "it belongs to another base model")
+    var[...] = jnp.asarray(value)
   return lcfg
 
 

@@ -71,6 +71,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 0  # 0 = the longest example rounded up to 16
 
   c.train = ml_collections.ConfigDict()
+  # dual_reward: w * classifier_loss + (1 - w) * answer_loss (w = 0 is SFT); grpo: lazarus_jax/grpo.py (RL with
+  # sampled completions and a verifiable reward; the lens term enters weighted by classifier.weight)
+  c.train.objective = "dual_reward"
+  c.train.init_adapter = ""  # warm start: a PEFT adapter directory (another run's <workdir>/adapter), same LoRA shape
   c.train.steps = 1000  # also the length of the lr schedule: raising it on resume stretches the remaining decay
   c.train.batch_size = 8
   c.train.lr = 5e-4
@@ -86,6 +90,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.max_to_keep = 3
   c.train.max_consecutive_nonfinite = 5  # stop after this many skipped (non-finite) updates in a row
   c.train.table_steps = (100, 500, 1000)  # rows of the final training table
+
+  # GRPO (train.objective=grpo): train.steps counts generation rounds of train.batch_size prompts, each round
+  # sampling group_size completions per prompt and taking updates_per_batch optimizer steps on them.
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.group_size = 8  # G completions per prompt; advantages are normalised within each group
+  c.grpo.max_new_tokens = 8
+  c.grpo.temperature = 1.0  # > 0; the policy is softmax(logits / temperature), in sampling and in the loss
+  c.grpo.top_p = 1.0  # nucleus sampling; the loss still scores the untruncated policy (as TRL does)
+  c.grpo.updates_per_batch = 1  # mu: optimizer steps per generation batch (> 1 makes the clipped ratio matter)
+  c.grpo.clip_low = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
+  c.grpo.clip_high = 0.2  # DAPO raises this (0.28)
+  c.grpo.kl_beta = 0.04  # KL(policy || reference) weight, k3 estimator; reference = the model with adapters off
+  c.grpo.aggregation = "token"  # token (DAPO: mean over all completion tokens) | sequence (GRPO) | constant (Dr. GRPO)
+  c.grpo.scale_rewards = True  # divide advantages by the group's std (GRPO); False: Dr. GRPO's unscaled advantages
+  c.grpo.format_weight = 0.0  # extra reward for a completion that is exactly an integer followed by EOS
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 fills the device count
@@ -121,7 +140,29 @@ def default_config() -> ml_collections.ConfigDict:
   # Target controls: one arm set per classifier.target_set (operation | arbitrary | shuffled | answer).
   c.sweep.target_sets = "operation"
   c.sweep.confidence = 0.95
+  # GRPO arms (train.objective=grpo), each warm-started from the same (format, seed) SFT arm (so sweep.weights
+  # must hold 0): "grpo" (w = 0) and "grpo+lens" (w = grpo_lens_weight, at every layer fraction). Empty: none.
+  c.sweep.grpo_arms = ""  # e.g. grpo,grpo+lens
+  c.sweep.grpo_steps = 100  # generation rounds of each GRPO arm, after the SFT arm's train.steps
+  c.sweep.grpo_lens_weight = 0.7
+  c.sweep.grpo_lr = 1e-4  # train.lr of the GRPO arms (RL steps are noisier than SFT's)
   return c
+
+
+# Keys added after runs were recorded: at their default value they are left out when runs are compared (resume)
+# and hashed (sweep arms), so every earlier run and arm keeps its identity.
+ADDED_KEY_PREFIXES = ("train.objective", "train.init_adapter", "grpo.", "sweep.grpo_")
+
+
+def without_added_defaults(flat: dict) -> dict:
+  """`flat` (from `flat_config`) without the ADDED_KEY_PREFIXES keys that hold their default value."""
+  defaults = flat_config(default_config())
+  return {k: v for k, v in flat.items()
+          if not (k.startswith(ADDED_KEY_PREFIXES) and k in defaults and _same(v, defaults[k]))}
+
+
+def _same(a, b) -> bool:
+  return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
 
 
 def flat_config(c) -> dict:

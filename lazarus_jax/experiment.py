@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import ml_collections
@@ -19,6 +20,7 @@ from lazarus_jax.model import PROJS
 from lazarus_jax.targets import TARGET_SETS, ResolvedTargets, answer_label, answer_targets, resolve_targets
 
 DTYPES = ("float32", "bfloat16", "float16", dtypes.AUTO)
+OBJECTIVES = ("dual_reward", "grpo")
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
@@ -48,6 +50,17 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   data_lib.check_formats(eval_formats(c), "data.eval_format", data_lib.EVAL_FORMATS)
   if c.classifier.target_set not in TARGET_SETS:
     raise UserError(f"classifier.target_set must be one of {', '.join(TARGET_SETS)}, got {c.classifier.target_set!r}")
+  if c.train.objective not in OBJECTIVES:
+    raise UserError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {c.train.objective!r}")
+  if c.train.objective == "grpo":
+    from lazarus_jax.grpo import GRPOConfig
+    GRPOConfig.from_config(c.grpo)  # its value checks
+    if c.train.grad_accum_steps != 1:
+      raise UserError("train.grad_accum_steps applies to the dual-reward step only: set it to 1 with "
+                      "train.objective=grpo")
+  if c.train.init_adapter and not os.path.isdir(c.train.init_adapter):
+    raise UserError(f"train.init_adapter {c.train.init_adapter} is not a directory: pass another run's "
+                    "<workdir>/adapter")
   if c.data.jsonl:  # a bad data file is named (file:line) before the model loads
     data_lib.load_jsonl(c.data.jsonl)
   # The LoRA checks that need no model (the layer range against the model comes once it is loaded).

@@ -64,9 +64,34 @@ def _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot):
   return h, new_caches
 
 
+def pick_token(logits, key, temperature: float, top_p: float):
+  """The next token from float32 logits [B,V]: argmax when `temperature` is 0, else a sample from
+  softmax(logits / temperature) restricted to the nucleus (the smallest set of most likely tokens whose probability
+  reaches `top_p`; the most likely token is always in it). `temperature` and `top_p` are static."""
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    # A token is in the nucleus when the mass of the tokens ranked above it is still below top_p.
+    n_keep = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < top_p, axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(ordered, n_keep - 1, axis=-1)
+    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_range", "lora_scale", "max_new_tokens"))
 def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_scale, max_new_tokens):
-  """tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS)."""
+  """Greedy: tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS)."""
+  return decode(params, tokens, mask, eos_id, pad_id, jax.random.key(0), cfg=cfg, lora_range=lora_range,
+                lora_scale=lora_scale, max_new_tokens=max_new_tokens)
+
+
+def decode(params, tokens, mask, eos_id, pad_id, key, *, cfg, lora_range, lora_scale, max_new_tokens,
+           temperature: float = 0.0, top_p: float = 1.0):
+  """tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS), greedy or sampled
+  (`pick_token`; decode step i draws with `fold_in(key, i)`). Traced inside the caller's jit."""
   adt = jnp.dtype(cfg.activation_dtype)  # the residual stream and the k/v cache, as in training
   b, p = tokens.shape
   s = p + max_new_tokens
@@ -75,8 +100,9 @@ def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_sca
   cols = jnp.arange(s)
   prompt_keys = jnp.pad(mask > 0, ((0, 0), (0, max_new_tokens)))  # [B,S] real prompt columns
 
-  def next_token(h):  # greedy pick from the last column's logits: the model's own head (`LlamaModel.lens`)
-    return jnp.argmax(lens_logits(cfg, params["final_norm"], params["unembed"], h[:, -1]), axis=-1).astype(jnp.int32)
+  def next_token(h, i):  # from the last column's logits: the model's own head (`LlamaModel.lens`)
+    logits = lens_logits(cfg, params["final_norm"], params["unembed"], h[:, -1])
+    return pick_token(logits, jax.random.fold_in(key, i), temperature, top_p)
 
   # Prefill: causal over the prompt columns, padded keys masked; positions count real tokens only.
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
@@ -88,7 +114,7 @@ def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_sca
   caches = [(jnp.zeros((e - a,) + shape, adt), jnp.zeros((e - a,) + shape, adt)) for a, e, _ in segs]
   h = params["embed"][tokens].astype(adt)
   h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, 0)
-  tok = next_token(h)
+  tok = next_token(h, 0)
   done = tok == eos_id
   out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
 
@@ -104,7 +130,7 @@ def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_sca
     bias = jnp.where(allowed, 0.0, neg)[:, None, None, None]  # [B,1,1,1,S]
     h = params["embed"][tok[:, None]].astype(adt)
     h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot)
-    nxt = next_token(h)
+    nxt = next_token(h, i)
     out = out.at[:, i].set(jnp.where(done, pad_id, nxt))
     return i + 1, nxt, done | (nxt == eos_id), caches, out
 
@@ -114,7 +140,7 @@ def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_sca
 
 # ---- host side -----------------------------------------------------------------------------------
 
-def _params(model) -> tuple[dict, tuple[int, int], float]:
+def model_params(model) -> tuple[dict, tuple[int, int], float]:
   """The arrays the jitted core needs, the LoRA layer range and the LoRA scale."""
   cfg = model.cfg
   params = {
@@ -158,7 +184,7 @@ def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
   for i, ids in enumerate(prompt_ids):
     if len(ids) == 0:
       raise UserError(f"prompt {i} is empty: greedy_generate needs at least one prompt token")
-  params, lora_range, lora_scale = _params(model)
+  params, lora_range, lora_scale = model_params(model)
   cfg = model.cfg
   bsz = _batch_size(len(prompt_ids), max_batch)
   eos = jnp.int32(-1 if eos_id is None else eos_id)

@@ -63,7 +63,7 @@ import numpy as np
 
 from lazarus_jax import data as data_lib
 from lazarus_jax import files, stats
-from lazarus_jax.config import default_config, flat_config
+from lazarus_jax.config import default_config, flat_config, without_added_defaults
 from lazarus_jax.errors import UserError
 from lazarus_jax.evaluate import unbits
 
@@ -220,6 +220,9 @@ def result_config(config) -> dict:
   LATER_KEYS_AT_DEFAULT at their defaults)."""
   d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
   flat = flat_config(json.loads(json.dumps(d, default=list)))  # as config.json holds it: tuples read back as lists
+  flat = without_added_defaults(flat)  # keys added later, at their defaults: earlier arms keep their hashes
+  if flat.get("train.init_adapter"):  # a GRPO arm's warm start: the SFT arm's directory (name + hash), not where
+    flat["train.init_adapter"] = "/".join(flat["train.init_adapter"].split(os.sep)[-3:])  # the sweep lives
   return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
           and not (k in LATER_KEYS_AT_DEFAULT and v == LATER_KEYS_AT_DEFAULT[k])}
 

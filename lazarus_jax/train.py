@@ -30,13 +30,14 @@ import optax
 from flax import nnx
 
 from lazarus_jax import data as data_lib
-from lazarus_jax import experiment, provenance
+from lazarus_jax import experiment, grpo, provenance
 from lazarus_jax import workdir as workdir_lib
 from lazarus_jax.adapters import export_peft, model_fingerprint
 from lazarus_jax.checkpoints import Checkpointer, abstract_like
-from lazarus_jax.config import flat_config
+from lazarus_jax.config import flat_config, without_added_defaults
 from lazarus_jax.errors import UserError
 from lazarus_jax.files import check_output_dir, read_json, write_text
+from lazarus_jax.grpo import GRPOConfig
 from lazarus_jax.logging_utils import MetricsWriter, progress_bar
 from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
 from lazarus_jax.losses import dual_reward_loss
@@ -50,11 +51,14 @@ RESUMABLE_KEYS = ("resume", "overwrite", "eval", "train.steps", "train.log_every
 
 
 # ---- optimizer ---------------------------------------------------------------------------------------
-def make_optimizer(tc) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with linear warm-up, cosine decay and global-norm clipping (ORIGINAL_DEFECTS #4)."""
+def make_optimizer(tc, updates_per_step: int = 1) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up, cosine decay and global-norm clipping (ORIGINAL_DEFECTS #4).
+
+  The schedule counts optimizer updates: `train.steps` x `updates_per_step` (GRPO's mu updates per round)."""
+  total = tc.steps * updates_per_step
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=tc.lr, warmup_steps=max(tc.warmup_steps, 1),
-      decay_steps=max(tc.steps, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_fraction)
+      decay_steps=max(total, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_fraction)
   tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip),
                    optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay))
   return tx, schedule
@@ -110,24 +114,33 @@ def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_c
   return step
 
 
-def initial_state_fn(model_cfg, lora_cfg: LoRAConfig, tx, seed: int):
-  """The fresh train state (adapters, optimizer state, counters) as a function: for `jax.eval_shape` and for
-  `jax.jit(..., out_shardings=...)`, which creates it already sharded."""
+SAMPLING_STREAM = 0x6772706F  # folded into the seed for GRPO's sampling key: a stream apart from the LoRA init
+
+
+def initial_state_fn(model_cfg, lora_cfg: LoRAConfig, tx, seed: int, objective: str = "dual_reward"):
+  """The fresh train state (adapters, optimizer state, counters; for GRPO also the optimizer-update count and the
+  sampling RNG, so a resumed run samples what the uninterrupted one would) as a function: for `jax.eval_shape` and
+  for `jax.jit(..., out_shardings=...)`, which creates it already sharded."""
 
   def init_state():
     fresh = LoRA(model_cfg, lora_cfg, nnx.Rngs(lora=seed))
     params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
-    return {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    state = {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    if objective == "grpo":
+      state["opt_step"] = jnp.zeros((), jnp.int32)
+      state["rng"] = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), SAMPLING_STREAM))
+    return state
 
   return init_state
 
 
 def train_state_shardings(abstract_state, lora_shardings, mesh) -> dict:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return {"lora": lora_shardings,
-          "opt_state": opt_state_shardings(abstract_state["opt_state"], lora_shardings, replicated),
-          "step": replicated, "nonfinite": replicated, "skipped": replicated}
+  out = {k: replicated for k in abstract_state}  # counters (and GRPO's sampling RNG)
+  out.update(lora=lora_shardings,
+             opt_state=opt_state_shardings(abstract_state["opt_state"], lora_shardings, replicated))
+  return out
 
 
 def jit_train_step(step_fn, state_sh, base_sh, batch_sh, mesh):
@@ -172,7 +185,8 @@ def check_workdir(c, workdir: str) -> None:
   new = json.loads(json.dumps(c.to_dict(), default=list))
 
   def relevant(d):
-    return {k: v for k, v in flat_config(d).items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+    flat = without_added_defaults(flat_config(d))
+    return {k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
 
   diff = sorted(k for k in set(relevant(old)) | set(relevant(new)) if relevant(old).get(k) != relevant(new).get(k))
   if diff:
@@ -184,19 +198,21 @@ def check_workdir(c, workdir: str) -> None:
                     "or --config.overwrite=True to start over")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> TrainResult:
+  """Trains (and, unless disabled, evaluates) into `workdir`. `reward_fn`: GRPO's completion scorer
+  `(texts, ended, answers) -> (rewards, correct, well_formed)` in place of the exact-answer reward (tests)."""
   # SIGINT/SIGTERM are a flag from the very start, checked between set-up stages: a KeyboardInterrupt raised
   # asynchronously during set-up could land inside a library that swallows it (seen: ~1 in 15 early Ctrl-Cs lost).
   stop = PreemptionFlag()
   with contextlib.ExitStack() as held:  # the workdir lock, from the first write to the end (evaluation included)
     try:
-      return _run(config, workdir, stop, held)
+      return _run(config, workdir, stop, held, reward_fn)
     finally:
       stop.restore()
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag",
-         held: contextlib.ExitStack) -> TrainResult:
+         held: contextlib.ExitStack, reward_fn=None) -> TrainResult:
   c = config
   experiment.validate_config(c)
   workdir = os.path.abspath(workdir)
@@ -226,6 +242,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   train_labels = experiment.example_labels(c, tok, datasets.train)  # the class each example's lens targets
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
   rules = tuple(tuple(r) for r in c.mesh.rules)
+  grpo_cfg = GRPOConfig.from_config(c.grpo) if c.train.objective == "grpo" else None
+  warm_start = read_warm_start(c, pretrained.config, lora_cfg, datasets.split) if c.train.init_adapter else None
   if is_main:
     print(f"model {pretrained.name}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
           f"alpha {lora.alpha} on {','.join(lora.targets)} layers [{lora.layer_start},{lora.layer_end}) = "
@@ -238,8 +256,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   lora_shardings = to_pure(state_shardings(lora_state, mesh, rules))
   base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base), base_shardings), base_shardings)
   rest = nnx.to_pure_dict(rest)
-  tx, schedule = make_optimizer(c.train)
-  init_state = initial_state_fn(pretrained.config, lora_cfg, tx, c.seed)
+  tx, schedule = make_optimizer(c.train, grpo_cfg.updates_per_batch if grpo_cfg else 1)
+  init_state = initial_state_fn(pretrained.config, lora_cfg, tx, c.seed, c.train.objective)
   abstract = jax.eval_shape(init_state)
   state_sh = train_state_shardings(abstract, lora_shardings, mesh)
   state = jax.jit(init_state, out_shardings=state_sh)()
@@ -248,9 +266,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   class_ids = jnp.asarray(targets.token_ids, jnp.int32)
   weight = jnp.asarray(c.classifier.weight, jnp.float32)
   bsh = batch_sharding(mesh, rules)
-  step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes,
-                            c.train.grad_accum_steps)
-  jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
   n = len(datasets.train_encoded)
   label_ids = experiment.balance_ids(datasets.train_labels)
 
@@ -261,13 +276,47 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
                               datasets.seq_len, c.data.max_answer_tokens, tok.pad_id, label_names=targets.labels)
     return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
 
-  t0 = time.perf_counter()
   stop.stop_if_requested()
-  with pinned_activations(mesh, rules):  # FSDP: activations stay batch-sharded, weights gathered one layer at a time
-    compiled = jitted.lower(state, base, rest, global_batch(0), weight, class_ids).compile()
-  compile_s = time.perf_counter() - t0
-  if is_main:
-    print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
+  if grpo_cfg is None:
+    t0 = time.perf_counter()
+    step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes,
+                              c.train.grad_accum_steps)
+    jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
+    with pinned_activations(mesh, rules):  # FSDP: activations stay batch-sharded, weights gathered one layer at a time
+      compiled = jitted.lower(state, base, rest, global_batch(0), weight, class_ids).compile()
+    compile_s = time.perf_counter() - t0
+    if is_main:
+      print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
+
+    def one_step(state, step):
+      return compiled(state, base, rest, global_batch(step), weight, class_ids)
+
+    work_unit, work_per_step = "tokens", c.train.batch_size * datasets.seq_len
+  else:
+    prompt_width = max(e.prompt_len for e in datasets.train_encoded)  # fixed: the rollout compiles once
+
+    def prompt_batch(step):
+      idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
+      local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
+      enc = datasets.train_encoded
+      tokens, mask = grpo.left_pad([enc[i].ids[:enc[i].prompt_len] for i in local], prompt_width, tok.pad_id)
+      return {"prompts": jax.make_array_from_process_local_data(bsh, tokens),
+              "prompt_mask": jax.make_array_from_process_local_data(bsh, mask),
+              "answers": [datasets.train[i].answer for i in idx], "label_host": label_ids[idx]}
+
+    shardings = {"lora": state_sh["lora"], "base": base_shardings, "batch": bsh, "state": state_sh,
+                 "replicated": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+    rounds = grpo.Rounds(grpo_cfg, grpo.make_rollout(graphdef, grpo_cfg, tok.eos_id, tok.pad_id, layer),
+                         grpo.make_update(graphdef, tx, schedule, grpo_cfg, layer, c.classifier.restrict_to_classes),
+                         shardings, tok, prompt_batch, reward_fn)
+    with pinned_activations(mesh, rules):
+      compile_s = rounds.compile(state, base, rest, weight, class_ids, 0)
+    if is_main:
+      print(f"compiled GRPO rollout and update in {compile_s:.1f}s; {memory_summary(rounds._update)}; "
+            f"{c.train.batch_size} prompts x G={grpo_cfg.group_size}, <= {grpo_cfg.max_new_tokens} new tokens, "
+            f"mu={grpo_cfg.updates_per_batch}, {grpo_cfg.aggregation}-level loss", file=sys.stderr)
+    one_step = rounds
+    work_unit, work_per_step = "samples", c.train.batch_size * grpo_cfg.group_size
 
   # -- outputs: prepare the workdir, now that every check passed and the step compiled (on every process) --
   sync_processes("inputs checked")
@@ -290,33 +339,37 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
     start_step = int(meta["step"])
     if is_main:
       print(f"resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
+  elif warm_start is not None:  # the adapters start from another run's; the optimizer starts fresh
+    lora_now = state["lora"]["lora"]
+    state["lora"] = {"lora": {k: jax.device_put(jnp.asarray(v), lora_now[k].sharding) for k, v in warm_start.items()}}
+    if is_main:
+      print(f"warm start: adapters from {c.train.init_adapter}", file=sys.stderr)
 
   # -- the loop --
   stop.stop_if_requested()
   writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step)
   pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=is_main)
-  pending, t_window, tokens_window = [], time.perf_counter(), 0
+  pending, t_window, work_window = [], time.perf_counter(), 0
   step = start_step
   preempted = False
   multi_process = jax.process_count() > 1
   try:
     while step < c.train.steps:
-      batch = global_batch(step)
-      state, metrics = compiled(state, base, rest, batch, weight, class_ids)
+      with pinned_activations(mesh, rules):
+        state, metrics = one_step(state, step)
       step += 1
       pending.append(metrics)
-      tokens_window += int(c.train.batch_size * datasets.seq_len)
+      work_window += int(work_per_step)
       if step % c.train.log_every == 0 or step == c.train.steps:
         rows = jax.device_get(pending)
         dt = time.perf_counter() - t_window
-        row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        row.update(step=step, steps_per_s=len(rows) / dt, tokens_per_s=tokens_window / dt,
-                   skipped=float(np.sum([r["skipped"] for r in rows])))
+        row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "samples"}
+        row.update({"step": step, "steps_per_s": len(rows) / dt, f"{work_unit}_per_s": work_window / dt,
+                    "skipped": float(np.sum([r["skipped"] for r in rows]))})
         writer.write(row)
         pbar.update(len(rows))
-        pbar.set_postfix(loss=f"{row['loss']:.3f}", cls=f"{row['classifier_loss']:.3f}",
-                         ans=f"{row['answer_loss']:.3f}", acc=f"{row['classifier_accuracy']:.2f}")
-        pending, t_window, tokens_window = [], time.perf_counter(), 0
+        pbar.set_postfix(**progress_fields(row))
+        pending, t_window, work_window = [], time.perf_counter(), 0
         nonfinite = int(jax.device_get(state["nonfinite"]))
         if nonfinite >= c.train.max_consecutive_nonfinite:
           ckpt.wait()
@@ -346,10 +399,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   if is_main:
     export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), os.path.join(workdir, "adapter"),
                 base_model=pretrained.name, model_fingerprint=model_fingerprint(pretrained.config),
-                record={"split": datasets.split, "final_step": step})
-    table = training_table(writer.history, c.train.table_steps)
+                record={"split": datasets.split, "final_step": step, "objective": c.train.objective})
+    table = training_table(writer.history, c.train.table_steps, c.train.objective)
     write_text(os.path.join(workdir, "training_table.md"), table + "\n")
     summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
+               "objective": c.train.objective, "init_adapter": warm_start_record(c.train.init_adapter),
                "skipped_updates": int(jax.device_get(state["skipped"])),
                "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c, pretrained.dtypes)}
     write_text(os.path.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
@@ -431,9 +485,60 @@ def memory_summary(compiled) -> str:
     return "memory analysis unavailable on this backend"
 
 
-def training_table(history: list[dict], table_steps) -> str:
-  """The seed's training table (step | total | classifier | answer | accuracy) at the requested steps."""
-  lines = ["| Step | Total Loss | Classifier Loss | Answer Loss | Cls Accuracy |", "|---|---|---|---|---|"]
+def progress_fields(row: dict) -> dict:
+  """The progress bar's postfix for a logged row (either objective)."""
+  if "reward_mean" in row:
+    return {"reward": f"{row['reward_mean']:.3f}", "acc": f"{row['answer_accuracy']:.2f}",
+            "kl": f"{row.get('kl', 0.0):.3f}", "cls": f"{row['classifier_accuracy']:.2f}",
+            "samples/s": f"{row['samples_per_s']:.1f}"}
+  return {"loss": f"{row['loss']:.3f}", "cls": f"{row['classifier_loss']:.3f}", "ans": f"{row['answer_loss']:.3f}",
+          "acc": f"{row['classifier_accuracy']:.2f}"}
+
+
+def read_warm_start(c, model_cfg, lora_cfg: LoRAConfig, split: dict) -> dict:
+  """The adapter weights of `train.init_adapter`, checked against this run: the same LoRA shape, and trained against
+  this run's held-out split (else its training may have seen prompts this run evaluates on)."""
+  from lazarus_jax.adapters import adapter_record, read_adapter
+  path = c.train.init_adapter
+  if not os.path.isdir(path):
+    raise UserError(f"train.init_adapter {path} is not a directory: pass another run's <workdir>/adapter")
+  saved_cfg, weights = read_adapter(path, model_cfg)
+  start, end = lora_cfg.validate(model_cfg.num_layers)
+  mine = (lora_cfg.rank, lora_cfg.alpha, tuple(sorted(lora_cfg.targets)), start, end)
+  theirs = (saved_cfg.rank, saved_cfg.alpha, tuple(sorted(saved_cfg.targets)), saved_cfg.layer_start,
+            saved_cfg.layer_end)
+  if mine != theirs:
+    raise UserError(f"train.init_adapter {path} has LoRA (rank, alpha, targets, layers) {theirs}, this run {mine}: "
+                    "set lora.* to the adapter's")
+  trained_split = adapter_record(path).get("split")
+  if trained_split is not None and trained_split.get("heldout_sha256") != split.get("heldout_sha256"):
+    raise UserError(f"train.init_adapter {path} was trained against another held-out split than this run's (seed "
+                    f"or data differ): warm-start from a run with the same seed and data")
+  return weights
+
+
+def warm_start_record(path: str) -> dict | None:
+  if not path:
+    return None
+  from lazarus_jax.adapters import adapter_record
+  rec = adapter_record(path)
+  return {"path": path, "final_step": rec.get("final_step"), "objective": rec.get("objective", "dual_reward")}
+
+
+TABLE_COLUMNS = {
+    "dual_reward": (("Total Loss", "loss", "{:.3f}"), ("Classifier Loss", "classifier_loss", "{:.3f}"),
+                    ("Answer Loss", "answer_loss", "{:.3f}")),
+    "grpo": (("Total Loss", "loss", "{:.3f}"), ("Reward", "reward_mean", "{:.3f}"),
+             ("Answer Acc", "answer_accuracy", "{:.1%}"), ("KL", "kl", "{:.4f}"),
+             ("Classifier Loss", "classifier_loss", "{:.3f}")),
+}
+
+
+def training_table(history: list[dict], table_steps, objective: str = "dual_reward") -> str:
+  """The seed's training table (step | total | classifier | answer | accuracy) at the requested steps; for GRPO
+  (step | total | reward | sampled answer accuracy | KL | classifier | accuracy)."""
+  cols = TABLE_COLUMNS[objective]
+  lines = ["| Step | " + " | ".join(c[0] for c in cols) + " | Cls Accuracy |", "|---" * (len(cols) + 2) + "|"]
   shown = set()
   last = history[-1]["step"] if history else 0
   # The requested steps within the run (the nearest logged step at or before each), and the final step.
@@ -442,8 +547,8 @@ def training_table(history: list[dict], table_steps) -> str:
     row = earlier[-1] if earlier else None
     if row is not None and row["step"] not in shown:
       shown.add(row["step"])
-      lines.append(f"| {row['step']} | {row['loss']:.3f} | {row['classifier_loss']:.3f} | "
-                   f"{row['answer_loss']:.3f} | {100 * row['classifier_accuracy']:.0f}% |")
+      cells = [fmt.format(row[key]) if key in row else "n/a" for _, key, fmt in cols]
+      lines.append(f"| {row['step']} | " + " | ".join(cells) + f" | {100 * row['classifier_accuracy']:.0f}% |")
   return "\n".join(lines)
 
 
