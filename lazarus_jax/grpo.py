@@ -208,9 +208,9 @@ def make_rollout(graphdef, cfg: GRPOConfig, eos_id: int | None, pad_id: int, cla
   return rollout
 
 
-def make_update(graphdef, tx, schedule, cfg: GRPOConfig, classifier_layer: int, restrict_to_classes: bool):
-  """`(state, base, rest, batch, rewards, weight, class_ids) -> (state, metrics)`: advantages, then mu optimizer steps
-  on the same batch. Only the adapters are differentiated; a non-finite step is skipped and counted (as in SFT)."""
+def make_loss(graphdef, cfg: GRPOConfig, classifier_layer: int, restrict_to_classes: bool):
+  """`(lora, base, rest, batch, weight, class_ids) -> (loss, aux)`: (1 - w) * the clipped policy loss + w * the lens
+  classifier loss at L (module docstring). `batch` holds the rollout and the advantages [N]."""
 
   def loss_fn(lora, base, rest, batch, weight, class_ids):
     model = nnx.merge(graphdef, base, lora, rest)
@@ -228,7 +228,13 @@ def make_update(graphdef, tx, schedule, cfg: GRPOConfig, classifier_layer: int, 
                entropy=(entropy * batch["completion_mask"]).sum() / n_tokens)
     return total, aux
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  return loss_fn
+
+
+def make_update(graphdef, tx, schedule, cfg: GRPOConfig, classifier_layer: int, restrict_to_classes: bool):
+  """`(state, base, rest, batch, rewards, weight, class_ids) -> (state, metrics)`: advantages, then mu optimizer steps
+  on the same batch. Only the adapters are differentiated; a non-finite step is skipped and counted (as in SFT)."""
+  grad_fn = jax.value_and_grad(make_loss(graphdef, cfg, classifier_layer, restrict_to_classes), has_aux=True)
 
   def update(state, base, rest, batch, rewards, weight, class_ids):
     batch = dict(batch, advantages=group_advantages(rewards, cfg.group_size, cfg.scale_rewards))
@@ -272,15 +278,15 @@ def left_pad(prompt_ids: list[list[int]], width: int, pad_id: int) -> tuple[np.n
 class Rounds:
   """The GRPO round as the training loop sees it: `compile(state)` once, then `state, metrics = self(state, step)`.
 
-  `prompt_batch(step)` gives the round's global batch (process-local rows: prompts [B, P], prompt_mask, label, and
-  the answers as a list); `reward_fn(texts, ended, answers) -> (rewards, correct, well_formed)` scores completions
-  (default `answer_rewards`; tests pass a toy reward).
+  `prompt_batch(step)` gives the round's global batch (prompts [B, P] and prompt_mask as global arrays, and the
+  answers and labels of every row on the host); `reward_fn(texts, ended, answers, ids) -> (rewards, correct,
+  well_formed)` scores completions (default `answer_rewards`; tests pass a toy reward).
   """
 
   def __init__(self, cfg: GRPOConfig, rollout, update, shardings: dict, tokenizer, prompt_batch, reward_fn=None):
     self.cfg, self.tokenizer, self.prompt_batch = cfg, tokenizer, prompt_batch
-    self.reward_fn = reward_fn or (lambda texts, ended, answers: answer_rewards(texts, ended, answers,
-                                                                                cfg.format_weight))
+    self.reward_fn = reward_fn or (lambda texts, ended, answers, ids: answer_rewards(texts, ended, answers,
+                                                                                     cfg.format_weight))
     s = shardings
     self._rollout_jit = jax.jit(rollout, in_shardings=(s["lora"], s["base"], None, s["batch"], s["batch"],
                                                        s["replicated"]),
@@ -316,13 +322,13 @@ class Rounds:
     cmask = np.asarray(_to_host(batch["completion_mask"]))
     g = self.cfg.group_size
     eos = self.tokenizer.eos_id
-    texts, ended = [], []
+    texts, ended, ids = [], [], []
     for row, m in zip(completion, cmask):
-      ids = row[:int(m.sum())].tolist()
-      ended.append(eos is not None and eos in ids)
-      texts.append(self.tokenizer.decode([i for i in ids if i != eos]))
+      ids.append(row[:int(m.sum())].tolist())
+      ended.append(eos is not None and eos in ids[-1])
+      texts.append(self.tokenizer.decode([i for i in ids[-1] if i != eos]))
     answers = [a for a in prompts["answers"] for _ in range(g)]
-    rewards, correct, formed = self.reward_fn(texts, ended, answers)
+    rewards, correct, formed = self.reward_fn(texts, ended, answers, ids)
     labels = np.repeat(np.asarray(prompts["label_host"]), g)
     batch["label"] = _global(labels.astype(np.int32), self.batch_sharding)
     rewards_dev = _global(np.asarray(rewards, np.float32), self.batch_sharding)

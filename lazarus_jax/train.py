@@ -200,7 +200,7 @@ def check_workdir(c, workdir: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> TrainResult:
   """Trains (and, unless disabled, evaluates) into `workdir`. `reward_fn`: GRPO's completion scorer
-  `(texts, ended, answers) -> (rewards, correct, well_formed)` in place of the exact-answer reward (tests)."""
+  `(texts, ended, answers, ids) -> (rewards, correct, well_formed)` in place of the exact-answer reward (tests)."""
   # SIGINT/SIGTERM are a flag from the very start, checked between set-up stages: a KeyboardInterrupt raised
   # asynchronously during set-up could land inside a library that swallows it (seen: ~1 in 15 early Ctrl-Cs lost).
   stop = PreemptionFlag()
