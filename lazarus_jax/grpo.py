@@ -333,9 +333,12 @@ class Rounds:
     batch["label"] = _global(labels.astype(np.int32), self.batch_sharding)
     rewards_dev = _global(np.asarray(rewards, np.float32), self.batch_sharding)
     state = dict(state, rng=next_rng)
+    t1 = time.perf_counter()  # the rollout is done: its completions are on the host
     state, metrics = self._update(state, self.base, self.rest, batch, rewards_dev, self.weight, self.class_ids)
+    jax.block_until_ready(state["step"])  # the next round needs the state anyway: timing it costs nothing
+    t2 = time.perf_counter()
     metrics = dict(metrics, answer_accuracy=float(np.mean(correct)), well_formed=float(np.mean(formed)),
-                   samples=len(texts), round_seconds=time.perf_counter() - t0)
+                   samples=len(texts), round_seconds=t2 - t0, rollout_seconds=t1 - t0, update_seconds=t2 - t1)
     return state, metrics
 
 

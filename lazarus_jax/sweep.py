@@ -77,6 +77,7 @@ EXAMPLE_METRICS = {"lens_accuracy": "lens_correct", "answer_accuracy": "answer_c
 COUNT_METRICS = {"vocab_top1_accuracy": "n_examples", "probe_accuracy": "probe_n_test"}
 CONTRAST_METRICS = ("answer_accuracy", "first_token_accuracy", "lens_accuracy")
 NAMED_WEIGHTS = {0.0: "sft", 0.7: "dual", 1.0: "classifier"}
+GRPO_ARMS = ("grpo", "grpo+lens")  # train.objective=grpo from the SFT arm's adapter; w = 0 and sweep.grpo_lens_weight
 N_RESAMPLES = 4000
 BOOTSTRAP_SEED = 0
 POWER = 0.8
@@ -150,13 +151,27 @@ def grid(c) -> dict:
   eval_formats = str(s.eval_formats).strip()
   if eval_formats and eval_formats != "all":
     data_lib.check_formats(_split(eval_formats, "eval_formats"), "sweep.eval_formats", data_lib.EVAL_FORMATS)
+  grpo_arms = _split(s.grpo_arms, "grpo_arms") if str(s.grpo_arms).strip() else []
+  unknown = [a for a in grpo_arms if a not in GRPO_ARMS]
+  if unknown:
+    raise UserError(f"sweep.grpo_arms: unknown arm(s) {unknown}: use some of {', '.join(GRPO_ARMS)}")
+  if grpo_arms and 0.0 not in weights:
+    raise UserError("sweep.grpo_arms warm-start from the SFT arm: sweep.weights must include 0")
+  if grpo_arms and (s.grpo_steps <= 0 or s.grpo_lr <= 0 or not 0.0 < s.grpo_lens_weight <= 1.0):
+    raise UserError(f"sweep.grpo_steps and sweep.grpo_lr must be positive and sweep.grpo_lens_weight in (0, 1], got "
+                    f"{s.grpo_steps}, {s.grpo_lr}, {s.grpo_lens_weight}")
   return {"weights": weights, "formats": formats, "layer_fractions": fractions, "seeds": seeds,
-          "include_base": bool(s.include_base), "target_sets": target_sets, "eval_formats": eval_formats}
+          "include_base": bool(s.include_base), "target_sets": target_sets, "eval_formats": eval_formats,
+          "grpo_arms": grpo_arms}
 
 
 def arm_label(weight: float | None, target_set: str = "operation") -> str:
   label = "base" if weight is None else NAMED_WEIGHTS.get(round(weight, 6), f"w{weight:g}")
   return label if target_set == "operation" else f"{label}@{target_set}"
+
+
+def grpo_label(arm: str, target_set: str = "operation") -> str:
+  return arm if target_set == "operation" else f"{arm}@{target_set}"
 
 
 def plain_arm(arm: str) -> str:
@@ -181,11 +196,21 @@ def plan(c) -> list[Arm]:
             arms.append(Arm(arm_label(w, ts), w, fmt, None, seed, ts))
           else:
             arms += [Arm(arm_label(w, ts), w, fmt, f, seed, ts) for f in g["layer_fractions"]]
+        # After the SFT arm they warm-start from (the sweep runs arms in this order).
+        if "grpo" in g["grpo_arms"]:
+          arms.append(Arm(grpo_label("grpo", ts), 0.0, fmt, None, seed, ts))
+        if "grpo+lens" in g["grpo_arms"]:
+          arms += [Arm(grpo_label("grpo+lens", ts), c.sweep.grpo_lens_weight, fmt, f, seed, ts)
+                   for f in g["layer_fractions"]]
   return arms
 
 
-def arm_config(c, arm: Arm) -> ml_collections.ConfigDict:
-  """The config of one arm: the sweep's config with only the arm's own keys changed."""
+def arm_config(c, arm: Arm, workdir: str | None = None) -> ml_collections.ConfigDict:
+  """The config of one arm: the sweep's config with only the arm's own keys changed.
+
+  A GRPO arm also sets train.objective=grpo, train.steps=sweep.grpo_steps, train.lr=sweep.grpo_lr and
+  train.init_adapter = the adapter of the same (format, seed) SFT arm under `workdir` (its hash names that arm's
+  directory: a changed SFT arm makes new GRPO arms)."""
   d = c.to_dict()
   ac = ml_collections.ConfigDict(d)
   ac.sweep = default_config().sweep  # the grid is not part of an arm, so a grown sweep still resumes
@@ -201,6 +226,14 @@ def arm_config(c, arm: Arm) -> ml_collections.ConfigDict:
   ac.eval.enabled = True
   ac.eval.compare_base = False  # the base arm measures the base model, on the same split
   ac.eval.adapter = "none" if arm.weight is None else "workdir"
+  if plain_arm(arm.arm) in GRPO_ARMS:
+    sft = Arm(arm_label(0.0, arm.target_set), 0.0, arm.fmt, None, arm.seed, arm.target_set)
+    root = os.path.abspath(workdir or ".")
+    ac.train.objective = "grpo"
+    ac.train.steps = c.sweep.grpo_steps
+    ac.train.lr = c.sweep.grpo_lr
+    ac.train.warmup_steps = min(c.train.warmup_steps, max(c.sweep.grpo_steps // 10, 1))
+    ac.train.init_adapter = os.path.join(arm_dir(root, sft, arm_config(c, sft)), "adapter")
   ac.resume = True  # a partly trained arm continues from its checkpoint
   ac.overwrite = False
   ac.lock()
@@ -258,7 +291,7 @@ def stored_config(armdir: str, ac) -> dict:
 
 def run_arm(c, arm: Arm, workdir: str) -> bool:
   """Trains and evaluates one arm unless its results exist for this very config; True when it ran."""
-  ac = arm_config(c, arm)
+  ac = arm_config(c, arm, workdir)
   armdir = arm_dir(workdir, arm, ac)
   if os.path.isfile(results_path(armdir)):
     stored_config(armdir, ac)
@@ -562,7 +595,7 @@ def contrasts(rows: list[dict], confidence: float = 0.95, baseline: str = "sft")
 
 
 def _order(r):
-  arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3}.get(plain_arm(r["arm"]), 4)
+  arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3, "grpo": 5, "grpo+lens": 6}.get(plain_arm(r["arm"]), 4)
   return (r["format"], target_suffix(r["arm"]), arm_rank, r["weight"] if r["weight"] is not None else -1, r["layer_fraction"],
           r.get("metric", ""))
 
@@ -623,6 +656,7 @@ def render_markdown(summary: list[dict], diffs: list[dict], g: dict, meta: dict,
            f"- Arms share data, LoRA placement, optimizer and steps; only classifier.weight differs (base = no "
            f"training, sft = 0, dual = 0.7, classifier = 1). Seeds {g['seeds']} (split, init, batch order). "
            "base and sft do not depend on depth: one run each, read at every depth's layer.",
+           *grpo_header(meta.get("grpo")),
            "- Each arm is `arms/<name>-<hash>`, the hash of its whole resolved config except "
            f"{', '.join(NON_RESULT_KEYS)}: a changed config trains new arms; old results are never reported under it.",
            "- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), survives "
@@ -819,6 +853,24 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
   if parts:
     out.append("**How far past L does the lens signal survive?** (every row from L above the majority-class rate) " +
                "; ".join(parts) + ".")
+  # 6. The seed's open question: does GRPO produce better classifiers (and answers) than the supervised arms?
+  parts = []
+  for fmt in g["formats"]:
+    for f in g["layer_fractions"]:
+      for rl, sup in (("grpo", "sft"), ("grpo+lens", "dual"), ("grpo+lens", "grpo")):
+        a_rows, b_rows = rows_of(rl, fmt, f), rows_of(sup, fmt, f)
+        if not (a_rows and b_rows):
+          continue
+        for metric in ("lens_accuracy", "answer_accuracy"):
+          d = paired_rows(a_rows, b_rows, metric, confidence, f"{rl} vs {sup}, {fmt}, fraction {f:g}, {metric}")
+          if d:
+            verdict = {"higher": f"{rl} higher", "lower": f"{rl} lower", "cannot tell": "**cannot tell**"}[direction(d)]
+            parts.append(f"{fmt}, fraction {f:g}, {metric.replace('_', ' ')}: {rl} "
+                         f"{_cell_text(by, rl, fmt, f, metric)} vs {sup} {_cell_text(by, sup, fmt, f, metric)} — "
+                         f"{verdict} ({_fmt_diff(d)})")
+  if parts:
+    out.append("**Does GRPO produce better classifiers?** (paired on the same prompts; the GRPO arms trained longer, "
+               "see the header) " + "; ".join(parts) + ".")
   return [f"{i}. {text}" for i, text in enumerate(out, 1)]
 
 
@@ -844,6 +896,22 @@ def _shared_in(flats: list[dict], get):
   return vals[0] if len(vals) == 1 else "mixed: " + ", ".join(map(str, vals))
 
 
+def grpo_header(desc: dict | None) -> list[str]:
+  """The GRPO arms' budget and settings, stated in the header (sweep.grpo_arms)."""
+  if not desc:
+    return []
+  return [f"- GRPO arms (train.objective=grpo) start from the same seed's SFT arm's adapter and train "
+          f"{desc['train.steps']} more rounds (lr {desc['train.lr']}): each round samples G = {desc['grpo.group_size']} "
+          f"completions (≤ {desc['grpo.max_new_tokens']} tokens, temperature {desc['grpo.temperature']}, top-p "
+          f"{desc['grpo.top_p']}) for each of the batch's prompts and takes {desc['grpo.updates_per_batch']} optimizer "
+          f"step(s); reward = exact answer (+ {desc['grpo.format_weight']} format); KL β {desc['grpo.kl_beta']} to the "
+          f"model with adapters off; clip [{desc['grpo.clip_low']}, {desc['grpo.clip_high']}]; "
+          f"{desc['grpo.aggregation']}-level loss; advantages scaled by the group std: {desc['grpo.scale_rewards']}. "
+          "grpo = w 0; grpo+lens adds the lens term w × classifier loss at L (lazarus_jax/grpo.py). Budget: SFT's steps "
+          "plus the GRPO rounds, so a GRPO − SFT contrast measures what the extra RL rounds add, not an equal-budget "
+          "comparison of objectives."]
+
+
 def describe_arms(configs: list[dict]) -> dict:
   """The header's facts, read from the reported arms' own config.json (a value that differs is listed as such)."""
   flats = [flat_config(cfg) for cfg in configs]
@@ -851,11 +919,22 @@ def describe_arms(configs: list[dict]) -> dict:
   def shared(get):
     return _shared_in(flats, get)
 
-  trained = [fl for fl in flats if fl["eval.adapter"] != "none"]  # the base arm's train.steps mean nothing
+  # The base arm's train.steps mean nothing; GRPO arms are described on their own line.
+  is_grpo = lambda fl: fl.get("train.objective", "dual_reward") == "grpo"  # noqa: E731
+  trained = [fl for fl in flats if fl["eval.adapter"] != "none" and not is_grpo(fl)]
+  grpo = [fl for fl in flats if is_grpo(fl)]
+  grpo_desc = None
+  if grpo:
+    grpo_desc = {k: _shared_in(grpo, lambda fl, k=k: fl[k]) for k in (
+        "train.steps", "train.lr", "grpo.group_size", "grpo.max_new_tokens", "grpo.temperature", "grpo.top_p",
+        "grpo.updates_per_batch", "grpo.kl_beta", "grpo.clip_low", "grpo.clip_high", "grpo.aggregation",
+        "grpo.scale_rewards", "grpo.format_weight")}
   return {"model": shared(lambda fl: fl["model.path"] or fl["model.source"]),
           "steps": _shared_in(trained, lambda fl: fl["train.steps"]) if trained else "no",
+          "grpo": grpo_desc,
           "lora_rank": shared(lambda fl: fl["lora.rank"]), "lora_alpha": shared(lambda fl: fl["lora.alpha"]),
-          "lora_targets": shared(lambda fl: fl["lora.targets"]), "lr": shared(lambda fl: fl["train.lr"]),
+          "lora_targets": shared(lambda fl: fl["lora.targets"]),
+          "lr": _shared_in(trained, lambda fl: fl["train.lr"]) if trained else shared(lambda fl: fl["train.lr"]),
           "batch_size": shared(lambda fl: fl["train.batch_size"]),
           "max_examples_per_op": shared(lambda fl: fl["eval.max_examples_per_op"])}
 
@@ -879,7 +958,7 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
   files.write_json(os.path.join(workdir, "sweep_config.json"), c.to_dict(), indent=2, default=list)
   from lazarus_jax import compile_cache
   compile_cache.enable(os.path.join(workdir, "jax_cache"))  # arms of the same shapes compile the same programs
-  dirs = {a.name: arm_dir(workdir, a, arm_config(c, a)) for a in arms}
+  dirs = {a.name: arm_dir(workdir, a, arm_config(c, a, workdir)) for a in arms}
   unhashed = sorted(set(os.listdir(os.path.join(workdir, "arms"))) & set(dirs))
   if unhashed:
     print(f"sweep: {len(unhashed)} arm dirs of an older sweep (no config hash, e.g. arms/{unhashed[0]}) are not "
@@ -893,7 +972,7 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
 
   rows, t_rows, n_layers, configs = [], [], None, []
   for arm in arms:
-    configs.append(stored_config(dirs[arm.name], arm_config(c, arm)))
+    configs.append(stored_config(dirs[arm.name], arm_config(c, arm, workdir)))
     res = files.read_json(results_path(dirs[arm.name]), "arm results", f"delete {dirs[arm.name]} to run that arm again")
     n_layers = res["model"]["n_layers"]
     arm_result = arm_rows(arm, res, g["layer_fractions"], c.sweep.confidence)

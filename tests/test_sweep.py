@@ -424,3 +424,57 @@ def test_keys_added_later_keep_an_older_arms_hash_at_their_defaults():
   assert sweep.config_hash(old) == sweep.config_hash(ac)
   c.data.fewshot_k = 3
   assert sweep.config_hash(sweep.arm_config(c, arm)) != sweep.config_hash(ac)  # a non-default value is a new arm
+
+
+def test_recorded_arms_keep_their_hash_after_keys_were_added():
+  """Keys added later (train.objective, train.init_adapter, grpo.*, sweep.grpo_*) at their defaults leave an arm's
+  hash alone: every arm recorded in docs/results/arms still hashes to its directory name."""
+  arms_dir = os.path.join(REPO, "docs", "results", "arms")
+  names = sorted(os.listdir(arms_dir))
+  assert len(names) >= 40
+  for name in names:
+    with open(os.path.join(arms_dir, name, "config.json")) as f:
+      stored = json.load(f)
+    assert "objective" not in stored["train"] and "grpo" not in stored  # recorded before GRPO existed
+    assert sweep.config_hash(stored) == name.rsplit("-", 1)[1], name
+  c = tiny_config.get_config()
+  assert sweep.config_hash(sweep.arm_config(c, sweep.Arm("sft", 0.0, "symbolic", None, 0))) == sweep.config_hash(
+      {k: v for k, v in sweep.arm_config(c, sweep.Arm("sft", 0.0, "symbolic", None, 0)).to_dict().items()
+       if k != "grpo"})
+
+
+def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
+  c = _micro_config(weights="0,0.7", seeds="0,1")
+  c.sweep.grpo_arms, c.sweep.grpo_steps, c.sweep.grpo_lr = "grpo,grpo+lens", 3, 1e-3
+  arms = sweep.plan(c)
+  assert [a.name for a in arms if a.seed == 0] == ["sft-symbolic-s0", "dual-symbolic-f0.5-s0", "grpo-symbolic-s0",
+                                                   "grpo+lens-symbolic-f0.5-s0"]
+  from lazarus_jax.config import flat_config
+  sft = sweep.Arm("sft", 0.0, "symbolic", None, 1)
+  grpo = sweep.Arm("grpo", 0.0, "symbolic", None, 1)
+  fs, fg = flat_config(sweep.arm_config(c, sft, "/w")), flat_config(sweep.arm_config(c, grpo, "/w"))
+  assert {k for k in fs if fs[k] != fg[k]} == {"train.objective", "train.steps", "train.lr", "train.warmup_steps",
+                                                "train.init_adapter"}
+  assert fg["train.init_adapter"] == os.path.join(sweep.arm_dir("/w", sft, sweep.arm_config(c, sft)), "adapter")
+  lens = flat_config(sweep.arm_config(c, sweep.Arm("grpo+lens", 0.7, "symbolic", 0.5, 1), "/w"))
+  assert lens["classifier.weight"] == 0.7 and lens["train.objective"] == "grpo"
+  # The hash holds the SFT arm's directory name, not where the sweep lives.
+  assert sweep.config_hash(sweep.arm_config(c, grpo, "/w")) == sweep.config_hash(sweep.arm_config(c, grpo, "/x/y"))
+  c.sweep.weights = "0.7"
+  with pytest.raises(UserError, match="must include 0"):
+    sweep.plan(c)
+
+
+def test_micro_sweep_with_a_grpo_arm(tmp_path):
+  c = _micro_config(weights="0", seeds="0")
+  c.sweep.grpo_arms, c.sweep.grpo_steps, c.grpo.group_size, c.grpo.max_new_tokens = "grpo", 2, 2, 2
+  out = sweep.run(c, str(tmp_path))
+  assert out["ran"] == ["sft-symbolic-s0", "grpo-symbolic-s0"]
+  with open(tmp_path / out["arm_dirs"]["grpo-symbolic-s0"] / "train_summary.json") as f:
+    summary = json.load(f)
+  assert summary["objective"] == "grpo" and summary["init_adapter"]["final_step"] == 2
+  md = (tmp_path / "sweep.md").read_text()
+  assert "GRPO arms (train.objective=grpo)" in md and "| grpo | 0 | 0.5 | 2 |" in md
+  assert "**Does GRPO produce better classifiers?**" in md
+  with open(tmp_path / "sweep_contrasts.csv") as f:
+    assert {r["contrast"] for r in csv.DictReader(f)} == {"grpo - sft"}
