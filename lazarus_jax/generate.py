@@ -1,4 +1,4 @@
-"""Jitted batched greedy generation with a KV cache, and answer-accuracy helpers.
+"""Jitted batched generation with a KV cache (greedy, or sampled for GRPO: `decode`), and answer-accuracy helpers.
 
 `greedy_generate` left-pads each batch so every row's last prompt token sits in the same column (the
 readout position, DESIGN.md §2), gives each row its own RoPE positions (index among its real tokens) and
