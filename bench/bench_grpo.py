@@ -1,7 +1,7 @@
-"""One GRPO round (`train.objective=grpo`) on the embedded default against its FLOP floor, and optionally TRL.
+"""One GRPO round (`train.objective=grpo`) on the embedded default against its FLOP floor.
 
-  python bench/bench_grpo.py [--rounds 6] [--prompts 8] [--group 8] [--new-tokens 8] [--json out.json]
-                             [--trl-python /path/to/venv/bin/python --trl-steps 1]
+  python bench/bench_grpo.py [--rounds 6] [--prompts 8] [--group 8] [--new-tokens 8] [--mu 1] [--kl-beta 0.04]
+                             [--init-adapter <an SFT run>/adapter] [--json out.json]
 
 Ours: `python -m lazarus_jax.train` (the CLI, as a user runs it) for --rounds GRPO rounds, eval off; the median
 round time after the first, split into rollout (sampling with the KV cache + reference log-probs + decoding and
@@ -14,9 +14,7 @@ when mu > 1) over prompt + completion, and mu forward + backward passes of the u
 activation gradients down to the lowest adapted layer, adapter gradients; the head at the completion positions and
 the lens readout). Every row is counted at its full padded length: the work a batched implementation does.
 
-TRL (optional, --trl-python: a separate venv with trl, torch, peft, transformers): bench/trl_grpo_side.py runs
-TRL's GRPOTrainer with the same model (SmolLM2-135M-Instruct from the embedded GGUF, float32), LoRA r32 alpha 64
-on v_proj,o_proj, G, prompts, max new tokens and KL; its seconds per step are reported beside ours.
+TRL's GRPOTrainer is not run here (see bench/RESULTS.md: no TRL side was measured on this machine yet).
 """
 
 from __future__ import annotations
@@ -109,8 +107,6 @@ def main():
   p.add_argument("--kl-beta", type=float, default=0.04)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--init-adapter", default="", help="warm start (an SFT run's adapter): realistic response lengths")
-  p.add_argument("--trl-python", default="")
-  p.add_argument("--trl-steps", type=int, default=1)
   p.add_argument("--json", default="")
   a = p.parse_args()
 
@@ -144,30 +140,9 @@ def main():
   print(f"  ours: {ours['round_s']:.2f} s/round (rollout {ours['rollout_s']:.2f} s, update {ours['update_s']:.2f} s), "
         f"{ours['completions_per_s']:.1f} completions/s = {out['ours_over_floor']:.1f}x the floor; mean response "
         f"{ours['response_length']:.1f} tokens")
-  if a.trl_python:
-    trl = trl_side(a)
-    out["trl"] = trl
-    out["trl_over_ours"] = trl["step_s"] / ours["round_s"]
-    print(f"  TRL {trl.get('trl_version')}: {trl['step_s']:.1f} s/step ({a.prompts * a.group / trl['step_s']:.2f} "
-          f"completions/s) = {out['trl_over_ours']:.1f}x ours")
   if a.json:
     with open(a.json, "w") as f:
       json.dump(out, f, indent=1)
-
-
-def trl_side(a) -> dict:
-  with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-    path = f.name
-  cmd = [a.trl_python, os.path.join(common.HERE, "trl_grpo_side.py"), "--prompts", str(a.prompts), "--group",
-         str(a.group), "--new-tokens", str(a.new_tokens), "--kl-beta", str(a.kl_beta), "--steps", str(a.trl_steps),
-         "--json", path]
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT,
-                        env=dict(os.environ, PYTHONPATH=common.ROOT))
-  if proc.returncode:
-    sys.stderr.write(proc.stderr[-4000:])
-    raise SystemExit(f"TRL side failed (exit {proc.returncode})")
-  with open(path) as f:
-    return json.load(f)
 
 
 if __name__ == "__main__":

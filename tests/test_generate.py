@@ -157,17 +157,17 @@ def test_exact_match():
 
 @pytest.mark.parametrize("param_dtype,compute_dtype", [("bfloat16", "bfloat16"), ("float32", "bfloat16")])
 def test_packed_16bit_weights_generate_the_same_tokens(monkeypatch, param_dtype, compute_dtype):
-  # `_params` hands 16-bit stacks to the jitted core as raw bits; unpacked stacks must give the same tokens.
+  # `model_params` hands 16-bit stacks to the jitted core as raw bits; unpacked stacks must give the same tokens.
   from lazarus_jax import generate
   pre = load_pretrained("tiny-random", param_dtype=param_dtype, compute_dtype=compute_dtype)
   model = _model(pre, lora=True)
-  params, _, _ = generate._params(model)
+  params, _, _ = generate.model_params(model)
   assert all(params["layers"][name].dtype == jnp.uint16 for name in PROJS)
   prompts = _prompts(pre)
   packed = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0)
   from lazarus_jax import model as model_lib
   monkeypatch.setattr(model_lib, "as_bits", lambda w: w)  # unpacked stacks, as before packing existed
-  assert generate._params(model)[0]["layers"]["q"].dtype == jnp.bfloat16
+  assert generate.model_params(model)[0]["layers"]["q"].dtype == jnp.bfloat16
   assert greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0) == packed
   assert len({tuple(g) for g in packed}) == len(packed)
 
