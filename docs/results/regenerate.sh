@@ -7,6 +7,7 @@
 #   bash docs/results/regenerate.sh compare   # controlled comparison: base/SFT/dual/classifier x 2 formats x 5 seeds
 #   bash docs/results/regenerate.sh depth     # classifier depth, dual w=0.7, symbolic, 2 seeds (reuses compare's arms)
 #   bash docs/results/regenerate.sh sft_steps # symbolic SFT arms at 600 steps (SFT_STEPS="100 600 1000" for more), 2 seeds: where SFT levels off
+#   bash docs/results/regenerate.sh grpo      # GRPO and GRPO+lens arms from compare's symbolic SFT arms, 3 seeds
 #   bash docs/results/regenerate.sh copy      # copy finished runs into docs/results/
 #
 # Re-running a command continues it: finished arms (same resolved config) are reused, a partly trained arm
@@ -46,13 +47,21 @@ case "${1:-}" in
         --config.train.table_steps=$((steps / 2)),$steps --config.sweep.weights=0 --config.sweep.include_base=False \
         --config.sweep.formats=symbolic --config.sweep.layer_fractions=0.55 --config.sweep.seeds=0,1
     done ;;
+  grpo)
+    # GRPO and GRPO+lens arms (40 rounds each, lr 1e-4) from the comparison's symbolic SFT arms, seeds 0-2; the
+    # base/SFT/dual arms are the comparison's own (shared arms directory, same hashes).
+    mkdir -p "$RUNS/compare/arms" "$RUNS/grpo"
+    [ -e "$RUNS/grpo/arms" ] || ln -s ../compare/arms "$RUNS/grpo/arms"
+    python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/grpo" "${ARM_FLAGS[@]}" \
+      --config.sweep.weights=0,0.7 --config.sweep.formats=symbolic --config.sweep.layer_fractions=0.55 \
+      --config.sweep.seeds=0,1,2 --config.sweep.grpo_arms=grpo,grpo+lens --config.sweep.grpo_steps=40 ;;
   copy)
     if [ -d "$RUNS/smollm2_1000_steps/eval" ]; then
       mkdir -p "$OUT/smollm2_1000_steps"
       cp "$RUNS/smollm2_1000_steps/eval/"{results.json,report.md,*.png} "$OUT/smollm2_1000_steps/"
       cp "$RUNS/smollm2_1000_steps/training_table.md" "$OUT/smollm2_1000_steps/"
     fi
-    for dir in "$RUNS"/compare "$RUNS"/depth "$RUNS"/sft_steps_*; do
+    for dir in "$RUNS"/compare "$RUNS"/depth "$RUNS"/sft_steps_* "$RUNS"/grpo; do
       sweep=$(basename "$dir")
       [ -d "$RUNS/$sweep" ] || continue
       mkdir -p "$OUT/$sweep"
@@ -73,5 +82,5 @@ case "${1:-}" in
       done
     done ;;
   *)
-    echo "usage: bash docs/results/regenerate.sh main|compare|depth|copy" >&2; exit 2 ;;
+    echo "usage: bash docs/results/regenerate.sh main|compare|depth|sft_steps|grpo|copy" >&2; exit 2 ;;
 esac
