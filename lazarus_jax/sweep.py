@@ -773,7 +773,7 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
   # 1. Does the classifier term cost or help answers (the pre-stated contrast)?
   parts = []
   for d in diffs:
-    if d["metric"] != "answer_accuracy" or d["arm"] in GRPO_ARMS:  # the GRPO arms are answer 6's
+    if d["metric"] != "answer_accuracy" or plain_arm(d["arm"]) in GRPO_ARMS:  # the GRPO arms are answer 6's
       continue
     word = {"higher": "**helps** answers", "lower": "**costs** answers",
             "cannot tell": "**cannot tell** (the interval includes 0)"}[d["verdict"]]
