@@ -201,8 +201,8 @@ def _generate_with_logits(monkeypatch, model, prompts, pad_id=0):
 def _check_against_full_pass(model, prompts, got, cached_logits, tol, max_ties, logit_tol):
   """Cached greedy tokens `got` against the full forward pass `model(tokens, mask, positions)`, token by token.
 
-  Step j of a prompt: the full pass on the prompt + got[:j] alone (unpadded, a batch of one); its argmax at the
-  last position must be got[j], and its logits must be within logit_tol of the cached decoder's (`cached_logits`).
+  Step j of a prompt: the full pass on the prompt + got[:j] alone (a batch of one, right-padded to one width so
+  the pass compiles once); its argmax at the last real position must be got[j], and its logits must be within logit_tol of the cached decoder's (`cached_logits`).
   Why tolerances: in 16-bit the model's own forward pass is not bit-stable under shape changes (key-axis sums over
   another length or column offset round differently in float32, and a 1-ulp change can flip the bf16 rounding of a
   matmul operand), and the cached path attends over a wider, left-padded cache. So where the full pass's top-2
@@ -210,12 +210,15 @@ def _check_against_full_pass(model, prompts, got, cached_logits, tol, max_ties, 
   must stay few (<= max_ties). Returns the number of near-ties.
   """
   forward = nnx.jit(lambda m, x, mask, pos: m(x, mask, pos))
-  ties = 0
+  width = max(len(p) + len(g) for p, g in zip(prompts, got))  # one shape, one compile: right padding is causally
+  ties = 0                                                    # invisible to the last real position
   for r, (prompt, gen) in enumerate(zip(prompts, got)):
     for j, token in enumerate(gen):
-      ids = jnp.asarray([list(prompt) + gen[:j]], jnp.int32)
-      n = ids.shape[1]
-      logits = np.asarray(forward(model, ids, jnp.ones((1, n), jnp.int32), jnp.arange(n, dtype=jnp.int32)[None]))[0, -1]
+      seq = list(prompt) + gen[:j]
+      n = len(seq)
+      ids = jnp.asarray([seq + [0] * (width - n)], jnp.int32)
+      mask = jnp.asarray([[1] * n + [0] * (width - n)], jnp.int32)
+      logits = np.asarray(forward(model, ids, mask, jnp.arange(width, dtype=jnp.int32)[None]))[0, n - 1]
       np.testing.assert_allclose(cached_logits[j, r], logits, rtol=0, atol=logit_tol, err_msg=f"prompt {r} step {j}")
       top2 = np.sort(logits)[-2:]
       if top2[1] - top2[0] > tol:
