@@ -202,7 +202,8 @@ def _check_against_full_pass(model, prompts, got, cached_logits, tol, max_ties, 
   """Cached greedy tokens `got` against the full forward pass `model(tokens, mask, positions)`, token by token.
 
   Step j of a prompt: the full pass on the prompt + got[:j] alone (a batch of one, right-padded to one width so
-  the pass compiles once); its argmax at the last real position must be got[j], and its logits must be within logit_tol of the cached decoder's (`cached_logits`).
+  the pass compiles once); its argmax at the last real position must be got[j], and its logits must be within
+  logit_tol of the cached decoder's (`cached_logits`).
   Why tolerances: in 16-bit the model's own forward pass is not bit-stable under shape changes (key-axis sums over
   another length or column offset round differently in float32, and a 1-ulp change can flip the bf16 rounding of a
   matmul operand), and the cached path attends over a wider, left-padded cache. So where the full pass's top-2
