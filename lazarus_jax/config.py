@@ -126,6 +126,22 @@ def default_config() -> ml_collections.ConfigDict:
   # 31 layers x 400 x 576 features); lbfgs reaches the exact convex optimum.
   c.eval.probe_method = "adam"  # adam | lbfgs
   c.eval.probe_lr = 0.05  # adam only
+  # Is the classifier used? (lazarus_jax/mechanism.py): interventions at the readout, a tuned lens, what V/O learned.
+  # Off by default (minutes of CPU per model on SmolLM2); results.json `mechanism`, report.md "Mechanism".
+  c.eval.mechanism = ml_collections.ConfigDict()
+  c.eval.mechanism.enabled = False
+  c.eval.mechanism.max_examples_per_op = 25  # held-out prompts per operation (seeded random subset)
+  # Residual rows for ablation and patching (row r = after block r-1): auto (every 3rd row, L + 1 and the last) |
+  # all | a comma list. Each row costs 1 + n_random + 1 greedy decodings of the prompts.
+  c.eval.mechanism.rows = "auto"
+  c.eval.mechanism.n_random = 2  # random-direction ablations per row (the control)
+  c.eval.mechanism.steer_alphas = "0.5,1,2,4"  # steering sizes at L, in units of the readout residual's norm
+  c.eval.mechanism.tuned_lens = True
+  c.eval.mechanism.tuned_lens_train = 512  # training prompts the translators are fitted on
+  c.eval.mechanism.tuned_lens_steps = 150  # full-batch AdamW steps
+  c.eval.mechanism.tuned_lens_lr = 1e-3
+  c.eval.mechanism.tuned_lens_top_k = 16  # each training prompt's top final tokens form the lens's vocabulary
+  c.eval.mechanism.position_prompt = ""  # the layer x position lens figure's prompt; "" = the first seed prompt
 
   # Controlled comparison (python -m lazarus_jax.sweep): arms differ only in classifier.weight.
   # Comma-separated strings so that --config.sweep.<key>=a,b works on the command line.

@@ -9,7 +9,8 @@ What is evaluated (`config.eval.adapter`):
 With an adapter and `eval.compare_base=True` (default) the base model is measured in the same run, by the
 same code on the same examples, so the report can say what training changed. Outputs always go to
 `<workdir>/eval/` (base-only runs too; `results.json` says which model it holds in `evaluated`):
-`results.json`, `report.md`, `lens_heatmap.png`, `lens_accuracy.png`, `probes_vs_lens.png`.
+`results.json`, `report.md`, `lens_heatmap.png`, `lens_accuracy.png`, `probes_vs_lens.png` (and, with
+`eval.mechanism.enabled`, the `mechanism` section -- is the classifier used? -- and its `mechanism_*.png` figures).
 
 Definitions (DESIGN.md §2). Readout = the last prompt token, prompts encoded by `data.encode_prompt`.
 Row r of the all-layer lens is the residual stream after block r-1 (row 0 = embeddings), so the classifier
@@ -27,6 +28,7 @@ results.json schema (version 1; also in docs/results_schema.md):
   classifier_eval, lens, probes, answer_accuracy  -- the evaluated model, see `evaluate_model`
   base: {classifier_eval, lens, probes, answer_accuracy} | null   -- the base model when an adapter was loaded
   training: {table_md, last: metrics row} | null   -- from <workdir>/metrics.jsonl when train ran there
+  mechanism: {base, adapted, vo, position_lens, ...} | null   -- eval.mechanism.enabled (docs/results_schema.md)
   timing: {stage: seconds}
   provenance: provenance.collect(config) (config, seed, git commit, package versions, devices)
 Per model:
@@ -406,6 +408,39 @@ def answer_metrics(model, tok, examples, prompt_ids, max_new_tokens: int, seed_k
   return out
 
 
+# ---- mechanism (eval.mechanism.enabled) -----------------------------------------------------------------
+
+def mechanism_section(model, lora, tok, examples, datasets, targets, layer: int, c, timing: dict,
+                      base_only: bool) -> dict | None:
+  """results.json `mechanism` (schema: docs/results_schema.md), or None when `eval.mechanism.enabled` is off.
+
+  The base model is analysed when it is the evaluated one or `eval.compare_base` is on; the adapted one when an
+  adapter is loaded. `lora`: the adapter module (None for the base model alone)."""
+  if not c.eval.mechanism.enabled:
+    return None
+  from lazarus_jax import lens as lens_lib
+  from lazarus_jax import mechanism
+  fmts = sorted({e.fmt for e in examples})
+  train = [e for e in datasets.train if e.fmt in fmts]
+  prompt = c.eval.mechanism.position_prompt or experiment_seed_prompts(examples)[0].prompt
+  out = {"max_examples_per_op": c.eval.mechanism.max_examples_per_op, "position_lens": {"prompt": prompt}}
+  models = []
+  if base_only or c.eval.compare_base:
+    models.append(("base", None))
+  if lora is not None:
+    models.append(("adapted", lora))
+  for tag, adapter in models:
+    model.lora = nnx.data(adapter)
+    print(f"evaluate: mechanism ({tag} model)", file=sys.stderr)
+    out[tag] = mechanism.analyse_model(model, tok, examples, train, targets, layer, c, timing, tag)
+    out["position_lens"][tag] = lens_lib.position_lens(model, tok, prompt)
+  out.setdefault("base", None)
+  out.setdefault("adapted", None)
+  model.lora = nnx.data(lora)
+  out["vo"] = mechanism.vo_summary(model, targets)
+  return out
+
+
 # ---- run ---------------------------------------------------------------------------------------------
 
 def adapter_path(c, workdir: str) -> str | None:
@@ -516,6 +551,9 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   from lazarus_jax.workdir import check_not_in_use
   check_not_in_use(workdir)
   adapter = adapter_path(c, workdir)  # before any loading: a missing adapter fails fast
+  if c.eval.mechanism.enabled:
+    from lazarus_jax import mechanism
+    mechanism.validate(c)
   if jax.process_index() != 0:
     return {}
   from lazarus_jax.adapters import adapter_origin
@@ -527,6 +565,8 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   tok = pretrained.tokenizer
   n_layers = pretrained.config.num_layers
   layer = experiment.classifier_layer(c, n_layers)
+  if c.eval.mechanism.enabled:  # rows against this model, before any evaluation work
+    mechanism.parse_rows(c.eval.mechanism.rows, n_layers + 1, layer)
   datasets = experiment.build_data(c, tok)
   split = check_split(adapter, datasets.split)  # before any evaluation work: never score training data
   examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op, c.seed)
@@ -552,6 +592,7 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   if adapter is not None:
     adapted = evaluate_model(model, tok, examples, targets, layer, c, timing, "adapted")
   main = adapted if adapted is not None else base
+  mech = mechanism_section(model, lora, tok, examples, datasets, targets, layer, c, timing, adapter is None)
 
   fmts = sorted({e.fmt for e in examples})
   results = {
@@ -572,6 +613,7 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
       **main,
       "base": base if adapted is not None else None,
       "training": training_summary(workdir, origin.get("step") if adapter is not None else None),
+      "mechanism": mech,
       "timing": timing,
       "provenance": provenance.collect(c, pretrained.dtypes),
   }

@@ -40,28 +40,39 @@ def _segments(cfg: LlamaConfig, lora_range: tuple[int, int]) -> list[tuple[int, 
   return [s for s in segs if s[1] > s[0]]
 
 
-def _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot):
+def _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, slot, hook=None):
   """All blocks (`model.decoder_block`, the training block) on h [B,T,D]; this chunk's k/v go to cache column `slot`.
 
   caches: one (k, v) pair per segment, each [layers_in_segment, B, S, KV, hd]. They are scan carries: the block
   gets its layer's [B,S,KV,hd] slice and the updated slice is written back with dynamic_update_slice (in place).
+  hook: None, or `hook(row, h) -> h` applied to the residual stream after each block (row = block + 1, a traced
+  int32); with a hook the last column's residual after each (hooked) block is also returned, [n_layers, B, D].
   """
 
   def block(carry, xs):
     h, ck, cv = carry
-    w, adapters, i = xs
+    w, adapters, i = xs[:3]
     h, (k_i, v_i) = decoder_block(cfg, w, adapters, lora_scale, h, cos, sin, bias, cache=(ck[i], cv[i], slot))
     ck = jax.lax.dynamic_update_slice(ck, k_i[None], (i, 0, 0, 0, 0))
     cv = jax.lax.dynamic_update_slice(cv, v_i[None], (i, 0, 0, 0, 0))
-    return (h, ck, cv), None
+    if hook is None:
+      return (h, ck, cv), None
+    h = hook(xs[3], h)
+    return (h, ck, cv), h[:, -1]
 
-  new_caches = []
+  new_caches, rows = [], []
   for (start, end, adapted), (ck, cv) in zip(segs, caches):
     seg_w = jax.tree.map(lambda x: x[start:end], params["layers"])
     adapters = params["lora"] if adapted else None
-    (h, ck, cv), _ = jax.lax.scan(block, (h, ck, cv), (seg_w, adapters, jnp.arange(end - start)))
+    xs = (seg_w, adapters, jnp.arange(end - start))
+    if hook is not None:  # the row index only where a hook reads it: the plain graph stays as it was
+      xs += (jnp.arange(start + 1, end + 1, dtype=jnp.int32),)
+    (h, ck, cv), ys = jax.lax.scan(block, (h, ck, cv), xs)
     new_caches.append((ck, cv))
-  return h, new_caches
+    rows.append(ys)
+  if hook is None:
+    return h, new_caches
+  return h, new_caches, jnp.concatenate(rows, axis=0)
 
 
 def pick_token(logits, key, temperature: float, top_p: float):
@@ -81,17 +92,26 @@ def pick_token(logits, key, temperature: float, top_p: float):
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "lora_range", "lora_scale", "max_new_tokens"))
-def _generate(params, tokens, mask, eos_id, pad_id, *, cfg, lora_range, lora_scale, max_new_tokens):
-  """Greedy: tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS)."""
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_range", "lora_scale", "max_new_tokens", "edit_fn"))
+def _generate(params, tokens, mask, eos_id, pad_id, edit=None, *, cfg, lora_range, lora_scale, max_new_tokens,
+              edit_fn=None):
+  """Greedy: tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS).
+
+  With `edit_fn` (a module-level function, static) the prefill's residual stream is edited: after the embedding
+  (row 0) and after each block (row = block + 1), h <- edit_fn(edit, row, h), `edit` a pytree of arrays (traced:
+  one compile for every edit of the same shapes; see `interventions.py`). Only the prefill is edited, so the
+  prompt's positions carry the edit into every decode step through the KV cache. Then the result is (ids, the
+  last (readout) column's residual rows [n_layers + 1, B, D] after editing, the prefill's final logits there [B, V]).
+  """
   return decode(params, tokens, mask, eos_id, pad_id, jax.random.key(0), cfg=cfg, lora_range=lora_range,
-                lora_scale=lora_scale, max_new_tokens=max_new_tokens)
+                lora_scale=lora_scale, max_new_tokens=max_new_tokens, edit=edit, edit_fn=edit_fn)
 
 
 def decode(params, tokens, mask, eos_id, pad_id, key, *, cfg, lora_range, lora_scale, max_new_tokens,
-           temperature: float = 0.0, top_p: float = 1.0):
+           temperature: float = 0.0, top_p: float = 1.0, edit=None, edit_fn=None):
   """tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS), greedy or sampled
-  (`pick_token`; decode step i draws with `fold_in(key, i)`). Traced inside the caller's jit."""
+  (`pick_token`; decode step i draws with `fold_in(key, i)`). Traced inside the caller's jit. `edit`, `edit_fn`:
+  see `_generate`."""
   adt = jnp.dtype(cfg.activation_dtype)  # the residual stream and the k/v cache, as in training
   b, p = tokens.shape
   s = p + max_new_tokens
@@ -113,7 +133,16 @@ def decode(params, tokens, mask, eos_id, pad_id, key, *, cfg, lora_range, lora_s
   shape = (b, s, cfg.num_kv_heads, cfg.head_dim)
   caches = [(jnp.zeros((e - a,) + shape, adt), jnp.zeros((e - a,) + shape, adt)) for a, e, _ in segs]
   h = params["embed"][tokens].astype(adt)
-  h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, 0)
+  if edit_fn is None:
+    h, caches = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, 0)
+    readout = None
+  else:
+    hook = functools.partial(edit_fn, edit)
+    h = hook(jnp.int32(0), h)
+    row0 = h[:, -1]
+    h, caches, rows = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, 0, hook=hook)
+    readout = (jnp.concatenate([row0[None], rows], axis=0),
+               lens_logits(cfg, params["final_norm"], params["unembed"], h[:, -1]))
   tok = next_token(h, 0)
   done = tok == eos_id
   out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
@@ -135,7 +164,8 @@ def decode(params, tokens, mask, eos_id, pad_id, key, *, cfg, lora_range, lora_s
     return i + 1, nxt, done | (nxt == eos_id), caches, out
 
   state = (jnp.int32(1), tok, done, caches, out)
-  return jax.lax.while_loop(cond, body, state)[-1]
+  ids = jax.lax.while_loop(cond, body, state)[-1]
+  return ids if readout is None else (ids, *readout)
 
 
 # ---- host side -----------------------------------------------------------------------------------
@@ -172,15 +202,22 @@ def _batch_size(n: int, max_batch: int) -> int:
 
 
 def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int | None, pad_id: int,
-                    *, max_batch: int = MAX_BATCH, bucket: int = PROMPT_BUCKET) -> list[list[int]]:
+                    *, max_batch: int = MAX_BATCH, bucket: int = PROMPT_BUCKET, edit=None, edit_fn=None):
   """Greedy continuations of each prompt (token ids), batched, with a KV cache.
 
   Returns, per prompt, the generated ids up to and excluding the first `eos_id` (all `max_new_tokens` ids
   when no EOS comes, or when eos_id is None). `pad_id` only fills the padded prompt columns; it is never
   attended to, so any id works.
+
+  With `edit_fn` (see `_generate`; `interventions.py` builds both): `edit` is a pair (shared, per_example) of
+  pytrees of arrays; per_example leaves have a leading axis of len(prompt_ids) and are batched with the prompts.
+  The result is then (ids, readout [n_layers + 1, N, D], final_logits [N, V]) as numpy arrays: the edited
+  prefill's residual rows and final-layer logits at the readout (each prompt's last token).
   """
-  if max_new_tokens < 1 or not prompt_ids:
+  if edit_fn is None and (max_new_tokens < 1 or not prompt_ids):
     return [[] for _ in prompt_ids]
+  if not prompt_ids or max_new_tokens < 1:
+    raise UserError("an edited generation needs at least one prompt and max_new_tokens >= 1")
   for i, ids in enumerate(prompt_ids):
     if len(ids) == 0:
       raise UserError(f"prompt {i} is empty: greedy_generate needs at least one prompt token")
@@ -189,6 +226,7 @@ def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
   bsz = _batch_size(len(prompt_ids), max_batch)
   eos = jnp.int32(-1 if eos_id is None else eos_id)
   results: list[list[int]] = []
+  readouts, logits = [], []
   for start in range(0, len(prompt_ids), bsz):
     chunk = [list(x) for x in prompt_ids[start:start + bsz]]
     n = len(chunk)
@@ -199,13 +237,24 @@ def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
     for r, ids in enumerate(chunk):
       tokens[r, p - len(ids):] = ids  # left padding: every row ends in the last column
       mask[r, p - len(ids):] = 1
-    out = _generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos, jnp.int32(pad_id), cfg=cfg,
-                    lora_range=lora_range, lora_scale=lora_scale, max_new_tokens=max_new_tokens)
+    static = dict(cfg=cfg, lora_range=lora_range, lora_scale=lora_scale, max_new_tokens=max_new_tokens)
+    if edit_fn is None:
+      out = _generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos, jnp.int32(pad_id), **static)
+    else:
+      shared, per_example = edit
+      rows = np.r_[np.arange(start, start + n), np.full(bsz - n, start)]  # filler rows repeat the first
+      batch_edit = (shared, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[rows]), per_example))
+      out, readout, final = jax.device_get(_generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos,
+                                                     jnp.int32(pad_id), batch_edit, edit_fn=edit_fn, **static))
+      readouts.append(readout[:, :n])
+      logits.append(final[:n])
     for row in np.asarray(out)[:n].tolist():
       if eos_id is not None and eos_id in row:
         row = row[:row.index(eos_id)]
       results.append(row)
-  return results
+  if edit_fn is None:
+    return results
+  return results, np.concatenate(readouts, axis=1), np.concatenate(logits, axis=0)
 
 
 # ---- answer accuracy -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The all-layer logit lens: a jitted readout of the whole residual stack, and its CLI.
 
     python -m lazarus_jax.lens --model smollm2-135m --prompts "7 * 8 = |23 + 45 = " \
-        --targets multiply,add,subtract,divide [--top-k 5] [--json out.json] [--png out.png]
+        --targets multiply,add,subtract,divide [--top-k 5] [--json out.json] [--png out.png] \
+        [--positions-png grid.png]
 
 Layer convention (DESIGN.md §2). The stack has n_layers+1 rows. Each record carries both
   - `row`: index into that stack, 0..n_layers (row 0 = embedding output, row L+1 = after block L);
@@ -162,6 +163,72 @@ def run_lens(model, tokenizer, prompts: Sequence[str], targets: ResolvedTargets 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Layer x position: the lens at every row and every prompt position
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("top_k",))
+def _position_fn(graphdef, state, tokens, *, top_k: int):
+  model = nnx.merge(graphdef, state)
+  logits = model.lens(residual_stream(model, tokens)[:, 0])  # [R, T, V]
+  top_logits, top_ids = jax.lax.top_k(logits, top_k)
+  return top_ids, jnp.exp(top_logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True))
+
+
+def position_lens(model, tokenizer, prompt: str, top_k: int = 1) -> dict:
+  """The logit lens at every row and every position of one prompt: {prompt, tokens, token_ids, rows: R lists of T
+  cells [{token, id, prob}, ...] (the top_k tokens, best first)}. Row r = after block r-1 (row 0 = embeddings);
+  the last position is the readout, and its last row is the model's own next-token distribution."""
+  ids = encode_prompt(tokenizer, prompt)
+  if not ids:
+    raise UserError(f"prompt {prompt!r} encodes to no tokens")
+  if len(ids) > model.cfg.max_position_embeddings:
+    raise UserError(f"prompt {prompt!r} has {len(ids)} tokens, more than the model's "
+                    f"{model.cfg.max_position_embeddings} positions")
+  graphdef, state = split_packed(model)
+  top_ids, top_probs = jax.device_get(_position_fn(graphdef, state, jnp.asarray([ids], jnp.int32), top_k=int(top_k)))
+  token_str = tokenizer.token_str
+  rows = [[[{"token": token_str(int(top_ids[r, t, k])), "id": int(top_ids[r, t, k]), "prob": float(top_probs[r, t, k])}
+            for k in range(top_ids.shape[2])] for t in range(len(ids))] for r in range(top_ids.shape[0])]
+  return {"prompt": prompt, "token_ids": [int(i) for i in ids], "tokens": [token_str(int(i)) for i in ids],
+          "rows": rows}
+
+
+def _visible(token: str) -> str:
+  """A token as a figure label: escapes as JSON writes them, spaces as '␣' (a bare space would be invisible)."""
+  return json.dumps(token, ensure_ascii=False)[1:-1].replace(" ", "␣")
+
+
+def save_position_png(grids: list[dict], path: str, titles: Sequence[str] | None = None) -> None:
+  """One layer x position panel per grid (`position_lens` output): colour = top-1 probability, text = top-1 token."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  n = len(grids)
+  n_rows = len(grids[0]["rows"])
+  widths = [len(g["tokens"]) for g in grids]
+  fig, axes = plt.subplots(1, n, figsize=(1.2 + sum(0.85 * w + 1.0 for w in widths), 1.2 + 0.24 * n_rows),
+                           squeeze=False, gridspec_kw={"width_ratios": widths}, constrained_layout=True)
+  image = None
+  for i, (ax, g) in enumerate(zip(axes[0], grids)):
+    probs = np.array([[cell[0]["prob"] for cell in row] for row in g["rows"]])
+    image = ax.imshow(probs, aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    for r in range(probs.shape[0]):
+      for t in range(probs.shape[1]):
+        ax.text(t, r, _visible(g["rows"][r][t][0]["token"])[:7], ha="center", va="center", fontsize=5.5,
+                color="white" if probs[r, t] > 0.6 else "black")
+    ax.set_xticks(range(len(g["tokens"])), [_visible(t) for t in g["tokens"]], rotation=45, ha="right", fontsize=7)
+    ticks = list(range(0, n_rows, max(1, n_rows // 10)))
+    ax.set_yticks(ticks, ["emb" if r == 0 else f"b{r - 1}" for r in ticks], fontsize=7)
+    ax.set_xlabel("prompt position (input token)", fontsize=7)
+    ax.set_ylabel("row (emb, after block b)", fontsize=7)
+    ax.set_title(titles[i] if titles else repr(g["prompt"]), fontsize=8)
+  fig.colorbar(image, ax=axes, shrink=0.8, label="top-1 lens probability")
+  _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Output
 
 
@@ -269,6 +336,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--batch-size", type=int, default=16)
   ap.add_argument("--json", help="write the results here")
   ap.add_argument("--png", help="write a layer x target heatmap per prompt here")
+  ap.add_argument("--positions-png", help="write a layer x position lens figure (top token, its probability at "
+                  "every row and prompt position; the first 4 prompts) here; --json then also holds the grids")
   return ap.parse_args(argv)
 
 
@@ -280,12 +349,13 @@ def main(argv=None) -> None:
   target_spec = parse_targets(args.targets)
   _check_output(args.json, "--json")
   _check_output(args.png, "--png")
+  _check_output(args.positions_png, "--positions-png")
   if args.top_k < 1:
     raise UserError(f"--top-k must be >= 1, got {args.top_k}")
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-  if args.png and importlib.util.find_spec("matplotlib") is None:
-    raise UserError("--png needs matplotlib: pip install matplotlib")
+  if (args.png or args.positions_png) and importlib.util.find_spec("matplotlib") is None:
+    raise UserError("--png and --positions-png need matplotlib: pip install matplotlib")
   if args.adapter and not os.path.isdir(args.adapter):
     raise UserError(f"adapter directory {args.adapter} does not exist")
 
@@ -312,10 +382,13 @@ def main(argv=None) -> None:
     print()
     print(format_table(res, targets.labels))
 
+  grids = [position_lens(model, tok, p) for p in prompts[:4]] if args.positions_png else None
   if args.json:
     doc = {"model": pretrained.source, "adapter": args.adapter, "n_layers": model.cfg.num_layers,
            "layer_convention": LAYER_CONVENTION, "top_k": args.top_k, **targets.as_dict(),
            "timing": {k: timings[k] for k in ("compile_s", "run_s")}, "prompts": results}
+    if grids is not None:
+      doc["positions"] = grids
 
     def write_json(tmp):
       with open(tmp, "w", encoding="utf-8") as f:
@@ -325,6 +398,9 @@ def main(argv=None) -> None:
   if args.png:
     save_png(results, targets.labels, args.png)
     print(f"wrote {args.png}")
+  if grids is not None:
+    save_position_png(grids, args.positions_png)
+    print(f"wrote {args.positions_png}")
 
 
 if __name__ == "__main__":

@@ -462,6 +462,8 @@ def render_markdown(results: dict) -> str:
             "majority-class rate) with positive "
             "selectivity.", ""]
   lines += answers(results) + [""]
+  from lazarus_jax import mechanism_report
+  lines += mechanism_report.render_markdown(results)
   timing = results.get("timing") or {}
   if timing:
     lines += ["Timing: " + ", ".join(f"{k} {v:.1f}s" for k, v in timing.items()), ""]
@@ -475,14 +477,17 @@ def save_figure(fig, path: str) -> None:
 
 
 def write_report(results: dict, out_dir: str) -> list[str]:
-  """Writes report.md and the three figures; returns their paths."""
+  """Writes report.md and the three figures (and the mechanism figures when results hold that section); returns
+  their paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, n) for n in ("lens_heatmap.png", "lens_accuracy.png", "probes_vs_lens.png",
                                               "report.md")]
   plot_lens_heatmap(results, paths[0])
   plot_lens_accuracy(results, paths[1])
   plot_probes_vs_lens(results, paths[2])
-  files.write_text(paths[3], render_markdown(results))
+  from lazarus_jax import mechanism_report
+  paths[3:3] = mechanism_report.write_figures(results, out_dir)
+  files.write_text(paths[-1], render_markdown(results))
   return paths
 
 

@@ -83,7 +83,10 @@ BOOTSTRAP_SEED = 0
 POWER = 0.8
 # Keys that never change an arm's results, left out of its hash. Each is one that train also accepts on resume
 # (train.RESUMABLE_KEYS), so a partly trained arm continues under a changed value instead of being refused.
-NON_RESULT_KEYS = ("resume", "overwrite", "distributed", "train.log_every", "train.table_steps", "eval.batch_size")
+# eval.mechanism: adds a results.json section that no sweep table reads; listed so that arms recorded before the
+# section existed keep their hashes.
+NON_RESULT_KEYS = ("resume", "overwrite", "distributed", "train.log_every", "train.table_steps", "eval.batch_size",
+                   "eval.mechanism")
 FALLBACK_NOTE = "†"
 
 

@@ -289,3 +289,39 @@ def test_cli_missing_adapter_is_one_line_and_exit_2(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: no adapter at ")
   assert not os.path.exists(tmp_path / "eval")
+
+
+def test_mechanism_section_results_report_and_figures(trained, tmp_path):
+  c, workdir = trained
+  c2 = tiny_config.get_config()
+  c2.eval.adapter = os.path.join(workdir, "adapter")
+  c2.eval.max_examples_per_op = 3
+  c2.eval.probes = False
+  c2.eval.max_new_tokens = 3
+  m = c2.eval.mechanism
+  m.enabled, m.rows, m.n_random, m.steer_alphas = True, "0,3,4", 1, "0,2"
+  m.tuned_lens_train, m.tuned_lens_steps = 16, 5
+  r = evaluate.run(c2, str(tmp_path))
+  mech = r["mechanism"]
+  assert mech["vo"]["targets"] == ["o", "v"] and len(mech["vo"]["delta_ov"]["class_fraction"]) == 4
+  for name in ("base", "adapted"):
+    sec = mech[name]
+    assert sec["row"] == 3 and sec["rows"] == [0, 3, 4]
+    assert [x["row"] for x in sec["ablation"]["rows"]] == [0, 3, 4]
+    assert [x["row"] for x in sec["patching"]["rows"]] == [0, 3, 4]
+    zero = sec["steering"]["alphas"][0]
+    assert zero["alpha"] == 0 and zero["class"]["changed_answer_fraction"] == 0.0  # alpha 0 is the clean run
+    assert len(sec["tuned_lens"]["rows"]) == 5 and set(sec["attention"]["mean_mass"]) == set(
+        ("operand_a", "operator", "operand_b", "readout_token", "other"))
+    assert len(mech["position_lens"][name]["rows"]) == 5
+  text = open(tmp_path / "eval" / "report.md").read()
+  assert "## Mechanism: is the classifier used?" in text and "### What V/O learned" in text
+  for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png",
+               "mechanism_position_lens.png"):
+    assert (tmp_path / "eval" / name).stat().st_size > 0, name
+  # A bad mechanism value is refused before any work, in one line.
+  from lazarus_jax.errors import UserError
+  m.rows = "3,99"
+  with pytest.raises(UserError, match=r"eval.mechanism.rows '3,99': rows must lie in 0..4"):
+    evaluate.run(c2, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "eval")

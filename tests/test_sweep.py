@@ -121,6 +121,13 @@ def test_arm_dir_is_keyed_by_the_result_config():
   for change in ({"sweep__seeds": "0,1,2,3"}, {"sweep__weights": "0,0.5"}, {"train__log_every": 1},
                  {"eval__batch_size": 3}, {"train__table_steps": (1,)}):
     assert h(**change) == base, change  # the grid and logging do not: a grown sweep reuses its arms
+  # eval.mechanism adds a results section no sweep table reads: arms recorded before it existed keep their hash.
+  cc = tiny_config.get_config()
+  cc.eval.mechanism.enabled, cc.eval.mechanism.rows = True, "0,1"
+  assert sweep.config_hash(sweep.arm_config(cc, arm)) == base
+  old = sweep.arm_config(c, arm).to_dict()
+  del old["eval"]["mechanism"]
+  assert sweep.config_hash(old) == base
   # Every key left out of the hash is one train accepts when it resumes a partly trained arm.
   from lazarus_jax.train import RESUMABLE_KEYS
   assert all(any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS) for k in sweep.NON_RESULT_KEYS)

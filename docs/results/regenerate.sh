@@ -8,6 +8,7 @@
 #   bash docs/results/regenerate.sh depth     # classifier depth, dual w=0.7, symbolic, 2 seeds (reuses compare's arms)
 #   bash docs/results/regenerate.sh sft_steps # symbolic SFT arms at 600 steps (SFT_STEPS="100 600 1000" for more), 2 seeds: where SFT levels off
 #   bash docs/results/regenerate.sh grpo      # GRPO and GRPO+lens arms from compare's symbolic SFT arms, 3 seeds
+#   bash docs/results/regenerate.sh mechanism # is the classifier used? interventions, tuned lens, V/O on compare's arms
 #   bash docs/results/regenerate.sh copy      # copy finished runs into docs/results/
 #
 # Re-running a command continues it: finished arms (same resolved config) are reused, a partly trained arm
@@ -55,6 +56,33 @@ case "${1:-}" in
     python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/grpo" "${ARM_FLAGS[@]}" \
       --config.sweep.weights=0,0.7 --config.sweep.formats=symbolic --config.sweep.layer_fractions=0.55 \
       --config.sweep.seeds=0,1,2 --config.sweep.grpo_arms=grpo,grpo+lens --config.sweep.grpo_steps=40 ;;
+  mechanism)
+    # evaluate's `mechanism` section (eval.mechanism.enabled) on compare's 300-step arms: base, SFT (w = 0) and dual
+    # (w = 0.7, L = 16), 25 held-out prompts per operation. MECH_RUNS lists format:seed pairs, most important first.
+    # MECH_EXTRA: more flags (e.g. fewer rows: --config.eval.mechanism.rows=0,9,15,17,21,30 --config.eval.mechanism.n_random=1).
+    MFLAGS=("${DTYPES[@]}" --config.eval.mechanism.enabled=True --config.eval.probes=False --config.eval.compare_base=False
+            --config.eval.max_examples_per_op=25 ${MECH_EXTRA:-})
+    for run in ${MECH_RUNS:-symbolic:0 semantic:0 symbolic:1 semantic:1 symbolic:2}; do
+      fmt=${run%%:*}; seed=${run##*:}
+      for arm in base sft dual; do
+        out="$RUNS/mechanism/$arm-$fmt-s$seed"
+        [ -f "$out/eval/results.json" ] && continue
+        if [ "$arm" = base ]; then
+          [ "$seed" = 0 ] || continue  # one base model: measured on seed 0's prompts
+          adapter=none
+        else
+          pattern="$RUNS/compare/arms/$arm-$fmt-s$seed-*"
+          [ "$arm" = dual ] && pattern="$RUNS/compare/arms/$arm-$fmt-f0.55-s$seed-*"
+          # (if, not &&: a failed grep on the last directory must not fail the pipeline under pipefail)
+          adapter=$(for d in $pattern; do if grep -q '"steps": 300,' "$d/config.json"; then echo "$d/adapter"; fi; done | head -1)
+          [ -n "$adapter" ] || { echo "no 300-step $arm arm for $fmt seed $seed under $RUNS/compare/arms" >&2; continue; }
+        fi
+        mkdir -p "$out"
+        python -m lazarus_jax.evaluate --config "$CONFIG" --workdir "$out" "${MFLAGS[@]}" --config.seed="$seed" \
+          --config.data.format="$fmt" --config.eval.adapter="$adapter"
+      done
+    done
+    python docs/results/mechanism_summary.py "$RUNS/mechanism" > "$RUNS/mechanism/mechanism.md" ;;
   copy)
     if [ -d "$RUNS/smollm2_1000_steps/eval" ]; then
       mkdir -p "$OUT/smollm2_1000_steps"
@@ -71,6 +99,18 @@ case "${1:-}" in
       done
     done
     [ -d "$RUNS/compare/arms" ] && python docs/results/sft_curve.py "$RUNS/compare/arms" > "$OUT/sft_curve.md"
+    for run in "$RUNS"/mechanism/*/; do
+      [ -f "$run/eval/results.json" ] || continue
+      dest="$OUT/mechanism/$(basename "$run")"
+      mkdir -p "$dest"
+      cp "$run/eval/results.json" "$dest/"
+      # report.md and figures re-rendered from results.json by this checkout's report code (numbers unchanged)
+      python -c "import json, sys; from lazarus_jax import report; report.write_report(json.load(open(sys.argv[1])), sys.argv[2])" \
+        "$dest/results.json" "$dest"
+    done
+    if [ -d "$RUNS/mechanism" ]; then
+      python docs/results/mechanism_summary.py "$RUNS/mechanism" "$OUT/mechanism/mechanism.png" > "$OUT/mechanism/mechanism.md"
+    fi
     # Every finished arm: its results, config and training record (enough to recompute the sweep tables).
     for arm in "$RUNS"/compare/arms/*/; do
       [ -f "$arm/eval/results.json" ] || continue
@@ -82,5 +122,5 @@ case "${1:-}" in
       done
     done ;;
   *)
-    echo "usage: bash docs/results/regenerate.sh main|compare|depth|sft_steps|grpo|copy" >&2; exit 2 ;;
+    echo "usage: bash docs/results/regenerate.sh main|compare|depth|sft_steps|grpo|mechanism|copy" >&2; exit 2 ;;
 esac
