@@ -271,6 +271,26 @@ RANGES = {
     "eval.probe_steps": _POSITIVE_INT,
     "eval.probe_lr": Range(0, open_low=True),
     "sweep.confidence": _FRACTION_OPEN,
+    "sweep.grpo_steps": _POSITIVE_INT,
+    "sweep.grpo_lr": Range(0, open_low=True),
+    "sweep.grpo_lens_weight": Range(0, 1),
+    # GRPO (grpo.GRPOConfig.validate says the same, in its own words, for the API)
+    "grpo.group_size": Range(2),  # advantages compare completions of one prompt
+    "grpo.max_new_tokens": _POSITIVE_INT,
+    "grpo.temperature": Range(0, open_low=True),
+    "grpo.top_p": Range(0, 1, open_low=True),
+    "grpo.updates_per_batch": _POSITIVE_INT,
+    "grpo.clip_low": Range(0, 1, open_high=True),
+    "grpo.clip_high": Range(0),
+    "grpo.kl_beta": Range(0),
+    "grpo.format_weight": Range(0),
+    # the mechanism section of evaluate (interventions.py, tuned_lens.py)
+    "eval.mechanism.max_examples_per_op": _POSITIVE_INT,
+    "eval.mechanism.n_random": _POSITIVE_INT,
+    "eval.mechanism.tuned_lens_train": _POSITIVE_INT,
+    "eval.mechanism.tuned_lens_steps": _POSITIVE_INT,
+    "eval.mechanism.tuned_lens_lr": Range(0, open_low=True),
+    "eval.mechanism.tuned_lens_top_k": _POSITIVE_INT,
 }
 
 
