@@ -112,3 +112,20 @@ def time_calls(fn, n: int, warmup: int = 2) -> list[float]:
     fn()
     times.append(time.perf_counter() - t0)
   return times
+
+
+def largest_fitting(fits, start: int, cap: int = 4096) -> tuple[int, dict]:
+  """The largest batch (a multiple of 8, to within 12.5%) for which `fits(batch)` holds: doubling from `start`,
+  then bisecting. Returns (batch, {tried batch: fits}); 0 when even `start` does not fit."""
+  tried = {}
+  lo, hi = 0, start
+  while True:
+    tried[hi] = fits(hi)
+    if not tried[hi] or hi >= cap:
+      break
+    lo, hi = hi, hi * 2
+  while hi - lo > max(8, lo // 8):  # each try is a compile or a step: stop at 12.5%
+    mid = (lo + hi) // 16 * 8
+    tried[mid] = fits(mid)
+    lo, hi = (mid, hi) if tried[mid] else (lo, mid)
+  return lo, tried

@@ -187,19 +187,15 @@ def max_batch(bench: Bench, variant: str, seq_len: int, limit_gib: float, start:
     except Exception:  # XLA refuses to compile what cannot fit
       return float("inf")
 
-  tried = {}
-  lo, hi = 0, start
-  while True:
-    tried[hi] = total(hi)
-    if tried[hi] > limit_gib or hi >= 4096:
-      break
-    lo, hi = hi, hi * 2
-  while hi - lo > max(8, lo // 8):  # to within 12.5%: each try is a compile
-    mid = (lo + hi) // 16 * 8
-    tried[mid] = total(mid)
-    lo, hi = (mid, hi) if tried[mid] <= limit_gib else (lo, mid)
+  sizes = {}
+
+  def fits(b):
+    sizes[b] = total(b)
+    return sizes[b] <= limit_gib
+
+  lo, _ = common.largest_fitting(fits, start)
   return dict(kind="max_batch", side="ours", variant=variant, seq_len=seq_len, limit_gib=limit_gib, max_batch=lo,
-              tried={str(k): round(v, 2) for k, v in sorted(tried.items())})
+              tried={str(k): round(v, 2) for k, v in sorted(sizes.items())})
 
 
 def main():

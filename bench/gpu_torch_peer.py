@@ -125,17 +125,7 @@ def max_batch(peer: Peer, t: int, start: int) -> dict:
       peer.opt.zero_grad(set_to_none=True)
       torch.cuda.empty_cache()
 
-  tried = {}
-  lo, hi = 0, start
-  while True:
-    tried[hi] = fits(hi)
-    if not tried[hi] or hi >= 4096:
-      break
-    lo, hi = hi, hi * 2
-  while hi - lo > max(8, lo // 8):
-    mid = (lo + hi) // 16 * 8
-    tried[mid] = fits(mid)
-    lo, hi = (mid, hi) if tried[mid] else (lo, mid)
+  lo, tried = common.largest_fitting(fits, start)
   total = torch.cuda.get_device_properties(0).total_memory / 2**30
   return dict(kind="max_batch", side="torch", variant=peer.mode, seq_len=t, limit_gib=total, max_batch=lo,
               tried={str(k): v for k, v in sorted(tried.items())})

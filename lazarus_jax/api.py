@@ -55,15 +55,11 @@ def encode(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, n
     prompts = [prompts]
   if not prompts:
     raise UserError("no prompts given")
+  from lazarus_jax.lens import _pad_batch
   ids = [encode_prompt(m.tokenizer, p) for p in prompts]
   if not all(ids):
     raise UserError(f"prompt {prompts[[bool(x) for x in ids].index(False)]!r} encodes to no tokens")
-  t = max(len(x) for x in ids)
-  tokens = np.full((len(ids), t), m.tokenizer.pad_id, np.int32)
-  mask = np.zeros((len(ids), t), np.int32)
-  for i, x in enumerate(ids):
-    tokens[i, :len(x)], mask[i, :len(x)] = x, 1
-  return tokens, mask, np.asarray([len(x) - 1 for x in ids], np.int32)
+  return _pad_batch(ids, len(ids), max(len(x) for x in ids), m.tokenizer.pad_id)
 
 
 def residual_stream(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
