@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from lazarus_jax import files
 from lazarus_jax.convert import HF_LAYER_MODULES
 from lazarus_jax.errors import UserError
 from lazarus_jax.files import read_json, replace_dir, write_json
@@ -62,8 +63,8 @@ def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int,
 
 def adapter_record(path: str) -> dict:
   """What `export_peft` recorded beside the adapter ({} for an adapter from elsewhere, e.g. peft's own)."""
-  fingerprint_file = os.path.join(path, FINGERPRINT_FILE)
-  if not os.path.exists(fingerprint_file):
+  fingerprint_file = files.join(path, FINGERPRINT_FILE)
+  if not files.exists(fingerprint_file):
     return {}
   record = read_json(fingerprint_file, "adapter record", "re-export the adapter (train writes it)")
   if not isinstance(record, dict):
@@ -80,10 +81,10 @@ def model_fingerprint(cfg) -> dict:
 def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
   """The PEFT adapter in `path` as our LoRA config and stacked weights ({target}_a [n, in, r], {target}_b [n, r, out],
   float32 numpy). Refuses one made for another model."""
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load
 
-  cfg_file, weights_file = (os.path.join(path, n) for n in ("adapter_config.json", "adapter_model.safetensors"))
-  if not (os.path.exists(cfg_file) and os.path.exists(weights_file)):
+  cfg_file, weights_file = (files.join(path, n) for n in ("adapter_config.json", "adapter_model.safetensors"))
+  if not (files.exists(cfg_file) and files.exists(weights_file)):
     raise UserError(f"{path} is not an adapter directory (needs adapter_config.json and adapter_model.safetensors)")
   fix = "re-export it (train writes it), or pass an intact adapter"
   pc = read_json(cfg_file, "adapter config", fix)
@@ -99,7 +100,7 @@ def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
   by_module = {v.split(".")[-1]: k for k, v in HF_LAYER_MODULES.items()}
   targets = tuple(by_module[m] for m in modules if m in by_module)
   try:
-    tensors = load_file(weights_file)
+    tensors = load(files.read_bytes(weights_file))
   except Exception as e:  # safetensors reports a cut or garbled file as SafetensorError or OSError
     raise UserError(f"adapter weights {weights_file} are unreadable ({type(e).__name__}: {str(e)[:120]}): "
                     f"{fix}") from None
@@ -153,8 +154,8 @@ def adapter_origin(path: str | None, run_dir: str | None) -> dict:
   step = adapter_record(path).get("final_step")
   latest = None
   if run_dir is not None:
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(ckpt_dir) else []
+    ckpt_dir = files.join(run_dir, "checkpoints")
+    steps = sorted(int(n) for n in files.listdir(ckpt_dir) if n.isdigit()) if files.isdir(ckpt_dir) else []
     latest = steps[-1] if steps else None
   if step is None:
     check = "unverified: the adapter records no training step (not written by lazarus_jax.train)"

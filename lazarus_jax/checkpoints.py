@@ -8,11 +8,11 @@ checkpoint is never listed or loaded.
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import orbax.checkpoint as ocp
 
+from lazarus_jax import files
 from lazarus_jax.errors import UserError
 
 
@@ -38,7 +38,7 @@ class Checkpointer:
       logging.getLogger(name).addFilter(_FILTER)  # a set: adding twice is harmless
     self._pending = None  # the step whose (async) save may still be running
     self._failed = False
-    self.directory = os.path.abspath(directory)
+    self.directory = files.abspath(directory)  # a gs:// directory goes to orbax as it is
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                            create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -59,7 +59,7 @@ class Checkpointer:
   def finalized_steps(self) -> list[int]:
     """Steps whose checkpoint is complete on disk (orbax renames a step's directory to `<step>` last)."""
     try:
-      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      return sorted(int(n) for n in files.listdir(self.directory) if n.isdigit())
     except OSError:
       return []
 
@@ -97,8 +97,8 @@ class Checkpointer:
         failures.append((step, e))
         continue
       for bad, e in failures:
-        aside = os.path.join(self.directory, f"corrupt-{bad}")
-        os.rename(os.path.join(self.directory, str(bad)), aside)
+        aside = files.join(self.directory, f"corrupt-{bad}")
+        files.rename(files.join(self.directory, str(bad)), aside)
         say(f"checkpoint step {bad} is unreadable ({_short(e)}): moved it to {aside} and resumed from step {step}, "
             "the previous complete checkpoint")
       if failures:

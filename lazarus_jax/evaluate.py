@@ -448,9 +448,9 @@ def adapter_path(c, workdir: str) -> str | None:
   spec = c.eval.adapter
   if spec == "none":
     return None
-  path = os.path.join(workdir, "adapter") if spec == "workdir" else spec
-  if not (os.path.isfile(os.path.join(path, "adapter_config.json"))
-          and os.path.isfile(os.path.join(path, "adapter_model.safetensors"))):
+  path = files.join(workdir, "adapter") if spec == "workdir" else spec
+  if not (files.isfile(files.join(path, "adapter_config.json"))
+          and files.isfile(files.join(path, "adapter_model.safetensors"))):
     hint = ("train into this --workdir first, or pass --config.eval.adapter=none for the base model"
             if spec == "workdir" else "pass a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
     raise UserError(f"no adapter at {path}: {hint}")
@@ -481,6 +481,9 @@ def check_split(adapter: str | None, split: dict) -> dict:
 
 def portable_path(path: str, workdir: str) -> str:
   """A path as it may appear in results: relative to the workdir when inside it, else only its own name."""
+  if files.is_remote(path) or files.is_remote(workdir):
+    prefix = workdir.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path.rstrip("/").rsplit("/", 1)[-1]
   rel = os.path.relpath(path, workdir)
   return rel if not rel.startswith("..") else os.path.basename(os.path.normpath(path))
 
@@ -488,7 +491,8 @@ def portable_path(path: str, workdir: str) -> str:
 def portable_paths(o, workdir: str):
   """Every absolute path in a results tree made portable (`portable_path`): no machine paths in results."""
   if isinstance(o, str):
-    return portable_path(o, workdir) if os.path.isabs(o) and "\n" not in o else o
+    inside = os.path.isabs(o) or (files.is_remote(workdir) and o.startswith(workdir.rstrip("/") + "/"))
+    return portable_path(o, workdir) if inside and "\n" not in o else o
   if isinstance(o, dict):
     return {k: portable_paths(v, workdir) for k, v in o.items()}
   if isinstance(o, (list, tuple)):
@@ -500,15 +504,14 @@ def training_summary(workdir: str, up_to_step: int | None = None) -> dict | None
   """The training history in <workdir>: its table and last row, through `up_to_step` (the evaluated adapter's
   step) when given, so that a later, interrupted resume is not reported as what was evaluated."""
   from lazarus_jax.logging_utils import read_metrics
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  path = files.join(workdir, "metrics.jsonl")
+  if not files.isfile(path):
     return None
   rows = [r for r in read_metrics(path) if up_to_step is None or r["step"] <= up_to_step]
-  table = os.path.join(workdir, "training_table.md")
+  table = files.join(workdir, "training_table.md")
   table_md = None
-  if os.path.isfile(table):
-    with open(table, encoding="utf-8", errors="replace") as f:
-      table_md = f.read().strip()
+  if files.isfile(table):
+    table_md = files.read_bytes(table).decode("utf-8", errors="replace").strip()
   return {"table_md": table_md, "last": rows[-1] if rows else None, "n_logged": len(rows)}
 
 
@@ -546,8 +549,8 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   c = config
   experiment.validate_config(c)
-  workdir = os.path.abspath(workdir)
-  files.check_output_dir(os.path.join(workdir, "eval"), "--workdir")
+  workdir = files.abspath(workdir)
+  files.check_output_dir(files.join(workdir, "eval"), "--workdir")
   from lazarus_jax.workdir import check_not_in_use
   check_not_in_use(workdir)
   adapter = adapter_path(c, workdir)  # before any loading: a missing adapter fails fast
@@ -618,11 +621,11 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
       "provenance": provenance.collect(c, pretrained.dtypes),
   }
   results = _nan_to_none(portable_paths(results, workdir))
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = files.join(workdir, "eval")
+  files.makedirs(out_dir)
   from lazarus_jax import report
   report.write_report(results, out_dir)
-  write_json(os.path.join(out_dir, "results.json"), results)  # last: its presence means "done"
+  write_json(files.join(out_dir, "results.json"), results)  # last: its presence means "done"
   cls = results["classifier_eval"]
   print(f"evaluate: lens accuracy at L={layer}: {cls['accuracy']:.3f} [{cls['ci_low']:.3f}, {cls['ci_high']:.3f}] "
         f"(n={cls['n']}); wrote {out_dir}/results.json and report.md", file=sys.stderr)

@@ -2,37 +2,49 @@
 
 Only process 0 writes (other processes get a writer that keeps history but writes nothing). On resume the
 history after the restored step is dropped, so the file holds exactly one row per logged step.
+
+A remote workdir (gs://...) has no append: metrics.jsonl is rewritten whole at each row (one object write, never
+torn), and the TensorBoard events go through `files` too (`_EpathEventFile`).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import sys
+
+from lazarus_jax import files
 
 
 class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True, truncate_after: int = 0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = files.join(workdir, "metrics.jsonl")
+    self.remote = files.is_remote(workdir)
     self.history: list[dict] = []
     self._tb = None
     if not enabled:
       return
-    if os.path.exists(self.path):
+    if files.exists(self.path):
       self.history = [r for r in read_metrics(self.path) if r["step"] <= truncate_after]
-    with open(self.path + ".tmp", "w", encoding="utf-8") as f:  # replaced whole: a kill here must not lose the history
-      for r in self.history:
-        f.write(json.dumps(r) + "\n")
-    os.replace(self.path + ".tmp", self.path)
-    self._tb = summary_writer_class()(os.path.join(workdir, "tb"))
+    self._rewrite()  # replaced whole: a kill here must not lose the history
+    tb_dir = files.join(workdir, "tb")
+    if self.remote:
+      _register_remote_events(tb_dir)
+    self._tb = summary_writer_class()(tb_dir)
+
+  def _rewrite(self) -> None:
+    files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
 
   def write(self, row: dict) -> None:
     self.history.append(row)
     if not self.enabled:
       return
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
+    if self.remote:
+      self._rewrite()
+    else:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
     for k, v in row.items():
       if k != "step":
         self._tb.add_scalar(f"train/{k}", v, row["step"])
@@ -53,8 +65,8 @@ class MetricsWriter:
 
 def read_metrics(path: str) -> list[dict]:
   """The rows of a metrics.jsonl; torn or foreign lines are skipped (see `_parse`)."""
-  with open(path, encoding="utf-8", errors="replace") as f:
-    rows = [_parse(line) for line in f if line.strip()]
+  text = files.read_bytes(path).decode("utf-8", errors="replace")
+  rows = [_parse(line) for line in text.splitlines() if line.strip()]
   return [r for r in rows if r is not None]
 
 
@@ -81,6 +93,38 @@ def summary_writer_class():
       del sys.modules["torch"]
   from tensorboardX import SummaryWriter
   return SummaryWriter
+
+
+class _EpathEventFile:
+  """A TensorBoard event file on a remote path: the records are kept and uploaded whole at each flush (what
+  tensorboardX's own GCS writer does), through `files`, so every epath scheme works alike."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    files.makedirs(self.path.rsplit("/", 1)[0])
+    files.epath_of(self.path).write_bytes(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathEventFactory:
+  def open(self, path):
+    return _EpathEventFile(path)
+
+  def directory_check(self, path):
+    pass  # object stores need no directories before their files
+
+
+def _register_remote_events(path: str) -> None:
+  summary_writer_class()  # tensorboardX imported without torch, before its registry is touched
+  from tensorboardX import record_writer
+  record_writer.register_writer_factory(path.split("://", 1)[0], _EpathEventFactory())
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

@@ -8,9 +8,9 @@ logit lens of one prompt). Nothing here computes a metric; the verdict rule is s
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from lazarus_jax import files
 
 FIGURES = ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png",
            "mechanism_position_lens.png")
@@ -77,7 +77,8 @@ def plot_interventions(mech: dict, path: str) -> None:
               ylabel="answer = model's answer to target op")
   for ax in axes:
     ax.legend(fontsize=6)
-  fig.savefig(path, dpi=100)
+  with files.atomic_path(path) as tmp:  # whole, with the umask, local or remote
+    fig.savefig(tmp, dpi=100, format="png")
   plt.close(fig)
 
 
@@ -103,7 +104,8 @@ def plot_tuned_lens(mech: dict, path: str) -> None:
   axes[1].set(title="class-word accuracy (argmax over class tokens)", xlabel="row", ylabel="accuracy")
   for ax in axes:
     ax.legend(fontsize=7)
-  fig.savefig(path, dpi=100)
+  with files.atomic_path(path) as tmp:  # whole, with the umask, local or remote
+    fig.savefig(tmp, dpi=100, format="png")
   plt.close(fig)
 
 
@@ -136,7 +138,8 @@ def plot_heads(mech: dict, path: str) -> None:
     ax.set(title=title, xlabel="head", ylabel="layer (block)")
     ax.title.set_fontsize(8)
     fig.colorbar(image, ax=ax, shrink=0.7)
-  fig.savefig(path, dpi=100)
+  with files.atomic_path(path) as tmp:  # whole, with the umask, local or remote
+    fig.savefig(tmp, dpi=100, format="png")
   plt.close(fig)
 
 
@@ -144,14 +147,14 @@ def write_figures(results: dict, out_dir: str) -> list[str]:
   mech = results.get("mechanism")
   if not mech:
     return []
-  paths = [os.path.join(out_dir, n) for n in FIGURES]
+  paths = [files.join(out_dir, n) for n in FIGURES]
   plot_interventions(mech, paths[0])
   plot_tuned_lens(mech, paths[1])
   plot_heads(mech, paths[2])
   from lazarus_jax.lens import save_position_png
   grids = [(name, mech["position_lens"][name]) for name in ("base", "adapted") if mech["position_lens"].get(name)]
   save_position_png([g for _, g in grids], paths[3], titles=[f"{name}: {g['prompt']!r}" for name, g in grids])
-  return [p for p in paths if os.path.exists(p)]
+  return [p for p in paths if files.exists(p)]
 
 
 # ---- markdown -------------------------------------------------------------------------------------------------

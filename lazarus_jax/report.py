@@ -14,8 +14,6 @@ The sweep's figures (`plot_sweep`) live here too, so all plotting is in one plac
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from lazarus_jax import files
@@ -479,8 +477,8 @@ def save_figure(fig, path: str) -> None:
 def write_report(results: dict, out_dir: str) -> list[str]:
   """Writes report.md and the three figures (and the mechanism figures when results hold that section); returns
   their paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, n) for n in ("lens_heatmap.png", "lens_accuracy.png", "probes_vs_lens.png",
+  files.makedirs(out_dir)
+  paths = [files.join(out_dir, n) for n in ("lens_heatmap.png", "lens_accuracy.png", "probes_vs_lens.png",
                                               "report.md")]
   plot_lens_heatmap(results, paths[0])
   plot_lens_accuracy(results, paths[1])

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from lazarus_jax import data as data_lib
-from lazarus_jax import experiment, grpo, provenance
+from lazarus_jax import experiment, files, grpo, provenance
 from lazarus_jax import workdir as workdir_lib
 from lazarus_jax.adapters import export_peft, model_fingerprint
 from lazarus_jax.checkpoints import Checkpointer, abstract_like
@@ -167,16 +167,16 @@ def check_workdir(c, workdir: str) -> None:
   --config.resume=True, holds our outputs without a run's config.json, or (with --config.overwrite=True) holds
   files that no run writes."""
   check_output_dir(workdir, "--workdir")
-  if not os.path.isdir(workdir):
+  if not files.isdir(workdir):
     return
   workdir_lib.check_not_in_use(workdir)
-  cfg_file = os.path.join(workdir, "config.json")
+  cfg_file = files.join(workdir, "config.json")
   if c.overwrite:
     workdir_lib.check_can_clean(workdir)
     return
-  if not os.path.exists(cfg_file):
-    ours = [n for n in sorted(set(os.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))  # empty dirs: mount points
-            if not (os.path.isdir(os.path.join(workdir, n)) and not os.listdir(os.path.join(workdir, n)))]
+  if not files.exists(cfg_file):
+    ours = [n for n in sorted(set(files.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))  # empty dirs: mount points
+            if not (files.isdir(files.join(workdir, n)) and not files.listdir(files.join(workdir, n)))]
     if ours:
       raise UserError(f"{workdir} holds {', '.join(ours)} but no config.json (not a training run's workdir): use "
                       "another --workdir, or --config.overwrite=True to replace them")
@@ -192,8 +192,8 @@ def check_workdir(c, workdir: str) -> None:
   if diff:
     raise UserError(f"{workdir} holds a run with a different config ({', '.join(diff[:5])}): use another --workdir, "
                     "or --config.overwrite=True to replace it")
-  if not c.resume and os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-      os.path.join(workdir, "checkpoints")):
+  if not c.resume and files.isdir(files.join(workdir, "checkpoints")) and files.listdir(
+      files.join(workdir, "checkpoints")):
     raise UserError(f"{workdir} already holds checkpoints of this run: pass --config.resume=True to continue it, "
                     "or --config.overwrite=True to start over")
 
@@ -215,7 +215,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
          held: contextlib.ExitStack, reward_fn=None) -> TrainResult:
   c = config
   experiment.validate_config(c)
-  workdir = os.path.abspath(workdir)
+  workdir = files.abspath(workdir)
   if c.distributed:
     initialize_distributed()
   check_workdir(c, workdir)
@@ -320,17 +320,17 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
 
   # -- outputs: prepare the workdir, now that every check passed and the step compiled (on every process) --
   sync_processes("inputs checked")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = files.join(workdir, "checkpoints")
   if is_main:
     held.enter_context(WorkdirLock(workdir, "train"))
     check_workdir(c, workdir)  # again, under the lock: another run may have written here since the first check
     if c.overwrite:
       workdir_lib.clean(workdir)  # what a run of ours wrote, nothing else (check_workdir refused anything else)
-    os.makedirs(workdir, exist_ok=True)
-    write_text(os.path.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
+    files.makedirs(workdir)
+    write_text(files.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
   sync_processes("workdir prepared")
   if not is_main:
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
   ckpt = Checkpointer(ckpt_dir, max_to_keep=c.train.max_to_keep)
   start_step = 0
   restored = ckpt.restore_latest(abstract_like(abstract, state_sh), say=_say) if c.resume else None
@@ -397,16 +397,16 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   # -- outputs --
   lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
   if is_main:
-    export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), os.path.join(workdir, "adapter"),
+    export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), files.join(workdir, "adapter"),
                 base_model=pretrained.name, model_fingerprint=model_fingerprint(pretrained.config),
                 record={"split": datasets.split, "final_step": step, "objective": c.train.objective})
     table = training_table(writer.history, c.train.table_steps, c.train.objective)
-    write_text(os.path.join(workdir, "training_table.md"), table + "\n")
+    write_text(files.join(workdir, "training_table.md"), table + "\n")
     summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
                "objective": c.train.objective, "init_adapter": warm_start_record(c.train.init_adapter),
                "skipped_updates": int(jax.device_get(state["skipped"])),
                "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c, pretrained.dtypes)}
-    write_text(os.path.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
+    write_text(files.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
     print(table)
   if c.eval.enabled:
     from lazarus_jax import evaluate
@@ -500,7 +500,7 @@ def read_warm_start(c, model_cfg, lora_cfg: LoRAConfig, split: dict) -> dict:
   this run's held-out split (else its training may have seen prompts this run evaluates on)."""
   from lazarus_jax.adapters import adapter_record, read_adapter
   path = c.train.init_adapter
-  if not os.path.isdir(path):
+  if not files.isdir(path):
     raise UserError(f"train.init_adapter {path} is not a directory: pass another run's <workdir>/adapter")
   saved_cfg, weights = read_adapter(path, model_cfg)
   start, end = lora_cfg.validate(model_cfg.num_layers)

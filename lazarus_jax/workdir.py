@@ -7,7 +7,8 @@
   it exits (SIGKILL, OOM, power loss of a local disk), so a crash never leaves a stale lock behind. A second
   writer is refused in one line naming the holder. The lock is per process and re-entrant: train holds it and
   calls evaluate, the sweep holds its own and each arm's.
-  Remote paths (gs://...) cannot be locked this way: there one writer per workdir is the launcher's job.
+  Remote paths (gs://...) cannot be locked this way: there one writer per workdir is the launcher's job (one job
+  per workdir; within it only process 0 writes single-writer files).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import socket
 import sys
 import time
 
+from lazarus_jax import files
 from lazarus_jax.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -43,7 +44,7 @@ def _ours(name: str, outputs) -> bool:
 def foreign_entries(workdir: str, outputs=RUN_OUTPUTS) -> list[str]:
   """Entries of `workdir` that no run of ours writes."""
   try:
-    return sorted(n for n in os.listdir(workdir) if not _ours(n, outputs))
+    return sorted(n for n in files.listdir(workdir) if not _ours(n, outputs))
   except FileNotFoundError:
     return []
 
@@ -59,18 +60,13 @@ def check_can_clean(workdir: str, outputs=RUN_OUTPUTS) -> None:
 
 def clean(workdir: str, outputs=RUN_OUTPUTS) -> None:
   """Deletes the outputs of an earlier run in `workdir` (after `check_can_clean`, under the lock)."""
-  for name in os.listdir(workdir):
+  for name in files.listdir(workdir):
     if name == LOCK_FILE or not _ours(name, outputs):
       continue
-    path = os.path.join(workdir, name)
-    if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
-    else:
-      os.remove(path)
+    files.remove_tree(files.join(workdir, name))
 
 
-def is_remote(path: str) -> bool:
-  return "://" in str(path)
+is_remote = files.is_remote
 
 
 _held: dict = {}  # real path -> [fd, depth]: the locks this process holds
