@@ -5,19 +5,17 @@ import dataclasses
 import functools
 import json
 import os
-import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import restore_final, tiny_config
+from test_train import restore_final, sigterm_after_step, tiny_config
 
 from lazarus_jax import grpo, train
 from lazarus_jax.generate import pick_token
 from lazarus_jax.loading import load_pretrained
-from lazarus_jax.logging_utils import MetricsWriter
 from lazarus_jax.lora import LoRAConfig, add_lora
 from lazarus_jax.model import LlamaConfig, LlamaModel, LoRAParam
 
@@ -219,16 +217,8 @@ def test_reward_rises_on_a_learnable_toy_reward(toy_run):
 def test_resume_mid_run_is_exact_including_the_sampling_rng(toy_run, tmp_path, monkeypatch):
   full_dir, _ = toy_run
   n = STEPS // 2
-  original_write = MetricsWriter.write
-
-  def write_then_preempt(self, row):
-    original_write(self, row)
-    if row["step"] == n:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
-  first = train.run(toy_config(), str(tmp_path), reward_fn=toy_reward)
-  monkeypatch.setattr(MetricsWriter, "write", original_write)
+  with sigterm_after_step(monkeypatch, n):
+    first = train.run(toy_config(), str(tmp_path), reward_fn=toy_reward)
   assert first.preempted and first.final_step == n
   resumed = train.run(toy_config(resume=True), str(tmp_path), reward_fn=toy_reward)
   assert resumed.final_step == STEPS

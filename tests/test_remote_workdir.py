@@ -8,17 +8,15 @@ would a gs:// one. Train, a preempted run resumed, then evaluate: outputs comple
 
 import json
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
 from etils import epath
 from etils.epath import gpath
-from test_train import STEPS, restore_final, tiny_config
+from test_train import STEPS, restore_final, sigterm_after_step, tiny_config
 
 from lazarus_jax import evaluate, files, train
-from lazarus_jax.logging_utils import MetricsWriter
 
 SCHEME = "standin://"
 ROOT = {"dir": None}  # the local directory the stand-in's objects live in
@@ -53,16 +51,8 @@ def test_train_preempt_resume_evaluate_on_a_remote_workdir(bucket, tmp_path, mon
   url = "standin://bucket/run"
   local = bucket / "bucket" / "run"
   n = STEPS // 2
-  original_write = MetricsWriter.write
-
-  def write_then_preempt(self, row):
-    original_write(self, row)
-    if row["step"] == n:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
-  first = train.run(tiny_config(), url)
-  monkeypatch.setattr(MetricsWriter, "write", original_write)
+  with sigterm_after_step(monkeypatch, n):
+    first = train.run(tiny_config(), url)
   assert first.preempted and first.final_step == n
   assert n in [int(s) for s in os.listdir(local / "checkpoints") if s.isdigit()]
   assert not (local / ".lock").exists()  # remote: no flock file

@@ -1,5 +1,6 @@
 """`train.run` end to end on the tiny model: outputs, one compilation, and exact resumption after preemption."""
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -62,6 +63,23 @@ class CompileCounter(logging.Handler):
   @property
   def steps(self):
     return [n for n in self.names if re.search(r"\bstep\b", n)]
+
+
+@contextlib.contextmanager
+def sigterm_after_step(monkeypatch, n):
+  """Within the block, the process gets SIGTERM (a preemption notice) right after metrics row `n` is written."""
+  original_write = MetricsWriter.write
+
+  def write_then_preempt(self, row):
+    original_write(self, row)
+    if row["step"] == n:
+      os.kill(os.getpid(), signal.SIGTERM)  # train.PreemptionFlag turns it into checkpoint-and-stop
+
+  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
+  try:
+    yield
+  finally:
+    monkeypatch.setattr(MetricsWriter, "write", original_write)
 
 
 def run_counting(config, workdir):
