@@ -112,8 +112,8 @@ def main():
 
   from peak import matmul_peak
 
-  from lazarus_jax.gguf_loader import embedded_gguf_path, load_gguf
-  from lazarus_jax.model import LlamaConfig
+  from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
+  from lazarus_jax.models.model import LlamaConfig
   peak = {dt: matmul_peak(dt) for dt in ("float32", "bfloat16")}
   gguf = load_gguf(embedded_gguf_path())
   cfg = LlamaConfig.from_hf(gguf.config)

@@ -30,9 +30,9 @@ def make_batches(n_prompts: int, batch: int):
   """Padded token batches of the embedded default's evaluation prompts, and the class token ids."""
   import numpy as np
 
-  from lazarus_jax import data as data_lib
   from lazarus_jax import experiment
-  from lazarus_jax.gguf_loader import embedded_gguf_path, load_gguf
+  from lazarus_jax.data import arithmetic as data_lib
+  from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
   c = common.smollm2_config()
   tok = load_gguf(embedded_gguf_path()).tokenizer
   ds = experiment.build_data(c, tok)
@@ -57,7 +57,7 @@ def run_ours(batches, target_ids) -> dict:
   import jax
 
   from lazarus_jax import experiment
-  from lazarus_jax.lens import all_layer_lens
+  from lazarus_jax.analysis.lens import all_layer_lens
   c = common.smollm2_config()
   c.model.param_dtype = "float32"  # as the torch side's weights
   model = experiment.load_model(c).build()

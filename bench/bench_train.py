@@ -5,7 +5,7 @@
 Each side runs in its own subprocess (so each peak RSS is its own), on the same batch (the embedded default's
 first training batch, batch 8, written once to an .npz). Also measures this machine's float32 matmul peak in the
 same run and reports our step's model FLOPs/s as a fraction of it. `auto` is the shipped configs' setting
-(param, compute and activation dtypes resolved for this machine, lazarus_jax/dtypes.py): torch runs the compute
+(param, compute and activation dtypes resolved for this machine, lazarus_jax/models/dtypes.py): torch runs the compute
 dtype it resolved to. The results JSON records the CPU's bf16-related flags and what `auto` makes of them.
 See bench/RESULTS.md.
 """
@@ -51,7 +51,7 @@ def main():
   a = p.parse_args()
   env = common.side_env(None if a.no_hugepages else "lazarus_jax.train")
 
-  from lazarus_jax import dtypes
+  from lazarus_jax.models import dtypes
   flags = dtypes.cpu_flags()
   cpu_flags = sorted(f for f in flags if f.startswith(("amx", "avx512")))  # what decides bf16 on XLA:CPU
   native, why = dtypes.native_bf16("cpu", flags)

@@ -39,11 +39,11 @@ def machine() -> str:
 
 def side_env(cli_module: str | None) -> dict:
   """The environment both sides of a comparison run in: the one `python -m <cli_module>` runs with (the
-  training CLI re-executes with glibc's huge-page tunable, see lazarus_jax/hugepages.py), given to torch too;
+  training CLI re-executes with glibc's huge-page tunable, see lazarus_jax/cli/hugepages.py), given to torch too;
   None: the tunable removed."""
   env = {k: v for k, v in os.environ.items() if cli_module or k != "GLIBC_TUNABLES"}
   if cli_module:
-    from lazarus_jax.hugepages import reexec_env
+    from lazarus_jax.cli.hugepages import reexec_env
     env = reexec_env(env, [sys.executable, "-m", cli_module]) or env
   return env
 
@@ -62,9 +62,9 @@ def smollm2_config(compute_dtype: str = "float32", batch_size: int = 8):
 
 def write_batch(path: str, batch_size: int = 8, seed_step: int = 0) -> dict:
   """The first training batch of the embedded default, plus the class token ids and classifier layer."""
-  from lazarus_jax import data as data_lib
   from lazarus_jax import experiment
-  from lazarus_jax.gguf_loader import embedded_gguf_path, load_gguf
+  from lazarus_jax.data import arithmetic as data_lib
+  from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
   c = smollm2_config(batch_size=batch_size)
   tok = load_gguf(embedded_gguf_path()).tokenizer
   ds = experiment.build_data(c, tok)

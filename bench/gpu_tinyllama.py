@@ -66,9 +66,9 @@ class Bench:
     import ml_collections
     from flax import nnx
 
-    from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
-    from lazarus_jax.model import LlamaConfig, LlamaModel, LoRAParam, pack_frozen_layers
-    from lazarus_jax.train import make_optimizer
+    from lazarus_jax.models.lora import LoRA, LoRAConfig, add_lora
+    from lazarus_jax.models.model import LlamaConfig, LlamaModel, LoRAParam, pack_frozen_layers
+    from lazarus_jax.training.loop import make_optimizer
 
     self.cfg = LlamaConfig.from_hf(hf, param_dtype="bfloat16", compute_dtype="bfloat16", remat=remat,
                                    activation_dtype=activation_dtype)
@@ -100,8 +100,8 @@ class Bench:
     import jax.numpy as jnp
     from flax import nnx
 
-    from lazarus_jax.model import LoRAParam
-    from lazarus_jax.train import make_train_step
+    from lazarus_jax.models.model import LoRAParam
+    from lazarus_jax.training.loop import make_train_step
     attention, _, unroll = variant.partition("-")
     self.model.cfg = dataclasses.replace(self.cfg, attention=attention, scan_layers=unroll != "unroll")
     graphdef = nnx.split(self.model, nnx.Param, LoRAParam, ...)[0]

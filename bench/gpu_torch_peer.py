@@ -99,7 +99,7 @@ def measure(peer: Peer, b: int, t: int, steps: int, peak_tflops: float) -> dict:
     loss = peer.step(batch)
   sync(peer.device)
   step_s = (time.perf_counter() - t0) / steps
-  from lazarus_jax.model import LlamaConfig
+  from lazarus_jax.models.model import LlamaConfig
   flops = common.model_flops_per_step(LlamaConfig.from_hf(peer.hf), arrays, lora_rank=LORA_RANK,
                                       layer_start=peer.lora_start)
   peak = torch.cuda.max_memory_allocated() / 2**30 if peer.device.startswith("cuda") else None

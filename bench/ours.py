@@ -23,9 +23,9 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", acti
   from flax import nnx
 
   from lazarus_jax import experiment
-  from lazarus_jax.lora import LoRA, LoRAConfig, add_lora
-  from lazarus_jax.model import LoRAParam, pack_frozen_layers
-  from lazarus_jax.train import make_optimizer, make_train_step
+  from lazarus_jax.models.lora import LoRA, LoRAConfig, add_lora
+  from lazarus_jax.models.model import LoRAParam, pack_frozen_layers
+  from lazarus_jax.training.loop import make_optimizer, make_train_step
 
   c = common.smollm2_config(compute_dtype, batch_size=batch_np["tokens"].shape[0])
   c.model.param_dtype = param_dtype
@@ -81,7 +81,7 @@ def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "floa
 
 if __name__ == "__main__":
   p = argparse.ArgumentParser()
-  p.add_argument("--dtype", default="float32", help="model.compute_dtype (auto: lazarus_jax/dtypes.py)")
+  p.add_argument("--dtype", default="float32", help="model.compute_dtype (auto: lazarus_jax/models/dtypes.py)")
   p.add_argument("--batch", required=True)
   p.add_argument("--param-dtype", default="float32", help="frozen base weights' storage dtype")
   p.add_argument("--steps", type=int, default=20)

@@ -4,7 +4,7 @@
 
 Each side runs `sweep.run` on sft + dual arms over the seeds (symbolic, one depth, evaluation on) in its own
 process and empty directory, and reports the sweep's wall time and each arm's train-step compile seconds
-(train_summary.json). The cache is on by default (`lazarus_jax/compile_cache.py`); off: LAZARUS_JAX_COMPILATION_CACHE=0.
+(train_summary.json). The cache is on by default (`lazarus_jax/training/compile_cache.py`); off: LAZARUS_JAX_COMPILATION_CACHE=0.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ c.sweep.weights, c.sweep.formats, c.sweep.layer_fractions, c.sweep.seeds = "0,0.
 c.sweep.include_base = False
 c.train.steps = int(sys.argv[4]); c.train.checkpoint_every = c.train.steps; c.train.table_steps = (c.train.steps,)
 c.eval.max_examples_per_op = 8
-from lazarus_jax import sweep
+from lazarus_jax.reporting import sweep
 t0 = time.perf_counter()
 out = sweep.run(c, sys.argv[2])
 print(json.dumps({"wall_s": time.perf_counter() - t0, "arms": out["ran"]}))

@@ -30,7 +30,7 @@ def build(dtype: str):
   import transformers
   from peft import LoraConfig, get_peft_model
 
-  from lazarus_jax.gguf_loader import embedded_gguf_path, load_gguf
+  from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
 
   torch.set_num_threads(os.cpu_count())
   ckpt = load_gguf(embedded_gguf_path())

@@ -4,7 +4,7 @@
       [--meshes fsdp,data] [--seq-lens 512] [--max-per-chip 64] [--unpinned] [--json out.json]
 
 Needs `pip install "jax[tpu]"` (libtpu; in a venv of its own: it is not this project's CPU dependency). For each
-model shape, slice and mesh layout it compiles `lazarus_jax.aot.lower_train_step` (the step `train.run` compiles:
+model shape, slice and mesh layout it compiles `lazarus_jax.training.aot.lower_train_step` (the step `train.run` compiles:
 LoRA r32 on v,o, bf16 params and compute, bf16 activations as configs/tinyllama.py has them on a TPU, packed base,
 `mesh.rules`, FSDP pinning), reports per-chip arguments / outputs / temporaries at one sequence per chip, and
 finds the largest global batch whose step fits the chip's HBM (per-chip batch doubled, then bisected; a batch is
@@ -37,7 +37,7 @@ GIB = 2**30
 
 
 def model_config(name: str, activation_dtype: str, remat: str):
-  from lazarus_jax.model import LlamaConfig
+  from lazarus_jax.models.model import LlamaConfig
   hf = dict(MODELS[name], model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
             max_position_embeddings=4096)
   return LlamaConfig.from_hf(hf, param_dtype="bfloat16", compute_dtype="bfloat16", activation_dtype=activation_dtype,
@@ -45,7 +45,8 @@ def model_config(name: str, activation_dtype: str, remat: str):
 
 
 def measure(cfg, topology: str, mesh_shape, batch: int, seq_len: int, unpinned: bool) -> dict:
-  from lazarus_jax import aot, sharding
+  from lazarus_jax.models import sharding
+  from lazarus_jax.training import aot
   mesh = sharding.make_mesh(mesh_shape, aot.tpu_devices(topology))
   ctx = contextlib.nullcontext()
   if unpinned:  # the step as it was before `pinned_activations`
@@ -103,7 +104,7 @@ def main():
 
   import jax
 
-  from lazarus_jax import aot
+  from lazarus_jax.training import aot
   results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "jax": jax.__version__,
              "command": " ".join(sys.argv), "activation_dtype": a.activation_dtype, "remat": a.remat,
              "pinned": not a.unpinned, "hbm_gib": aot.HBM_GIB, "runs": []}

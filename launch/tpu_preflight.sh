@@ -5,7 +5,7 @@
 # Usage:  PROJECT=my-proj ZONE=us-west4-a ACCELERATOR_TYPE=v5litepod-16 PREFLIGHT_PYTHON=~/tpu_venv/bin/python \
 #         [CONFIG=configs/tinyllama.py] [MODEL_PATH=...] [EXTRA_ARGS=...] launch/tpu_preflight.sh
 #
-# Runs here, needs no TPU: `$PREFLIGHT_PYTHON -m lazarus_jax.aot --config $CONFIG --topology $ACCELERATOR_TYPE
+# Runs here, needs no TPU: `$PREFLIGHT_PYTHON -m lazarus_jax.preflight --config $CONFIG --topology $ACCELERATOR_TYPE
 # [--config.model.path=$MODEL_PATH] $EXTRA_ARGS` compiles the training step for the slice's compile-only devices
 # (libtpu describes them) on abstract weights, with the mesh, batch and dtypes the job will use, and compares
 # its per-chip memory with the chip's HBM. It fits: one line, exit 0. It does not: one line saying what to
@@ -20,7 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/tpu_env.sh"
 [[ -n "${PREFLIGHT_PYTHON}" ]] || die "PREFLIGHT_PYTHON is not set: a Python with jax[tpu] and this repo installed (launch/README.md, pre-flight)"
 
 read -r -a extra <<<"${EXTRA_ARGS}"
-args=(-m lazarus_jax.aot --config "${CONFIG}" --topology "${ACCELERATOR_TYPE}")
+args=(-m lazarus_jax.preflight --config "${CONFIG}" --topology "${ACCELERATOR_TYPE}")
 [[ -n "${MODEL_PATH}" ]] && args+=(--config.model.path="${MODEL_PATH}")
 args+=(${extra[@]+"${extra[@]}"})
 log "pre-flight: compiling the ${CONFIG} step for ${ACCELERATOR_TYPE} (no TPU needed)"

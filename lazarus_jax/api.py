@@ -9,7 +9,7 @@ probes, generation and plots, as arrays a notebook can use (the CLIs write files
   lj.plot_lens(lens)                                     # a matplotlib Figure (path= to save a PNG)
   lj.generate_text(m, ["7 * 8 = "], max_new_tokens=4)    # greedy continuations (text), with the KV cache
 
-(`lazarus_jax.generate` is the decoding module, hence `generate_text`.) Rows: row 0 is the embeddings, row
+(`lazarus_jax.models.generate` is the decoding module, hence `generate_text`.) Rows: row 0 is the embeddings, row
 r > 0 the stream after block r - 1 (DESIGN.md §2), read at each prompt's last token (the readout position used
 in training and evaluation).
 """
@@ -40,8 +40,8 @@ class Loaded:
 def load(source: str = "smollm2-135m", adapter: str | None = None, dtype: str = "float32") -> Loaded:
   """A model by name (`smollm2-135m`, `tiny-random`), HF directory, .gguf file or hub id; `adapter`: a PEFT
   adapter directory (a run's `<workdir>/adapter`). `dtype`: float32 | bfloat16 weights and matmuls."""
-  from lazarus_jax import adapters
-  from lazarus_jax.loading import load_pretrained
+  from lazarus_jax.models import adapters
+  from lazarus_jax.models.loading import load_pretrained
   pre = load_pretrained(source, param_dtype=dtype, compute_dtype=dtype)
   model = pre.build()
   lora = adapters.load_adapter(model, adapter) if adapter else None
@@ -50,12 +50,12 @@ def load(source: str = "smollm2-135m", adapter: str | None = None, dtype: str = 
 
 def encode(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Right-padded tokens [B, T], mask [B, T] (1 = real) and readout index [B] (each prompt's last token)."""
-  from lazarus_jax.data import encode_prompt
+  from lazarus_jax.data.arithmetic import encode_prompt
   if isinstance(prompts, str):
     prompts = [prompts]
   if not prompts:
     raise UserError("no prompts given")
-  from lazarus_jax.lens import _pad_batch
+  from lazarus_jax.analysis.lens import _pad_batch
   ids = [encode_prompt(m.tokenizer, p) for p in prompts]
   if not all(ids):
     raise UserError(f"prompt {prompts[[bool(x) for x in ids].index(False)]!r} encodes to no tokens")
@@ -64,14 +64,14 @@ def encode(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, n
 
 def residual_stream(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """The whole residual stream [rows, B, T, D] (float32) and the mask [B, T]."""
-  from lazarus_jax import model as model_lib
+  from lazarus_jax.models import model as model_lib
   tokens, mask, _ = encode(m, prompts)
   return np.asarray(model_lib.residual_stream(m.model, tokens, mask), np.float32), mask
 
 
 def readout_features(m: Loaded, prompts: Sequence[str]) -> np.ndarray:
   """The residual stream at each prompt's readout position, every row: [rows, B, D] (what probes fit)."""
-  from lazarus_jax import lens as lens_lib
+  from lazarus_jax.analysis import lens as lens_lib
   tokens, mask, readout = encode(m, prompts)
   h, _ = lens_lib.readout_lens(m.model, tokens, mask, readout)
   return np.asarray(h, np.float32)
@@ -103,8 +103,8 @@ def logit_lens(m: Loaded, prompts: Sequence[str], targets: Mapping[str, str] | S
   """The logit lens (unembed(final_norm(h))) at every row, read at each prompt's last token, in one jitted call.
 
   targets: label -> word, or a list of words (each its own label); default: add, subtract, multiply, divide."""
-  from lazarus_jax import lens as lens_lib
-  from lazarus_jax.targets import resolve_targets
+  from lazarus_jax.analysis import lens as lens_lib
+  from lazarus_jax.data.targets import resolve_targets
   if isinstance(prompts, str):
     prompts = [prompts]
   if targets is not None and not isinstance(targets, Mapping):
@@ -120,7 +120,7 @@ def logit_lens(m: Loaded, prompts: Sequence[str], targets: Mapping[str, str] | S
 def fit_probes(features: np.ndarray, labels: Sequence, test_fraction: float = 0.3, seed: int = 0, **kwargs):
   """Linear probes, one per row, on `features` [rows, N, D] (e.g. `readout_features`) with a stratified
   train/test split; returns `probes.ProbeResults` (accuracy per row for real and control labels)."""
-  from lazarus_jax import probes
+  from lazarus_jax.analysis import probes
   labels = list(labels)
   train_idx, test_idx = probes.split_indices(len(labels), test_fraction, seed, stratify_labels=labels)
   return probes.fit_probes(features, labels, train_idx, test_idx, seed=seed, **kwargs)
@@ -128,8 +128,8 @@ def fit_probes(features: np.ndarray, labels: Sequence, test_fraction: float = 0.
 
 def generate_text(m: Loaded, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
   """Greedy continuations (text), batched, with the KV cache; stops at the tokenizer's EOS."""
-  from lazarus_jax.data import encode_prompt
-  from lazarus_jax.generate import greedy_generate
+  from lazarus_jax.data.arithmetic import encode_prompt
+  from lazarus_jax.models.generate import greedy_generate
   if isinstance(prompts, str):
     prompts = [prompts]
   ids = [encode_prompt(m.tokenizer, p) for p in prompts]

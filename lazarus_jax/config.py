@@ -11,7 +11,8 @@ import math
 
 import ml_collections
 
-from lazarus_jax.sharding import DEFAULT_RULES
+from lazarus_jax.errors import UserError
+from lazarus_jax.models.sharding import DEFAULT_RULES
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -25,13 +26,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.source = "smollm2-135m"  # embedded name, HF dir, .gguf file or hub id
   c.model.path = ""  # if set, overrides model.source (a local dir / file / hub id)
   # Model dtypes: float32 | bfloat16 | float16 | auto. auto (resolved at start, printed, recorded in provenance;
-  # lazarus_jax/dtypes.py): params and matmuls bfloat16 on TPU, GPU and CPUs with AMX/AVX512-BF16, else float32;
+  # lazarus_jax/models/dtypes.py): params and matmuls bfloat16 on TPU, GPU and CPUs with AMX/AVX512-BF16, else float32;
   # activations bfloat16 on TPU/GPU only. Adapters and optimizer state are float32 whatever is chosen.
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "float32"  # matmul operands; accumulation, norms and softmax stay float32
   c.model.remat = "none"  # none | full | dots
   c.model.activation_dtype = "float32"  # residual stream + matmul outputs; bfloat16 halves activation traffic on GPU/TPU
-  # Kernels (lazarus_jax/kernels.py): auto = cuDNN fused attention and unrolled layers on NVIDIA GPUs (31% -> 47%
+  # Kernels (lazarus_jax/models/kernels.py): auto = cuDNN fused attention and unrolled layers on NVIDIA GPUs (31% -> 47%
   # MFU on an H200), einsum attention and the scanned layer loop elsewhere.
   c.model.attention = "auto"  # auto | einsum | xla | cudnn
   c.model.layer_loop = "auto"  # auto | scan | unroll
@@ -71,7 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 0  # 0 = the longest example rounded up to 16
 
   c.train = ml_collections.ConfigDict()
-  # dual_reward: w * classifier_loss + (1 - w) * answer_loss (w = 0 is SFT); grpo: lazarus_jax/grpo.py (RL with
+  # dual_reward: w * classifier_loss + (1 - w) * answer_loss (w = 0 is SFT); grpo: lazarus_jax/training/grpo.py (RL with
   # sampled completions and a verifiable reward; the lens term enters weighted by classifier.weight)
   c.train.objective = "dual_reward"
   c.train.init_adapter = ""  # warm start: a PEFT adapter directory (another run's <workdir>/adapter), same LoRA shape
@@ -111,7 +112,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.rules = DEFAULT_RULES
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.enabled = True  # train runs the evaluation into <workdir>/eval at the end
+  c.eval.enabled = True  # the train command evaluates the run into <workdir>/eval at the end (cli/train.py)
   c.eval.adapter = "workdir"  # workdir | none | <adapter dir>
   c.eval.max_examples_per_op = 200
   c.eval.batch_size = 32
@@ -126,7 +127,7 @@ def default_config() -> ml_collections.ConfigDict:
   # 31 layers x 400 x 576 features); lbfgs reaches the exact convex optimum.
   c.eval.probe_method = "adam"  # adam | lbfgs
   c.eval.probe_lr = 0.05  # adam only
-  # Is the classifier used? (lazarus_jax/mechanism.py): interventions at the readout, a tuned lens, what V/O learned.
+  # Is the classifier used? (lazarus_jax/analysis/mechanism.py): interventions at the readout, a tuned lens, what V/O learned.
   # Off by default (minutes of CPU per model on SmolLM2); results.json `mechanism`, report.md "Mechanism".
   c.eval.mechanism = ml_collections.ConfigDict()
   c.eval.mechanism.enabled = False
@@ -318,3 +319,50 @@ def check_ranges(c) -> None:
   shape = tuple(c.mesh.shape)
   if len(shape) != 3 or shape.count(-1) > 1:
     raise UserError(f"mesh.shape must be three sizes (data, fsdp, tensor) with at most one -1, got {shape}")
+
+
+# ---- typed sub-configs -------------------------------------------------------------------------------
+
+AGGREGATIONS = ("token", "sequence", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """The `grpo.*` keys, typed and checked (training/grpo.py)."""
+  group_size: int = 8
+  max_new_tokens: int = 8
+  temperature: float = 1.0
+  top_p: float = 1.0
+  updates_per_batch: int = 1
+  clip_low: float = 0.2
+  clip_high: float = 0.2
+  kl_beta: float = 0.04
+  aggregation: str = "token"
+  scale_rewards: bool = True
+  format_weight: float = 0.0
+
+  @classmethod
+  def from_config(cls, g) -> "GRPOConfig":
+    types = {"int": int, "float": float, "bool": bool, "str": str}
+    out = cls(**{f.name: types[f.type](g[f.name]) for f in dataclasses.fields(cls)})
+    out.validate()
+    return out
+
+  def validate(self) -> None:
+    checks = (
+        (self.group_size >= 2, f"grpo.group_size must be at least 2 (advantages compare completions of one "
+                               f"prompt), got {self.group_size}"),
+        (self.max_new_tokens >= 1, f"grpo.max_new_tokens must be positive, got {self.max_new_tokens}"),
+        (self.temperature > 0, f"grpo.temperature must be positive (GRPO samples), got {self.temperature}"),
+        (0 < self.top_p <= 1, f"grpo.top_p must be in (0, 1], got {self.top_p}"),
+        (self.updates_per_batch >= 1, f"grpo.updates_per_batch must be positive, got {self.updates_per_batch}"),
+        (0 <= self.clip_low < 1 and self.clip_high >= 0,
+         f"grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0, got {self.clip_low}, {self.clip_high}"),
+        (self.kl_beta >= 0, f"grpo.kl_beta must be non-negative, got {self.kl_beta}"),
+        (self.aggregation in AGGREGATIONS, f"grpo.aggregation must be one of {AGGREGATIONS}, got "
+                                           f"{self.aggregation!r}"),
+        (self.format_weight >= 0, f"grpo.format_weight must be non-negative, got {self.format_weight}"),
+    )
+    for ok, message in checks:
+      if not ok:
+        raise UserError(message)

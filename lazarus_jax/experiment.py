@@ -9,15 +9,15 @@ import sys
 import ml_collections
 import numpy as np
 
-from lazarus_jax import data as data_lib
-from lazarus_jax import dtypes
-from lazarus_jax import kernels as kernel_choice
-from lazarus_jax.config import check_ranges
+from lazarus_jax.config import GRPOConfig, check_ranges
+from lazarus_jax.data import arithmetic as data_lib
+from lazarus_jax.data.targets import TARGET_SETS, ResolvedTargets, answer_label, answer_targets, resolve_targets
 from lazarus_jax.errors import UserError
-from lazarus_jax.loading import Pretrained, load_pretrained
-from lazarus_jax.lora import LoRAConfig
-from lazarus_jax.model import PROJS
-from lazarus_jax.targets import TARGET_SETS, ResolvedTargets, answer_label, answer_targets, resolve_targets
+from lazarus_jax.models import dtypes
+from lazarus_jax.models import kernels as kernel_choice
+from lazarus_jax.models.loading import Pretrained, load_pretrained
+from lazarus_jax.models.lora import LoRAConfig
+from lazarus_jax.models.model import PROJS
 
 DTYPES = ("float32", "bfloat16", "float16", dtypes.AUTO)
 OBJECTIVES = ("dual_reward", "grpo")
@@ -53,7 +53,6 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   if c.train.objective not in OBJECTIVES:
     raise UserError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {c.train.objective!r}")
   if c.train.objective == "grpo":
-    from lazarus_jax.grpo import GRPOConfig
     GRPOConfig.from_config(c.grpo)  # its value checks
     if c.train.grad_accum_steps != 1:
       raise UserError("train.grad_accum_steps applies to the dual-reward step only: set it to 1 with "
@@ -106,7 +105,7 @@ def classifier_layer(c, num_layers: int) -> int:
 
 
 def resolve_dtypes(c) -> dtypes.DtypeChoice:
-  """The model dtypes with `auto` resolved for this machine (lazarus_jax/dtypes.py)."""
+  """The model dtypes with `auto` resolved for this machine (lazarus_jax/models/dtypes.py)."""
   return dtypes.resolve(c.model.param_dtype, c.model.compute_dtype, c.model.activation_dtype)
 
 

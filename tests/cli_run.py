@@ -57,9 +57,9 @@ def train_args(workdir: str, *overrides: str, config: str = "configs/tiny.py") -
 # It is a real process: the kill tests SIGKILL it by pid.
 _SERVER = r"""
 import json, os, runpy, sys
-import lazarus_jax.train, lazarus_jax.lens, lazarus_jax.evaluate  # noqa: F401  (the imports every start pays)
+import lazarus_jax.training.loop, lazarus_jax.analysis.lens, lazarus_jax.reporting.evaluate  # noqa: F401  (what every start pays)
 for name in ("lazarus_jax.train", "lazarus_jax.lens", "lazarus_jax.evaluate"):  # run fresh as __main__ (runpy)
-  del sys.modules[name]
+  sys.modules.pop(name, None)
 import gc; gc.freeze()  # children never scan (and so never copy-on-write) the imports' objects
 print("ready", flush=True)
 for line in sys.stdin:

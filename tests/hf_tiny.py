@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import transformers
 
-from lazarus_jax.tiny import tiny_backend, tiny_hf_config
+from lazarus_jax.models.tiny import tiny_backend, tiny_hf_config
 
 
 def save_tiny_hf(path, *, seed=0, torch_dtype=torch.float32, max_shard_size=None, **overrides):

@@ -12,7 +12,7 @@ if int(n_processes) > 1:
 
 import importlib.util  # noqa: E402
 
-from lazarus_jax import train  # noqa: E402
+from lazarus_jax.training import loop as train  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("tiny_config", sys.argv[6])
 module = importlib.util.module_from_spec(spec)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import lazarus_jax as lj
-from lazarus_jax import lens as lens_lib
-from lazarus_jax.data import encode_prompt
-from lazarus_jax.generate import greedy_generate
-from lazarus_jax.model import residual_stream
+from lazarus_jax.analysis import lens as lens_lib
+from lazarus_jax.data.arithmetic import encode_prompt
+from lazarus_jax.models.generate import greedy_generate
+from lazarus_jax.models.model import residual_stream
 
 PROMPTS = ["7 * 8 = ", "23 + 45 = ", "90 - 12 = "]
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")

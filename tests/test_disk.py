@@ -16,8 +16,9 @@ import signal
 import subprocess
 import time
 
-import cli_run
 import pytest
+
+import cli_run
 
 OVERRIDES = ("--config.train.checkpoint_every=4",)
 

@@ -378,7 +378,7 @@ def test_preflight_refusal_creates_nothing(env, tmp_path):
     assert "pre-flight failed (exit 2): not creating v5litepod-16" in result.stderr
     (argv,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert argv[0] == str(env.repo)  # run from the repository root, where CONFIG is relative to
-    assert argv[1:] == ["-m", "lazarus_jax.aot", "--config", "configs/tinyllama.py", "--topology", "v5litepod-16",
+    assert argv[1:] == ["-m", "lazarus_jax.preflight", "--config", "configs/tinyllama.py", "--topology", "v5litepod-16",
                         "--config.model.path=TinyLlama/TinyLlama-1.1B-Chat-v1.0", "--config.train.batch_size=4096"]
 
 

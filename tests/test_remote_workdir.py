@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 from etils import epath
 from etils.epath import gpath
-from test_train import STEPS, restore_final, sigterm_after_step, tiny_config
 
-from lazarus_jax import evaluate, files, train
+from lazarus_jax import files
+from lazarus_jax.reporting import evaluate
+from lazarus_jax.training import loop as train
+
+from tiny_runs import STEPS, restore_final, sigterm_after_step, tiny_config
 
 SCHEME = "standin://"
 ROOT = {"dir": None}  # the local directory the stand-in's objects live in

@@ -16,12 +16,14 @@ import os
 import shutil
 import stat
 
-import cli_run
 import numpy as np
 import pytest
 
-from lazarus_jax import adapters, files
-from lazarus_jax.lora import LoRAConfig
+from lazarus_jax import files
+from lazarus_jax.models import adapters
+from lazarus_jax.models.lora import LoRAConfig
+
+import cli_run
 
 
 def _damage(ckpt: str, how: str) -> None:

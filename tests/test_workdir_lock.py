@@ -9,11 +9,12 @@ import os
 import signal
 import time
 
-import cli_run
 import pytest
 
 from lazarus_jax import workdir as workdir_lib
 from lazarus_jax.errors import UserError
+
+import cli_run
 
 
 def test_the_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path):
@@ -70,7 +71,7 @@ def _tiny_config(**overrides):
 
 
 def test_a_sweep_refuses_an_arm_another_process_writes(tmp_path):
-  from lazarus_jax import sweep
+  from lazarus_jax.reporting import sweep
   c = _tiny_config(**{"sweep.weights": "0", "sweep.formats": "symbolic", "sweep.seeds": "0"})
   workdir = str(tmp_path / "sweep")
   first = sweep.plan(c)[0]

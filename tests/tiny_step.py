@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lazarus_jax import data as data_lib
-from lazarus_jax.targets import resolve_targets
-from lazarus_jax.train import make_train_step
+from lazarus_jax.data import arithmetic as data_lib
+from lazarus_jax.data.targets import resolve_targets
+from lazarus_jax.training.loop import make_train_step
 
 PAIRS = [(12, "multiply", 5), (23, "add", 45), (50, "subtract", 23), (48, "divide", 2)]
 

@@ -2,7 +2,7 @@
 
   python -m lazarus_jax.train --config configs/smollm2_135m.py --workdir runs/smollm2
 
-Model dtypes `auto` (lazarus_jax/dtypes.py; the choice and its reason are printed at start and recorded in the
+Model dtypes `auto` (lazarus_jax/models/dtypes.py; the choice and its reason are printed at start and recorded in the
 run's provenance): bfloat16 weights and matmuls where the hardware runs them natively (TPU, GPU, a CPU with
 AMX-BF16 or AVX512-BF16: 2.8x faster than float32 on this project's 2-core CPU machine, bench/RESULTS.md), float32
 elsewhere; a bf16 residual stream on TPU/GPU only. Adapters, optimizer state, norms and softmax stay float32.

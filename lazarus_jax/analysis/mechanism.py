@@ -1,0 +1,184 @@
+"""Is the classifier used? The `mechanism` section of evaluate's results.json (`eval.mechanism.enabled`).
+
+Per model (base, and the adapted one when an adapter is evaluated), on a seeded random subset of the held-out prompts
+(`eval.mechanism.max_examples_per_op` per operation):
+  - interventions (`interventions.py`): class-direction vs random ablation at each row, steering at L, activation
+    patching at each row; answers are the model's own greedy decoding;
+  - the tuned lens (`tuned_lens.py`) trained on training prompts, beside the logit lens;
+  - attention from the readout to the prompt's operands and operator, per layer and head (`vo_analysis.py`).
+For the adapted model also: the LoRA update norms per layer and head, and how much of each head's OV change writes
+the class-word directions. Figures: `mechanism_*.png` beside report.md (report.py draws them).
+
+Every function returns JSON-ready dicts; a notebook calls them (or the library modules) directly:
+
+  import lazarus_jax as lj
+  from lazarus_jax.data import arithmetic as data
+  from lazarus_jax.analysis import lens
+  from lazarus_jax.data import targets
+  from lazarus_jax.analysis import interventions as iv
+  m = lj.load("smollm2-135m", adapter="runs/smollm2/adapter", dtype="bfloat16")
+  examples = [data.make_example(7, "multiply", 8, "symbolic"), data.make_example(23, "add", 45, "symbolic")]
+  prep = iv.prepare(m.model, m.tokenizer, examples)          # the clean greedy run, readout rows, final logits
+  ids = targets.resolve_targets(m.tokenizer, allow_target_in_prompt=True).token_ids
+  iv.ablation(m.model, m.tokenizer, prep, ids, rows=[17])    # one row: the class directions vs controls
+  iv.patching(m.model, m.tokenizer, prep, rows=range(31))    # the layer x effect curve
+  lens.position_lens(m.model, m.tokenizer, "7 * 8 = ")       # the layer x position grid
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lazarus_jax.analysis import interventions, tuned_lens, vo_analysis
+from lazarus_jax.data import arithmetic as data_lib
+from lazarus_jax.errors import UserError
+
+
+def parse_rows(spec: str, n_rows: int, layer: int | None = None) -> list[int]:
+  """`all`, `auto` (every 3rd row, the classifier's row L + 1 and the last row) or comma-separated residual rows
+  (0 = embeddings, r = after block r-1)."""
+  if spec.strip() == "all":
+    return list(range(n_rows))
+  if spec.strip() == "auto":
+    return sorted(set(range(0, n_rows, 3)) | {n_rows - 1} | ({layer + 1} if layer is not None else set()))
+  try:
+    rows = sorted({int(x) for x in spec.split(",") if x.strip()})
+  except ValueError:
+    raise UserError(f"eval.mechanism.rows must be 'all' or comma-separated row numbers, got {spec!r}") from None
+  if not rows or rows[0] < 0 or rows[-1] >= n_rows:
+    raise UserError(f"eval.mechanism.rows {spec!r}: rows must lie in 0..{n_rows - 1} (row r = after block r-1)")
+  return rows
+
+
+def parse_alphas(spec: str) -> list[float]:
+  try:
+    alphas = [float(x) for x in spec.split(",") if x.strip()]
+  except ValueError:
+    raise UserError(f"eval.mechanism.steer_alphas must be comma-separated numbers, got {spec!r}") from None
+  if not alphas:
+    raise UserError("eval.mechanism.steer_alphas is empty: give e.g. 0.5,1,2")
+  return alphas
+
+
+def validate(c) -> None:
+  """The mechanism keys' values, before any work."""
+  m = c.eval.mechanism
+  from lazarus_jax.experiment import data_formats
+  fmts = set(data_formats(c)) | {f.strip() for f in str(c.data.get("eval_format", "") or "").split(",") if f.strip()}
+  other = sorted(fmts - {"symbolic", "semantic"})
+  if other:  # counterpart prompts (same operands, another operation) and token roles exist for these two only
+    raise UserError(f"eval.mechanism supports the symbolic and semantic formats only, not {', '.join(other)}: "
+                    "evaluate those formats without --config.eval.mechanism.enabled")
+  for key in ("max_examples_per_op", "tuned_lens_train", "tuned_lens_steps", "tuned_lens_top_k"):
+    if m[key] <= 0:
+      raise UserError(f"eval.mechanism.{key} must be positive, got {m[key]}")
+  if m.n_random < 1:
+    raise UserError(f"eval.mechanism.n_random must be >= 1, got {m.n_random}")
+  if m.rows.strip() not in ("all", "auto"):
+    parse_rows(m.rows, 10 ** 6)
+  parse_alphas(m.steer_alphas)
+
+
+def subset(examples, cap: int, seed: int) -> list:
+  """A seeded random subset of at most `cap` examples per operation (and format), in the original order."""
+  keep = []
+  rng = np.random.default_rng([seed, 7927])
+  for key in sorted({(e.fmt, e.operation) for e in examples}):
+    idx = [i for i, e in enumerate(examples) if (e.fmt, e.operation) == key]
+    keep += idx if len(idx) <= cap else list(rng.choice(idx, size=cap, replace=False))
+  return [examples[i] for i in sorted(keep)]
+
+
+def analyse_model(model, tok, examples, train_examples, targets, layer: int, c, timing: dict | None = None,
+                  tag: str = "model") -> dict:
+  """Interventions, tuned lens and readout attention for one model (the one `model` is now)."""
+  m = c.eval.mechanism
+  timing = {} if timing is None else timing
+  n_rows = model.cfg.num_layers + 1
+  rows = parse_rows(m.rows, n_rows, layer)
+  labels = list(targets.labels)
+  class_ids = list(targets.token_ids)
+  chosen = subset(examples, m.max_examples_per_op, c.seed)
+  out = {"n": len(chosen), "rows": rows, "layer": layer, "row": layer + 1}
+
+  t0 = time.perf_counter()
+  prep = interventions.prepare(model, tok, chosen, c.eval.max_new_tokens)
+  out["ablation"] = interventions.ablation(model, tok, prep, class_ids, rows, m.n_random, c.seed)
+  timing[f"{tag}_ablation_s"] = time.perf_counter() - t0
+  _say(tag, "ablation", timing[f"{tag}_ablation_s"])
+  t0 = time.perf_counter()
+  out["steering"] = interventions.steering(model, tok, prep, class_ids, labels, layer + 1,
+                                           parse_alphas(m.steer_alphas), c.seed)
+  timing[f"{tag}_steering_s"] = time.perf_counter() - t0
+  _say(tag, "steering", timing[f"{tag}_steering_s"])
+  t0 = time.perf_counter()
+  out["patching"] = interventions.patching(model, tok, prep, rows)
+  timing[f"{tag}_patching_s"] = time.perf_counter() - t0
+  _say(tag, "patching", timing[f"{tag}_patching_s"])
+
+  if m.tuned_lens:
+    t0 = time.perf_counter()
+    out["tuned_lens"] = tuned_lens_section(model, tok, prep, train_examples, targets, c)
+    timing[f"{tag}_tuned_lens_s"] = time.perf_counter() - t0
+    _say(tag, "tuned_lens", timing[f"{tag}_tuned_lens_s"])
+
+  t0 = time.perf_counter()
+  att = vo_analysis.attention_by_role(model, tok, [e.prompt for e in chosen], prep.prompt_ids)
+  out["attention"] = {"roles": list(att), "mean_mass": {r: v.tolist() for r, v in att.items()},
+                      "n": len(chosen)}
+  timing[f"{tag}_attention_s"] = time.perf_counter() - t0
+  _say(tag, "attention", timing[f"{tag}_attention_s"])
+  return out
+
+
+def _say(tag: str, what: str, seconds: float) -> None:
+  print(f"mechanism ({tag}): {what} done in {seconds:.0f}s", file=sys.stderr)
+
+
+def tuned_lens_section(model, tok, prep, train_examples, targets, c) -> dict:
+  """Translators trained on training prompts (a seeded random `tuned_lens_train` of them), scored on `prep`'s
+  held-out prompts beside the logit lens (over the answer vocabulary, see tuned_lens.py)."""
+  m = c.eval.mechanism
+  rng = np.random.default_rng([c.seed, 7933])
+  pick = rng.choice(len(train_examples), size=min(m.tuned_lens_train, len(train_examples)), replace=False)
+  train_ids = [data_lib.encode_prompt(tok, train_examples[i].prompt) for i in sorted(pick)]
+  train_run = interventions.run_edited(model, tok, train_ids, None, max_new_tokens=1)
+  vocab = tuned_lens.answer_vocabulary(train_run.logits, m.tuned_lens_top_k, targets.token_ids)
+  unembed = np.asarray(jax.device_get(model.unembed_matrix().astype("float32")))
+  final_norm = np.asarray(jax.device_get(model.final_norm[...].astype("float32")))
+  eps = model.cfg.rms_norm_eps
+  params, losses = tuned_lens.fit(train_run.readout, train_run.logits[:, vocab], final_norm, unembed[vocab], eps,
+                                  steps=m.tuned_lens_steps, learning_rate=m.tuned_lens_lr)
+  labels = np.asarray([data_lib.label_index(e.operation, list(targets.labels)) for e in prep.examples])
+  train_labels = np.asarray([data_lib.label_index(train_examples[i].operation, list(targets.labels))
+                             for i in sorted(pick)])
+  held = tuned_lens.evaluate(params, prep.clean.readout, prep.clean.logits, vocab, final_norm, unembed, eps,
+                             targets.token_ids, labels)
+  train = tuned_lens.evaluate(params, train_run.readout, train_run.logits, vocab, final_norm, unembed, eps,
+                              targets.token_ids, train_labels)
+  return {"n_train": len(train_ids), "n_heldout": len(prep.examples), "vocab_size": int(len(vocab)),
+          "top_k": m.tuned_lens_top_k, "coverage_heldout": tuned_lens.coverage(prep.clean.logits, vocab),
+          "steps": m.tuned_lens_steps, "learning_rate": m.tuned_lens_lr,
+          "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
+          "rows": held, "train_rows": [{"row": r["row"], "tuned_kl": r["tuned"]["kl"]} for r in train]}
+
+
+def vo_summary(model, targets) -> dict | None:
+  """The adapter's per-layer, per-head update norms and ΔOV class-word fractions (None without an adapter)."""
+  if model.lora is None:
+    return None
+  from lazarus_jax.analysis.interventions import class_directions, orthonormal_basis
+  basis = orthonormal_basis(class_directions(model, targets.token_ids))
+  norms = vo_analysis.update_norms(model)
+  ov = vo_analysis.delta_ov_class_fraction(model, basis)
+  lora = model.lora
+  return {
+      "layer_range": [int(lora.layer_start), int(lora.layer_end)], "targets": list(lora.targets),
+      "num_heads": model.cfg.num_heads, "num_kv_heads": model.cfg.num_kv_heads,
+      "update_norms": {t: {k: v.tolist() for k, v in d.items()} for t, d in norms.items()},
+      "delta_ov": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ov.items()},
+  }

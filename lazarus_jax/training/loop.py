@@ -1,0 +1,594 @@
+"""Dual-reward LoRA training (DESIGN.md §2-§5).
+
+  python -m lazarus_jax.train --config configs/smollm2_135m.py --workdir runs/smollm2 [--config.key=value ...]
+
+Sections: setup (config, model, data, mesh) -> state (adapters + optimizer, created sharded) -> the jitted
+step -> the loop (logging, checkpoints, preemption) -> outputs (PEFT adapter, training table, summary).
+`run(config, workdir)` does the work; the train command (cli/train.py) runs it, then the evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from lazarus_jax import experiment, files, provenance
+from lazarus_jax import workdir as workdir_lib
+from lazarus_jax.config import flat_config, without_added_defaults
+from lazarus_jax.data import arithmetic as data_lib
+from lazarus_jax.errors import UserError
+from lazarus_jax.files import check_output_dir, read_json, write_text
+from lazarus_jax.models.adapters import export_peft, model_fingerprint
+from lazarus_jax.models.lora import LoRA, LoRAConfig, add_lora
+from lazarus_jax.models.model import LoRAParam, pack_frozen_layers
+from lazarus_jax.models.sharding import batch_sharding, make_mesh, pinned_activations, state_shardings, validate_model_for_mesh
+from lazarus_jax.training import grpo
+from lazarus_jax.training.checkpoints import Checkpointer, abstract_like
+from lazarus_jax.training.grpo import GRPOConfig
+from lazarus_jax.training.logging_utils import MetricsWriter, progress_bar
+from lazarus_jax.training.losses import dual_reward_loss
+from lazarus_jax.workdir import WorkdirLock
+
+# Keys that may change between a run and its resumption without making it "a different run".
+RESUMABLE_KEYS = ("resume", "overwrite", "eval", "train.steps", "train.log_every", "train.table_steps",
+                  "distributed")
+
+
+# ---- optimizer ---------------------------------------------------------------------------------------
+def make_optimizer(tc, updates_per_step: int = 1) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up, cosine decay and global-norm clipping (ORIGINAL_DEFECTS #4).
+
+  The schedule counts optimizer updates: `train.steps` x `updates_per_step` (GRPO's mu updates per round)."""
+  total = tc.steps * updates_per_step
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=tc.lr, warmup_steps=max(tc.warmup_steps, 1),
+      decay_steps=max(total, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_fraction)
+  tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip),
+                   optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay))
+  return tx, schedule
+
+
+# ---- the step ----------------------------------------------------------------------------------------
+def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_classes: bool, accum: int):
+  """A pure `(state, base, rest, batch, weight, class_ids) -> (state, metrics)` step.
+
+  Only the adapters are differentiated (the base weights are closed-over inputs, never differentiated).
+  A non-finite loss or gradient skips the update and is counted (state['nonfinite']).
+  """
+
+  def loss_fn(lora, base, rest, batch, weight, class_ids, answer_tokens=None):
+    model = nnx.merge(graphdef, base, lora, rest)
+    return dual_reward_loss(model, batch, class_ids, classifier_layer, weight, restrict_to_classes, answer_tokens)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state, base, rest, batch, weight, class_ids):
+    if accum == 1:
+      (_, aux), grads = grad_fn(state["lora"], base, rest, batch, weight, class_ids)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+      # Token-weighted like the whole batch: each micro-batch divides its answer NLL by the batch's tokens / accum.
+      per_micro = batch["answer_weight"].sum() / accum
+
+      def body(carry, mb):
+        (_, aux), g = grad_fn(state["lora"], base, rest, mb, weight, class_ids, per_micro)
+        return jax.tree.map(jnp.add, carry, (g, aux)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          lambda: grad_fn(state["lora"], base, rest, jax.tree.map(lambda x: x[0], micro), weight, class_ids,
+                          per_micro)))
+      (grads, aux), _ = jax.lax.scan(body, (zeros[1], zeros[0][1]), micro)
+      grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["lora"])
+    lora = optax.apply_updates(state["lora"], updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = {
+        "lora": keep(lora, state["lora"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "step": state["step"] + 1,
+        "nonfinite": jnp.where(finite, 0, state["nonfinite"] + 1),
+        "skipped": state["skipped"] + (1 - finite.astype(jnp.int32)),
+    }
+    metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
+                   skipped=1 - finite.astype(jnp.int32))
+    return new_state, metrics
+
+  return step
+
+
+SAMPLING_STREAM = 0x6772706F  # folded into the seed for GRPO's sampling key: a stream apart from the LoRA init
+
+
+def initial_state_fn(model_cfg, lora_cfg: LoRAConfig, tx, seed: int, objective: str = "dual_reward"):
+  """The fresh train state (adapters, optimizer state, counters; for GRPO also the optimizer-update count and the
+  sampling RNG, so a resumed run samples what the uninterrupted one would) as a function: for `jax.eval_shape` and
+  for `jax.jit(..., out_shardings=...)`, which creates it already sharded."""
+
+  def init_state():
+    fresh = LoRA(model_cfg, lora_cfg, nnx.Rngs(lora=seed))
+    params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
+    state = {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    if objective == "grpo":
+      state["opt_step"] = jnp.zeros((), jnp.int32)
+      state["rng"] = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), SAMPLING_STREAM))
+    return state
+
+  return init_state
+
+
+def train_state_shardings(abstract_state, lora_shardings, mesh) -> dict:
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  out = {k: replicated for k in abstract_state}  # counters (and GRPO's sampling RNG)
+  out.update(lora=lora_shardings,
+             opt_state=opt_state_shardings(abstract_state["opt_state"], lora_shardings, replicated))
+  return out
+
+
+def jit_train_step(step_fn, state_sh, base_sh, batch_sh, mesh):
+  """The step under jit with the run's shardings; the state is donated. Lower it inside
+  `sharding.pinned_activations` (as `run` and `lazarus_jax.training.aot` do)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step_fn, in_shardings=(state_sh, base_sh, None, batch_sh, replicated, replicated),
+                 out_shardings=(state_sh, replicated), donate_argnums=(0,))
+
+
+# ---- run ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+  workdir: str
+  final_step: int
+  history: list  # logged metric rows
+  preempted: bool = False
+  signal_number: int | None = None  # the signal that stopped a preempted run
+
+
+def check_workdir(c, workdir: str) -> None:
+  """Refuses, before any work and any write, a workdir this run must not write into (issues 6 and 16):
+  one that cannot be written, holds a run with another config, holds this run's checkpoints without
+  --config.resume=True, holds our outputs without a run's config.json, or (with --config.overwrite=True) holds
+  files that no run writes."""
+  check_output_dir(workdir, "--workdir")
+  if not files.isdir(workdir):
+    return
+  workdir_lib.check_not_in_use(workdir)
+  cfg_file = files.join(workdir, "config.json")
+  if c.overwrite:
+    workdir_lib.check_can_clean(workdir)
+    return
+  if not files.exists(cfg_file):
+    ours = [n for n in sorted(set(files.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))  # empty dirs: mount points
+            if not (files.isdir(files.join(workdir, n)) and not files.listdir(files.join(workdir, n)))]
+    if ours:
+      raise UserError(f"{workdir} holds {', '.join(ours)} but no config.json (not a training run's workdir): use "
+                      "another --workdir, or --config.overwrite=True to replace them")
+    return
+  old = read_json(cfg_file, "run config", "use another --workdir, or --config.overwrite=True to replace it")
+  new = json.loads(json.dumps(c.to_dict(), default=list))
+
+  def relevant(d):
+    flat = without_added_defaults(flat_config(d))
+    return {k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+
+  diff = sorted(k for k in set(relevant(old)) | set(relevant(new)) if relevant(old).get(k) != relevant(new).get(k))
+  if diff:
+    raise UserError(f"{workdir} holds a run with a different config ({', '.join(diff[:5])}): use another --workdir, "
+                    "or --config.overwrite=True to replace it")
+  if not c.resume and files.isdir(files.join(workdir, "checkpoints")) and files.listdir(
+      files.join(workdir, "checkpoints")):
+    raise UserError(f"{workdir} already holds checkpoints of this run: pass --config.resume=True to continue it, "
+                    "or --config.overwrite=True to start over")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> TrainResult:
+  """Trains into `workdir` (the train command then evaluates: lazarus_jax/cli/train.py). `reward_fn`: GRPO's completion scorer
+  `(texts, ended, answers, ids) -> (rewards, correct, well_formed)` in place of the exact-answer reward (tests)."""
+  # SIGINT/SIGTERM are a flag from the very start, checked between set-up stages: a KeyboardInterrupt raised
+  # asynchronously during set-up could land inside a library that swallows it (seen: ~1 in 15 early Ctrl-Cs lost).
+  stop = PreemptionFlag()
+  with contextlib.ExitStack() as held:  # the workdir lock, from the first write to the end
+    try:
+      return _run(config, workdir, stop, held, reward_fn)
+    finally:
+      stop.restore()
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag",
+         held: contextlib.ExitStack, reward_fn=None) -> TrainResult:
+  c = config
+  experiment.validate_config(c)
+  workdir = files.abspath(workdir)
+  if c.distributed:
+    initialize_distributed()
+  check_workdir(c, workdir)
+  is_main = jax.process_index() == 0
+
+  # -- setup: mesh, model, adapters, targets, data (all checks before anything is written) --
+  mesh = make_mesh(c.mesh.shape)  # device count and batch divisibility need no model: fail before loading it
+  data_size = mesh.shape["data"] * mesh.shape["fsdp"]
+  if c.train.batch_size % data_size:
+    raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by the data-parallel size {data_size} "
+                    f"(mesh data x fsdp on {mesh.size} devices): change train.batch_size or mesh.shape")
+  stop.stop_if_requested()
+  pretrained = experiment.load_model(c)
+  model = pretrained.build()
+  n_layers = pretrained.config.num_layers
+  layer = experiment.classifier_layer(c, n_layers)
+  lora_cfg = LoRAConfig.from_config(c.lora)
+  lora = add_lora(model, lora_cfg, seed=c.seed)
+  tok = pretrained.tokenizer
+  stop.stop_if_requested()
+  datasets = experiment.build_data(c, tok)
+  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets),
+                                     examples=datasets.train + datasets.eval)
+  train_labels = experiment.example_labels(c, tok, datasets.train)  # the class each example's lens targets
+  validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
+  rules = tuple(tuple(r) for r in c.mesh.rules)
+  grpo_cfg = GRPOConfig.from_config(c.grpo) if c.train.objective == "grpo" else None
+  warm_start = read_warm_start(c, pretrained.config, lora_cfg, datasets.split) if c.train.init_adapter else None
+  if is_main:
+    print(f"model {pretrained.name}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
+          f"alpha {lora.alpha} on {','.join(lora.targets)} layers [{lora.layer_start},{lora.layer_end}) = "
+          f"{lora.num_modules} modules; mesh {dict(mesh.shape)}; {len(datasets.train)} train examples, "
+          f"seq_len {datasets.seq_len}", file=sys.stderr)
+
+  # -- state: base weights placed by rules; adapters + optimizer created already sharded --
+  graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
+  base_shardings = to_pure(state_shardings(base, mesh, rules))
+  lora_shardings = to_pure(state_shardings(lora_state, mesh, rules))
+  base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base), base_shardings), base_shardings)
+  rest = nnx.to_pure_dict(rest)
+  tx, schedule = make_optimizer(c.train, grpo_cfg.updates_per_batch if grpo_cfg else 1)
+  init_state = initial_state_fn(pretrained.config, lora_cfg, tx, c.seed, c.train.objective)
+  abstract = jax.eval_shape(init_state)
+  state_sh = train_state_shardings(abstract, lora_shardings, mesh)
+  state = jax.jit(init_state, out_shardings=state_sh)()
+
+  # -- the step, compiled ahead of time (sharding or memory errors fail before the loop) --
+  class_ids = jnp.asarray(targets.token_ids, jnp.int32)
+  weight = jnp.asarray(c.classifier.weight, jnp.float32)
+  bsh = batch_sharding(mesh, rules)
+  n = len(datasets.train_encoded)
+  label_ids = experiment.balance_ids(datasets.train_labels)
+
+  def global_batch(step):
+    idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
+    local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
+    arrays = data_lib.collate([datasets.train_encoded[i] for i in local], [train_labels[i] for i in local],
+                              datasets.seq_len, c.data.max_answer_tokens, tok.pad_id, label_names=targets.labels)
+    return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
+
+  stop.stop_if_requested()
+  if grpo_cfg is None:
+    t0 = time.perf_counter()
+    step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes,
+                              c.train.grad_accum_steps)
+    jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
+    with pinned_activations(mesh, rules):  # FSDP: activations stay batch-sharded, weights gathered one layer at a time
+      compiled = jitted.lower(state, base, rest, global_batch(0), weight, class_ids).compile()
+    compile_s = time.perf_counter() - t0
+    if is_main:
+      print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
+
+    def one_step(state, step):
+      return compiled(state, base, rest, global_batch(step), weight, class_ids)
+
+    work_unit, work_per_step = "tokens", c.train.batch_size * datasets.seq_len
+  else:
+    prompt_width = max(e.prompt_len for e in datasets.train_encoded)  # fixed: the rollout compiles once
+
+    def prompt_batch(step):
+      idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
+      local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
+      enc = datasets.train_encoded
+      tokens, mask = grpo.left_pad([enc[i].ids[:enc[i].prompt_len] for i in local], prompt_width, tok.pad_id)
+      return {"prompts": jax.make_array_from_process_local_data(bsh, tokens),
+              "prompt_mask": jax.make_array_from_process_local_data(bsh, mask),
+              "answers": [datasets.train[i].answer for i in idx], "label_host": label_ids[idx]}
+
+    shardings = {"lora": state_sh["lora"], "base": base_shardings, "batch": bsh, "state": state_sh,
+                 "replicated": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+    rounds = grpo.Rounds(grpo_cfg, grpo.make_rollout(graphdef, grpo_cfg, tok.eos_id, tok.pad_id, layer),
+                         grpo.make_update(graphdef, tx, schedule, grpo_cfg, layer, c.classifier.restrict_to_classes),
+                         shardings, tok, prompt_batch, reward_fn)
+    with pinned_activations(mesh, rules):
+      compile_s = rounds.compile(state, base, rest, weight, class_ids, 0)
+    if is_main:
+      print(f"compiled GRPO rollout and update in {compile_s:.1f}s; {memory_summary(rounds._update)}; "
+            f"{c.train.batch_size} prompts x G={grpo_cfg.group_size}, <= {grpo_cfg.max_new_tokens} new tokens, "
+            f"mu={grpo_cfg.updates_per_batch}, {grpo_cfg.aggregation}-level loss", file=sys.stderr)
+    one_step = rounds
+    work_unit, work_per_step = "samples", c.train.batch_size * grpo_cfg.group_size
+
+  # -- outputs: prepare the workdir, now that every check passed and the step compiled (on every process) --
+  sync_processes("inputs checked")
+  ckpt_dir = files.join(workdir, "checkpoints")
+  if is_main:
+    held.enter_context(WorkdirLock(workdir, "train"))
+    check_workdir(c, workdir)  # again, under the lock: another run may have written here since the first check
+    if c.overwrite:
+      workdir_lib.clean(workdir)  # what a run of ours wrote, nothing else (check_workdir refused anything else)
+    files.makedirs(workdir)
+    write_text(files.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
+  sync_processes("workdir prepared")
+  if not is_main:
+    files.makedirs(workdir)
+  ckpt = Checkpointer(ckpt_dir, max_to_keep=c.train.max_to_keep)
+  start_step = 0
+  restored = ckpt.restore_latest(abstract_like(abstract, state_sh), say=_say) if c.resume else None
+  if restored is not None:
+    state, meta = restored
+    start_step = int(meta["step"])
+    if is_main:
+      print(f"resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
+  elif warm_start is not None:  # the adapters start from another run's; the optimizer starts fresh
+    lora_now = state["lora"]["lora"]
+    state["lora"] = {"lora": {k: jax.device_put(jnp.asarray(v), lora_now[k].sharding) for k, v in warm_start.items()}}
+    if is_main:
+      print(f"warm start: adapters from {c.train.init_adapter}", file=sys.stderr)
+
+  # -- the loop --
+  stop.stop_if_requested()
+  writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step)
+  pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=is_main)
+  pending, t_window, work_window = [], time.perf_counter(), 0
+  step = start_step
+  preempted = False
+  multi_process = jax.process_count() > 1
+  try:
+    while step < c.train.steps:
+      with pinned_activations(mesh, rules):
+        state, metrics = one_step(state, step)
+      step += 1
+      pending.append(metrics)
+      work_window += int(work_per_step)
+      if step % c.train.log_every == 0 or step == c.train.steps:
+        rows = jax.device_get(pending)
+        dt = time.perf_counter() - t_window
+        row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "samples"}
+        row.update({"step": step, "steps_per_s": len(rows) / dt, f"{work_unit}_per_s": work_window / dt,
+                    "skipped": float(np.sum([r["skipped"] for r in rows]))})
+        writer.write(row)
+        pbar.update(len(rows))
+        pbar.set_postfix(**progress_fields(row))
+        pending, t_window, work_window = [], time.perf_counter(), 0
+        nonfinite = int(jax.device_get(state["nonfinite"]))
+        if nonfinite >= c.train.max_consecutive_nonfinite:
+          ckpt.wait()
+          raise TrainingDiverged(
+              f"{nonfinite} consecutive non-finite updates were skipped at step {step}; the last good checkpoint "
+              f"is step {ckpt.latest_step()} in {ckpt_dir}: lower train.lr or check the data")
+      stop_now = stop.requested if not multi_process else stop.reached_sync_point(step)
+      if step % c.train.checkpoint_every == 0 or step == c.train.steps or stop_now:
+        save_checkpoint(ckpt, state, step, c, force=stop_now)
+      if stop_now and step < c.train.steps:  # at the last step, finish normally (outputs)
+        preempted = True
+        break
+  finally:
+    pbar.close()
+    stop.restore()
+    writer.close()  # never raises; the checkpointer's close may (a failed last save), so it goes last
+    ckpt.close()
+
+  if preempted:
+    if is_main:
+      print(f"stopped by {stop.signal_name} at step {step}: checkpoint {ckpt_dir}/{step} saved; continue with "
+            "--config.resume=True", file=sys.stderr)
+    return TrainResult(workdir, step, writer.history, preempted=True, signal_number=stop.signal_number)
+
+  # -- outputs --
+  lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
+  if is_main:
+    export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), files.join(workdir, "adapter"),
+                base_model=pretrained.name, model_fingerprint=model_fingerprint(pretrained.config),
+                record={"split": datasets.split, "final_step": step, "objective": c.train.objective})
+    table = training_table(writer.history, c.train.table_steps, c.train.objective)
+    write_text(files.join(workdir, "training_table.md"), table + "\n")
+    summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
+               "objective": c.train.objective, "init_adapter": warm_start_record(c.train.init_adapter),
+               "skipped_updates": int(jax.device_get(state["skipped"])),
+               "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c, pretrained.dtypes)}
+    write_text(files.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
+    print(table)
+  return TrainResult(workdir, step, writer.history)
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize()`: auto-detects TPU pod slices and clusters (SLURM, Open MPI, ...); a job started
+  by hand names its coordinator in JAX_COORDINATOR_ADDRESS and each process's JAX_NUM_PROCESSES / JAX_PROCESS_ID
+  (e.g. the two-process CPU test: tests/test_multiprocess.py)."""
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES") and os.environ.get("JAX_PROCESS_ID"):
+    kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]), "process_id": int(os.environ["JAX_PROCESS_ID"])}
+  if os.environ.get("LAZARUS_JAX_HEARTBEAT_S"):  # how soon a dead peer stops the others (JAX's default: 100 s)
+    kwargs["heartbeat_timeout_seconds"] = int(os.environ["LAZARUS_JAX_HEARTBEAT_S"])
+  jax.distributed.initialize(**kwargs)
+
+
+def sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def gather_to_host(tree):
+  """Numpy copies of (possibly multi-host sharded) arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+class TrainingDiverged(UserError):
+  """Too many consecutive non-finite updates."""
+
+
+def _say(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr)
+
+
+def save_checkpoint(ckpt: Checkpointer, state, step: int, c, force: bool = False) -> None:
+  meta = {"step": step, "data_position": step, "seed": c.seed, "skipped": int(jax.device_get(state["skipped"]))}
+  ckpt.save(step, state, meta, force=force)
+
+
+def to_pure(sharding_state):
+  return nnx.to_pure_dict(sharding_state) if isinstance(sharding_state, nnx.State) else sharding_state
+
+
+def opt_state_shardings(abstract_opt, lora_shardings, replicated):
+  """Optimizer leaves mirroring an adapter leaf (Adam's mu, nu) take its sharding; the rest is replicated."""
+  by_path = {}
+  for path, s in jax.tree_util.tree_flatten_with_path(lora_shardings)[0]:
+    by_path[tuple(str(getattr(k, "key", k)) for k in path)] = s
+
+  def pick(path, leaf):
+    keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    for n in range(len(keys)):
+      s = by_path.get(keys[n:])
+      if s is not None and len(s.spec) <= len(leaf.shape):
+        return s
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
+def memory_summary(compiled) -> str:
+  try:
+    m = compiled.memory_analysis()
+    mb = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    return (f"memory: arguments {mb(m.argument_size_in_bytes)}, outputs {mb(m.output_size_in_bytes)}, "
+            f"temporaries {mb(m.temp_size_in_bytes)}")
+  except Exception:  # not every backend reports it
+    return "memory analysis unavailable on this backend"
+
+
+def progress_fields(row: dict) -> dict:
+  """The progress bar's postfix for a logged row (either objective)."""
+  if "reward_mean" in row:
+    return {"reward": f"{row['reward_mean']:.3f}", "acc": f"{row['answer_accuracy']:.2f}",
+            "kl": f"{row.get('kl', 0.0):.3f}", "cls": f"{row['classifier_accuracy']:.2f}",
+            "samples/s": f"{row['samples_per_s']:.1f}"}
+  return {"loss": f"{row['loss']:.3f}", "cls": f"{row['classifier_loss']:.3f}", "ans": f"{row['answer_loss']:.3f}",
+          "acc": f"{row['classifier_accuracy']:.2f}"}
+
+
+def read_warm_start(c, model_cfg, lora_cfg: LoRAConfig, split: dict) -> dict:
+  """The adapter weights of `train.init_adapter`, checked against this run: the same LoRA shape, and trained against
+  this run's held-out split (else its training may have seen prompts this run evaluates on)."""
+  from lazarus_jax.models.adapters import adapter_record, read_adapter
+  path = c.train.init_adapter
+  if not files.isdir(path):
+    raise UserError(f"train.init_adapter {path} is not a directory: pass another run's <workdir>/adapter")
+  saved_cfg, weights = read_adapter(path, model_cfg)
+  start, end = lora_cfg.validate(model_cfg.num_layers)
+  mine = (lora_cfg.rank, lora_cfg.alpha, tuple(sorted(lora_cfg.targets)), start, end)
+  theirs = (saved_cfg.rank, saved_cfg.alpha, tuple(sorted(saved_cfg.targets)), saved_cfg.layer_start,
+            saved_cfg.layer_end)
+  if mine != theirs:
+    raise UserError(f"train.init_adapter {path} has LoRA (rank, alpha, targets, layers) {theirs}, this run {mine}: "
+                    "set lora.* to the adapter's")
+  trained_split = adapter_record(path).get("split")
+  if trained_split is not None and trained_split.get("heldout_sha256") != split.get("heldout_sha256"):
+    raise UserError(f"train.init_adapter {path} was trained against another held-out split than this run's (seed "
+                    f"or data differ): warm-start from a run with the same seed and data")
+  return weights
+
+
+def warm_start_record(path: str) -> dict | None:
+  if not path:
+    return None
+  from lazarus_jax.models.adapters import adapter_record
+  rec = adapter_record(path)
+  return {"path": path, "final_step": rec.get("final_step"), "objective": rec.get("objective", "dual_reward")}
+
+
+TABLE_COLUMNS = {
+    "dual_reward": (("Total Loss", "loss", "{:.3f}"), ("Classifier Loss", "classifier_loss", "{:.3f}"),
+                    ("Answer Loss", "answer_loss", "{:.3f}")),
+    "grpo": (("Total Loss", "loss", "{:.3f}"), ("Reward", "reward_mean", "{:.3f}"),
+             ("Answer Acc", "answer_accuracy", "{:.1%}"), ("KL", "kl", "{:.4f}"),
+             ("Classifier Loss", "classifier_loss", "{:.3f}")),
+}
+
+
+def training_table(history: list[dict], table_steps, objective: str = "dual_reward") -> str:
+  """The seed's training table (step | total | classifier | answer | accuracy) at the requested steps; for GRPO
+  (step | total | reward | sampled answer accuracy | KL | classifier | accuracy)."""
+  cols = TABLE_COLUMNS[objective]
+  lines = ["| Step | " + " | ".join(c[0] for c in cols) + " | Cls Accuracy |", "|---" * (len(cols) + 2) + "|"]
+  shown = set()
+  last = history[-1]["step"] if history else 0
+  # The requested steps within the run (the nearest logged step at or before each), and the final step.
+  for s in sorted({min(int(s), last) for s in table_steps} | {last}):
+    earlier = [r for r in history if r["step"] <= s]
+    row = earlier[-1] if earlier else None
+    if row is not None and row["step"] not in shown:
+      shown.add(row["step"])
+      cells = [fmt.format(row[key]) if key in row else "n/a" for _, key, fmt in cols]
+      lines.append(f"| {row['step']} | " + " | ".join(cells) + f" | {100 * row['classifier_accuracy']:.0f}% |")
+  return "\n".join(lines)
+
+
+class PreemptionFlag:
+  """SIGTERM (a TPU VM's preemption notice) and SIGINT ask the loop to checkpoint and stop."""
+
+  def __init__(self):
+    self.requested, self.signal_name, self.signal_number, self._old = False, None, None, {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+
+  def _handle(self, signum, frame):
+    if self.requested:  # asked twice (a second Ctrl-C): stop now, as without the handler
+      self.restore()
+      signal.raise_signal(signum)
+      return
+    self.requested, self.signal_name, self.signal_number = True, signal.Signals(signum).name, signum
+
+  def restore(self):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+    self._old = {}
+
+  def reached_sync_point(self, step: int) -> bool:
+    """Multi-process: True on every process at the same step once any of them got a preemption notice.
+
+    `jax.distributed.initialize` replaces our SIGTERM handler with JAX's preemption notifier, which tells the
+    coordination service; each process asks here after every step, and all of them are told the same step, so
+    all save that step and exit together (a SIGTERM reaches the hosts of a pod slice at different moments)."""
+    from jax.experimental import multihost_utils
+    try:
+      if not multihost_utils.reached_preemption_sync_point(step):
+        return False
+    except RuntimeError:  # JAX's preemption service turned off: only this process's own signal (uncoordinated)
+      return self.requested
+    self.requested, self.signal_name, self.signal_number = True, "SIGTERM (preemption, all processes)", signal.SIGTERM
+    return True
+
+  def stop_if_requested(self):
+    """Before the loop there is nothing to checkpoint: a signal then ends the run as the signal would."""
+    if not self.requested:
+      return
+    self.restore()
+    if self.signal_number == signal.SIGINT:
+      raise KeyboardInterrupt  # the CLI prints one line, exit status 130
+    print(f"stopped by {self.signal_name} before training started: nothing to checkpoint", file=sys.stderr)
+    raise SystemExit(128 + self.signal_number)

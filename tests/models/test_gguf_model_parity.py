@@ -1,0 +1,37 @@
+"""The converted SmolLM2 GGUF against transformers' own GGUF loader (torch, float32)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lazarus_jax.models.gguf_loader import embedded_gguf_path
+from lazarus_jax.models.loading import load_pretrained
+from lazarus_jax.models.model import residual_stream
+
+PROMPTS = ["7 * 8 = ", "What is 48 divided by 6?", "23 + 45 = ", "The capital of France is", "def f(x):\n  return"]
+
+
+@pytest.mark.embedded
+def test_smollm2_logits_and_lens_match_transformers():
+  path = embedded_gguf_path()
+  hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                         dtype=torch.float32).eval()
+  pre = load_pretrained("smollm2-135m")
+  model = pre.build()
+  for prompt in PROMPTS:
+    ids = pre.tokenizer.encode(prompt)
+    tokens = np.asarray([ids], np.int32)
+    residual = residual_stream(model, tokens)
+    ours_lens = np.asarray(model.lens(residual[:, 0, -1]))  # [n_layers+1, V] at the last position
+    with torch.no_grad():
+      out = hf(torch.tensor([ids]), output_hidden_states=True)
+      hs = out.hidden_states
+      # HF's last hidden state is already normed; the earlier rows get the final norm here (the lens).
+      ref_lens = [hf.lm_head(hf.model.norm(h[0, -1])).numpy() for h in hs[:-1]] + [out.logits[0, -1].numpy()]
+    np.testing.assert_allclose(ours_lens[-1], out.logits[0, -1].numpy(), atol=1e-3, rtol=0, err_msg=prompt)
+    assert len(ref_lens) == ours_lens.shape[0] == pre.config.num_layers + 1
+    top_ours, top_ref = ours_lens.argmax(-1), np.stack(ref_lens).argmax(-1)
+    np.testing.assert_array_equal(top_ours, top_ref, err_msg=prompt)
