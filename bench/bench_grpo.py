@@ -46,31 +46,49 @@ def forward_flops(cfg, rows: int, seq: int, head_rows: int, lora_rank: int, targ
   return float(n * (2 * tokens * (proj + lora) + 2 * 2 * tokens * ctx * q) + 2 * head_rows * d * cfg.vocab_size)
 
 
-def round_flops(cfg, prompts: int, group: int, prompt_width: int, new_tokens: int, mu: int, kl: bool,
-                lora_rank: int = 32) -> dict:
+def round_flops(cfg, prompts: int, group: int, prompt_width: int, new_tokens: int, mu: int, kl: bool, lora_rank: int = 32) -> dict:
   import numpy as np
+
   n, p, t = prompts * group, prompt_width, new_tokens
   s = p + t
   generation = forward_flops(cfg, n, p, n, lora_rank) + (t - 1) * forward_flops(cfg, n, 1, n, lora_rank, ctx=s)
   scoring = forward_flops(cfg, n, s, n * t, lora_rank)  # reference or old policy: head at the completion positions
-  update = common.model_flops_per_step(cfg, {"tokens": np.zeros((n, s)), "answer_weight": np.zeros((n, t))},
-                                       lora_rank)
-  out = {"generation": generation, "reference": scoring if kl else 0.0, "old_policy": scoring if mu > 1 else 0.0,
-         "update": mu * update}
+  update = common.model_flops_per_step(cfg, {"tokens": np.zeros((n, s)), "answer_weight": np.zeros((n, t))}, lora_rank)
+  out = {
+    "generation": generation,
+    "reference": scoring if kl else 0.0,
+    "old_policy": scoring if mu > 1 else 0.0,
+    "update": mu * update,
+  }
   out["total"] = sum(out.values())
   return out
 
 
 def run_ours(a, workdir: str) -> dict:
-  cmd = [sys.executable, "-m", "lazarus_jax.train", "--config", "configs/smollm2_135m.py", "--workdir", workdir,
-         "--config.train.objective=grpo", f"--config.train.steps={a.rounds}", "--config.train.log_every=1",
-         f"--config.train.batch_size={a.prompts}", f"--config.grpo.group_size={a.group}",
-         f"--config.grpo.max_new_tokens={a.new_tokens}", f"--config.grpo.updates_per_batch={a.mu}",
-         f"--config.grpo.kl_beta={a.kl_beta}", "--config.classifier.weight=0", "--config.eval.enabled=False",
-         f"--config.train.checkpoint_every={a.rounds}", "--config.overwrite=True",
-         f"--config.model.param_dtype={a.dtype}", f"--config.model.compute_dtype={a.dtype}",
-         "--config.model.activation_dtype=float32"] + ([f"--config.train.init_adapter={a.init_adapter}"]
-                                                       if a.init_adapter else [])
+  cmd = [
+    sys.executable,
+    "-m",
+    "lazarus_jax.train",
+    "--config",
+    "configs/smollm2_135m.py",
+    "--workdir",
+    workdir,
+    "--config.train.objective=grpo",
+    f"--config.train.steps={a.rounds}",
+    "--config.train.log_every=1",
+    f"--config.train.batch_size={a.prompts}",
+    f"--config.grpo.group_size={a.group}",
+    f"--config.grpo.max_new_tokens={a.new_tokens}",
+    f"--config.grpo.updates_per_batch={a.mu}",
+    f"--config.grpo.kl_beta={a.kl_beta}",
+    "--config.classifier.weight=0",
+    "--config.eval.enabled=False",
+    f"--config.train.checkpoint_every={a.rounds}",
+    "--config.overwrite=True",
+    f"--config.model.param_dtype={a.dtype}",
+    f"--config.model.compute_dtype={a.dtype}",
+    "--config.model.activation_dtype=float32",
+  ] + ([f"--config.train.init_adapter={a.init_adapter}"] if a.init_adapter else [])
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT)
   if proc.returncode:
     sys.stderr.write(proc.stderr[-4000:])
@@ -83,16 +101,22 @@ def run_ours(a, workdir: str) -> dict:
     vals = sorted(r[key] for r in rows)
     return vals[len(vals) // 2]
 
-  return {"round_s": median("round_seconds"), "rollout_s": median("rollout_seconds"),
-          "update_s": median("update_seconds"), "completions_per_s": a.prompts * a.group / median("round_seconds"),
-          "response_length": sum(r["response_length"] for r in rows) / len(rows),
-          "reward_mean": sum(r["reward_mean"] for r in rows) / len(rows), "compile": compile_line,
-          "rounds_timed": len(rows)}
+  return {
+    "round_s": median("round_seconds"),
+    "rollout_s": median("rollout_seconds"),
+    "update_s": median("update_seconds"),
+    "completions_per_s": a.prompts * a.group / median("round_seconds"),
+    "response_length": sum(r["response_length"] for r in rows) / len(rows),
+    "reward_mean": sum(r["reward_mean"] for r in rows) / len(rows),
+    "compile": compile_line,
+    "rounds_timed": len(rows),
+  }
 
 
 def prompt_width(tokenizer) -> int:
   """The rollout's padded prompt width: the longest training prompt (what train.py pads to)."""
   from lazarus_jax import experiment
+
   ds = experiment.build_data(common.smollm2_config(), tokenizer)
   return max(e.prompt_len for e in ds.train_encoded)
 
@@ -114,6 +138,7 @@ def main():
 
   from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
   from lazarus_jax.models.model import LlamaConfig
+
   peak = {dt: matmul_peak(dt) for dt in ("float32", "bfloat16")}
   gguf = load_gguf(embedded_gguf_path())
   cfg = LlamaConfig.from_hf(gguf.config)
@@ -127,19 +152,31 @@ def main():
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   floor_s = flops["total"] / peak[a.dtype]
-  out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": common.machine(),
-         "load_avg_before": load_before, "load_avg_after": common.load_avg(), "peak_flops": peak,
-         "setting": vars(a), "prompt_width": width, "round_flops": flops, "floor_s": floor_s, "ours": ours,
-         "ours_over_floor": ours["round_s"] / floor_s}
+  out = {
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "machine": common.machine(),
+    "load_avg_before": load_before,
+    "load_avg_after": common.load_avg(),
+    "peak_flops": peak,
+    "setting": vars(a),
+    "prompt_width": width,
+    "round_flops": flops,
+    "floor_s": floor_s,
+    "ours": ours,
+    "ours_over_floor": ours["round_s"] / floor_s,
+  }
   print(f"{out['machine']}; load {load_before} -> {out['load_avg_after']}")
   print(f"matmul peak: float32 {peak['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s")
-  print(f"GRPO round: {a.prompts} prompts x G={a.group}, <= {a.new_tokens} new tokens, prompt width {width}, "
-        f"mu={a.mu}, KL beta {a.kl_beta}, {a.dtype}")
-  print("  FLOPs: " + ", ".join(f"{k} {v / 1e9:.0f} G" for k, v in flops.items()) +
-        f" -> floor {floor_s:.2f} s at the {a.dtype} peak")
-  print(f"  ours: {ours['round_s']:.2f} s/round (rollout {ours['rollout_s']:.2f} s, update {ours['update_s']:.2f} s), "
-        f"{ours['completions_per_s']:.1f} completions/s = {out['ours_over_floor']:.1f}x the floor; mean response "
-        f"{ours['response_length']:.1f} tokens")
+  print(
+    f"GRPO round: {a.prompts} prompts x G={a.group}, <= {a.new_tokens} new tokens, prompt width {width}, "
+    f"mu={a.mu}, KL beta {a.kl_beta}, {a.dtype}"
+  )
+  print("  FLOPs: " + ", ".join(f"{k} {v / 1e9:.0f} G" for k, v in flops.items()) + f" -> floor {floor_s:.2f} s at the {a.dtype} peak")
+  print(
+    f"  ours: {ours['round_s']:.2f} s/round (rollout {ours['rollout_s']:.2f} s, update {ours['update_s']:.2f} s), "
+    f"{ours['completions_per_s']:.1f} completions/s = {out['ours_over_floor']:.1f}x the floor; mean response "
+    f"{ours['response_length']:.1f} tokens"
+  )
   if a.json:
     with open(a.json, "w") as f:
       json.dump(out, f, indent=1)

@@ -33,6 +33,7 @@ def make_batches(n_prompts: int, batch: int):
   from lazarus_jax import experiment
   from lazarus_jax.data import arithmetic as data_lib
   from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
+
   c = common.smollm2_config()
   tok = load_gguf(embedded_gguf_path()).tokenizer
   ds = experiment.build_data(c, tok)
@@ -42,13 +43,13 @@ def make_batches(n_prompts: int, batch: int):
   seq_len = 16
   out = []
   for s in range(0, len(encoded), batch):
-    chunk = encoded[s:s + batch]
+    chunk = encoded[s : s + batch]
     tokens = np.full((batch, seq_len), tok.pad_id, np.int32)
     mask = np.zeros((batch, seq_len), np.int32)
     mask[:, 0] = 1
     readout = np.zeros((batch,), np.int32)
     for i, ids in enumerate(chunk):
-      tokens[i, :len(ids)], mask[i, :len(ids)], readout[i] = ids, 1, len(ids) - 1
+      tokens[i, : len(ids)], mask[i, : len(ids)], readout[i] = ids, 1, len(ids) - 1
     out.append((tokens, mask, readout))
   return out, np.asarray(targets.token_ids, np.int32)
 
@@ -58,6 +59,7 @@ def run_ours(batches, target_ids) -> dict:
 
   from lazarus_jax import experiment
   from lazarus_jax.analysis.lens import all_layer_lens
+
   c = common.smollm2_config()
   c.model.param_dtype = "float32"  # as the torch side's weights
   model = experiment.load_model(c).build()
@@ -77,6 +79,7 @@ def run_torch(batches, target_ids) -> dict:
 
   sys.path.insert(0, common.HERE)
   from torch_side import build
+
   model = build("float32").eval()
   base = model.base_model.model
   tids = torch.from_numpy(target_ids).long()
@@ -117,8 +120,9 @@ def main():
     batches, target_ids = make_batches(a.prompts, a.batch)
     r = (run_ours if a.side == "jax" else run_torch)(batches, target_ids)
     med = sorted(r["times"])[len(r["times"]) // 2]
-    r.update(prompts=a.prompts, prompts_per_s=a.prompts / med, sweep_s_median=med,
-             peak_rss_mib=common.peak_rss_mib(), load=common.load_avg())
+    r.update(
+      prompts=a.prompts, prompts_per_s=a.prompts / med, sweep_s_median=med, peak_rss_mib=common.peak_rss_mib(), load=common.load_avg()
+    )
     with open(a.json, "w") as f:
       json.dump(r, f)
     return
@@ -129,8 +133,7 @@ def main():
   res = {}
   for side in ("jax", "torch"):
     out = os.path.join(tempfile.mkdtemp(), f"{side}.json")
-    cmd = [sys.executable, __file__, "--side", side, "--prompts", str(a.prompts), "--batch", str(a.batch),
-           "--json", out]
+    cmd = [sys.executable, __file__, "--side", side, "--prompts", str(a.prompts), "--batch", str(a.batch), "--json", out]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT, env=env)
     if proc.returncode:
       sys.stderr.write(proc.stderr[-4000:])
@@ -139,8 +142,10 @@ def main():
       res[side] = json.load(f)
   print(f"all-layer lens (31 rows, top-{TOP_K}, 4 targets), {a.prompts} prompts in batches of {a.batch}, float32")
   for side, r in res.items():
-    print(f"  {side:6s} {r['prompts_per_s']:9.1f} prompts/s  first call {r['compile_s']:.1f}s  "
-          f"peak RSS {r['peak_rss_mib']:.0f} MiB  load {r['load']}")
+    print(
+      f"  {side:6s} {r['prompts_per_s']:9.1f} prompts/s  first call {r['compile_s']:.1f}s  "
+      f"peak RSS {r['peak_rss_mib']:.0f} MiB  load {r['load']}"
+    )
   print(f"  ratio ours/torch: prompts/s x{res['jax']['prompts_per_s'] / res['torch']['prompts_per_s']:.2f}")
   if a.json:
     with open(a.json, "w") as f:

@@ -52,6 +52,7 @@ def main():
   env = common.side_env(None if a.no_hugepages else "lazarus_jax.train")
 
   from lazarus_jax.models import dtypes
+
   flags = dtypes.cpu_flags()
   cpu_flags = sorted(f for f in flags if f.startswith(("amx", "avx512")))  # what decides bf16 on XLA:CPU
   native, why = dtypes.native_bf16("cpu", flags)
@@ -62,17 +63,39 @@ def main():
   sub_batch = common.write_batch(batch, a.batch_size)
   del sub_batch
   peak = sub("peak.py", env=env)
-  print(f"measured matmul peak: float32 {peak['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.1f} "
-        "GFLOP/s (2048^3 jitted dot, best of 10)")
-  results = {"machine": common.machine(), "date": datetime.date.today().isoformat(), "peak": peak, "runs": [],
-             "glibc_tunables": env.get("GLIBC_TUNABLES"), "cpu_flags": cpu_flags, "native_bf16": native,
-             "native_bf16_reason": why, "command": " ".join(sys.argv)}
+  print(
+    f"measured matmul peak: float32 {peak['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.1f} "
+    "GFLOP/s (2048^3 jitted dot, best of 10)"
+  )
+  results = {
+    "machine": common.machine(),
+    "date": datetime.date.today().isoformat(),
+    "peak": peak,
+    "runs": [],
+    "glibc_tunables": env.get("GLIBC_TUNABLES"),
+    "cpu_flags": cpu_flags,
+    "native_bf16": native,
+    "native_bf16_reason": why,
+    "command": " ".join(sys.argv),
+  }
   for dtype in a.dtypes.split(","):
     # bf16: the frozen base weights are stored in bf16 on both sides (nothing to keep a float32 master of).
     # auto also resolves the activation dtype; explicit rows keep the float32 residual stream (the CPU default).
     activation = "auto" if dtype == "auto" else "float32"
-    ours = sub("ours.py", "--dtype", dtype, "--param-dtype", dtype, "--activation-dtype", activation, "--batch", batch,
-               "--steps", str(a.jax_steps), env=env)
+    ours = sub(
+      "ours.py",
+      "--dtype",
+      dtype,
+      "--param-dtype",
+      dtype,
+      "--activation-dtype",
+      activation,
+      "--batch",
+      batch,
+      "--steps",
+      str(a.jax_steps),
+      env=env,
+    )
     torch_dtype = ours["resolved"]["compute"]
     theirs = sub("torch_side.py", "--dtype", torch_dtype, "--batch", batch, "--steps", str(a.torch_steps), env=env)
     theirs["row"] = ours["row"] = dtype
@@ -82,16 +105,21 @@ def main():
     print(f"\n[{dtype}{resolved}] batch {a.batch_size}" + (f" (torch: {torch_dtype})" if dtype == "auto" else ""))
     print(f"  {'':8s} {'step s (med)':>13s} {'examples/s':>11s} {'compile s':>10s} {'peak RSS MiB':>13s} {'load':>16s}")
     for r in (ours, theirs):
-      print(f"  {r['side']:8s} {r['step_s_median']:13.3f} {r['examples_per_s']:11.2f} {r['compile_s']:10.1f} "
-            f"{r['peak_rss_mib']:13.0f} {r['load']:>16s}")
-    print(f"  ratio ours/torch: examples/s x{ours['examples_per_s'] / theirs['examples_per_s']:.2f}; compile "
-          f"x{ours['compile_s'] / theirs['compile_s']:.2f} (torch: first step); peak RSS "
-          f"x{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}")
-    print(f"  our model FLOPs/step {ours['model_flops_per_step'] / 1e9:.1f} G -> {ours['flops_per_s'] / 1e9:.1f} "
-          f"GFLOP/s = {100 * mfu:.0f}% of the measured float32 matmul peak"
-          + (f" ({100 * ours['flops_per_s'] / peak['bfloat16']:.0f}% of the bf16 peak)" if torch_dtype == "bfloat16" else ""))
-    print(f"  first losses: ours {[round(x, 4) for x in ours['first_losses']]}, torch "
-          f"{[round(x, 4) for x in theirs['first_losses']]}")
+      print(
+        f"  {r['side']:8s} {r['step_s_median']:13.3f} {r['examples_per_s']:11.2f} {r['compile_s']:10.1f} "
+        f"{r['peak_rss_mib']:13.0f} {r['load']:>16s}"
+      )
+    print(
+      f"  ratio ours/torch: examples/s x{ours['examples_per_s'] / theirs['examples_per_s']:.2f}; compile "
+      f"x{ours['compile_s'] / theirs['compile_s']:.2f} (torch: first step); peak RSS "
+      f"x{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}"
+    )
+    print(
+      f"  our model FLOPs/step {ours['model_flops_per_step'] / 1e9:.1f} G -> {ours['flops_per_s'] / 1e9:.1f} "
+      f"GFLOP/s = {100 * mfu:.0f}% of the measured float32 matmul peak"
+      + (f" ({100 * ours['flops_per_s'] / peak['bfloat16']:.0f}% of the bf16 peak)" if torch_dtype == "bfloat16" else "")
+    )
+    print(f"  first losses: ours {[round(x, 4) for x in ours['first_losses']]}, torch {[round(x, 4) for x in theirs['first_losses']]}")
   print(f"\nload at end {common.load_avg()}")
   if a.json:
     with open(a.json, "w") as f:

@@ -44,6 +44,7 @@ def side_env(cli_module: str | None) -> dict:
   env = {k: v for k, v in os.environ.items() if cli_module or k != "GLIBC_TUNABLES"}
   if cli_module:
     from lazarus_jax.cli.hugepages import reexec_env
+
     env = reexec_env(env, [sys.executable, "-m", cli_module]) or env
   return env
 
@@ -52,6 +53,7 @@ def smollm2_config(compute_dtype: str = "float32", batch_size: int = 8):
   """The embedded default's training config with eval off (what `lazarus_jax.train` runs)."""
   sys.path.insert(0, os.path.join(ROOT, "configs"))
   from smollm2_135m import get_config
+
   c = get_config()
   c.model.compute_dtype = compute_dtype
   c.model.activation_dtype = "float32"  # the shipped config says auto: a benchmark names its dtypes
@@ -65,14 +67,21 @@ def write_batch(path: str, batch_size: int = 8, seed_step: int = 0) -> dict:
   from lazarus_jax import experiment
   from lazarus_jax.data import arithmetic as data_lib
   from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
+
   c = smollm2_config(batch_size=batch_size)
   tok = load_gguf(embedded_gguf_path()).tokenizer
   ds = experiment.build_data(c, tok)
   targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in ds.train[:2000]}))
   labels = np.asarray([data_lib.label_index(lab, targets.labels) for lab in ds.train_labels])
   idx = data_lib.batch_indices(len(ds.train_encoded), batch_size, seed_step, c.seed, labels=labels)
-  arrays = data_lib.collate([ds.train_encoded[i] for i in idx], [ds.train_labels[i] for i in idx], ds.seq_len,
-                            c.data.max_answer_tokens, tok.pad_id, label_names=targets.labels)
+  arrays = data_lib.collate(
+    [ds.train_encoded[i] for i in idx],
+    [ds.train_labels[i] for i in idx],
+    ds.seq_len,
+    c.data.max_answer_tokens,
+    tok.pad_id,
+    label_names=targets.labels,
+  )
   arrays["class_ids"] = np.asarray(targets.token_ids, np.int32)
   arrays["classifier_layer"] = np.asarray(experiment.classifier_layer(c, 30), np.int32)
   np.savez(path, **arrays)
@@ -91,8 +100,7 @@ def model_flops_per_step(cfg, batch: dict, lora_rank: int, lora_targets=("v", "o
   q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
   tokens = b * t
   proj = {"q": d * q, "k": d * kv, "v": d * kv, "o": q * d, "gate": d * f, "up": d * f, "down": f * d}
-  lora_in_out = {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f), "up": (d, f),
-                 "down": (f, d)}
+  lora_in_out = {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f), "up": (d, f), "down": (f, d)}
   per_layer = 2 * tokens * sum(proj.values()) + 2 * 2 * b * t * t * q  # matmuls + QK^T and PV
   lora = sum(2 * tokens * lora_rank * (lora_in_out[p][0] + lora_in_out[p][1]) for p in lora_targets)
   n_head_rows = b + int(batch["answer_weight"].size)

@@ -29,11 +29,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-TINYLLAMA = dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                 num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5,
-                 rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=2048)
-TINY = dict(TINYLLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=8, num_key_value_heads=4)
+TINYLLAMA = dict(
+  model_type="llama",
+  vocab_size=32000,
+  hidden_size=2048,
+  intermediate_size=5632,
+  num_hidden_layers=22,
+  num_attention_heads=32,
+  num_key_value_heads=4,
+  rms_norm_eps=1e-5,
+  rope_theta=10000.0,
+  tie_word_embeddings=False,
+  max_position_embeddings=2048,
+)
+TINY = dict(
+  TINYLLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4
+)
 CLASS_IDS = (5, 6, 7, 8)
 LORA_RANK = 32
 
@@ -41,17 +52,22 @@ LORA_RANK = 32
 def synthetic_batch(rng, batch: int, seq_len: int, vocab: int, answer_tokens: int = 8) -> dict:
   """Random tokens; prompt = first half, answer = the next `answer_tokens` tokens (shifted positions)."""
   import numpy as np
+
   prompt_len = seq_len // 2
   n_ans = min(answer_tokens, seq_len - prompt_len)
   tokens = rng.integers(3, vocab, (batch, seq_len)).astype(np.int32)
   pos = np.broadcast_to(prompt_len - 1 + np.arange(answer_tokens), (batch, answer_tokens)).astype(np.int32)
   weight = np.zeros((batch, answer_tokens), np.float32)
   weight[:, :n_ans] = 1.0
-  return dict(tokens=tokens, mask=np.ones((batch, seq_len), np.int32),
-              readout=np.full((batch,), prompt_len - 1, np.int32),
-              label=rng.integers(0, 4, (batch,)).astype(np.int32),
-              answer_pos=np.minimum(pos, seq_len - 1), answer_target=rng.integers(3, vocab, (batch, answer_tokens)).astype(np.int32),
-              answer_weight=weight)
+  return dict(
+    tokens=tokens,
+    mask=np.ones((batch, seq_len), np.int32),
+    readout=np.full((batch,), prompt_len - 1, np.int32),
+    label=rng.integers(0, 4, (batch,)).astype(np.int32),
+    answer_pos=np.minimum(pos, seq_len - 1),
+    answer_target=rng.integers(3, vocab, (batch, answer_tokens)).astype(np.int32),
+    answer_weight=weight,
+  )
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -70,16 +86,18 @@ class Bench:
     from lazarus_jax.models.model import LlamaConfig, LlamaModel, LoRAParam, pack_frozen_layers
     from lazarus_jax.training.loop import make_optimizer
 
-    self.cfg = LlamaConfig.from_hf(hf, param_dtype="bfloat16", compute_dtype="bfloat16", remat=remat,
-                                   activation_dtype=activation_dtype)
+    self.cfg = LlamaConfig.from_hf(
+      hf, param_dtype="bfloat16", compute_dtype="bfloat16", remat=remat, activation_dtype=activation_dtype
+    )
     self.layer = int(self.cfg.num_layers * 0.55)
     self.model = LlamaModel(self.cfg, rngs=nnx.Rngs(0))  # random bf16 weights, on the default device
     self.lora_cfg = LoRAConfig(rank=LORA_RANK, alpha=64.0, targets=("v", "o"), layer_start=lora_start)
     add_lora(self.model, self.lora_cfg, seed=0)
     _, base, _, rest = nnx.split(self.model, nnx.Param, LoRAParam, ...)
     self.base, self.rest = pack_frozen_layers(nnx.to_pure_dict(base)), nnx.to_pure_dict(rest)  # as train does
-    tc = ml_collections.ConfigDict(dict(lr=5e-4, warmup_steps=50, steps=1000, end_lr_fraction=0.1, grad_clip=1.0,
-                                        b1=0.9, b2=0.999, weight_decay=0.0))
+    tc = ml_collections.ConfigDict(
+      dict(lr=5e-4, warmup_steps=50, steps=1000, end_lr_fraction=0.1, grad_clip=1.0, b1=0.9, b2=0.999, weight_decay=0.0)
+    )
     self.tx, self.schedule = make_optimizer(tc)
     self.lora_params = nnx.to_pure_dict(nnx.state(LoRA(self.cfg, self.lora_cfg, nnx.Rngs(lora=0)), LoRAParam))
     self.weight, self.class_ids = jnp.asarray(0.7, jnp.float32), jnp.asarray(CLASS_IDS, jnp.int32)
@@ -87,9 +105,15 @@ class Bench:
   def fresh_state(self):
     import jax
     import jax.numpy as jnp
+
     params = {"lora": jax.tree.map(jnp.copy, self.lora_params)}
-    return {"lora": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    return {
+      "lora": params,
+      "opt_state": self.tx.init(params),
+      "step": jnp.zeros((), jnp.int32),
+      "nonfinite": jnp.zeros((), jnp.int32),
+      "skipped": jnp.zeros((), jnp.int32),
+    }
 
   def lower(self, variant: str, batch_np: dict):
     """The jitted step for `variant` (same weights; the config is static, so it lives in the graph) and the
@@ -102,21 +126,20 @@ class Bench:
 
     from lazarus_jax.models.model import LoRAParam
     from lazarus_jax.training.loop import make_train_step
+
     attention, _, unroll = variant.partition("-")
     self.model.cfg = dataclasses.replace(self.cfg, attention=attention, scan_layers=unroll != "unroll")
     graphdef = nnx.split(self.model, nnx.Param, LoRAParam, ...)[0]
     step = make_train_step(graphdef, self.tx, self.schedule, self.layer, False, 1)
     batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-    lowered = jax.jit(step, donate_argnums=(0,)).lower(self.fresh_state(), self.base, self.rest, batch, self.weight,
-                                                       self.class_ids)
+    lowered = jax.jit(step, donate_argnums=(0,)).lower(self.fresh_state(), self.base, self.rest, batch, self.weight, self.class_ids)
     return lowered, batch
 
 
 def memory(compiled) -> dict:
   try:
     m = compiled.memory_analysis()
-    args, temps, outs, alias = (m.argument_size_in_bytes, m.temp_size_in_bytes, m.output_size_in_bytes,
-                                m.alias_size_in_bytes)
+    args, temps, outs, alias = (m.argument_size_in_bytes, m.temp_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes)
     return dict(args_gib=args / 2**30, temps_gib=temps / 2**30, total_gib=(args + temps + outs - alias) / 2**30)
   except Exception as e:  # not every backend reports it
     return dict(mem_error=str(e)[:200])
@@ -124,6 +147,7 @@ def memory(compiled) -> dict:
 
 def device_memory_gib() -> float | None:
   import jax
+
   try:
     return jax.devices()[0].memory_stats()["bytes_limit"] / 2**30
   except Exception:
@@ -139,10 +163,10 @@ def emit(out: dict, json_dir: str):
       f.write(json.dumps(out) + "\n")
 
 
-def measure(bench: Bench, variant: str, batch_size: int, seq_len: int, steps: int, peak_tflops: float,
-            profile: str = "") -> dict:
+def measure(bench: Bench, variant: str, batch_size: int, seq_len: int, steps: int, peak_tflops: float, profile: str = "") -> dict:
   import jax
   import numpy as np
+
   batch_np = synthetic_batch(np.random.default_rng(0), batch_size, seq_len, bench.cfg.vocab_size)
   t0 = time.perf_counter()
   lowered, batch = bench.lower(variant, batch_np)
@@ -167,12 +191,28 @@ def measure(bench: Bench, variant: str, batch_size: int, seq_len: int, steps: in
       jax.block_until_ready(state)
   flops = common.model_flops_per_step(bench.cfg, batch_np, lora_rank=LORA_RANK, layer_start=bench.lora_cfg.layer_start)
   tokens = batch_size * seq_len
-  return dict(kind="step", side="ours", variant=variant, device=str(jax.devices()[0].device_kind),
-              jax=jax.__version__, batch=batch_size, seq_len=seq_len, lora_start=bench.lora_cfg.layer_start,
-              step_s=step_s, tokens_per_s=tokens / step_s, model_tflops_per_s=flops / step_s / 1e12,
-              mfu=flops / step_s / (peak_tflops * 1e12), compile_s=compile_s, first_loss=first_loss,
-              loss=float(metrics["loss"]), remat=bench.cfg.remat, activation_dtype=bench.cfg.activation_dtype,
-              finite=bool(np.isfinite(first_loss)), xla_flags=os.environ.get("XLA_FLAGS", ""), **memory(compiled))
+  return dict(
+    kind="step",
+    side="ours",
+    variant=variant,
+    device=str(jax.devices()[0].device_kind),
+    jax=jax.__version__,
+    batch=batch_size,
+    seq_len=seq_len,
+    lora_start=bench.lora_cfg.layer_start,
+    step_s=step_s,
+    tokens_per_s=tokens / step_s,
+    model_tflops_per_s=flops / step_s / 1e12,
+    mfu=flops / step_s / (peak_tflops * 1e12),
+    compile_s=compile_s,
+    first_loss=first_loss,
+    loss=float(metrics["loss"]),
+    remat=bench.cfg.remat,
+    activation_dtype=bench.cfg.activation_dtype,
+    finite=bool(np.isfinite(first_loss)),
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
+    **memory(compiled),
+  )
 
 
 def max_batch(bench: Bench, variant: str, seq_len: int, limit_gib: float, start: int = 16) -> dict:
@@ -194,8 +234,15 @@ def max_batch(bench: Bench, variant: str, seq_len: int, limit_gib: float, start:
     return sizes[b] <= limit_gib
 
   lo, _ = common.largest_fitting(fits, start)
-  return dict(kind="max_batch", side="ours", variant=variant, seq_len=seq_len, limit_gib=limit_gib, max_batch=lo,
-              tried={str(k): round(v, 2) for k, v in sorted(sizes.items())})
+  return dict(
+    kind="max_batch",
+    side="ours",
+    variant=variant,
+    seq_len=seq_len,
+    limit_gib=limit_gib,
+    max_batch=lo,
+    tried={str(k): round(v, 2) for k, v in sorted(sizes.items())},
+  )
 
 
 def main():
@@ -218,6 +265,7 @@ def main():
     shapes, a.steps = [(min(b, 8), min(t, 16)) for b, t in shapes], min(a.steps, 3)
 
   import jax
+
   print(f"devices: {jax.devices()}", flush=True)
   hf = TINY if a.tiny else TINYLLAMA
   for lora_start in (min(int(x), hf["num_hidden_layers"] - 1) for x in a.lora_start.split(",")):

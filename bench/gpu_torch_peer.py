@@ -29,6 +29,7 @@ def build(hf: dict, device: str, lora_start: int):
   import torch
   import transformers
   from peft import LoraConfig, get_peft_model
+
   cfg = {k: v for k, v in hf.items() if k != "model_type"}
   hf_cfg = transformers.LlamaConfig(**cfg, attn_implementation="sdpa")
   torch.manual_seed(0)
@@ -36,8 +37,9 @@ def build(hf: dict, device: str, lora_start: int):
     model = transformers.LlamaForCausalLM(hf_cfg).to(torch.bfloat16)
   model.train()
   layers = list(range(lora_start, hf["num_hidden_layers"]))
-  lora = LoraConfig(r=LORA_RANK, lora_alpha=64, target_modules=["v_proj", "o_proj"], lora_dropout=0.0, bias="none",
-                    layers_to_transform=layers)
+  lora = LoraConfig(
+    r=LORA_RANK, lora_alpha=64, target_modules=["v_proj", "o_proj"], lora_dropout=0.0, bias="none", layers_to_transform=layers
+  )
   model = get_peft_model(model, lora)
   for p in model.parameters():  # adapters in float32
     if p.requires_grad:
@@ -48,6 +50,7 @@ def build(hf: dict, device: str, lora_start: int):
 class Peer:
   def __init__(self, hf, device, lora_start, mode):
     import torch
+
     self.device, self.mode, self.hf = device, mode, hf
     self.model = build(hf, device, lora_start)
     self.lora_start = lora_start
@@ -61,12 +64,14 @@ class Peer:
   def batch(self, b, t):
     import numpy as np
     import torch
+
     arrays = synthetic_batch(np.random.default_rng(0), b, t, self.hf["vocab_size"])
     out = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
     return {k: (v.long() if v.dtype == torch.int32 else v) for k, v in out.items()}, arrays
 
   def step(self, batch):
     import torch
+
     self.opt.zero_grad(set_to_none=True)
     with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16):
       loss = self.loss_fn(batch)
@@ -78,12 +83,14 @@ class Peer:
 
 def sync(device):
   import torch
+
   if device.startswith("cuda"):
     torch.cuda.synchronize()
 
 
 def measure(peer: Peer, b: int, t: int, steps: int, peak_tflops: float) -> dict:
   import torch
+
   batch, arrays = peer.batch(b, t)
   t0 = time.perf_counter()
   first_loss = float(peer.step(batch))  # torch.compile compiles here
@@ -100,13 +107,27 @@ def measure(peer: Peer, b: int, t: int, steps: int, peak_tflops: float) -> dict:
   sync(peer.device)
   step_s = (time.perf_counter() - t0) / steps
   from lazarus_jax.models.model import LlamaConfig
-  flops = common.model_flops_per_step(LlamaConfig.from_hf(peer.hf), arrays, lora_rank=LORA_RANK,
-                                      layer_start=peer.lora_start)
+
+  flops = common.model_flops_per_step(LlamaConfig.from_hf(peer.hf), arrays, lora_rank=LORA_RANK, layer_start=peer.lora_start)
   peak = torch.cuda.max_memory_allocated() / 2**30 if peer.device.startswith("cuda") else None
-  return dict(kind="step", side="torch", variant=peer.mode, device=_device_name(peer.device), torch=torch.__version__,
-              batch=b, seq_len=t, lora_start=peer.lora_start, step_s=step_s, tokens_per_s=b * t / step_s,
-              model_tflops_per_s=flops / step_s / 1e12, mfu=flops / step_s / (peak_tflops * 1e12),
-              compile_s=first_s, first_loss=first_loss, loss=float(loss), peak_gib=peak)
+  return dict(
+    kind="step",
+    side="torch",
+    variant=peer.mode,
+    device=_device_name(peer.device),
+    torch=torch.__version__,
+    batch=b,
+    seq_len=t,
+    lora_start=peer.lora_start,
+    step_s=step_s,
+    tokens_per_s=b * t / step_s,
+    model_tflops_per_s=flops / step_s / 1e12,
+    mfu=flops / step_s / (peak_tflops * 1e12),
+    compile_s=first_s,
+    first_loss=first_loss,
+    loss=float(loss),
+    peak_gib=peak,
+  )
 
 
 def max_batch(peer: Peer, t: int, start: int) -> dict:
@@ -127,12 +148,20 @@ def max_batch(peer: Peer, t: int, start: int) -> dict:
 
   lo, tried = common.largest_fitting(fits, start)
   total = torch.cuda.get_device_properties(0).total_memory / 2**30
-  return dict(kind="max_batch", side="torch", variant=peer.mode, seq_len=t, limit_gib=total, max_batch=lo,
-              tried={str(k): v for k, v in sorted(tried.items())})
+  return dict(
+    kind="max_batch",
+    side="torch",
+    variant=peer.mode,
+    seq_len=t,
+    limit_gib=total,
+    max_batch=lo,
+    tried={str(k): v for k, v in sorted(tried.items())},
+  )
 
 
 def _device_name(device):
   import torch
+
   return torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
 
 
@@ -148,6 +177,7 @@ def main():
   p.add_argument("--json-dir", default="")
   a = p.parse_args()
   import torch
+
   device = "cuda" if torch.cuda.is_available() else "cpu"
   shapes = parse_shapes(a.shapes)
   if a.tiny:

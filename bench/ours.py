@@ -1,6 +1,6 @@
 """Our side of the training benchmark: the exact step `lazarus_jax.train` compiles, on a fixed batch.
 
-  python bench/ours.py --dtype float32 --batch bench_batch.npz --steps 20 [--json out.json]
+python bench/ours.py --dtype float32 --batch bench_batch.npz --steps 20 [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,8 +40,13 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", acti
   tx, schedule = make_optimizer(c.train)
   fresh = LoRA(pretrained.config, lora_cfg, nnx.Rngs(lora=c.seed))
   params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
-  state = {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-           "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+  state = {
+    "lora": params,
+    "opt_state": tx.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "nonfinite": jnp.zeros((), jnp.int32),
+    "skipped": jnp.zeros((), jnp.int32),
+  }
   layer = int(batch_np["classifier_layer"])
   step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes, 1)
   batch = {k: jnp.asarray(v) for k, v in batch_np.items() if k not in ("class_ids", "classifier_layer")}
@@ -53,9 +58,9 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", acti
   return compiled, (state, base, rest, batch, weight, class_ids), compile_s, pretrained.config
 
 
-def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "float32",
-        activation_dtype: str = "float32") -> dict:
+def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "float32", activation_dtype: str = "float32") -> dict:
   import jax
+
   t_start = time.perf_counter()
   compiled, args, compile_s, cfg = build(compute_dtype, batch_np, param_dtype, activation_dtype)
   state, rest_args = args[0], args[1:]
@@ -71,12 +76,24 @@ def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "floa
   b = batch_np["tokens"].shape[0]
   flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32)
   med = sorted(times)[len(times) // 2]
-  return dict(side="jax", dtype=compute_dtype, param_dtype=param_dtype, activation_dtype=activation_dtype, batch=b,
-              resolved={"param": cfg.param_dtype, "compute": cfg.compute_dtype, "activation": cfg.activation_dtype},
-              step_s_median=med, step_s_min=min(times),
-              examples_per_s=b / med, compile_s=compile_s, peak_rss_mib=common.peak_rss_mib(),
-              model_flops_per_step=flops, flops_per_s=flops / med, first_losses=[float(x) for x in losses[:3]],
-              setup_s=time.perf_counter() - t_start, load=common.load_avg())
+  return dict(
+    side="jax",
+    dtype=compute_dtype,
+    param_dtype=param_dtype,
+    activation_dtype=activation_dtype,
+    batch=b,
+    resolved={"param": cfg.param_dtype, "compute": cfg.compute_dtype, "activation": cfg.activation_dtype},
+    step_s_median=med,
+    step_s_min=min(times),
+    examples_per_s=b / med,
+    compile_s=compile_s,
+    peak_rss_mib=common.peak_rss_mib(),
+    model_flops_per_step=flops,
+    flops_per_s=flops / med,
+    first_losses=[float(x) for x in losses[:3]],
+    setup_s=time.perf_counter() - t_start,
+    load=common.load_avg(),
+  )
 
 
 if __name__ == "__main__":
@@ -89,6 +106,7 @@ if __name__ == "__main__":
   p.add_argument("--json", default="")
   a = p.parse_args()
   import numpy as np
+
   out = run(a.dtype, dict(np.load(a.batch)), a.steps, a.param_dtype, a.activation_dtype)
   print(json.dumps(out))
   if a.json:

@@ -1,6 +1,6 @@
 """This machine's measured matmul peak: a large jitted square matmul, best of several runs.
 
-  python bench/peak.py [--n 2048] [--json out.json]
+python bench/peak.py [--n 2048] [--json out.json]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
   """FLOP/s of the best of `reps` [n,n]@[n,n] matmuls (float32 accumulate)."""
   import jax
   import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
@@ -23,7 +24,7 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(f(a, b))
     best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best
 
 
 if __name__ == "__main__":

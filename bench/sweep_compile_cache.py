@@ -40,8 +40,7 @@ def side(config: str, seeds: str, steps: int, cache: bool) -> dict:
   work = tempfile.mkdtemp(prefix="sweep_cache_")
   env = dict(os.environ, LAZARUS_JAX_COMPILATION_CACHE="1" if cache else "0")
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  p = subprocess.run([sys.executable, "-c", CHILD, config, work, seeds, str(steps)], cwd=root, env=env,
-                     capture_output=True, text=True)
+  p = subprocess.run([sys.executable, "-c", CHILD, config, work, seeds, str(steps)], cwd=root, env=env, capture_output=True, text=True)
   if p.returncode:
     sys.exit(p.stderr[-2000:])
   out = json.loads(p.stdout.strip().splitlines()[-1])

@@ -57,6 +57,7 @@ def build(dtype: str):
 def dual_reward_loss(model, batch, class_ids, layer: int, w: float):
   import torch
   import torch.nn.functional as F
+
   out = model(input_ids=batch["tokens"], attention_mask=batch["mask"], output_hidden_states=True)
   base = model.base_model.model
   b = batch["tokens"].shape[0]
@@ -66,8 +67,7 @@ def dual_reward_loss(model, batch, class_ids, layer: int, w: float):
   cls_loss = F.cross_entropy(cls_logits, class_ids[batch["label"]])
   logits = out.logits.float()  # [B, T, V]: HF computes the head at every position
   ans_logits = logits[rows[:, None], batch["answer_pos"]]  # position t predicts token t+1
-  nll = F.cross_entropy(ans_logits.reshape(-1, logits.shape[-1]), batch["answer_target"].reshape(-1),
-                        reduction="none")
+  nll = F.cross_entropy(ans_logits.reshape(-1, logits.shape[-1]), batch["answer_target"].reshape(-1), reduction="none")
   wts = batch["answer_weight"].reshape(-1)
   ans_loss = (nll * wts).sum() / wts.sum().clamp(min=1.0)
   return w * cls_loss + (1 - w) * ans_loss
@@ -75,6 +75,7 @@ def dual_reward_loss(model, batch, class_ids, layer: int, w: float):
 
 def run(dtype: str, batch_np: dict, steps: int) -> dict:
   import torch
+
   t_start = time.perf_counter()
   model = build(dtype)
   layer = int(batch_np["classifier_layer"])
@@ -103,9 +104,20 @@ def run(dtype: str, batch_np: dict, steps: int) -> dict:
   times = common.time_calls(one, steps, warmup=1)
   b = batch_np["tokens"].shape[0]
   med = sorted(times)[len(times) // 2]
-  return dict(side="torch", dtype=dtype, batch=b, step_s_median=med, step_s_min=min(times), examples_per_s=b / med,
-              compile_s=first_s, peak_rss_mib=common.peak_rss_mib(), first_losses=losses[:3],
-              setup_s=time.perf_counter() - t_start, threads=torch.get_num_threads(), load=common.load_avg())
+  return dict(
+    side="torch",
+    dtype=dtype,
+    batch=b,
+    step_s_median=med,
+    step_s_min=min(times),
+    examples_per_s=b / med,
+    compile_s=first_s,
+    peak_rss_mib=common.peak_rss_mib(),
+    first_losses=losses[:3],
+    setup_s=time.perf_counter() - t_start,
+    threads=torch.get_num_threads(),
+    load=common.load_avg(),
+  )
 
 
 if __name__ == "__main__":
@@ -116,6 +128,7 @@ if __name__ == "__main__":
   p.add_argument("--json", default="")
   a = p.parse_args()
   import numpy as np
+
   out = run(a.dtype, dict(np.load(a.batch)), a.steps)
   print(json.dumps(out))
   if a.json:

@@ -26,11 +26,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODELS = {
-    # TinyLlama-1.1B (the seed's model) and a Llama-2-7B shape.
-    "tinyllama": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                      num_attention_heads=32, num_key_value_heads=4),
-    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32),
+  # TinyLlama-1.1B (the seed's model) and a Llama-2-7B shape.
+  "tinyllama": dict(
+    vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4
+  ),
+  "llama2-7b": dict(
+    vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32
+  ),
 }
 MESHES = {"fsdp": (1, -1, 1), "data": (-1, 1, 1)}
 GIB = 2**30
@@ -38,15 +40,17 @@ GIB = 2**30
 
 def model_config(name: str, activation_dtype: str, remat: str):
   from lazarus_jax.models.model import LlamaConfig
-  hf = dict(MODELS[name], model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-            max_position_embeddings=4096)
-  return LlamaConfig.from_hf(hf, param_dtype="bfloat16", compute_dtype="bfloat16", activation_dtype=activation_dtype,
-                             remat=remat)
+
+  hf = dict(
+    MODELS[name], model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=4096
+  )
+  return LlamaConfig.from_hf(hf, param_dtype="bfloat16", compute_dtype="bfloat16", activation_dtype=activation_dtype, remat=remat)
 
 
 def measure(cfg, topology: str, mesh_shape, batch: int, seq_len: int, unpinned: bool) -> dict:
   from lazarus_jax.models import sharding
   from lazarus_jax.training import aot
+
   mesh = sharding.make_mesh(mesh_shape, aot.tpu_devices(topology))
   ctx = contextlib.nullcontext()
   if unpinned:  # the step as it was before `pinned_activations`
@@ -83,9 +87,11 @@ def largest_batch(fits, max_per_chip: int) -> int:
 def fmt(m: dict) -> str:
   if "error" in m:
     return f"batch {m['batch']}: does not compile: {m['error'][:160]}"
-  return (f"batch {m['batch']} ({m['per_chip']}/chip): arguments {m['arguments'] / GIB:.2f}, outputs "
-          f"{m['outputs'] / GIB:.2f}, temporaries {m['temporaries'] / GIB:.2f}, peak {m['peak'] / GIB:.2f} GiB "
-          f"-> {'fits' if m['fits'] else 'does not fit'} ({m['compile_s']} s)")
+  return (
+    f"batch {m['batch']} ({m['per_chip']}/chip): arguments {m['arguments'] / GIB:.2f}, outputs "
+    f"{m['outputs'] / GIB:.2f}, temporaries {m['temporaries'] / GIB:.2f}, peak {m['peak'] / GIB:.2f} GiB "
+    f"-> {'fits' if m['fits'] else 'does not fit'} ({m['compile_s']} s)"
+  )
 
 
 def main():
@@ -105,9 +111,17 @@ def main():
   import jax
 
   from lazarus_jax.training import aot
-  results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "jax": jax.__version__,
-             "command": " ".join(sys.argv), "activation_dtype": a.activation_dtype, "remat": a.remat,
-             "pinned": not a.unpinned, "hbm_gib": aot.HBM_GIB, "runs": []}
+
+  results = {
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "jax": jax.__version__,
+    "command": " ".join(sys.argv),
+    "activation_dtype": a.activation_dtype,
+    "remat": a.remat,
+    "pinned": not a.unpinned,
+    "hbm_gib": aot.HBM_GIB,
+    "runs": [],
+  }
   for model in a.models.split(","):
     cfg = model_config(model, a.activation_dtype, a.remat)
     for topology in a.topologies.split(","):
@@ -115,9 +129,11 @@ def main():
       n, hosts = len(devices), len({d.process_index for d in devices})
       for layout in a.meshes.split(","):
         for seq_len in (int(s) for s in a.seq_lens.split(",")):
-          head = (f"{model} on {topology} ({n} chips, {hosts} host{'s' * (hosts > 1)}, {devices[0].device_kind}, "
-                  f"HBM {aot.HBM_GIB[topology.split(':')[0]]:.0f} GiB/chip), mesh {layout} {MESHES[layout]}, "
-                  f"seq {seq_len}")
+          head = (
+            f"{model} on {topology} ({n} chips, {hosts} host{'s' * (hosts > 1)}, {devices[0].device_kind}, "
+            f"HBM {aot.HBM_GIB[topology.split(':')[0]]:.0f} GiB/chip), mesh {layout} {MESHES[layout]}, "
+            f"seq {seq_len}"
+          )
           print(head, flush=True)
           tried = {}
 
@@ -132,14 +148,27 @@ def main():
             best = 1
           else:
             best = largest_batch(lambda k: tried[k]["fits"] if k in tried else fits(k), a.max_per_chip)
-          row = {"model": model, "topology": topology, "chips": n, "hosts": hosts, "device_kind": devices[0].device_kind,
-                 "mesh": layout, "mesh_shape": MESHES[layout], "seq_len": seq_len, "one_per_chip": tried[1],
-                 "largest_batch": best * n, "largest_per_chip": best,
-                 "capped": bool(best) and best >= a.max_per_chip,
-                 "at_largest": tried.get(best), "tried": sorted(tried.values(), key=lambda m: m["batch"])}
+          row = {
+            "model": model,
+            "topology": topology,
+            "chips": n,
+            "hosts": hosts,
+            "device_kind": devices[0].device_kind,
+            "mesh": layout,
+            "mesh_shape": MESHES[layout],
+            "seq_len": seq_len,
+            "one_per_chip": tried[1],
+            "largest_batch": best * n,
+            "largest_per_chip": best,
+            "capped": bool(best) and best >= a.max_per_chip,
+            "at_largest": tried.get(best),
+            "tried": sorted(tried.values(), key=lambda m: m["batch"]),
+          }
           results["runs"].append(row)
-          print(f"  -> largest batch {row['largest_batch']} ({row['largest_per_chip']}/chip)"
-                + (" (search cap)" if row["capped"] else ""), flush=True)
+          print(
+            f"  -> largest batch {row['largest_batch']} ({row['largest_per_chip']}/chip)" + (" (search cap)" if row["capped"] else ""),
+            flush=True,
+          )
           if a.json:  # written as it goes: a long search keeps what it found
             with open(a.json, "w") as f:
               json.dump(results, f, indent=1)

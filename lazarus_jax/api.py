@@ -27,6 +27,7 @@ from lazarus_jax.errors import UserError
 @dataclasses.dataclass
 class Loaded:
   """A model ready to use: `model` (a Flax NNX `LlamaModel`, adapters attached when given), its tokenizer."""
+
   model: object
   tokenizer: object
   name: str
@@ -42,6 +43,7 @@ def load(source: str = "smollm2-135m", adapter: str | None = None, dtype: str = 
   adapter directory (a run's `<workdir>/adapter`). `dtype`: float32 | bfloat16 weights and matmuls."""
   from lazarus_jax.models import adapters
   from lazarus_jax.models.loading import load_pretrained
+
   pre = load_pretrained(source, param_dtype=dtype, compute_dtype=dtype)
   model = pre.build()
   lora = adapters.load_adapter(model, adapter) if adapter else None
@@ -51,11 +53,13 @@ def load(source: str = "smollm2-135m", adapter: str | None = None, dtype: str = 
 def encode(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Right-padded tokens [B, T], mask [B, T] (1 = real) and readout index [B] (each prompt's last token)."""
   from lazarus_jax.data.arithmetic import encode_prompt
+
   if isinstance(prompts, str):
     prompts = [prompts]
   if not prompts:
     raise UserError("no prompts given")
   from lazarus_jax.analysis.lens import _pad_batch
+
   ids = [encode_prompt(m.tokenizer, p) for p in prompts]
   if not all(ids):
     raise UserError(f"prompt {prompts[[bool(x) for x in ids].index(False)]!r} encodes to no tokens")
@@ -65,6 +69,7 @@ def encode(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, n
 def residual_stream(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """The whole residual stream [rows, B, T, D] (float32) and the mask [B, T]."""
   from lazarus_jax.models import model as model_lib
+
   tokens, mask, _ = encode(m, prompts)
   return np.asarray(model_lib.residual_stream(m.model, tokens, mask), np.float32), mask
 
@@ -72,6 +77,7 @@ def residual_stream(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.n
 def readout_features(m: Loaded, prompts: Sequence[str]) -> np.ndarray:
   """The residual stream at each prompt's readout position, every row: [rows, B, D] (what probes fit)."""
   from lazarus_jax.analysis import lens as lens_lib
+
   tokens, mask, readout = encode(m, prompts)
   h, _ = lens_lib.readout_lens(m.model, tokens, mask, readout)
   return np.asarray(h, np.float32)
@@ -80,6 +86,7 @@ def readout_features(m: Loaded, prompts: Sequence[str]) -> np.ndarray:
 @dataclasses.dataclass
 class Lens:
   """The all-layer logit lens at each prompt's readout position. Arrays are [prompts, rows, ...]."""
+
   prompts: list[str]
   labels: list[str]  # the target labels, in the order of the last axis of target_probs / target_ranks
   target_probs: np.ndarray  # [B, R, K]
@@ -94,17 +101,16 @@ class Lens:
     return np.argmax(self.target_probs, axis=-1)
 
   def top_tokens(self, prompt: int, row: int) -> list[tuple[str, float]]:
-    return [(self.tokenizer.token_str(int(t)), float(p))
-            for t, p in zip(self.top_ids[prompt, row], self.top_probs[prompt, row])]
+    return [(self.tokenizer.token_str(int(t)), float(p)) for t, p in zip(self.top_ids[prompt, row], self.top_probs[prompt, row])]
 
 
-def logit_lens(m: Loaded, prompts: Sequence[str], targets: Mapping[str, str] | Sequence[str] | None = None,
-               top_k: int = 5) -> Lens:
+def logit_lens(m: Loaded, prompts: Sequence[str], targets: Mapping[str, str] | Sequence[str] | None = None, top_k: int = 5) -> Lens:
   """The logit lens (unembed(final_norm(h))) at every row, read at each prompt's last token, in one jitted call.
 
   targets: label -> word, or a list of words (each its own label); default: add, subtract, multiply, divide."""
   from lazarus_jax.analysis import lens as lens_lib
   from lazarus_jax.data.targets import resolve_targets
+
   if isinstance(prompts, str):
     prompts = [prompts]
   if targets is not None and not isinstance(targets, Mapping):
@@ -113,14 +119,16 @@ def logit_lens(m: Loaded, prompts: Sequence[str], targets: Mapping[str, str] | S
   tokens, mask, readout = encode(m, prompts)
   out = lens_lib.all_layer_lens(m.model, tokens, mask, readout, resolved.token_ids, top_k=top_k)
   out = {k: np.asarray(v) for k, v in out.items()}
-  return Lens(list(prompts), list(resolved.labels), out["target_probs"], out["target_ranks"], out["top_ids"],
-              out["top_probs"], m.tokenizer)
+  return Lens(
+    list(prompts), list(resolved.labels), out["target_probs"], out["target_ranks"], out["top_ids"], out["top_probs"], m.tokenizer
+  )
 
 
 def fit_probes(features: np.ndarray, labels: Sequence, test_fraction: float = 0.3, seed: int = 0, **kwargs):
   """Linear probes, one per row, on `features` [rows, N, D] (e.g. `readout_features`) with a stratified
   train/test split; returns `probes.ProbeResults` (accuracy per row for real and control labels)."""
   from lazarus_jax.analysis import probes
+
   labels = list(labels)
   train_idx, test_idx = probes.split_indices(len(labels), test_fraction, seed, stratify_labels=labels)
   return probes.fit_probes(features, labels, train_idx, test_idx, seed=seed, **kwargs)
@@ -130,6 +138,7 @@ def generate_text(m: Loaded, prompts: Sequence[str], max_new_tokens: int = 8) ->
   """Greedy continuations (text), batched, with the KV cache; stops at the tokenizer's EOS."""
   from lazarus_jax.data.arithmetic import encode_prompt
   from lazarus_jax.models.generate import greedy_generate
+
   if isinstance(prompts, str):
     prompts = [prompts]
   ids = [encode_prompt(m.tokenizer, p) for p in prompts]
@@ -141,17 +150,21 @@ def plot_lens(lens: Lens, path: str | None = None, prompt: int = 0):
   """A rows x targets heatmap of log10 p(target) for one prompt, with the lens's top token at each row;
   returns the matplotlib Figure (saved as PNG to `path` when given)."""
   import matplotlib
+
   if path:
     matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   probs = lens.target_probs[prompt]  # [R, K]
   rows = probs.shape[0]
   fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(lens.labels), 1.0 + 0.22 * rows), constrained_layout=True)
-  image = ax.imshow(np.log10(np.maximum(probs, 1e-10)), aspect="auto", origin="lower", cmap="viridis", vmin=-10,
-                    vmax=0, interpolation="nearest")
+  image = ax.imshow(
+    np.log10(np.maximum(probs, 1e-10)), aspect="auto", origin="lower", cmap="viridis", vmin=-10, vmax=0, interpolation="nearest"
+  )
   ax.set_xticks(range(len(lens.labels)), lens.labels, rotation=45, ha="right")
-  ax.set_yticks(range(rows), [("emb" if r == 0 else f"b{r - 1}") + f" {lens.top_tokens(prompt, r)[0][0]!r}"
-                              for r in range(rows)], fontsize=7)
+  ax.set_yticks(
+    range(rows), [("emb" if r == 0 else f"b{r - 1}") + f" {lens.top_tokens(prompt, r)[0][0]!r}" for r in range(rows)], fontsize=7
+  )
   ax.set_title(repr(lens.prompts[prompt]))
   fig.colorbar(image, ax=ax, label="log10 p(target)")
   if path:

@@ -50,8 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.classifier.weight = 0.7  # w in total = w * classifier_loss + (1 - w) * answer_loss
   c.classifier.restrict_to_classes = False  # softmax over the class tokens only
   c.classifier.allow_target_in_prompt = False
-  c.classifier.targets = ml_collections.ConfigDict(
-      {"multiply": "multiply", "add": "add", "subtract": "subtract", "divide": "divide"})
+  c.classifier.targets = ml_collections.ConfigDict({"multiply": "multiply", "add": "add", "subtract": "subtract", "divide": "divide"})
   # Target controls (targets.TARGET_SETS): operation = classifier.targets above; arbitrary = unrelated words
   # (multiply -> " river", ...); shuffled = the operation words deranged (multiply -> " add", ...); answer = the
   # lens target at L is the first token of the answer (the seed's "classifier_emergence (answer)").
@@ -168,15 +167,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 # Keys added after runs were recorded: at their default value they are left out when runs are compared (resume)
 # and hashed (sweep arms), so every earlier run and arm keeps its identity.
-ADDED_KEY_PREFIXES = ("model.attention", "model.layer_loop", "train.objective", "train.init_adapter", "grpo.",
-                      "sweep.grpo_")
+ADDED_KEY_PREFIXES = ("model.attention", "model.layer_loop", "train.objective", "train.init_adapter", "grpo.", "sweep.grpo_")
 
 
 def without_added_defaults(flat: dict) -> dict:
   """`flat` (from `flat_config`) without the ADDED_KEY_PREFIXES keys that hold their default value."""
   defaults = flat_config(default_config())
-  return {k: v for k, v in flat.items()
-          if not (k.startswith(ADDED_KEY_PREFIXES) and k in defaults and _same(v, defaults[k]))}
+  return {k: v for k, v in flat.items() if not (k.startswith(ADDED_KEY_PREFIXES) and k in defaults and _same(v, defaults[k]))}
 
 
 def _same(a, b) -> bool:
@@ -202,6 +199,7 @@ def flat_config(c) -> dict:
 # ---- ranges ------------------------------------------------------------------------------------------
 # Every numeric key has its range here, checked at start before anything is read or written (`check_ranges`;
 # tests/test_config_ranges.py fails for a numeric key without one). NaN and infinity are refused everywhere.
+
 
 @dataclasses.dataclass(frozen=True)
 class Range:
@@ -236,62 +234,62 @@ class Range:
 _POSITIVE_INT = Range(1)
 _FRACTION_OPEN = Range(0, 1, open_low=True, open_high=True)
 RANGES = {
-    "seed": Range(0, 2**31 - 1),
-    "lora.rank": _POSITIVE_INT,
-    "lora.alpha": Range(0, open_low=True),
-    "lora.layer_start": Range(0),
-    "lora.layer_end": Range(1, special=(-1,), meaning="-1 = through the last layer"),
-    "classifier.layer": Range(0, special=(-1,), meaning="-1 = int(n_layers * classifier.layer_fraction)"),
-    "classifier.layer_fraction": _FRACTION_OPEN,
-    "classifier.weight": Range(0, 1),
-    "data.n_eval_per_op": _POSITIVE_INT,
-    "data.max_answer_tokens": _POSITIVE_INT,
-    "data.seq_len": Range(0, 1 << 20),  # 0 = the longest example rounded up to 16
-    "data.fewshot_k": _POSITIVE_INT,
-    "train.steps": _POSITIVE_INT,
-    "train.batch_size": _POSITIVE_INT,
-    "train.lr": Range(0, open_low=True),
-    "train.warmup_steps": Range(0),
-    "train.end_lr_fraction": Range(0, 1),
-    "train.weight_decay": Range(0),
-    "train.b1": Range(0, 1, open_high=True),
-    "train.b2": Range(0, 1, open_high=True),
-    "train.grad_clip": Range(0, open_low=True),
-    "train.grad_accum_steps": _POSITIVE_INT,
-    "train.log_every": _POSITIVE_INT,
-    "train.checkpoint_every": _POSITIVE_INT,
-    "train.max_to_keep": _POSITIVE_INT,  # 0 kept nothing: the "saved" checkpoint did not exist and resume restarted
-    "train.max_consecutive_nonfinite": _POSITIVE_INT,
-    "train.table_steps": _POSITIVE_INT,  # each element
-    "mesh.shape": Range(1, special=(-1,), meaning="-1 = fill the device count"),  # each element
-    "eval.max_examples_per_op": _POSITIVE_INT,
-    "eval.batch_size": _POSITIVE_INT,
-    "eval.max_new_tokens": _POSITIVE_INT,
-    "eval.probe_test_fraction": _FRACTION_OPEN,
-    "eval.probe_l2": Range(0),
-    "eval.probe_steps": _POSITIVE_INT,
-    "eval.probe_lr": Range(0, open_low=True),
-    "sweep.confidence": _FRACTION_OPEN,
-    "sweep.grpo_steps": _POSITIVE_INT,
-    "sweep.grpo_lr": Range(0, open_low=True),
-    "sweep.grpo_lens_weight": Range(0, 1),
-    # GRPO (grpo.GRPOConfig.validate says the same, in its own words, for the API)
-    "grpo.group_size": Range(2),  # advantages compare completions of one prompt
-    "grpo.max_new_tokens": _POSITIVE_INT,
-    "grpo.temperature": Range(0, open_low=True),
-    "grpo.top_p": Range(0, 1, open_low=True),
-    "grpo.updates_per_batch": _POSITIVE_INT,
-    "grpo.clip_low": Range(0, 1, open_high=True),
-    "grpo.clip_high": Range(0),
-    "grpo.kl_beta": Range(0),
-    "grpo.format_weight": Range(0),
-    # the mechanism section of evaluate (interventions.py, tuned_lens.py)
-    "eval.mechanism.max_examples_per_op": _POSITIVE_INT,
-    "eval.mechanism.n_random": _POSITIVE_INT,
-    "eval.mechanism.tuned_lens_train": _POSITIVE_INT,
-    "eval.mechanism.tuned_lens_steps": _POSITIVE_INT,
-    "eval.mechanism.tuned_lens_lr": Range(0, open_low=True),
-    "eval.mechanism.tuned_lens_top_k": _POSITIVE_INT,
+  "seed": Range(0, 2**31 - 1),
+  "lora.rank": _POSITIVE_INT,
+  "lora.alpha": Range(0, open_low=True),
+  "lora.layer_start": Range(0),
+  "lora.layer_end": Range(1, special=(-1,), meaning="-1 = through the last layer"),
+  "classifier.layer": Range(0, special=(-1,), meaning="-1 = int(n_layers * classifier.layer_fraction)"),
+  "classifier.layer_fraction": _FRACTION_OPEN,
+  "classifier.weight": Range(0, 1),
+  "data.n_eval_per_op": _POSITIVE_INT,
+  "data.max_answer_tokens": _POSITIVE_INT,
+  "data.seq_len": Range(0, 1 << 20),  # 0 = the longest example rounded up to 16
+  "data.fewshot_k": _POSITIVE_INT,
+  "train.steps": _POSITIVE_INT,
+  "train.batch_size": _POSITIVE_INT,
+  "train.lr": Range(0, open_low=True),
+  "train.warmup_steps": Range(0),
+  "train.end_lr_fraction": Range(0, 1),
+  "train.weight_decay": Range(0),
+  "train.b1": Range(0, 1, open_high=True),
+  "train.b2": Range(0, 1, open_high=True),
+  "train.grad_clip": Range(0, open_low=True),
+  "train.grad_accum_steps": _POSITIVE_INT,
+  "train.log_every": _POSITIVE_INT,
+  "train.checkpoint_every": _POSITIVE_INT,
+  "train.max_to_keep": _POSITIVE_INT,  # 0 kept nothing: the "saved" checkpoint did not exist and resume restarted
+  "train.max_consecutive_nonfinite": _POSITIVE_INT,
+  "train.table_steps": _POSITIVE_INT,  # each element
+  "mesh.shape": Range(1, special=(-1,), meaning="-1 = fill the device count"),  # each element
+  "eval.max_examples_per_op": _POSITIVE_INT,
+  "eval.batch_size": _POSITIVE_INT,
+  "eval.max_new_tokens": _POSITIVE_INT,
+  "eval.probe_test_fraction": _FRACTION_OPEN,
+  "eval.probe_l2": Range(0),
+  "eval.probe_steps": _POSITIVE_INT,
+  "eval.probe_lr": Range(0, open_low=True),
+  "sweep.confidence": _FRACTION_OPEN,
+  "sweep.grpo_steps": _POSITIVE_INT,
+  "sweep.grpo_lr": Range(0, open_low=True),
+  "sweep.grpo_lens_weight": Range(0, 1),
+  # GRPO (grpo.GRPOConfig.validate says the same, in its own words, for the API)
+  "grpo.group_size": Range(2),  # advantages compare completions of one prompt
+  "grpo.max_new_tokens": _POSITIVE_INT,
+  "grpo.temperature": Range(0, open_low=True),
+  "grpo.top_p": Range(0, 1, open_low=True),
+  "grpo.updates_per_batch": _POSITIVE_INT,
+  "grpo.clip_low": Range(0, 1, open_high=True),
+  "grpo.clip_high": Range(0),
+  "grpo.kl_beta": Range(0),
+  "grpo.format_weight": Range(0),
+  # the mechanism section of evaluate (interventions.py, tuned_lens.py)
+  "eval.mechanism.max_examples_per_op": _POSITIVE_INT,
+  "eval.mechanism.n_random": _POSITIVE_INT,
+  "eval.mechanism.tuned_lens_train": _POSITIVE_INT,
+  "eval.mechanism.tuned_lens_steps": _POSITIVE_INT,
+  "eval.mechanism.tuned_lens_lr": Range(0, open_low=True),
+  "eval.mechanism.tuned_lens_top_k": _POSITIVE_INT,
 }
 
 
@@ -329,6 +327,7 @@ AGGREGATIONS = ("token", "sequence", "constant")
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
   """The `grpo.*` keys, typed and checked (training/grpo.py)."""
+
   group_size: int = 8
   max_new_tokens: int = 8
   temperature: float = 1.0
@@ -350,18 +349,21 @@ class GRPOConfig:
 
   def validate(self) -> None:
     checks = (
-        (self.group_size >= 2, f"grpo.group_size must be at least 2 (advantages compare completions of one "
-                               f"prompt), got {self.group_size}"),
-        (self.max_new_tokens >= 1, f"grpo.max_new_tokens must be positive, got {self.max_new_tokens}"),
-        (self.temperature > 0, f"grpo.temperature must be positive (GRPO samples), got {self.temperature}"),
-        (0 < self.top_p <= 1, f"grpo.top_p must be in (0, 1], got {self.top_p}"),
-        (self.updates_per_batch >= 1, f"grpo.updates_per_batch must be positive, got {self.updates_per_batch}"),
-        (0 <= self.clip_low < 1 and self.clip_high >= 0,
-         f"grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0, got {self.clip_low}, {self.clip_high}"),
-        (self.kl_beta >= 0, f"grpo.kl_beta must be non-negative, got {self.kl_beta}"),
-        (self.aggregation in AGGREGATIONS, f"grpo.aggregation must be one of {AGGREGATIONS}, got "
-                                           f"{self.aggregation!r}"),
-        (self.format_weight >= 0, f"grpo.format_weight must be non-negative, got {self.format_weight}"),
+      (
+        self.group_size >= 2,
+        f"grpo.group_size must be at least 2 (advantages compare completions of one prompt), got {self.group_size}",
+      ),
+      (self.max_new_tokens >= 1, f"grpo.max_new_tokens must be positive, got {self.max_new_tokens}"),
+      (self.temperature > 0, f"grpo.temperature must be positive (GRPO samples), got {self.temperature}"),
+      (0 < self.top_p <= 1, f"grpo.top_p must be in (0, 1], got {self.top_p}"),
+      (self.updates_per_batch >= 1, f"grpo.updates_per_batch must be positive, got {self.updates_per_batch}"),
+      (
+        0 <= self.clip_low < 1 and self.clip_high >= 0,
+        f"grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0, got {self.clip_low}, {self.clip_high}",
+      ),
+      (self.kl_beta >= 0, f"grpo.kl_beta must be non-negative, got {self.kl_beta}"),
+      (self.aggregation in AGGREGATIONS, f"grpo.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"),
+      (self.format_weight >= 0, f"grpo.format_weight must be non-negative, got {self.format_weight}"),
     )
     for ok, message in checks:
       if not ok:

@@ -107,15 +107,15 @@ def os_error_line(e: OSError, fallback_path: str | None = None, resumable: bool 
   reason = e.strerror or errno.errorcode.get(e.errno or 0, type(e).__name__)
   if e.errno in DISK_ERRNOS:
     fix = "free disk space or fix the directory's permissions" + (
-        ", then continue with --config.resume=True" if resumable else ", then run again")
+      ", then continue with --config.resume=True" if resumable else ", then run again"
+    )
     return f"cannot write {where}: {reason}: {fix}"
   return f"cannot use {where}: {reason}: check the path (a directory that exists, names the filesystem accepts)"
 
 
 def unicode_error_line(e: UnicodeError) -> str:
   what = "decode" if isinstance(e, UnicodeDecodeError) else "encode"
-  return (f"cannot {what} text as {e.encoding} ({e.reason} at position {e.start}): save text files as UTF-8, or run "
-          "with PYTHONUTF8=1")
+  return f"cannot {what} text as {e.encoding} ({e.reason} at position {e.start}): save text files as UTF-8, or run with PYTHONUTF8=1"
 
 
 def cli_entry(fn):

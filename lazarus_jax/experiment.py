@@ -42,8 +42,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     if c.train[key] <= 0:
       raise UserError(f"train.{key} must be positive, got {c.train[key]}")
   if c.train.batch_size % c.train.grad_accum_steps:
-    raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by train.grad_accum_steps "
-                    f"{c.train.grad_accum_steps}")
+    raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by train.grad_accum_steps {c.train.grad_accum_steps}")
   if c.train.lr <= 0:
     raise UserError(f"train.lr must be positive, got {c.train.lr}")
   data_lib.check_formats(data_formats(c), "data.format", data_lib.FORMATS)
@@ -55,24 +54,25 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   if c.train.objective == "grpo":
     GRPOConfig.from_config(c.grpo)  # its value checks
     if c.train.grad_accum_steps != 1:
-      raise UserError("train.grad_accum_steps applies to the dual-reward step only: set it to 1 with "
-                      "train.objective=grpo")
+      raise UserError("train.grad_accum_steps applies to the dual-reward step only: set it to 1 with train.objective=grpo")
   if c.train.init_adapter and not os.path.isdir(c.train.init_adapter):
-    raise UserError(f"train.init_adapter {c.train.init_adapter} is not a directory: pass another run's "
-                    "<workdir>/adapter")
+    raise UserError(f"train.init_adapter {c.train.init_adapter} is not a directory: pass another run's <workdir>/adapter")
   if c.data.jsonl:  # a bad data file is named (file:line) before the model loads
     data_lib.load_jsonl(c.data.jsonl)
   # The LoRA checks that need no model (the layer range against the model comes once it is loaded).
   lora = LoRAConfig.from_config(c.lora)
   unknown = [t for t in lora.targets if t not in PROJS]
   if not lora.targets or unknown:
-    raise UserError(f"unknown LoRA target(s) {unknown or lora.targets}: choose among {','.join(PROJS)} "
-                    "(e.g. --config.lora.targets=v,o)")
+    raise UserError(
+      f"unknown LoRA target(s) {unknown or lora.targets}: choose among {','.join(PROJS)} (e.g. --config.lora.targets=v,o)"
+    )
   if lora.alpha <= 0:
     raise UserError(f"lora.alpha must be positive, got {lora.alpha}")
   if lora.layer_start < 0 or (lora.layer_end is not None and lora.layer_end <= lora.layer_start):
-    raise UserError(f"LoRA layer range [{lora.layer_start}, {lora.layer_end}) adapts nothing: use "
-                    "0 <= lora.layer_start < lora.layer_end (or lora.layer_end=-1 for all layers)")
+    raise UserError(
+      f"LoRA layer range [{lora.layer_start}, {lora.layer_end}) adapts nothing: use "
+      "0 <= lora.layer_start < lora.layer_end (or lora.layer_end=-1 for all layers)"
+    )
   check_ranges(c)  # every other numeric key (NaN included), before anything is read or written
   # What evaluate checks is checked here too: train runs it after training, and a typo must not cost a run.
   if c.eval.probe_method not in ("adam", "lbfgs"):
@@ -115,14 +115,20 @@ def load_model(c) -> Pretrained:
   source = c.model.path or c.model.source
   choice = resolve_dtypes(c)
   import jax
-  kernels = kernel_choice.resolve(c.model.get("attention", "auto"), c.model.get("layer_loop", "auto"),
-                                  choice.compute_dtype)
+
+  kernels = kernel_choice.resolve(c.model.get("attention", "auto"), c.model.get("layer_loop", "auto"), choice.compute_dtype)
   if jax.process_index() == 0:
     print(choice.describe(), file=sys.stderr)
     print(kernels.describe(), file=sys.stderr)
-  pretrained = load_pretrained(source, param_dtype=choice.param_dtype, compute_dtype=choice.compute_dtype,
-                               remat=c.model.remat, activation_dtype=choice.activation_dtype,
-                               attention=kernels.attention, scan_layers=kernels.scan_layers)
+  pretrained = load_pretrained(
+    source,
+    param_dtype=choice.param_dtype,
+    compute_dtype=choice.compute_dtype,
+    remat=c.model.remat,
+    activation_dtype=choice.activation_dtype,
+    attention=kernels.attention,
+    scan_layers=kernels.scan_layers,
+  )
   pretrained.dtypes = choice.as_dict()
   pretrained.dtypes["kernels"] = kernels.as_dict()
   return pretrained
@@ -141,13 +147,19 @@ class Datasets:
 
 def build_data(c, tokenizer) -> Datasets:
   formats = data_formats(c)
-  splits = data_lib.make_splits(formats=formats, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed,
-                                eval_formats=eval_formats(c), fewshot_k=c.data.fewshot_k)
+  splits = data_lib.make_splits(
+    formats=formats, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed, eval_formats=eval_formats(c), fewshot_k=c.data.fewshot_k
+  )
   if c.data.jsonl:
     train = data_lib.load_jsonl(c.data.jsonl)
     # The held-out split in every format, not only the ones trained on: evaluation may read any of them.
-    every_format = data_lib.make_splits(formats=data_lib.FORMATS, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed,
-                                        eval_formats=data_lib.EVAL_FORMATS, fewshot_k=c.data.fewshot_k)
+    every_format = data_lib.make_splits(
+      formats=data_lib.FORMATS,
+      n_eval_per_op=c.data.n_eval_per_op,
+      seed=c.seed,
+      eval_formats=data_lib.EVAL_FORMATS,
+      fewshot_k=c.data.fewshot_k,
+    )
     data_lib.check_jsonl_against_heldout(train, every_format.eval, c.data.jsonl)
     train_source = f"jsonl:{data_lib.file_sha256(c.data.jsonl)}"
   else:
@@ -155,8 +167,15 @@ def build_data(c, tokenizer) -> Datasets:
   encoded = data_lib.encode_examples(tokenizer, train, append_eos=c.data.append_eos)
   seq_len = c.data.seq_len or data_lib.choose_seq_len(encoded)
   split = data_lib.heldout_identity(splits.eval, c.seed, c.data.n_eval_per_op, train_source)
-  return Datasets(train=train, eval=splits.eval, seed_prompts=splits.seed_prompts, train_encoded=encoded,
-                  train_labels=[e.operation for e in train], seq_len=seq_len, split=split)
+  return Datasets(
+    train=train,
+    eval=splits.eval,
+    seed_prompts=splits.seed_prompts,
+    train_encoded=encoded,
+    train_labels=[e.operation for e in train],
+    seq_len=seq_len,
+    split=split,
+  )
 
 
 def all_prompts(datasets: Datasets) -> list[str]:
@@ -172,8 +191,7 @@ def class_targets(c, tokenizer, prompts, examples=None) -> ResolvedTargets:
     resolved = answer_targets(tokenizer, examples)
   else:
     mapping = TARGET_SETS[c.classifier.target_set] or dict(c.classifier.targets)
-    resolved = resolve_targets(tokenizer, mapping, prompts=prompts,
-                               allow_target_in_prompt=c.classifier.allow_target_in_prompt)
+    resolved = resolve_targets(tokenizer, mapping, prompts=prompts, allow_target_in_prompt=c.classifier.allow_target_in_prompt)
   print(resolved.describe(), file=sys.stderr)
   return resolved
 

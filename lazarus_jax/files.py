@@ -27,6 +27,7 @@ from lazarus_jax.errors import UserError
 
 # ---- paths: local (os) or remote (etils.epath) ----------------------------------------------------------
 
+
 def is_remote(path) -> bool:
   """A URL-style path (gs://..., s3://...): handled through etils.epath, never through os."""
   return "://" in str(path)
@@ -35,13 +36,16 @@ def is_remote(path) -> bool:
 def epath_of(path):
   """`path` as an etils.epath.Path; an unknown scheme or a missing filesystem library is one UserError."""
   from etils import epath
+
   try:
     p = epath.Path(path)
     p._backend  # noqa: B018  (resolves the scheme's backend now, so a missing library fails here, once)
   except (KeyError, NotImplementedError):
     scheme = str(path).split("://", 1)[0]
-    raise UserError(f"{path}: no filesystem is registered for {scheme}:// (etils.epath knows gs://, s3://, az://, "
-                    "hf://): use one of those or a local directory") from None
+    raise UserError(
+      f"{path}: no filesystem is registered for {scheme}:// (etils.epath knows gs://, s3://, az://, "
+      "hf://): use one of those or a local directory"
+    ) from None
   return p
 
 
@@ -121,6 +125,7 @@ def _upload(local: str, path: str) -> None:
 
 
 # ---- writing -----------------------------------------------------------------------------------------
+
 
 def _tmp_name(path: str, suffix: str = "") -> str:
   directory, name = os.path.split(os.path.abspath(path))
@@ -213,7 +218,7 @@ def read_json(path: str, what: str, fix: str):
   try:
     return json.loads(read_bytes(path).decode("utf-8"))
   except UnicodeDecodeError as e:
-    reason = f"not UTF-8 text: byte {e.object[e.start:e.start + 1]!r} at offset {e.start}"
+    reason = f"not UTF-8 text: byte {e.object[e.start : e.start + 1]!r} at offset {e.start}"
   except json.JSONDecodeError as e:
     reason = f"malformed JSON: {e.msg} at line {e.lineno}"
   except IsADirectoryError:
@@ -234,12 +239,16 @@ def check_output_dir(path: str, flag: str) -> None:
   try:
     path.encode("utf-8"), os.fsencode(path)
   except UnicodeEncodeError:  # LC_ALL=C: undecodable bytes (tensorstore cannot open them), or text the filesystem encoding lacks
-    raise UserError(f"{flag} {ascii(path)[1:-1]} is not valid text in this locale ({sys.getfilesystemencoding()}): "
-                    "run with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII path") from None
+    raise UserError(
+      f"{flag} {ascii(path)[1:-1]} is not valid text in this locale ({sys.getfilesystemencoding()}): "
+      "run with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII path"
+    ) from None
   for part in path.split(os.sep):
     if len(part.encode("utf-8", "surrogateescape")) > 255:
-      raise UserError(f"{flag}: the name {part[:20]}... in it is {len(part.encode('utf-8', 'surrogateescape'))} "
-                      "bytes long, more than the filesystem's 255 bytes: use a shorter name")
+      raise UserError(
+        f"{flag}: the name {part[:20]}... in it is {len(part.encode('utf-8', 'surrogateescape'))} "
+        "bytes long, more than the filesystem's 255 bytes: use a shorter name"
+      )
   probe = path
   while not os.path.lexists(probe):
     probe = os.path.dirname(probe)
@@ -247,8 +256,7 @@ def check_output_dir(path: str, flag: str) -> None:
     what = "is a file" if probe == path else f"is under {probe}, which is a file"
     raise UserError(f"{flag} {path} {what}, not a directory: pass a directory for the outputs")
   if not os.access(probe, os.W_OK | os.X_OK) or _read_only_fs(probe):
-    raise UserError(f"{flag} {path}: {probe} is not writable: choose a directory you can write, or fix its "
-                    "permissions")
+    raise UserError(f"{flag} {path}: {probe} is not writable: choose a directory you can write, or fix its permissions")
 
 
 def _read_only_fs(path: str) -> bool:
@@ -277,6 +285,7 @@ def read_text(path: str, what: str) -> str:
   try:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
-    raise UserError(f"{what} {path} is not UTF-8 text (byte {data[e.start:e.start + 1]!r} at line {line}): save it "
-                    "as UTF-8") from None
+    line = data[: e.start].count(b"\n") + 1
+    raise UserError(
+      f"{what} {path} is not UTF-8 text (byte {data[e.start : e.start + 1]!r} at line {line}): save it as UTF-8"
+    ) from None

@@ -10,8 +10,7 @@ if __name__ == "__main__":
   from lazarus_jax.cli.common import run_cli
   from lazarus_jax.training import aot
 
-  flags.DEFINE_string("topology", None, "a TPU VM accelerator type (v4-16, v5litepod-16, ...) or a topology (v5e:4x4)",
-                      required=True)
+  flags.DEFINE_string("topology", None, "a TPU VM accelerator type (v4-16, v5litepod-16, ...) or a topology (v5e:4x4)", required=True)
 
   def main(argv):
     print(aot.check(flags.FLAGS.config, flags.FLAGS.topology))

@@ -15,10 +15,12 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "toke
 def git_commit() -> dict:
   here = os.path.dirname(os.path.abspath(__file__))
   try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                            timeout=10).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                capture_output=True, text=True, timeout=10).stdout.strip())
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = bool(
+      subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10
+      ).stdout.strip()
+    )
     return {"commit": commit or "unknown", "dirty": dirty}
   except (OSError, subprocess.SubprocessError):
     return {"commit": "unknown", "dirty": None}
@@ -38,17 +40,22 @@ def versions() -> dict:
 def collect(config=None, dtypes: dict | None = None) -> dict:
   """`dtypes`: the model dtypes the run resolved (`Pretrained.dtypes`: `auto` in the config says too little)."""
   import jax
+
   devices = jax.devices()
   return {
-      "seed": None if config is None else config.seed,
-      "config": None if config is None else config.to_dict(),
-      "dtypes": dtypes,
-      "git": git_commit(),
-      "versions": versions(),
-      "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
-                  "process_count": jax.process_count()},
-      "host": platform.node(),
-      # Settings outside the config that change speed or numerics (GLIBC_TUNABLES: see hugepages.py).
-      "runtime_env": {k: os.environ.get(k) for k in RUNTIME_ENV},
-      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "seed": None if config is None else config.seed,
+    "config": None if config is None else config.to_dict(),
+    "dtypes": dtypes,
+    "git": git_commit(),
+    "versions": versions(),
+    "devices": {
+      "platform": devices[0].platform,
+      "kind": devices[0].device_kind,
+      "count": len(devices),
+      "process_count": jax.process_count(),
+    },
+    "host": platform.node(),
+    # Settings outside the config that change speed or numerics (GLIBC_TUNABLES: see hugepages.py).
+    "runtime_env": {k: os.environ.get(k) for k in RUNTIME_ENV},
+    "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }

@@ -25,8 +25,7 @@ from lazarus_jax import files
 from lazarus_jax.errors import UserError
 
 LOCK_FILE = ".lock"
-RUN_OUTPUTS = ("config.json", "metrics.jsonl", "tb", "checkpoints", "adapter", "eval", "train_summary.json",
-               "training_table.md")
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "tb", "checkpoints", "adapter", "eval", "train_summary.json", "training_table.md")
 
 
 def _ours(name: str, outputs) -> bool:
@@ -54,8 +53,10 @@ def check_can_clean(workdir: str, outputs=RUN_OUTPUTS) -> None:
   foreign = foreign_entries(workdir, outputs)
   if foreign:
     shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-    raise UserError(f"--config.overwrite=True would replace the run in {workdir}, but it also holds files that no "
-                    f"run writes ({shown}): move them away, or use another --workdir")
+    raise UserError(
+      f"--config.overwrite=True would replace the run in {workdir}, but it also holds files that no "
+      f"run writes ({shown}): move them away, or use another --workdir"
+    )
 
 
 def clean(workdir: str, outputs=RUN_OUTPUTS) -> None:
@@ -82,6 +83,7 @@ class WorkdirLock:
     if is_remote(self.workdir):
       return self
     import fcntl
+
     os.makedirs(self.workdir, exist_ok=True)
     key = os.path.realpath(self.workdir)
     if key in _held:
@@ -98,9 +100,19 @@ class WorkdirLock:
         raise
       raise _in_use(self.workdir, path) from None
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                             "command": " ".join(sys.argv[:1] + sys.argv[1:6])}).encode() + b"\n")
+    os.write(
+      fd,
+      json.dumps(
+        {
+          "pid": os.getpid(),
+          "host": socket.gethostname(),
+          "what": self.what,
+          "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": " ".join(sys.argv[:1] + sys.argv[1:6]),
+        }
+      ).encode()
+      + b"\n",
+    )
     _held[key] = [fd, 1]
     self.key = key
     return self
@@ -124,6 +136,7 @@ def check_not_in_use(workdir: str) -> None:
   if is_remote(workdir) or os.path.realpath(workdir) in _held or not os.path.exists(path):
     return
   import fcntl
+
   fd = os.open(path, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while any process holds it exclusively
@@ -136,8 +149,7 @@ def check_not_in_use(workdir: str) -> None:
 
 
 def _in_use(workdir: str, lock_path: str) -> UserError:
-  return UserError(f"{workdir} is in use by another run ({_holder(lock_path)}): wait for it to finish, or use "
-                   "another --workdir")
+  return UserError(f"{workdir} is in use by another run ({_holder(lock_path)}): wait for it to finish, or use another --workdir")
 
 
 def _holder(lock_path: str) -> str:

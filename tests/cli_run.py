@@ -28,8 +28,13 @@ CACHE_DIR = os.path.join(tempfile.gettempdir(), f"lazarus_jax_test_jax_cache_{os
 _STUB_DIR = os.path.join(tempfile.gettempdir(), f"lazarus_jax_test_no_torch_{os.getuid()}")
 
 # The tiny run every reliability test starts from: long enough to kill in the middle, short to run.
-BASE_OVERRIDES = ("--config.eval.enabled=False", "--config.train.steps=40", "--config.train.log_every=2",
-                  "--config.train.checkpoint_every=4", "--config.train.table_steps=(8,40)")
+BASE_OVERRIDES = (
+  "--config.eval.enabled=False",
+  "--config.train.steps=40",
+  "--config.train.log_every=2",
+  "--config.train.checkpoint_every=4",
+  "--config.train.table_steps=(8,40)",
+)
 
 
 def env(devices: int | None = None, **extra) -> dict:
@@ -39,10 +44,15 @@ def env(devices: int | None = None, **extra) -> dict:
     with open(stub, "w") as f:
       f.write('raise ImportError("torch is hidden in the CLI tests")\n')
   e = dict(os.environ)
-  e.update(PYTHONPATH=os.pathsep.join([_STUB_DIR, REPO]), JAX_PLATFORMS="cpu",
-           JAX_COMPILATION_CACHE_DIR=CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", TF_CPP_MIN_LOG_LEVEL="3",
-           XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" if devices else "")
+  e.update(
+    PYTHONPATH=os.pathsep.join([_STUB_DIR, REPO]),
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    TF_CPP_MIN_LOG_LEVEL="3",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" if devices else "",
+  )
   e.update(extra)
   return e
 
@@ -83,19 +93,24 @@ for line in sys.stdin:
 class Server:
   def __init__(self, **env_extra):
     """`env_extra`: what must hold from interpreter start (a locale, PYTHONUTF8), for every child of this server."""
-    self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=REPO, env=env(**env_extra),
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    self.proc = subprocess.Popen(
+      [sys.executable, "-c", _SERVER],
+      cwd=REPO,
+      env=env(**env_extra),
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      bufsize=1,
+    )
     assert self.proc.stdout.readline().strip() == "ready"
 
-  def start(self, module: str, args, out_dir: str, devices: int | None = None, umask: int | None = None,
-            **env_extra) -> "Child":
+  def start(self, module: str, args, out_dir: str, devices: int | None = None, umask: int | None = None, **env_extra) -> "Child":
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{module.rsplit('.', 1)[-1]}.{n}") for n in ("stdout", "stderr")]
     for path in paths:  # exist before the child runs, for those who watch them
       open(path, "w").close()
     e = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}" if devices else "", **env_extra}
-    req = {"module": module, "args": [str(a) for a in args], "env": e, "stdout": paths[0], "stderr": paths[1],
-           "umask": umask}
+    req = {"module": module, "args": [str(a) for a in args], "env": e, "stdout": paths[0], "stderr": paths[1], "umask": umask}
     self.proc.stdin.write(json.dumps(req) + "\n")
     self.proc.stdin.flush()
     tag, pid = self.proc.stdout.readline().split()
@@ -175,8 +190,15 @@ def _shutdown():
       srv.proc.kill()
 
 
-def run(module: str, args, timeout: float = 300, devices: int | None = None, out_dir: str | None = None,
-        umask: int | None = None, **env_extra) -> subprocess.CompletedProcess:
+def run(
+  module: str,
+  args,
+  timeout: float = 300,
+  devices: int | None = None,
+  out_dir: str | None = None,
+  umask: int | None = None,
+  **env_extra,
+) -> subprocess.CompletedProcess:
   """Runs `python -m module args...` (via a fork server) to the end."""
   out_dir = out_dir or tempfile.mkdtemp(prefix="lazarus_cli_")
   with server() as srv:
@@ -187,9 +209,19 @@ def run(module: str, args, timeout: float = 300, devices: int | None = None, out
 def lock_held(workdir: str):
   """Another process holds `workdir`'s lock (lazarus_jax.workdir.WorkdirLock) while the block runs; yields it."""
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, lazarus_jax.workdir as w\nwith w.WorkdirLock(sys.argv[1], 'a test'):\n"
-       "  print('held', flush=True); sys.stdin.read()", str(workdir)],
-      cwd=REPO, env=env(LAZARUS_JAX_HUGEPAGES="0"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      "import sys, lazarus_jax.workdir as w\nwith w.WorkdirLock(sys.argv[1], 'a test'):\n"
+      "  print('held', flush=True); sys.stdin.read()",
+      str(workdir),
+    ],
+    cwd=REPO,
+    env=env(LAZARUS_JAX_HUGEPAGES="0"),
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     yield holder
@@ -232,6 +264,7 @@ def snapshot(root: str) -> dict:
 
 def adapter_tensors(workdir: str) -> dict:
   from safetensors.numpy import load_file
+
   return load_file(os.path.join(workdir, "adapter", "adapter_model.safetensors"))
 
 
@@ -246,6 +279,7 @@ def restore_checkpoint(workdir: str, step: int) -> dict:
   """The saved train state of `step` as numpy (no target: orbax restores what it wrote)."""
   import jax
   import orbax.checkpoint as ocp
+
   path = os.path.join(workdir, "checkpoints", str(step), "state")
   with ocp.StandardCheckpointer() as ckptr:
     state = ckptr.restore(path)

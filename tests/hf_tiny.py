@@ -21,7 +21,8 @@ def save_tiny_hf(path, *, seed=0, torch_dtype=torch.float32, max_shard_size=None
         p.copy_(1.0 + 0.1 * torch.randn_like(p))
   kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
   model.to(torch_dtype).save_pretrained(path, **kwargs)
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tiny_backend(), bos_token="<s>", eos_token="</s>",
-                                             unk_token="<unk>", pad_token="</s>")
+  tok = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tiny_backend(), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+  )
   tok.save_pretrained(path)
   return model.to(torch.float32)

@@ -7,15 +7,15 @@ import repo
 
 # Lowest first. A module may import its own layer and the ones before it.
 LAYERS = [
-    ("base", {"errors", "files", "workdir", "provenance"}),
-    ("models", {"models"}),
-    ("data", {"data"}),
-    ("config", {"config", "configs", "experiment"}),
-    ("training", {"training"}),
-    ("analysis", {"analysis"}),
-    ("reporting", {"reporting"}),
-    ("cli", {"cli"}),
-    ("entry points and the API", {"train", "evaluate", "sweep", "lens", "preflight", "api", "__init__"}),
+  ("base", {"errors", "files", "workdir", "provenance"}),
+  ("models", {"models"}),
+  ("data", {"data"}),
+  ("config", {"config", "configs", "experiment"}),
+  ("training", {"training"}),
+  ("analysis", {"analysis"}),
+  ("reporting", {"reporting"}),
+  ("cli", {"cli"}),
+  ("entry points and the API", {"train", "evaluate", "sweep", "lens", "preflight", "api", "__init__"}),
 ]
 PACKAGE = pathlib.Path(repo.ROOT) / "lazarus_jax"
 
@@ -50,8 +50,9 @@ def test_every_import_points_down_the_layers():
     me = layer_of(module_name(path))
     for line, target in imports_of(path):
       if layer_of(target) > me:
-        upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} "
-                      f"({LAYERS[layer_of(target)][0]} is above {LAYERS[me][0]})")
+        upward.append(
+          f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} ({LAYERS[layer_of(target)][0]} is above {LAYERS[me][0]})"
+        )
   assert not upward, "\n".join(upward)
 
 

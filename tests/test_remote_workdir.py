@@ -33,7 +33,7 @@ class StandinPath(gpath.PosixGPath):
   def __new__(cls, *parts):
     full = "/".join(os.fspath(p) for p in parts)
     if full.startswith(SCHEME):
-      full = os.path.join(ROOT["dir"], full[len(SCHEME):])
+      full = os.path.join(ROOT["dir"], full[len(SCHEME) :])
     return super().__new__(cls, full)
 
 
@@ -64,8 +64,7 @@ def test_train_preempt_resume_evaluate_on_a_remote_workdir(bucket, tmp_path, mon
   assert resumed.final_step == STEPS and not resumed.preempted
   rows = [json.loads(line) for line in (local / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-  assert any(name.startswith("events.out.tfevents") and (local / "tb" / name).stat().st_size > 0
-             for name in os.listdir(local / "tb"))
+  assert any(name.startswith("events.out.tfevents") and (local / "tb" / name).stat().st_size > 0 for name in os.listdir(local / "tb"))
   assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(local / "adapter"))
   assert not [n for n in os.listdir(local) if ".tmp" in n]
 
@@ -77,8 +76,9 @@ def test_train_preempt_resume_evaluate_on_a_remote_workdir(bucket, tmp_path, mon
   assert step_a == step_b == STEPS
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state_a), jax.tree_util.tree_leaves(state_b)):
     assert np.array_equal(a, b), f"{jax.tree_util.keystr(path)} differs after the remote resume"
-  assert (local / "adapter" / "adapter_model.safetensors").read_bytes() == \
-      (plain / "adapter" / "adapter_model.safetensors").read_bytes()
+  assert (local / "adapter" / "adapter_model.safetensors").read_bytes() == (
+    plain / "adapter" / "adapter_model.safetensors"
+  ).read_bytes()
 
   # evaluate reads the adapter, metrics and checkpoints back through the remote path, and writes eval/ there.
   c = tiny_config()
@@ -94,5 +94,6 @@ def test_train_preempt_resume_evaluate_on_a_remote_workdir(bucket, tmp_path, mon
 
 def test_an_unknown_scheme_is_one_error_line(tmp_path):
   from lazarus_jax.errors import UserError
+
   with pytest.raises(UserError, match=r"no filesystem is registered for nosuch://"):
     train.run(tiny_config(), "nosuch://bucket/run")

@@ -32,7 +32,7 @@ def _damage(ckpt: str, how: str) -> None:
   elif how == "array_data_cut":  # the largest data file, cut in half (a copy or a disk that stopped mid-way)
     data = max(glob.glob(os.path.join(ckpt, "state", "ocdbt.process_0", "d", "*")), key=os.path.getsize)
     content = open(data, "rb").read()
-    open(data, "wb").write(content[:len(content) // 2])
+    open(data, "wb").write(content[: len(content) // 2])
   elif how == "manifest_missing":
     os.remove(os.path.join(ckpt, "state", "manifest.ocdbt"))
   elif how == "meta_malformed":
@@ -75,17 +75,18 @@ def test_no_restorable_checkpoint_is_one_line_and_moves_nothing(tmp_path):
     _damage(os.path.join(workdir, "checkpoints", step), "state_metadata_garbage")
   before = cli_run.snapshot(os.path.join(workdir, "checkpoints"))
   proc = cli_run.run_train(workdir, "--config.resume=True", out_dir=str(tmp_path / "logs"))
-  cli_run.assert_one_line_error(proc, "checkpoints/40 is unreadable", "nor do the 2 before it",
-                                "no earlier checkpoint restores", "overwrite=True")
+  cli_run.assert_one_line_error(
+    proc, "checkpoints/40 is unreadable", "nor do the 2 before it", "no earlier checkpoint restores", "overwrite=True"
+  )
   assert cli_run.snapshot(os.path.join(workdir, "checkpoints")) == before
 
 
 # ---- the PEFT export, atomic as a directory --------------------------------------------------------------
 
+
 def _export(out_dir: str, value: float, record=None) -> None:
   lcfg = LoRAConfig(rank=2, alpha=4.0, targets=("v", "o"), layer_start=0, layer_end=2)
-  params = {f"{t}_{w}": np.full((2, 8, 2) if w == "a" else (2, 2, 8), value, np.float32)
-            for t in ("v", "o") for w in ("a", "b")}
+  params = {f"{t}_{w}": np.full((2, 8, 2) if w == "a" else (2, 2, 8), value, np.float32) for t in ("v", "o") for w in ("a", "b")}
   adapters.export_peft(params, lcfg, (0, 2), out_dir, "tiny-random", {"num_layers": 2}, record=record)
 
 
@@ -133,6 +134,7 @@ def test_outputs_have_the_users_umask(tmp_path):
 
 # ---- a whole run under the C locale and umask 027 ---------------------------------------------------------
 
+
 def test_a_run_in_the_c_locale_with_umask_027(tmp_path):
   """train + evaluate, as a user with LC_ALL=C and umask 027 would run them, on data with non-ASCII prompts: every
   file the user's umask (0640 / 0750), every text file UTF-8, and results.json names the adapter's step, checked
@@ -145,9 +147,14 @@ def test_a_run_in_the_c_locale_with_umask_027(tmp_path):
       f.write(json.dumps({"prompt": f"{a} \u2212 3 = ", "response": str(a - 3), "operation": "subtract"}) + "\n")
   srv = cli_run.Server(LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
   try:
-    args = cli_run.train_args(workdir, "--config.eval.enabled=True", "--config.train.steps=8",
-                              "--config.eval.max_examples_per_op=4", "--config.eval.probe_steps=5",
-                              f"--config.data.jsonl={jsonl}")
+    args = cli_run.train_args(
+      workdir,
+      "--config.eval.enabled=True",
+      "--config.train.steps=8",
+      "--config.eval.max_examples_per_op=4",
+      "--config.eval.probe_steps=5",
+      f"--config.data.jsonl={jsonl}",
+    )
     proc = srv.start("lazarus_jax.train", args, str(tmp_path / "logs"), umask=0o027).result()
     odd = str(tmp_path / "r\u00e9sum\u00e9")
     refused = srv.start("lazarus_jax.train", cli_run.train_args(odd), str(tmp_path / "odd_logs")).result()
@@ -173,6 +180,7 @@ def test_a_run_in_the_c_locale_with_umask_027(tmp_path):
 def test_every_text_file_the_package_opens_names_its_encoding():
   """The locale must not decide the bytes: every text-mode `open(...)` in lazarus_jax passes `encoding=`."""
   import ast
+
   package = os.path.join(cli_run.REPO, "lazarus_jax")
   missing = []
   for path in sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True)):

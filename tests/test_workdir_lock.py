@@ -72,6 +72,7 @@ def _tiny_config(**overrides):
 
 def test_a_sweep_refuses_an_arm_another_process_writes(tmp_path):
   from lazarus_jax.reporting import sweep
+
   c = _tiny_config(**{"sweep.weights": "0", "sweep.formats": "symbolic", "sweep.seeds": "0"})
   workdir = str(tmp_path / "sweep")
   first = sweep.plan(c)[0]

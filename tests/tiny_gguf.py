@@ -1,6 +1,5 @@
 """A tiny synthetic llama GGUF written the way llama.cpp's converter writes one (tests of the loader and CLIs)."""
 
-
 import gguf
 import numpy as np
 
@@ -21,7 +20,7 @@ def llama_cpp_permute(w, n_head, n_head_kv):
   return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def exact_q8_0(rng, shape, scale=2.0 ** -7):
+def exact_q8_0(rng, shape, scale=2.0**-7):
   """Values that Q8_0 stores exactly: a power-of-two scale times int8, each 32-block peaking at 127."""
   q = rng.integers(-127, 128, size=shape).astype(np.float32)
   q.reshape(-1, 32)[:, 0] = 127.0
@@ -35,8 +34,7 @@ def tiny_hf_tensors(seed=0):
   d = t["hidden"] // t["heads"]
   f16 = lambda *s: rng.standard_normal(s).astype(np.float16).astype(np.float32)  # noqa: E731
   f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-  out = {"model.embed_tokens.weight": (f16(t["vocab"], t["hidden"]), Q.F16),
-         "model.norm.weight": (f32(t["hidden"]), Q.F32)}
+  out = {"model.embed_tokens.weight": (f16(t["vocab"], t["hidden"]), Q.F16), "model.norm.weight": (f32(t["hidden"]), Q.F32)}
   for i in range(t["layers"]):
     p = f"model.layers.{i}."
     out[p + "input_layernorm.weight"] = (f32(t["hidden"]), Q.F32)
@@ -51,19 +49,29 @@ def tiny_hf_tensors(seed=0):
   return out
 
 
-GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-              "lm_head.weight": "output.weight"}
-LAYER_GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-                    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-                    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                    "mlp.down_proj": "ffn_down"}
+GGUF_NAMES = {
+  "model.embed_tokens.weight": "token_embd.weight",
+  "model.norm.weight": "output_norm.weight",
+  "lm_head.weight": "output.weight",
+}
+LAYER_GGUF_NAMES = {
+  "input_layernorm": "attn_norm",
+  "post_attention_layernorm": "ffn_norm",
+  "self_attn.q_proj": "attn_q",
+  "self_attn.k_proj": "attn_k",
+  "self_attn.v_proj": "attn_v",
+  "self_attn.o_proj": "attn_output",
+  "mlp.gate_proj": "ffn_gate",
+  "mlp.up_proj": "ffn_up",
+  "mlp.down_proj": "ffn_down",
+}
 
 
 def to_gguf_name(hf_name):
   if hf_name in GGUF_NAMES:
     return GGUF_NAMES[hf_name]
   _, _, i, rest = hf_name.split(".", 3)
-  return f"blk.{i}.{LAYER_GGUF_NAMES[rest[:-len('.weight')]]}.weight"
+  return f"blk.{i}.{LAYER_GGUF_NAMES[rest[: -len('.weight')]]}.weight"
 
 
 def byte_level_vocab():
@@ -79,9 +87,36 @@ def byte_level_vocab():
 
 def sentencepiece_vocab():
   """A tiny llama (sentencepiece-style) vocabulary: specials, 256 byte tokens, scored pieces."""
-  pieces = ["\u2581", "t", "h", "e", "a", "n", "i", "s", "o", "r", "w", "1", "2",
-            "\u2581t", "he", "\u2581the", "in", "\u2581a", "an", "is", "\u2581is", "er", "\u2581an",
-            "sw", "\u2581answer", "\u2581\u2581", "\u25811", "12"]
+  pieces = [
+    "\u2581",
+    "t",
+    "h",
+    "e",
+    "a",
+    "n",
+    "i",
+    "s",
+    "o",
+    "r",
+    "w",
+    "1",
+    "2",
+    "\u2581t",
+    "he",
+    "\u2581the",
+    "in",
+    "\u2581a",
+    "an",
+    "is",
+    "\u2581is",
+    "er",
+    "\u2581an",
+    "sw",
+    "\u2581answer",
+    "\u2581\u2581",
+    "\u25811",
+    "12",
+  ]
   tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
   types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
   scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
@@ -94,8 +129,7 @@ def write_tiny_gguf(path, arch="llama", tensors=None, extra=None, untied=False, 
   ref = tiny_hf_tensors() if tensors is None else tensors
   if untied:
     rng = np.random.default_rng(1)
-    ref = dict(ref, **{"lm_head.weight": (rng.standard_normal((t["vocab"], t["hidden"])).astype(np.float32),
-                                          Q.F32)})
+    ref = dict(ref, **{"lm_head.weight": (rng.standard_normal((t["vocab"], t["hidden"])).astype(np.float32), Q.F32)})
   w = gguf.GGUFWriter(path, arch)
   w.add_block_count(t["layers"])
   w.add_context_length(256)
@@ -122,7 +156,7 @@ def write_tiny_gguf(path, arch="llama", tensors=None, extra=None, untied=False, 
   w.add_token_types(types)
   w.add_bos_token_id(1)
   w.add_eos_token_id(2)
-  for fn in (extra or []):
+  for fn in extra or []:
     fn(w)
   for name, (value, qtype) in ref.items():
     stored = value

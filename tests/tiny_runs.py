@@ -50,7 +50,6 @@ def sigterm_after_step(monkeypatch, n):
 def restore_final(workdir):
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                           meta=ocp.args.JsonRestore()))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   manager.close()
   return step, jax.device_get(restored.state), restored.meta

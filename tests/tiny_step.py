@@ -16,10 +16,14 @@ def step_and_inputs(pretrained, graphdef, lora, lr: float = 1e-2):
   targets = resolve_targets(pretrained.tokenizer)
   examples = [data_lib.make_example(a, op, b, "symbolic") for a, op, b in PAIRS]
   encoded = data_lib.encode_examples(pretrained.tokenizer, examples, append_eos=True)
-  batch = data_lib.collate(encoded, [e.operation for e in examples], 16, 8, pretrained.tokenizer.pad_id,
-                           label_names=targets.labels)
+  batch = data_lib.collate(encoded, [e.operation for e in examples], 16, 8, pretrained.tokenizer.pad_id, label_names=targets.labels)
   tx = optax.adamw(lr)
-  state = {"lora": lora, "opt_state": tx.init(lora), "step": jnp.zeros((), jnp.int32),
-           "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+  state = {
+    "lora": lora,
+    "opt_state": tx.init(lora),
+    "step": jnp.zeros((), jnp.int32),
+    "nonfinite": jnp.zeros((), jnp.int32),
+    "skipped": jnp.zeros((), jnp.int32),
+  }
   step = jax.jit(make_train_step(graphdef, tx, optax.constant_schedule(lr), 2, False, 1))
   return step, state, batch, jnp.asarray(targets.token_ids, jnp.int32)

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 CUE_FREE = ("fewshot", "word")
 NAMED = ("symbolic", "semantic", "symbolic_alt")
-RULE = ("computed = on fewshot the lens at L beats every input-only baseline (its 95% lower bound above each "
-        "baseline's upper bound: bag-of-tokens and the best layer-0 position) and follows counterfactual examples "
-        "(flip-rate lower bound > 1/2); copied = it is readable (lower bound above the majority-class rate) on a "
-        "format that names the operation but beats the input on no cue-free format (fewshot, word); not readable = "
-        "readable on no format; otherwise cannot tell")
+RULE = (
+  "computed = on fewshot the lens at L beats every input-only baseline (its 95% lower bound above each "
+  "baseline's upper bound: bag-of-tokens and the best layer-0 position) and follows counterfactual examples "
+  "(flip-rate lower bound > 1/2); copied = it is readable (lower bound above the majority-class rate) on a "
+  "format that names the operation but beats the input on no cue-free format (fewshot, word); not readable = "
+  "readable on no format; otherwise cannot tell"
+)
 
 
 def format_row(res: dict, fmt: str) -> dict | None:
@@ -41,8 +43,16 @@ def format_row(res: dict, fmt: str) -> dict | None:
   n = sum(map(sum, matrix))
   majority = max(map(sum, matrix)) / n if n else None
   readable = None if lens["ci_low"] is None or majority is None else bool(lens["ci_low"] > majority)
-  row = {"format": fmt, "lens": {k: lens[k] for k in ("accuracy", "ci_low", "ci_high", "n")}, "majority": majority,
-         "readable": readable, "bag_of_tokens": None, "layer0_best": None, "probe_at_L": None, "beats_input": None}
+  row = {
+    "format": fmt,
+    "lens": {k: lens[k] for k in ("accuracy", "ci_low", "ci_high", "n")},
+    "majority": majority,
+    "readable": readable,
+    "bag_of_tokens": None,
+    "layer0_best": None,
+    "probe_at_L": None,
+    "beats_input": None,
+  }
   pr = ((res.get("probes") or {}).get("by_format") or {}).get(fmt)
   if not pr or "skipped" in pr:
     return row
@@ -50,8 +60,12 @@ def format_row(res: dict, fmt: str) -> dict | None:
   if pr.get("layer0_positions"):
     row["layer0_best"] = pr["layer0_positions"]["best"]
   at_l = pr["layers"][res["classifier_eval"]["row"]]
-  row["probe_at_L"] = {"accuracy": at_l["test_accuracy"], "ci_low": at_l["test_ci"][0], "ci_high": at_l["test_ci"][1],
-                       "n": at_l["n_test"]}
+  row["probe_at_L"] = {
+    "accuracy": at_l["test_accuracy"],
+    "ci_low": at_l["test_ci"][0],
+    "ci_high": at_l["test_ci"][1],
+    "n": at_l["n_test"],
+  }
   baselines = [b for b in (row["bag_of_tokens"], row["layer0_best"]) if b is not None]
   if lens["ci_low"] is not None and baselines:
     row["beats_input"] = bool(lens["ci_low"] > max(b["ci_high"] for b in baselines))
@@ -72,13 +86,15 @@ def verdict(res: dict) -> dict:
   if not any(readable.values()):
     out.update(verdict="not readable", reason="the lens at L is above the majority-class rate on no format")
   elif all(beats.get(f) is None for f in cue_free):
-    out.update(verdict="cannot tell", reason="no cue-free format with input-only baselines (evaluate fewshot or "
-                                             "word with eval.probes=True)")
+    out.update(
+      verdict="cannot tell", reason="no cue-free format with input-only baselines (evaluate fewshot or word with eval.probes=True)"
+    )
   elif few and follows:
     out.update(verdict="computed", reason="fewshot lens beats every input-only baseline and follows the examples")
   elif any(readable.get(f) for f in NAMED) and not any(beats.get(f) for f in cue_free):
-    out.update(verdict="copied", reason="the lens is readable where the prompt names the operation and beats the "
-                                        "input on no cue-free format")
+    out.update(
+      verdict="copied", reason="the lens is readable where the prompt names the operation and beats the input on no cue-free format"
+    )
   elif "fewshot" not in rows:
     out.update(verdict="cannot tell", reason="fewshot was not evaluated (data.eval_format)")
   elif few is None:
@@ -90,6 +106,7 @@ def verdict(res: dict) -> dict:
   elif beats.get("word"):
     out.update(verdict="cannot tell", reason="fewshot does not beat the input, but word does (no counterfactual)")
   else:
-    out.update(verdict="cannot tell", reason="the lens is readable only on cue-free formats, and there no better "
-                                             "than the input-only baselines")
+    out.update(
+      verdict="cannot tell", reason="the lens is readable only on cue-free formats, and there no better than the input-only baselines"
+    )
   return out

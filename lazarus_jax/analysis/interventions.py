@@ -44,8 +44,8 @@ STEER_TO = {"multiply": "add", "add": "multiply", "subtract": "add", "divide": "
 
 # ---- the edit (traced arrays: one compile for every edit of the same shapes) ---------------------------------
 
-def make_edit(n_rows: int, n_examples: int, dim: int, rows: Sequence[int] = (), basis=None, add=None,
-              replace=None, patch=None):
+
+def make_edit(n_rows: int, n_examples: int, dim: int, rows: Sequence[int] = (), basis=None, add=None, replace=None, patch=None):
   """An edit as generate's (shared, per_example) pair. rows: which residual rows to edit (0..n_rows-1);
   basis [D, k] orthonormal columns to project out (default: none, k = 1 zero column, so shapes stay the same);
   add [N, D]; replace [N, D] with patch [N] bool. Missing parts are zeros: the identity edit."""
@@ -53,9 +53,9 @@ def make_edit(n_rows: int, n_examples: int, dim: int, rows: Sequence[int] = (), 
   mask[list(rows)] = True
   shared = {"rows": mask, "basis": np.zeros((dim, 1), np.float32) if basis is None else np.asarray(basis, np.float32)}
   per_example = {
-      "add": np.zeros((n_examples, dim), np.float32) if add is None else np.asarray(add, np.float32),
-      "replace": np.zeros((n_examples, dim), np.float32) if replace is None else np.asarray(replace, np.float32),
-      "patch": np.zeros((n_examples,), bool) if patch is None else np.asarray(patch, bool),
+    "add": np.zeros((n_examples, dim), np.float32) if add is None else np.asarray(add, np.float32),
+    "replace": np.zeros((n_examples, dim), np.float32) if replace is None else np.asarray(replace, np.float32),
+    "patch": np.zeros((n_examples,), bool) if patch is None else np.asarray(patch, bool),
   }
   return shared, per_example
 
@@ -78,20 +78,29 @@ class EditedRun:
   logits: np.ndarray  # [N, V] final-layer logits at the readout (the first answer token's distribution)
 
 
-def run_edited(model, tok, prompt_ids: Sequence[Sequence[int]], edit=None, max_new_tokens: int = 8,
-               max_batch: int = 32) -> EditedRun:
+def run_edited(model, tok, prompt_ids: Sequence[Sequence[int]], edit=None, max_new_tokens: int = 8, max_batch: int = 32) -> EditedRun:
   """The model's greedy decoding of each prompt with `edit` (None = the identity edit) applied in the prefill."""
   n_rows, dim = model.cfg.num_layers + 1, model.cfg.hidden_size
   if edit is None:
     edit = make_edit(n_rows, len(prompt_ids), dim)
   # Prompt bucket 8 (generation's default is 16): the prefill is most of an edited run's time, and a symbolic
   # prompt has ~8 tokens; the bucket only pads (left, masked), it changes no number.
-  ids, readout, logits = greedy_generate(model, [list(p) for p in prompt_ids], max_new_tokens, tok.eos_id,
-                                         tok.pad_id, max_batch=max_batch, bucket=8, edit=edit, edit_fn=apply_edit)
+  ids, readout, logits = greedy_generate(
+    model,
+    [list(p) for p in prompt_ids],
+    max_new_tokens,
+    tok.eos_id,
+    tok.pad_id,
+    max_batch=max_batch,
+    bucket=8,
+    edit=edit,
+    edit_fn=apply_edit,
+  )
   return EditedRun(ids=ids, texts=[tok.decode(i) for i in ids], readout=readout, logits=logits)
 
 
 # ---- directions ---------------------------------------------------------------------------------------------
+
 
 def class_directions(model, token_ids: Sequence[int]) -> np.ndarray:
   """[K, D] float64: d_c = g * W_U[c], what the logit lens reads for each class token (module docstring)."""
@@ -116,6 +125,7 @@ def random_basis(dim: int, k: int, seed: int) -> np.ndarray:
 
 # ---- scoring -------------------------------------------------------------------------------------------------
 
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
   x = np.asarray(logits, np.float64)
   x = x - x.max(axis=-1, keepdims=True)
@@ -139,8 +149,9 @@ def _summary(correct: np.ndarray) -> dict:
 
 def first_answer_tokens(tok, examples, answers: Sequence[int]) -> np.ndarray:
   """The first token of each answer as the joint encoding of prompt + answer splits it."""
-  return np.asarray([data_lib.encode_example(tok, e.prompt, str(v), append_eos=False).answer_ids[0]
-                     for e, v in zip(examples, answers)])
+  return np.asarray(
+    [data_lib.encode_example(tok, e.prompt, str(v), append_eos=False).answer_ids[0] for e, v in zip(examples, answers)]
+  )
 
 
 def outcome(run: EditedRun, clean: EditedRun, examples, first_ids: np.ndarray, answers: np.ndarray) -> dict:
@@ -150,19 +161,21 @@ def outcome(run: EditedRun, clean: EditedRun, examples, first_ids: np.ndarray, a
   lp = _log_softmax(run.logits)
   n = np.arange(len(examples))
   return {
-      "answer_accuracy": _summary(answers_match(run.texts, answers)),
-      "first_token_accuracy": _summary(np.argmax(run.logits, axis=-1) == first_ids),
-      "mean_p_first_token": float(np.mean(np.exp(lp[n, first_ids]))),
-      "mean_kl_from_clean": float(np.mean(kl_divergence(clean.logits, run.logits))),
-      "changed_answer_fraction": float(np.mean([a != b for a, b in zip(run.ids, clean.ids)])),
+    "answer_accuracy": _summary(answers_match(run.texts, answers)),
+    "first_token_accuracy": _summary(np.argmax(run.logits, axis=-1) == first_ids),
+    "mean_p_first_token": float(np.mean(np.exp(lp[n, first_ids]))),
+    "mean_kl_from_clean": float(np.mean(kl_divergence(clean.logits, run.logits))),
+    "changed_answer_fraction": float(np.mean([a != b for a, b in zip(run.ids, clean.ids)])),
   }
 
 
 # ---- experiments ----------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Prepared:
   """The prompts and their clean run, shared by every experiment on one model."""
+
   examples: list
   prompt_ids: list[list[int]]
   answers: np.ndarray  # the correct integer per prompt
@@ -179,21 +192,28 @@ def prepare(model, tok, examples, max_new_tokens: int = 8) -> Prepared:
   return Prepared(examples, prompt_ids, answers, first_answer_tokens(tok, examples, answers), clean, max_new_tokens)
 
 
-def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequence[int], n_random: int = 3,
-             seed: int = 0) -> dict:
+def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequence[int], n_random: int = 3, seed: int = 0) -> dict:
   """Projects the class-word lens directions (and, as the control, as many random directions, `n_random` draws) out
   of the readout residual at each row in `rows`, one row at a time. Per row: the outcome of each, and the mean
   fraction of the residual's squared norm each removed."""
   max_new_tokens = prep.max_new_tokens
   n_rows, dim, n = model.cfg.num_layers + 1, model.cfg.hidden_size, len(prep.examples)
   class_basis = orthonormal_basis(class_directions(model, class_ids))
-  controls = {"random": [random_basis(dim, len(class_ids), seed + i) for i in range(n_random)],
-              "random_tokens": [orthonormal_basis(class_directions(model, ids))
-                                for ids in random_token_ids(model.cfg.vocab_size, len(class_ids), class_ids, seed,
-                                                            n_random)]}
+  controls = {
+    "random": [random_basis(dim, len(class_ids), seed + i) for i in range(n_random)],
+    "random_tokens": [
+      orthonormal_basis(class_directions(model, ids))
+      for ids in random_token_ids(model.cfg.vocab_size, len(class_ids), class_ids, seed, n_random)
+    ],
+  }
   clean = prep.clean
-  out = {"rows": [], "k": len(class_ids), "n_random": n_random, "n": n,
-         "clean": outcome(clean, clean, prep.examples, prep.first_ids, prep.answers)}
+  out = {
+    "rows": [],
+    "k": len(class_ids),
+    "n_random": n_random,
+    "n": n,
+    "clean": outcome(clean, clean, prep.examples, prep.first_ids, prep.answers),
+  }
   for row in rows:
     h = clean.readout[row].astype(np.float64)
 
@@ -201,16 +221,16 @@ def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequenc
       return float(np.mean(np.sum((h @ basis) ** 2, axis=-1) / np.sum(h * h, axis=-1)))
 
     entry = {"row": int(row), "layer": int(row) - 1 if row > 0 else None}
-    run = run_edited(model, tok, prep.prompt_ids, make_edit(n_rows, n, dim, [row], basis=class_basis),
-                     max_new_tokens)
-    entry["class"] = {**outcome(run, clean, prep.examples, prep.first_ids, prep.answers),
-                      "norm_fraction_removed": removed(class_basis)}
+    run = run_edited(model, tok, prep.prompt_ids, make_edit(n_rows, n, dim, [row], basis=class_basis), max_new_tokens)
+    entry["class"] = {
+      **outcome(run, clean, prep.examples, prep.first_ids, prep.answers),
+      "norm_fraction_removed": removed(class_basis),
+    }
     for name, bases in controls.items():
       draws = []
       for basis in bases:
         run = run_edited(model, tok, prep.prompt_ids, make_edit(n_rows, n, dim, [row], basis=basis), max_new_tokens)
-        draws.append({**outcome(run, clean, prep.examples, prep.first_ids, prep.answers),
-                      "norm_fraction_removed": removed(basis)})
+        draws.append({**outcome(run, clean, prep.examples, prep.first_ids, prep.answers), "norm_fraction_removed": removed(basis)})
       entry[name] = draws
       entry[f"{name}_mean"] = {k: float(np.mean([_scalar(d[k]) for d in draws])) for k in draws[0]}
     out["rows"].append(entry)
@@ -240,8 +260,9 @@ def _counterpart(prep: Prepared):
   return np.asarray(keep, int), np.asarray(other)
 
 
-def steering(model, tok, prep: Prepared, class_ids: Sequence[int], labels: Sequence[str], row: int,
-             alphas: Sequence[float], seed: int = 0) -> dict:
+def steering(
+  model, tok, prep: Prepared, class_ids: Sequence[int], labels: Sequence[str], row: int, alphas: Sequence[float], seed: int = 0
+) -> dict:
   """Adds alpha * |h| * unit(d_target - d_source) at `row` (source = the prompt's operation, target = STEER_TO's).
   Per alpha: how often the answer becomes the target operation's answer, stays correct, and the same for a random
   unit direction of the same size (the control)."""
@@ -269,9 +290,15 @@ def steering(model, tok, prep: Prepared, class_ids: Sequence[int], labels: Seque
   # is also scored against that, since a model that answers few prompts right rarely produces the true one.
   target_run = counterpart_run(model, tok, examples, max_new_tokens)
   target_outputs = [parse_integer(t) for t in target_run.texts]
-  out = {"row": int(row), "layer": int(row) - 1 if row > 0 else None, "pairs": dict(STEER_TO), "n": len(idx),
-         "alpha_unit": "each prompt's readout residual norm at the row",
-         "target_prompt_accuracy": _summary(answers_match(target_run.texts, target_answers)), "alphas": []}
+  out = {
+    "row": int(row),
+    "layer": int(row) - 1 if row > 0 else None,
+    "pairs": dict(STEER_TO),
+    "n": len(idx),
+    "alpha_unit": "each prompt's readout residual norm at the row",
+    "target_prompt_accuracy": _summary(answers_match(target_run.texts, target_answers)),
+    "alphas": [],
+  }
   for alpha in alphas:
     entry = {"alpha": float(alpha)}
     for name, vec in (("class", steer), ("random", rand)):
@@ -295,8 +322,9 @@ def counterpart_run(model, tok, examples, max_new_tokens: int) -> EditedRun:
 def _same_output(texts, reference_outputs, clean_texts) -> np.ndarray:
   """The edited output's integer equals the reference run's integer, and differs from the unedited output's (so a
   prompt whose two outputs agreed anyway does not count as following)."""
-  return np.asarray([r is not None and parse_integer(t) == r and parse_integer(c) != r
-                     for t, r, c in zip(texts, reference_outputs, clean_texts)], bool)
+  return np.asarray(
+    [r is not None and parse_integer(t) == r and parse_integer(c) != r for t, r, c in zip(texts, reference_outputs, clean_texts)], bool
+  )
 
 
 def patching(model, tok, prep: Prepared, rows: Sequence[int]) -> dict:
@@ -316,8 +344,12 @@ def patching(model, tok, prep: Prepared, rows: Sequence[int]) -> dict:
   first_ids, source_first = prep.first_ids[idx], first_answer_tokens(tok, examples, source_answers)
   # The subset's own clean run (the same batches as the edited runs: an all-zero edit reproduces it bit for bit).
   clean_sub = run_edited(model, tok, prompts, None, max_new_tokens)
-  out = {"pairs": [f"{STEER_TO[op]} into {op}" for op in data_lib.OPERATIONS], "n": len(idx),
-         "source_accuracy": _summary(answers_match(source_run.texts, source_answers)), "rows": []}
+  out = {
+    "pairs": [f"{STEER_TO[op]} into {op}" for op in data_lib.OPERATIONS],
+    "n": len(idx),
+    "source_accuracy": _summary(answers_match(source_run.texts, source_answers)),
+    "rows": [],
+  }
   patch = np.ones((len(idx),), bool)
   for row in rows:
     edit = make_edit(n_rows, len(idx), dim, [row], replace=source_run.readout[row], patch=patch)

@@ -35,8 +35,10 @@ from lazarus_jax.data.targets import DEFAULT_TARGETS, ResolvedTargets, parse_tar
 from lazarus_jax.errors import UserError, cli_entry
 from lazarus_jax.models.model import residual_stream, split_packed
 
-LAYER_CONVENTION = ("row = index into the n_layers+1 residual rows (0 = embedding output, r = after block r-1); "
-                    "block = layer = decoder block whose output the row is (null for the embedding row)")
+LAYER_CONVENTION = (
+  "row = index into the n_layers+1 residual rows (0 = embedding output, r = after block r-1); "
+  "block = layer = decoder block whose output the row is (null for the embedding row)"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,8 +66,9 @@ def _lens_fn(graphdef, state, tokens, mask, readout, target_ids, *, top_k: int):
   # Rank from logits (monotone in probs, but exact where exp() would round two probs together).
   target_ranks = 1 + jnp.sum(logits[:, :, None, :] > target_logits[..., None], axis=-1, dtype=jnp.int32)
   top_logits, top_ids = jax.lax.top_k(logits, top_k)
-  out = dict(target_probs=jnp.exp(target_logits - lse), target_ranks=target_ranks, top_ids=top_ids,
-             top_probs=jnp.exp(top_logits - lse))
+  out = dict(
+    target_probs=jnp.exp(target_logits - lse), target_ranks=target_ranks, top_ids=top_ids, top_probs=jnp.exp(top_logits - lse)
+  )
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)  # -> [B, R, ...]
 
 
@@ -77,8 +80,15 @@ def all_layer_lens(model, tokens, mask, readout, target_ids, top_k: int = 5) -> 
   top_probs [B, R, top_k], with R = n_layers + 1 rows (DESIGN.md §2).
   """
   graphdef, state = split_packed(model)
-  return _lens_fn(graphdef, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32),
-                  jnp.asarray(readout, jnp.int32), jnp.asarray(target_ids, jnp.int32), top_k=int(top_k))
+  return _lens_fn(
+    graphdef,
+    state,
+    jnp.asarray(tokens, jnp.int32),
+    jnp.asarray(mask, jnp.int32),
+    jnp.asarray(readout, jnp.int32),
+    jnp.asarray(target_ids, jnp.int32),
+    top_k=int(top_k),
+  )
 
 
 def _pad_batch(seqs: Sequence[Sequence[int]], batch_size: int, seq_len: int, pad_id: int):
@@ -88,14 +98,21 @@ def _pad_batch(seqs: Sequence[Sequence[int]], batch_size: int, seq_len: int, pad
   readout = np.zeros((batch_size,), np.int32)
   mask[:, 0] = 1  # dummy rows attend to one token, so no row's softmax sees only masked keys
   for i, ids in enumerate(seqs):
-    tokens[i, :len(ids)] = ids
-    mask[i, :len(ids)] = 1
+    tokens[i, : len(ids)] = ids
+    mask[i, : len(ids)] = 1
     readout[i] = len(ids) - 1
   return tokens, mask, readout
 
 
-def run_lens(model, tokenizer, prompts: Sequence[str], targets: ResolvedTargets | dict | None = None,
-             top_k: int = 5, batch_size: int = 16, timings: dict | None = None) -> list[dict]:
+def run_lens(
+  model,
+  tokenizer,
+  prompts: Sequence[str],
+  targets: ResolvedTargets | dict | None = None,
+  top_k: int = 5,
+  batch_size: int = 16,
+  timings: dict | None = None,
+) -> list[dict]:
   """The all-layer lens for each prompt, as JSON-ready dicts (schema in the module docstring).
 
   `targets`: a `ResolvedTargets` or a label -> word mapping (resolved here with allow_target_in_prompt=True).
@@ -116,8 +133,9 @@ def run_lens(model, tokenizer, prompts: Sequence[str], targets: ResolvedTargets 
     encoded.append(ids)
   seq_len = -(-max(len(e) for e in encoded) // 16) * 16  # a bucket, so similar prompt sets share a compile
   if seq_len > model.cfg.max_position_embeddings:
-    raise UserError(f"a prompt has {max(len(e) for e in encoded)} tokens, more than the model's "
-                    f"{model.cfg.max_position_embeddings} positions")
+    raise UserError(
+      f"a prompt has {max(len(e) for e in encoded)} tokens, more than the model's {model.cfg.max_position_embeddings} positions"
+    )
   batch_size = max(1, min(batch_size, len(encoded)))
   target_ids = jnp.asarray(targets.token_ids, jnp.int32)
   graphdef, state = split_packed(model)  # packed once, not a whole-weight copy per batch
@@ -128,14 +146,13 @@ def run_lens(model, tokenizer, prompts: Sequence[str], targets: ResolvedTargets 
   t1 = time.perf_counter()
   outputs = []
   for start in range(0, len(encoded), batch_size):
-    chunk = encoded[start:start + batch_size]
+    chunk = encoded[start : start + batch_size]
     batch = _pad_batch(chunk, batch_size, seq_len, tokenizer.pad_id)
     out = compiled(state, *map(jnp.asarray, batch), target_ids)
     outputs.append((len(chunk), jax.device_get(out)))
   t2 = time.perf_counter()
   if timings is not None:
-    timings.update(compile_s=t1 - t0, run_s=t2 - t1, n_prompts=len(encoded), batch_size=batch_size,
-                   seq_len=seq_len)
+    timings.update(compile_s=t1 - t0, run_s=t2 - t1, n_prompts=len(encoded), batch_size=batch_size, seq_len=seq_len)
 
   token_str = functools.lru_cache(maxsize=None)(tokenizer.token_str)
   results = []
@@ -146,17 +163,30 @@ def run_lens(model, tokenizer, prompts: Sequence[str], targets: ResolvedTargets 
       layers = []
       for row in range(out["target_probs"].shape[1]):
         block = row - 1 if row > 0 else None
-        layers.append({
-            "row": row, "block": block, "layer": block,
+        layers.append(
+          {
+            "row": row,
+            "block": block,
+            "layer": block,
             "name": "embeddings" if block is None else f"after block {block}",
             "target_probs": {lab: float(out["target_probs"][j, row, k]) for k, lab in enumerate(targets.labels)},
             "target_ranks": {lab: int(out["target_ranks"][j, row, k]) for k, lab in enumerate(targets.labels)},
-            "top_tokens": [{"token": token_str(int(t)), "id": int(t), "prob": float(p)}
-                           for t, p in zip(out["top_ids"][j, row], out["top_probs"][j, row])],
-        })
-      results.append({"prompt": prompts[i], "token_ids": [int(t) for t in ids],
-                      "tokens": [token_str(int(t)) for t in ids], "readout_index": len(ids) - 1,
-                      "readout_token": token_str(int(ids[-1])), "layers": layers})
+            "top_tokens": [
+              {"token": token_str(int(t)), "id": int(t), "prob": float(p)}
+              for t, p in zip(out["top_ids"][j, row], out["top_probs"][j, row])
+            ],
+          }
+        )
+      results.append(
+        {
+          "prompt": prompts[i],
+          "token_ids": [int(t) for t in ids],
+          "tokens": [token_str(int(t)) for t in ids],
+          "readout_index": len(ids) - 1,
+          "readout_token": token_str(int(ids[-1])),
+          "layers": layers,
+        }
+      )
       i += 1
   return results
 
@@ -181,15 +211,21 @@ def position_lens(model, tokenizer, prompt: str, top_k: int = 1) -> dict:
   if not ids:
     raise UserError(f"prompt {prompt!r} encodes to no tokens")
   if len(ids) > model.cfg.max_position_embeddings:
-    raise UserError(f"prompt {prompt!r} has {len(ids)} tokens, more than the model's "
-                    f"{model.cfg.max_position_embeddings} positions")
+    raise UserError(f"prompt {prompt!r} has {len(ids)} tokens, more than the model's {model.cfg.max_position_embeddings} positions")
   graphdef, state = split_packed(model)
   top_ids, top_probs = jax.device_get(_position_fn(graphdef, state, jnp.asarray([ids], jnp.int32), top_k=int(top_k)))
   token_str = tokenizer.token_str
-  rows = [[[{"token": token_str(int(top_ids[r, t, k])), "id": int(top_ids[r, t, k]), "prob": float(top_probs[r, t, k])}
-            for k in range(top_ids.shape[2])] for t in range(len(ids))] for r in range(top_ids.shape[0])]
-  return {"prompt": prompt, "token_ids": [int(i) for i in ids], "tokens": [token_str(int(i)) for i in ids],
-          "rows": rows}
+  rows = [
+    [
+      [
+        {"token": token_str(int(top_ids[r, t, k])), "id": int(top_ids[r, t, k]), "prob": float(top_probs[r, t, k])}
+        for k in range(top_ids.shape[2])
+      ]
+      for t in range(len(ids))
+    ]
+    for r in range(top_ids.shape[0])
+  ]
+  return {"prompt": prompt, "token_ids": [int(i) for i in ids], "tokens": [token_str(int(i)) for i in ids], "rows": rows}
 
 
 def _visible(token: str) -> str:
@@ -200,22 +236,36 @@ def _visible(token: str) -> str:
 def save_position_png(grids: list[dict], path: str, titles: Sequence[str] | None = None) -> None:
   """One layer x position panel per grid (`position_lens` output): colour = top-1 probability, text = top-1 token."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   n = len(grids)
   n_rows = len(grids[0]["rows"])
   widths = [len(g["tokens"]) for g in grids]
-  fig, axes = plt.subplots(1, n, figsize=(1.2 + sum(0.85 * w + 1.0 for w in widths), 1.2 + 0.24 * n_rows),
-                           squeeze=False, gridspec_kw={"width_ratios": widths}, constrained_layout=True)
+  fig, axes = plt.subplots(
+    1,
+    n,
+    figsize=(1.2 + sum(0.85 * w + 1.0 for w in widths), 1.2 + 0.24 * n_rows),
+    squeeze=False,
+    gridspec_kw={"width_ratios": widths},
+    constrained_layout=True,
+  )
   image = None
   for i, (ax, g) in enumerate(zip(axes[0], grids)):
     probs = np.array([[cell[0]["prob"] for cell in row] for row in g["rows"]])
     image = ax.imshow(probs, aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     for r in range(probs.shape[0]):
       for t in range(probs.shape[1]):
-        ax.text(t, r, _visible(g["rows"][r][t][0]["token"])[:7], ha="center", va="center", fontsize=5.5,
-                color="white" if probs[r, t] > 0.6 else "black")
+        ax.text(
+          t,
+          r,
+          _visible(g["rows"][r][t][0]["token"])[:7],
+          ha="center",
+          va="center",
+          fontsize=5.5,
+          color="white" if probs[r, t] > 0.6 else "black",
+        )
     ax.set_xticks(range(len(g["tokens"])), [_visible(t) for t in g["tokens"]], rotation=45, ha="right", fontsize=7)
     ticks = list(range(0, n_rows, max(1, n_rows // 10)))
     ax.set_yticks(ticks, ["emb" if r == 0 else f"b{r - 1}" for r in ticks], fontsize=7)
@@ -247,6 +297,7 @@ def format_table(result: dict, labels: Sequence[str]) -> str:
 def _atomic_write(path: str, write) -> None:
   # Write next to the target and rename (files.atomic_path): a failure never leaves a half-written file.
   from lazarus_jax.files import atomic_path
+
   with atomic_path(path) as tmp:
     write(tmp)
 
@@ -254,6 +305,7 @@ def _atomic_write(path: str, write) -> None:
 def save_png(results: list[dict], labels: Sequence[str], path: str) -> None:
   """One layer x target heatmap (log10 probability) per prompt."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -261,14 +313,19 @@ def save_png(results: list[dict], labels: Sequence[str], path: str) -> None:
   cols = min(n, 4)
   nrows = -(-n // cols)
   n_rows_stack = len(results[0]["layers"])
-  fig, axes = plt.subplots(nrows, cols, figsize=(1.0 + 0.6 * len(labels) * cols + 1.2 * cols,
-                                                  0.6 + 0.16 * n_rows_stack * nrows + 0.6 * nrows),
-                           squeeze=False, constrained_layout=True)
+  fig, axes = plt.subplots(
+    nrows,
+    cols,
+    figsize=(1.0 + 0.6 * len(labels) * cols + 1.2 * cols, 0.6 + 0.16 * n_rows_stack * nrows + 0.6 * nrows),
+    squeeze=False,
+    constrained_layout=True,
+  )
   image = None
   for ax, res in zip(axes.flat, results):
     grid = np.array([[layer["target_probs"][lab] for lab in labels] for layer in res["layers"]])
-    image = ax.imshow(np.log10(np.maximum(grid, 1e-10)), aspect="auto", origin="lower", cmap="viridis",
-                      vmin=-10, vmax=0, interpolation="nearest")
+    image = ax.imshow(
+      np.log10(np.maximum(grid, 1e-10)), aspect="auto", origin="lower", cmap="viridis", vmin=-10, vmax=0, interpolation="nearest"
+    )
     ax.set_title(repr(res["prompt"]), fontsize=8)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
     ticks = list(range(0, n_rows_stack, max(1, n_rows_stack // 8)))
@@ -292,6 +349,7 @@ def read_prompts(spec: str) -> list[str]:
     if not os.path.isfile(path):
       raise UserError(f"prompts file {path} does not exist")
     from lazarus_jax.files import read_text
+
     prompts = [line.rstrip("\r") for line in read_text(path, "prompts file").split("\n")]
     prompts = [p for p in prompts if p.strip()]
     where = f"prompts file {path}"
@@ -314,6 +372,7 @@ def _check_output(path: str | None, flag: str) -> None:
   if os.path.isdir(path):
     raise UserError(f"{flag} {path} is a directory: give a file name")
   from lazarus_jax.files import check_output_dir
+
   check_output_dir(directory, flag)  # writable, before any work
 
 
@@ -322,6 +381,7 @@ def load_adapter_hook(model, path: str):
   if importlib.util.find_spec("lazarus_jax.models.adapters") is None:
     raise UserError("--adapter needs lazarus_jax.models.adapters (adapter loading), which this installation lacks")
   from lazarus_jax.models import adapters
+
   return adapters.load_adapter(model, path)
 
 
@@ -335,8 +395,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--batch-size", type=int, default=16)
   ap.add_argument("--json", help="write the results here")
   ap.add_argument("--png", help="write a layer x target heatmap per prompt here")
-  ap.add_argument("--positions-png", help="write a layer x position lens figure (top token, its probability at "
-                  "every row and prompt position; the first 4 prompts) here; --json then also holds the grids")
+  ap.add_argument(
+    "--positions-png",
+    help="write a layer x position lens figure (top token, its probability at "
+    "every row and prompt position; the first 4 prompts) here; --json then also holds the grids",
+  )
   return ap.parse_args(argv)
 
 
@@ -359,13 +422,16 @@ def main(argv=None) -> None:
     raise UserError(f"adapter directory {args.adapter} does not exist")
 
   from lazarus_jax.models.loading import load_pretrained
+
   t0 = time.perf_counter()
   pretrained = load_pretrained(args.model)
   model = pretrained.build()
   adapter_info = load_adapter_hook(model, args.adapter) if args.adapter else None
   tok = pretrained.tokenizer
-  print(f"model {pretrained.source}: {model.cfg.num_layers} blocks, {model.cfg.num_layers + 1} lens rows, "
-        f"vocab {model.cfg.vocab_size} (loaded in {time.perf_counter() - t0:.1f}s)")
+  print(
+    f"model {pretrained.source}: {model.cfg.num_layers} blocks, {model.cfg.num_layers + 1} lens rows, "
+    f"vocab {model.cfg.vocab_size} (loaded in {time.perf_counter() - t0:.1f}s)"
+  )
   if adapter_info is not None:
     print(f"adapter {args.adapter}: {adapter_info}")
   # A tool, not training: targets in the prompt are allowed, but said.
@@ -374,24 +440,34 @@ def main(argv=None) -> None:
 
   timings: dict = {}
   results = run_lens(model, tok, prompts, targets, top_k=args.top_k, batch_size=args.batch_size, timings=timings)
-  print(f"lens: {timings['n_prompts']} prompts x {model.cfg.num_layers + 1} rows, compile {timings['compile_s']:.2f}s, "
-        f"run {timings['run_s']:.3f}s (batch {timings['batch_size']}, seq_len {timings['seq_len']}, "
-        f"{jax.devices()[0].platform})")
+  print(
+    f"lens: {timings['n_prompts']} prompts x {model.cfg.num_layers + 1} rows, compile {timings['compile_s']:.2f}s, "
+    f"run {timings['run_s']:.3f}s (batch {timings['batch_size']}, seq_len {timings['seq_len']}, "
+    f"{jax.devices()[0].platform})"
+  )
   for res in results:
     print()
     print(format_table(res, targets.labels))
 
   grids = [position_lens(model, tok, p) for p in prompts[:4]] if args.positions_png else None
   if args.json:
-    doc = {"model": pretrained.source, "adapter": args.adapter, "n_layers": model.cfg.num_layers,
-           "layer_convention": LAYER_CONVENTION, "top_k": args.top_k, **targets.as_dict(),
-           "timing": {k: timings[k] for k in ("compile_s", "run_s")}, "prompts": results}
+    doc = {
+      "model": pretrained.source,
+      "adapter": args.adapter,
+      "n_layers": model.cfg.num_layers,
+      "layer_convention": LAYER_CONVENTION,
+      "top_k": args.top_k,
+      **targets.as_dict(),
+      "timing": {k: timings[k] for k in ("compile_s", "run_s")},
+      "prompts": results,
+    }
     if grids is not None:
       doc["positions"] = grids
 
     def write_json(tmp):
       with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
+
     _atomic_write(args.json, write_json)
     print(f"\nwrote {args.json}")
   if args.png:
@@ -400,4 +476,3 @@ def main(argv=None) -> None:
   if grids is not None:
     save_position_png(grids, args.positions_png)
     print(f"wrote {args.positions_png}")
-

@@ -68,18 +68,21 @@ def validate(c) -> None:
   """The mechanism keys' values, before any work."""
   m = c.eval.mechanism
   from lazarus_jax.experiment import data_formats
+
   fmts = set(data_formats(c)) | {f.strip() for f in str(c.data.get("eval_format", "") or "").split(",") if f.strip()}
   other = sorted(fmts - {"symbolic", "semantic"})
   if other:  # counterpart prompts (same operands, another operation) and token roles exist for these two only
-    raise UserError(f"eval.mechanism supports the symbolic and semantic formats only, not {', '.join(other)}: "
-                    "evaluate those formats without --config.eval.mechanism.enabled")
+    raise UserError(
+      f"eval.mechanism supports the symbolic and semantic formats only, not {', '.join(other)}: "
+      "evaluate those formats without --config.eval.mechanism.enabled"
+    )
   for key in ("max_examples_per_op", "tuned_lens_train", "tuned_lens_steps", "tuned_lens_top_k"):
     if m[key] <= 0:
       raise UserError(f"eval.mechanism.{key} must be positive, got {m[key]}")
   if m.n_random < 1:
     raise UserError(f"eval.mechanism.n_random must be >= 1, got {m.n_random}")
   if m.rows.strip() not in ("all", "auto"):
-    parse_rows(m.rows, 10 ** 6)
+    parse_rows(m.rows, 10**6)
   parse_alphas(m.steer_alphas)
 
 
@@ -93,8 +96,9 @@ def subset(examples, cap: int, seed: int) -> list:
   return [examples[i] for i in sorted(keep)]
 
 
-def analyse_model(model, tok, examples, train_examples, targets, layer: int, c, timing: dict | None = None,
-                  tag: str = "model") -> dict:
+def analyse_model(
+  model, tok, examples, train_examples, targets, layer: int, c, timing: dict | None = None, tag: str = "model"
+) -> dict:
   """Interventions, tuned lens and readout attention for one model (the one `model` is now)."""
   m = c.eval.mechanism
   timing = {} if timing is None else timing
@@ -111,8 +115,7 @@ def analyse_model(model, tok, examples, train_examples, targets, layer: int, c, 
   timing[f"{tag}_ablation_s"] = time.perf_counter() - t0
   _say(tag, "ablation", timing[f"{tag}_ablation_s"])
   t0 = time.perf_counter()
-  out["steering"] = interventions.steering(model, tok, prep, class_ids, labels, layer + 1,
-                                           parse_alphas(m.steer_alphas), c.seed)
+  out["steering"] = interventions.steering(model, tok, prep, class_ids, labels, layer + 1, parse_alphas(m.steer_alphas), c.seed)
   timing[f"{tag}_steering_s"] = time.perf_counter() - t0
   _say(tag, "steering", timing[f"{tag}_steering_s"])
   t0 = time.perf_counter()
@@ -128,8 +131,7 @@ def analyse_model(model, tok, examples, train_examples, targets, layer: int, c, 
 
   t0 = time.perf_counter()
   att = vo_analysis.attention_by_role(model, tok, [e.prompt for e in chosen], prep.prompt_ids)
-  out["attention"] = {"roles": list(att), "mean_mass": {r: v.tolist() for r, v in att.items()},
-                      "n": len(chosen)}
+  out["attention"] = {"roles": list(att), "mean_mass": {r: v.tolist() for r, v in att.items()}, "n": len(chosen)}
   timing[f"{tag}_attention_s"] = time.perf_counter() - t0
   _say(tag, "attention", timing[f"{tag}_attention_s"])
   return out
@@ -151,20 +153,34 @@ def tuned_lens_section(model, tok, prep, train_examples, targets, c) -> dict:
   unembed = np.asarray(jax.device_get(model.unembed_matrix().astype("float32")))
   final_norm = np.asarray(jax.device_get(model.final_norm[...].astype("float32")))
   eps = model.cfg.rms_norm_eps
-  params, losses = tuned_lens.fit(train_run.readout, train_run.logits[:, vocab], final_norm, unembed[vocab], eps,
-                                  steps=m.tuned_lens_steps, learning_rate=m.tuned_lens_lr)
+  params, losses = tuned_lens.fit(
+    train_run.readout,
+    train_run.logits[:, vocab],
+    final_norm,
+    unembed[vocab],
+    eps,
+    steps=m.tuned_lens_steps,
+    learning_rate=m.tuned_lens_lr,
+  )
   labels = np.asarray([data_lib.label_index(e.operation, list(targets.labels)) for e in prep.examples])
-  train_labels = np.asarray([data_lib.label_index(train_examples[i].operation, list(targets.labels))
-                             for i in sorted(pick)])
-  held = tuned_lens.evaluate(params, prep.clean.readout, prep.clean.logits, vocab, final_norm, unembed, eps,
-                             targets.token_ids, labels)
-  train = tuned_lens.evaluate(params, train_run.readout, train_run.logits, vocab, final_norm, unembed, eps,
-                              targets.token_ids, train_labels)
-  return {"n_train": len(train_ids), "n_heldout": len(prep.examples), "vocab_size": int(len(vocab)),
-          "top_k": m.tuned_lens_top_k, "coverage_heldout": tuned_lens.coverage(prep.clean.logits, vocab),
-          "steps": m.tuned_lens_steps, "learning_rate": m.tuned_lens_lr,
-          "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
-          "rows": held, "train_rows": [{"row": r["row"], "tuned_kl": r["tuned"]["kl"]} for r in train]}
+  train_labels = np.asarray([data_lib.label_index(train_examples[i].operation, list(targets.labels)) for i in sorted(pick)])
+  held = tuned_lens.evaluate(params, prep.clean.readout, prep.clean.logits, vocab, final_norm, unembed, eps, targets.token_ids, labels)
+  train = tuned_lens.evaluate(
+    params, train_run.readout, train_run.logits, vocab, final_norm, unembed, eps, targets.token_ids, train_labels
+  )
+  return {
+    "n_train": len(train_ids),
+    "n_heldout": len(prep.examples),
+    "vocab_size": int(len(vocab)),
+    "top_k": m.tuned_lens_top_k,
+    "coverage_heldout": tuned_lens.coverage(prep.clean.logits, vocab),
+    "steps": m.tuned_lens_steps,
+    "learning_rate": m.tuned_lens_lr,
+    "loss_first": float(losses[0]),
+    "loss_last": float(losses[-1]),
+    "rows": held,
+    "train_rows": [{"row": r["row"], "tuned_kl": r["tuned"]["kl"]} for r in train],
+  }
 
 
 def vo_summary(model, targets) -> dict | None:
@@ -172,13 +188,16 @@ def vo_summary(model, targets) -> dict | None:
   if model.lora is None:
     return None
   from lazarus_jax.analysis.interventions import class_directions, orthonormal_basis
+
   basis = orthonormal_basis(class_directions(model, targets.token_ids))
   norms = vo_analysis.update_norms(model)
   ov = vo_analysis.delta_ov_class_fraction(model, basis)
   lora = model.lora
   return {
-      "layer_range": [int(lora.layer_start), int(lora.layer_end)], "targets": list(lora.targets),
-      "num_heads": model.cfg.num_heads, "num_kv_heads": model.cfg.num_kv_heads,
-      "update_norms": {t: {k: v.tolist() for k, v in d.items()} for t, d in norms.items()},
-      "delta_ov": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ov.items()},
+    "layer_range": [int(lora.layer_start), int(lora.layer_end)],
+    "targets": list(lora.targets),
+    "num_heads": model.cfg.num_heads,
+    "num_kv_heads": model.cfg.num_kv_heads,
+    "update_norms": {t: {k: v.tolist() for k, v in d.items()} for t, d in norms.items()},
+    "delta_ov": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ov.items()},
   }

@@ -235,20 +235,22 @@ class ProbeResults:
   def to_json(self) -> list[dict]:
     rows = []
     for i in range(self.test_accuracy.shape[0]):
-      rows.append({
-        "layer": i,
-        "train_accuracy": float(self.train_accuracy[i]),
-        "test_accuracy": float(self.test_accuracy[i]),
-        "test_ci": [float(self.test_ci[i, 0]), float(self.test_ci[i, 1])],
-        "control_accuracy": float(self.control_accuracy[i]),
-        "control_ci": [float(self.control_ci[i, 0]), float(self.control_ci[i, 1])],
-        "control_train_accuracy": float(self.control_train_accuracy[i]),
-        "selectivity": float(self.selectivity[i]),
-        "final_loss": _none_if_nan(float(self.final_loss[i])),
-        "steps_taken": int(self.steps_taken[i]),
-        "n_train": self.n_train,
-        "n_test": self.n_test,
-      })
+      rows.append(
+        {
+          "layer": i,
+          "train_accuracy": float(self.train_accuracy[i]),
+          "test_accuracy": float(self.test_accuracy[i]),
+          "test_ci": [float(self.test_ci[i, 0]), float(self.test_ci[i, 1])],
+          "control_accuracy": float(self.control_accuracy[i]),
+          "control_ci": [float(self.control_ci[i, 0]), float(self.control_ci[i, 1])],
+          "control_train_accuracy": float(self.control_train_accuracy[i]),
+          "selectivity": float(self.selectivity[i]),
+          "final_loss": _none_if_nan(float(self.final_loss[i])),
+          "steps_taken": int(self.steps_taken[i]),
+          "n_train": self.n_train,
+          "n_test": self.n_test,
+        }
+      )
     return rows
 
   def summary(self) -> dict:
@@ -311,8 +313,14 @@ def fit_probes(
   x = jnp.asarray(feats, dtype=jnp.float32)
   ys = jnp.asarray(np.stack([y[tr], y_ctrl[tr]]))
   logits_tr, logits_te, final_loss, steps_taken = _fit_all_jit(
-    x[:, tr], x[:, te], ys, jnp.float32(l2),
-    n_classes=n_classes, steps=int(steps), method=method, learning_rate=float(learning_rate),
+    x[:, tr],
+    x[:, te],
+    ys,
+    jnp.float32(l2),
+    n_classes=n_classes,
+    steps=int(steps),
+    method=method,
+    learning_rate=float(learning_rate),
     tol=float(tol),
   )
   pred_tr = np.asarray(jnp.argmax(logits_tr, axis=-1))  # [2, n_rows, Ntr]
@@ -349,7 +357,11 @@ def fit_probes(
     classes=list(classes),
     majority_baseline=float(np.mean(y[te] == majority)),
     config={
-      "l2": float(l2), "steps": int(steps), "tol": float(tol), "seed": int(seed), "method": method,
+      "l2": float(l2),
+      "steps": int(steps),
+      "tol": float(tol),
+      "seed": int(seed),
+      "method": method,
       "learning_rate": float(learning_rate) if method == "adam" else None,
       "control": "per_type" if control_types is not None else "permuted_labels",
       "confidence": confidence,
@@ -406,8 +418,15 @@ def lexical_baseline(
     pred_tr = np.full(tr.size, pred_te[0])
   else:
     logits_tr, logits_te, _, _ = _fit_all_jit(
-      jnp.asarray(x[tr])[None], jnp.asarray(x[te])[None], jnp.asarray(y[tr])[None], jnp.float32(l2),
-      n_classes=int(classes.size), steps=int(steps), method="adam", learning_rate=1e-2, tol=1e-5,
+      jnp.asarray(x[tr])[None],
+      jnp.asarray(x[te])[None],
+      jnp.asarray(y[tr])[None],
+      jnp.float32(l2),
+      n_classes=int(classes.size),
+      steps=int(steps),
+      method="adam",
+      learning_rate=1e-2,
+      tol=1e-5,
     )
     pred_tr = np.asarray(jnp.argmax(logits_tr[0, 0], axis=-1))
     pred_te = np.asarray(jnp.argmax(logits_te[0, 0], axis=-1))

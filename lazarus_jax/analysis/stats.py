@@ -136,6 +136,7 @@ def accuracy_summary(correct, confidence: float = 0.95) -> dict:
 
 # ---- paired comparisons and the hierarchical bootstrap (the sweep's seeds x held-out examples) -----------
 
+
 def mcnemar_exact(n10: int, n01: int) -> float:
   """Two-sided exact McNemar p-value for n10 / n01 discordant pairs: 2 * P(X <= min) under Binomial(n10 + n01, 1/2).
 
@@ -148,7 +149,7 @@ def mcnemar_exact(n10: int, n01: int) -> float:
   if n == 0:
     return 1.0
   tail = sum(math.comb(n, i) for i in range(min(n10, n01) + 1))
-  return min(1.0, 2 * tail / 2 ** n)  # int / int is correctly rounded even for huge n
+  return min(1.0, 2 * tail / 2**n)  # int / int is correctly rounded even for huge n
 
 
 def _resampled_means(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,8 +182,7 @@ def hierarchical_bootstrap(groups: Sequence, n_resamples: int = 4000, seed: int 
 def _percentile_summary(point: float, boot: np.ndarray, confidence: float) -> dict:
   tail = (1.0 - confidence) / 2.0
   low, high = np.quantile(boot, [tail, 1.0 - tail])
-  return {"mean": point, "ci_low": float(low), "ci_high": float(high), "se": float(np.std(boot, ddof=1)),
-          "method": "bootstrap"}
+  return {"mean": point, "ci_low": float(low), "ci_high": float(high), "se": float(np.std(boot, ddof=1)), "method": "bootstrap"}
 
 
 def _is_binary(arrays) -> bool:
@@ -265,8 +265,9 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.
   return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
-def unpaired_difference(groups_a: Sequence, groups_b: Sequence, confidence: float = 0.95, n_resamples: int = 4000,
-                        seed: int = 0) -> dict:
+def unpaired_difference(
+  groups_a: Sequence, groups_b: Sequence, confidence: float = 0.95, n_resamples: int = 4000, seed: int = 0
+) -> dict:
   """Cell a minus cell b on different examples (e.g. two formats): independent hierarchical bootstraps.
 
   Where either cell's 0/1 values are all the same its bootstrap has no spread, which would understate the

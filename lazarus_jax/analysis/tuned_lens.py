@@ -70,16 +70,31 @@ def _fit(params, hidden, target_logits, final_norm, unembed_rows, *, eps, steps,
   return params, losses
 
 
-def fit(hidden: np.ndarray, final_logits: np.ndarray, final_norm, unembed_rows, eps: float, steps: int = 200,
-        learning_rate: float = 1e-3, weight_decay: float = 0.0) -> tuple[dict, np.ndarray]:
+def fit(
+  hidden: np.ndarray,
+  final_logits: np.ndarray,
+  final_norm,
+  unembed_rows,
+  eps: float,
+  steps: int = 200,
+  learning_rate: float = 1e-3,
+  weight_decay: float = 0.0,
+) -> tuple[dict, np.ndarray]:
   """Trains one translator per row of hidden [R, N, D] (training prompts' readout rows) against final_logits
   [N, V'] (the model's final logits over the same vocabulary). Full-batch AdamW. Returns (params, loss per step:
   the sum over rows of the mean KL)."""
   r, _, d = hidden.shape
-  params, losses = _fit(init_translators(r, d), jnp.asarray(hidden, jnp.float32),
-                        jnp.asarray(final_logits, jnp.float32), jnp.asarray(final_norm, jnp.float32),
-                        jnp.asarray(unembed_rows, jnp.float32), eps=float(eps), steps=int(steps),
-                        learning_rate=float(learning_rate), weight_decay=float(weight_decay))
+  params, losses = _fit(
+    init_translators(r, d),
+    jnp.asarray(hidden, jnp.float32),
+    jnp.asarray(final_logits, jnp.float32),
+    jnp.asarray(final_norm, jnp.float32),
+    jnp.asarray(unembed_rows, jnp.float32),
+    eps=float(eps),
+    steps=int(steps),
+    learning_rate=float(learning_rate),
+    weight_decay=float(weight_decay),
+  )
   return params, np.asarray(losses)
 
 
@@ -90,15 +105,26 @@ def _scores(params, hidden, target_logits, final_norm, unembed_rows, eps, class_
   top = jnp.argmax(target_logits, -1)
 
   def stats(logits):
-    return {"kl": jnp.mean(_kl(target_logits[None], logits), axis=1),
-            "top1_agreement": jnp.mean(jnp.argmax(logits, -1) == top[None], axis=1),
-            "class_pred": jnp.argmax(jnp.take(logits, class_pos, axis=-1), -1)}
+    return {
+      "kl": jnp.mean(_kl(target_logits[None], logits), axis=1),
+      "top1_agreement": jnp.mean(jnp.argmax(logits, -1) == top[None], axis=1),
+      "class_pred": jnp.argmax(jnp.take(logits, class_pos, axis=-1), -1),
+    }
 
   return {"logit": stats(logit), "tuned": stats(tuned)}
 
 
-def evaluate(params: dict, hidden: np.ndarray, final_logits_full: np.ndarray, vocab_ids: np.ndarray, final_norm,
-             unembed, eps: float, class_ids: Sequence[int], labels: np.ndarray) -> list[dict]:
+def evaluate(
+  params: dict,
+  hidden: np.ndarray,
+  final_logits_full: np.ndarray,
+  vocab_ids: np.ndarray,
+  final_norm,
+  unembed,
+  eps: float,
+  class_ids: Sequence[int],
+  labels: np.ndarray,
+) -> list[dict]:
   """Per row, the logit lens beside the tuned lens on held-out readout rows hidden [R, N, D]: mean KL from the
   final distribution (over `vocab_ids`), top-1 agreement with the final layer's argmax (over `vocab_ids`), and the
   class accuracy (argmax over the class tokens equals the label `labels` [N])."""
@@ -107,14 +133,26 @@ def evaluate(params: dict, hidden: np.ndarray, final_logits_full: np.ndarray, vo
   assert np.array_equal(vocab_ids[class_pos], np.asarray(class_ids)), "class tokens must be in the vocabulary"
   unembed_rows = np.asarray(jax.device_get(unembed), np.float32)[vocab_ids]
   target = np.asarray(final_logits_full, np.float32)[:, vocab_ids]
-  out = jax.device_get(_scores(params, jnp.asarray(hidden), jnp.asarray(target), jnp.asarray(final_norm, jnp.float32),
-                               jnp.asarray(unembed_rows), jnp.float32(eps), jnp.asarray(class_pos)))
+  out = jax.device_get(
+    _scores(
+      params,
+      jnp.asarray(hidden),
+      jnp.asarray(target),
+      jnp.asarray(final_norm, jnp.float32),
+      jnp.asarray(unembed_rows),
+      jnp.float32(eps),
+      jnp.asarray(class_pos),
+    )
+  )
   rows = []
   for r in range(hidden.shape[0]):
     entry = {"row": r, "layer": r - 1 if r > 0 else None}
     for name in ("logit", "tuned"):
-      entry[name] = {"kl": float(out[name]["kl"][r]), "top1_agreement": float(out[name]["top1_agreement"][r]),
-                     "class_accuracy": float(np.mean(out[name]["class_pred"][r] == labels))}
+      entry[name] = {
+        "kl": float(out[name]["kl"][r]),
+        "top1_agreement": float(out[name]["top1_agreement"][r]),
+        "class_accuracy": float(np.mean(out[name]["class_pred"][r] == labels)),
+      }
     rows.append(entry)
   return rows
 

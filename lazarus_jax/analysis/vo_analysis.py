@@ -38,7 +38,7 @@ def lora_deltas(model) -> dict:
   for t, (a, b) in lora.stacked_weights().items():
     a, b = np.asarray(jax.device_get(a), np.float64), np.asarray(jax.device_get(b), np.float64)
     full = np.zeros((cfg.num_layers, a.shape[1], b.shape[2]))
-    full[lora.layer_start:lora.layer_end] = lora.scale * np.einsum("lir,lro->lio", a, b)
+    full[lora.layer_start : lora.layer_end] = lora.scale * np.einsum("lir,lro->lio", a, b)
     out[t] = full
   return out
 
@@ -65,8 +65,9 @@ def update_norms(model) -> dict:
 def ov_matrices(wv: np.ndarray, wo: np.ndarray, num_heads: int, num_kv_heads: int, head_dim: int) -> np.ndarray:
   """Per head OV [H, D, D] of one layer from W_V [D, KV*hd] and W_O [H*hd, D]."""
   group = num_heads // num_kv_heads
-  return np.stack([wv[:, (h // group) * head_dim:(h // group + 1) * head_dim] @ wo[h * head_dim:(h + 1) * head_dim]
-                   for h in range(num_heads)])
+  return np.stack(
+    [wv[:, (h // group) * head_dim : (h // group + 1) * head_dim] @ wo[h * head_dim : (h + 1) * head_dim] for h in range(num_heads)]
+  )
 
 
 def delta_ov_class_fraction(model, class_basis: np.ndarray) -> dict:
@@ -83,13 +84,17 @@ def delta_ov_class_fraction(model, class_basis: np.ndarray) -> dict:
     args = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     base = ov_matrices(wv[layer], wo[layer], *args)
     delta = ov_matrices(wv[layer] + dv[layer], wo[layer] + do[layer], *args) - base
-    d2 = np.sum(delta ** 2, axis=(1, 2))
+    d2 = np.sum(delta**2, axis=(1, 2))
     delta_norm[layer] = np.sqrt(d2)
     nz = d2 > 0
     frac[layer, nz] = np.sum((delta @ class_basis) ** 2, axis=(1, 2))[nz] / d2[nz]
-    base_frac[layer] = np.sum((base @ class_basis) ** 2, axis=(1, 2)) / np.sum(base ** 2, axis=(1, 2))
-  return {"delta_norm": delta_norm, "class_fraction": frac, "base_class_fraction": base_frac,
-          "chance": class_basis.shape[1] / cfg.hidden_size}
+    base_frac[layer] = np.sum((base @ class_basis) ** 2, axis=(1, 2)) / np.sum(base**2, axis=(1, 2))
+  return {
+    "delta_norm": delta_norm,
+    "class_fraction": frac,
+    "base_class_fraction": base_frac,
+    "chance": class_basis.shape[1] / cfg.hidden_size,
+  }
 
 
 # ---- where the readout attends ----------------------------------------------------------------------------------
@@ -108,7 +113,7 @@ def token_roles(tok, prompt: str, ids) -> list[str]:
     spans = {"operand_a": (m.start(1), m.end(1)), "operator": (op_start, op_end), "operand_b": (m.start(3), m.end(3))}
   roles, prev = [], 0
   for i in range(len(ids)):
-    end = len(tok.decode(ids[:i + 1]))
+    end = len(tok.decode(ids[: i + 1]))
     role = "other"
     for name, (s, e) in spans.items():
       if prev < e and end > s:  # the token's characters overlap the span
@@ -141,15 +146,15 @@ def residual_rows(model, prompt_ids, batch_size: int = 32):
   graphdef, state = split_packed(model)
   seq_len = -(-max(len(p) for p in prompt_ids) // 16) * 16
   for start in range(0, len(prompt_ids), batch_size):
-    chunk = prompt_ids[start:start + batch_size]
+    chunk = prompt_ids[start : start + batch_size]
     tokens = np.zeros((batch_size, seq_len), np.int32)
     mask = np.zeros((batch_size, seq_len), np.int32)
     mask[:, 0] = 1
     for i, ids in enumerate(chunk):
-      tokens[i, :len(ids)], mask[i, :len(ids)] = ids, 1
+      tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
     stack = np.asarray(jax.device_get(_stack_fn(graphdef, state, tokens, mask)), np.float32)
     for i, ids in enumerate(chunk):
-      yield stack[:, i, :len(ids)]
+      yield stack[:, i, : len(ids)]
 
 
 def readout_attention(model, prompt_ids) -> list[np.ndarray]:

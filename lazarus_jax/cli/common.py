@@ -23,6 +23,7 @@ def workdir_main(run, what: str):
 
   def main(argv):
     from absl import flags
+
     if not flags.FLAGS.workdir:
       raise UserError(f"--workdir is required: {what}")
     run(flags.FLAGS.config, flags.FLAGS.workdir)
@@ -37,8 +38,7 @@ def run_cli(main, with_config: bool = True) -> None:
 
   tidy_stderr()
   if with_config:
-    config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/smollm2_135m.py",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/smollm2_135m.py", lock_config=True)
     flags.DEFINE_string("workdir", None, "output directory (default: runs/<timestamp>)")
   if any(a in ("-h", "--help", "--helpfull") for a in sys.argv[1:]):
     print((sys.modules["__main__"].__doc__ or "").strip() + "\n")
@@ -81,11 +81,11 @@ def flag_error_line(e: Exception, argv) -> str:
   """One line for a flag error; an unknown `--config.<key>` is named in full with ml_collections' suggestion."""
   text = str(e).replace("\\n", "\n").replace("\\'", "'")
   key = getattr(e, "flagname", None) or ""
-  key = key[len("config."):] if key.startswith("config.") else ""
+  key = key[len("config.") :] if key.startswith("config.") else ""
   if not key and ("Did you mean" in text or isinstance(e, (KeyError, AttributeError))):
     # ml_collections names only the unknown field: find the override that holds it
     m = re.search(r"'(\w+)'", text)
-    hits = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    hits = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     hits = [h for h in hits if m and m.group(1) in h.split(".")]
     key = hits[0] if hits else ""
   if key:
@@ -108,6 +108,7 @@ def shipped_config_argv(argv: list[str]) -> list[str]:
   """argv with `--config X` pointing at the shipped config named X when X is no file here (an installed package
   run from any directory). A config_flags argument after ':' is kept."""
   from lazarus_jax import configs
+
   out = list(argv)
   for i, a in enumerate(out):
     if a in ("--config", "-config") and i + 1 < len(out):
@@ -133,7 +134,9 @@ def _config_arg(argv) -> str | None:
 def config_file_error_line(path: str | None, e: Exception) -> str:
   if path and not os.path.exists(path):
     from lazarus_jax import configs
-    return (f"config file {path} does not exist: pass a file or a shipped config ({', '.join(configs.names())}), "
-            "e.g. --config smollm2_135m")
+
+    return (
+      f"config file {path} does not exist: pass a file or a shipped config ({', '.join(configs.names())}), e.g. --config smollm2_135m"
+    )
   reason = [line.strip() for line in str(e).splitlines() if line.strip()]
   return f"config file {path} could not be loaded ({reason[-1] if reason else type(e).__name__}): fix the file"

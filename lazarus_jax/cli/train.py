@@ -18,12 +18,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reward_f
   result = loop.run(config, workdir, reward_fn=reward_fn)
   if config.eval.enabled and not result.preempted:
     from lazarus_jax.reporting import evaluate  # its imports (plots) only when it runs
+
     evaluate.run(config, result.workdir)
   return result
 
 
 def main(argv) -> int:
   from absl import flags
+
   workdir = flags.FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   result = train_and_evaluate(flags.FLAGS.config, workdir)
   if result.preempted:  # checkpoint saved, run incomplete: the shell's status for "stopped by this signal"

@@ -1,6 +1,6 @@
 """A random-weight 4-layer Llama with a small tokenizer: CPU tests and smoke runs in seconds.
 
-  python -m lazarus_jax.train --config configs/tiny.py --workdir runs/tiny
+python -m lazarus_jax.train --config configs/tiny.py --workdir runs/tiny
 """
 
 from lazarus_jax.config import default_config

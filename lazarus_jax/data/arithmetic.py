@@ -40,10 +40,14 @@ WORDS = {"multiply": "times", "add": "plus", "subtract": "minus", "divide": "div
 
 # The 8 prompts the seed's evaluation table reports, as (a, operation, b).
 SEED_TRIPLES = (
-    (7, "multiply", 8), (12, "multiply", 5),
-    (23, "add", 45), (17, "add", 38),
-    (50, "subtract", 23), (89, "subtract", 34),
-    (48, "divide", 6), (81, "divide", 9),
+  (7, "multiply", 8),
+  (12, "multiply", 5),
+  (23, "add", 45),
+  (17, "add", 38),
+  (50, "subtract", 23),
+  (89, "subtract", 34),
+  (48, "divide", 6),
+  (81, "divide", 9),
 )
 
 # Defaults for make_splits: hundreds of held-out triples per operation (ORIGINAL_DEFECTS #9), but never
@@ -90,7 +94,7 @@ class Encoded:
 
   @property
   def answer_ids(self) -> list[int]:
-    return self.ids[self.prompt_len:]
+    return self.ids[self.prompt_len :]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,13 +161,15 @@ def _pick_units(units, n_eval: int, rng: np.random.Generator) -> list[tuple[int,
   return out
 
 
-def make_splits(formats: Sequence[str] = ("symbolic",),
-                n_eval_per_op: int = DEFAULT_EVAL_PER_OP,
-                seed: int = 0,
-                max_eval_fraction: float = DEFAULT_MAX_EVAL_FRACTION,
-                operations: Sequence[str] = OPERATIONS,
-                eval_formats: Sequence[str] | None = None,
-                fewshot_k: int = 2) -> Splits:
+def make_splits(
+  formats: Sequence[str] = ("symbolic",),
+  n_eval_per_op: int = DEFAULT_EVAL_PER_OP,
+  seed: int = 0,
+  max_eval_fraction: float = DEFAULT_MAX_EVAL_FRACTION,
+  operations: Sequence[str] = OPERATIONS,
+  eval_formats: Sequence[str] | None = None,
+  fewshot_k: int = 2,
+) -> Splits:
   """Train / held-out eval split over (a, operation, b) triples, rendered in every requested format.
 
   Per operation, `min(n_eval_per_op, floor(max_eval_fraction * n_triples))` triples go to eval, drawn at
@@ -204,8 +210,9 @@ def make_splits(formats: Sequence[str] = ("symbolic",),
     n_eval = min(n_eval_per_op, int(max_eval_fraction * len(pairs)))
     if n_eval < len(seed_held):
       raise UserError(
-          f"data.n_eval_per_op={n_eval_per_op} is below the {len(seed_held)} held-out seed triples of {op!r} "
-          f"(with their commutative swaps): use at least {len(seed_held)}")
+        f"data.n_eval_per_op={n_eval_per_op} is below the {len(seed_held)} held-out seed triples of {op!r} "
+        f"(with their commutative swaps): use at least {len(seed_held)}"
+      )
     rest = [u for u in units if u not in seed_units]
     rng = np.random.default_rng([seed, op_index])
     eval_pairs = seed_held + _pick_units(rest, n_eval - len(seed_held), rng)
@@ -233,11 +240,11 @@ def check_formats(formats: Sequence[str], key: str, allowed: Sequence[str]) -> l
   return formats
 
 
-def render(fmt: str, operation: str, pairs, train_pairs, heldout: bool, seed: int, op_index: int,
-           fewshot_k: int) -> list[Example]:
+def render(fmt: str, operation: str, pairs, train_pairs, heldout: bool, seed: int, op_index: int, fewshot_k: int) -> list[Example]:
   """One operation's `pairs` in format `fmt`, on the training (`heldout=False`) or evaluation side."""
   if fmt in ROUND2_FORMATS:
     from lazarus_jax.data import prompt_formats  # it builds Examples, so it imports this module
+
     return prompt_formats.render(fmt, operation, pairs, train_pairs, heldout, seed, op_index, fewshot_k)
   return [make_example(a, operation, b, fmt) for a, b in pairs]
 
@@ -254,8 +261,7 @@ def split_pairs(seed: int, n_eval_per_op: int, max_eval_fraction: float = DEFAUL
   return out
 
 
-def heldout_identity(eval_examples: Sequence[Example], seed: int, n_eval_per_op: int,
-                     train_source: str = "generator") -> dict:
+def heldout_identity(eval_examples: Sequence[Example], seed: int, n_eval_per_op: int, train_source: str = "generator") -> dict:
   """The identity of a held-out split, recorded with a trained adapter and checked by evaluation.
 
   `heldout_sha256` hashes the sorted held-out (a, operation, b) triples: formats render the same triples, so
@@ -264,8 +270,13 @@ def heldout_identity(eval_examples: Sequence[Example], seed: int, n_eval_per_op:
   """
   triples = sorted({f"{a} {op} {b}" for a, op, b in (e.triple for e in eval_examples)})
   digest = hashlib.sha256("\n".join(triples).encode()).hexdigest()
-  return {"heldout_sha256": digest, "n_heldout_triples": len(triples), "seed": int(seed),
-          "n_eval_per_op": int(n_eval_per_op), "train_source": train_source}
+  return {
+    "heldout_sha256": digest,
+    "n_heldout_triples": len(triples),
+    "seed": int(seed),
+    "n_eval_per_op": int(n_eval_per_op),
+    "train_source": train_source,
+  }
 
 
 def file_sha256(path: str) -> str:
@@ -283,8 +294,10 @@ def check_jsonl_against_heldout(rows: Sequence[Example], eval_examples: Sequence
     hit = held.get(" ".join(row.prompt.split()))
     if hit is not None:
       where = f"{path}:{row.line}" if row.line else f"{path} row {i + 1}"
-      raise UserError(f"{where}: prompt {row.prompt!r} is a held-out evaluation prompt ({hit.a} {hit.operation} "
-                      f"{hit.b}); training on it would score training data: remove the row or change seed")
+      raise UserError(
+        f"{where}: prompt {row.prompt!r} is a held-out evaluation prompt ({hit.a} {hit.operation} "
+        f"{hit.b}); training on it would score training data: remove the row or change seed"
+      )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,8 +333,9 @@ def load_jsonl(path: str, operations: Sequence[str] = OPERATIONS) -> list[Exampl
           raise UserError(f"{where}: field {field!r} must be a non-empty string")
       if row["operation"] not in operations:
         raise UserError(f"{where}: unknown operation {row['operation']!r}: use one of {', '.join(operations)}")
-      examples.append(Example(prompt=row["prompt"], answer=row["response"], operation=row["operation"],
-                              a=None, b=None, fmt="jsonl", line=line_no))
+      examples.append(
+        Example(prompt=row["prompt"], answer=row["response"], operation=row["operation"], a=None, b=None, fmt="jsonl", line=line_no)
+      )
   if not examples:
     raise UserError(f"{path} holds no rows: add JSON lines with prompt, response, operation")
   return examples
@@ -342,12 +356,13 @@ def encode_example(tok, prompt: str, answer: str, append_eos: bool) -> Encoded:
   if not prompt_ids:
     raise UserError(f"prompt {prompt!r} encodes to no tokens (and the tokenizer adds no BOS): use a non-empty prompt")
   ids = tok.encode(prompt + answer)
-  if ids[:len(prompt_ids)] != prompt_ids:
+  if ids[: len(prompt_ids)] != prompt_ids:
     raise UserError(
-        f"prompt {prompt!r} and answer {answer!r} do not tokenize at the boundary: the prompt's last token "
-        f"merges with the start of the answer; move the separating whitespace into the answer "
-        f"(e.g. prompt {prompt.rstrip()!r}, answer {(prompt[len(prompt.rstrip()):] + answer)!r}) "
-        "or end the prompt with a character the tokenizer keeps apart")
+      f"prompt {prompt!r} and answer {answer!r} do not tokenize at the boundary: the prompt's last token "
+      f"merges with the start of the answer; move the separating whitespace into the answer "
+      f"(e.g. prompt {prompt.rstrip()!r}, answer {(prompt[len(prompt.rstrip()) :] + answer)!r}) "
+      "or end the prompt with a character the tokenizer keeps apart"
+    )
   if append_eos:
     if tok.eos_id is None:
       raise UserError("data.append_eos=True but the tokenizer has no EOS token: set data.append_eos=False")
@@ -378,9 +393,14 @@ def label_index(label: str, label_names: Sequence[str]) -> int:
     raise UserError(f"unknown label {label!r}: the classes are {', '.join(label_names)}") from None
 
 
-def collate(encoded_list: Sequence[Encoded], labels: Sequence[str], seq_len: int,
-            max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS, pad_id: int = 0,
-            label_names: Sequence[str] = OPERATIONS) -> dict[str, np.ndarray]:
+def collate(
+  encoded_list: Sequence[Encoded],
+  labels: Sequence[str],
+  seq_len: int,
+  max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+  pad_id: int = 0,
+  label_names: Sequence[str] = OPERATIONS,
+) -> dict[str, np.ndarray]:
   """Fixed-shape numpy batch [B, seq_len] / [B, max_answer_tokens].
 
   tokens/mask: ids padded with pad_id, mask 1 on real tokens. readout: prompt_len - 1. label: index of the
@@ -404,18 +424,25 @@ def collate(encoded_list: Sequence[Encoded], labels: Sequence[str], seq_len: int
     n_answer = len(enc.ids) - enc.prompt_len
     if n_answer > max_answer_tokens:
       raise UserError(
-          f"an answer has {n_answer} tokens, more than max_answer_tokens={max_answer_tokens}: "
-          "raise data.max_answer_tokens")
-    tokens[i, :len(enc.ids)] = enc.ids
-    mask[i, :len(enc.ids)] = 1
+        f"an answer has {n_answer} tokens, more than max_answer_tokens={max_answer_tokens}: raise data.max_answer_tokens"
+      )
+    tokens[i, : len(enc.ids)] = enc.ids
+    mask[i, : len(enc.ids)] = 1
     readout[i] = enc.prompt_len - 1
     label[i] = label_index(lab, label_names)
     # Shifted: logits at t predict token t+1 (ORIGINAL_DEFECTS #1).
     answer_pos[i, :n_answer] = np.arange(enc.prompt_len - 1, enc.prompt_len - 1 + n_answer)
-    answer_target[i, :n_answer] = enc.ids[enc.prompt_len:]
+    answer_target[i, :n_answer] = enc.ids[enc.prompt_len :]
     answer_weight[i, :n_answer] = 1.0
-  return dict(tokens=tokens, mask=mask, readout=readout, label=label,
-              answer_pos=answer_pos, answer_target=answer_target, answer_weight=answer_weight)
+  return dict(
+    tokens=tokens,
+    mask=mask,
+    readout=readout,
+    label=label,
+    answer_pos=answer_pos,
+    answer_target=answer_target,
+    answer_weight=answer_weight,
+  )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -438,8 +465,7 @@ def _stream(n: int, positions: np.ndarray, key: Sequence[int]) -> np.ndarray:
   return out
 
 
-def batch_indices(n_examples: int, batch_size: int, step: int, seed: int,
-                  labels: Sequence | None = None) -> np.ndarray:
+def batch_indices(n_examples: int, batch_size: int, step: int, seed: int, labels: Sequence | None = None) -> np.ndarray:
   """Example indices of the global batch at `step`: a pure function of (seed, step), so resume needs only step.
 
   Without labels: the examples in per-epoch permutations (`default_rng([seed, epoch])`), read as one stream;
@@ -479,4 +505,4 @@ def process_slice(global_indices: np.ndarray, process_index: int, process_count:
   if n % process_count:
     raise UserError(f"batch size {n} is not divisible by the {process_count} processes: pick a multiple")
   per = n // process_count
-  return np.asarray(global_indices)[process_index * per:(process_index + 1) * per]
+  return np.asarray(global_indices)[process_index * per : (process_index + 1) * per]

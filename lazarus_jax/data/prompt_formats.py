@@ -42,68 +42,68 @@ ALT_SPELLINGS = {"multiply": ("×", "x"), "divide": ("÷", ":")}
 # or an operator symbol (tests/test_prompt_formats.py checks). The prompt ends with "? " like `semantic`, so the
 # readout predicts the answer's first digit.
 WORD_TEMPLATES = {
-    "multiply": (
-        "A box holds {b} pens. How many pens are in {a} boxes? ",
-        "Each bag has {b} apples. How many apples are in {a} bags? ",
-        "A shelf has {b} books. How many books are on {a} shelves? ",
-        "There are {a} rows of seats with {b} seats in each row. How many seats are there? ",
-        "A ticket costs {b} dollars. How much do {a} tickets cost? ",
-        "Each car carries {b} people. How many people do {a} cars carry? ",
-        "One crate weighs {b} kilos. How many kilos do {a} crates weigh? ",
-        "A team has {b} players. How many players are on {a} teams? ",
-    ),
-    "add": (
-        "Tom has {a} marbles and finds {b} more. How many marbles does Tom have now? ",
-        "A bus carries {a} people, and {b} more get on. How many people are on the bus? ",
-        "There are {a} red cars and {b} blue cars. How many cars are there in all? ",
-        "Anna read {a} pages on Monday and {b} pages on Tuesday. How many pages did she read? ",
-        "A farm has {a} cows and {b} sheep. How many animals does the farm have? ",
-        "A jar holds {a} coins. Someone puts in {b} more. How many coins are in the jar? ",
-        "Ben walked {a} miles, then {b} miles further. How many miles did he walk? ",
-        "A class has {a} girls and {b} boys. How many children are in the class? ",
-    ),
-    "subtract": (
-        "Sam had {a} apples and gave away {b}. How many apples does Sam have now? ",
-        "A bus carries {a} people, and {b} get off. How many people are still on the bus? ",
-        "There were {a} birds on a tree. {b} flew away. How many birds are left? ",
-        "A shop had {a} cakes and sold {b}. How many cakes are left? ",
-        "Mia has {a} stickers and loses {b}. How many stickers does Mia have now? ",
-        "A tank holds {a} liters of water, and {b} liters leak out. How many liters remain? ",
-        "A book has {a} pages. Ken has read {b}. How many pages has he still to read? ",
-        "A box had {a} pens. {b} were taken out. How many pens are in the box now? ",
-    ),
-    "divide": (
-        "{a} cookies are shared equally among {b} children. How many cookies does each child get? ",
-        "{a} pens are packed into {b} equal boxes. How many pens are in each box? ",
-        "A rope {a} meters long is cut into {b} equal pieces. How long is each piece in meters? ",
-        "{a} students form {b} equal teams. How many students are on each team? ",
-        "{a} apples are put into bags of {b}. How many bags are filled? ",
-        "A prize of {a} dollars is split evenly between {b} winners. How many dollars does each winner get? ",
-        "{a} chairs are set out in {b} equal rows. How many chairs are in each row? ",
-        "A trip of {a} miles is driven in {b} equal days. How many miles are driven each day? ",
-    ),
+  "multiply": (
+    "A box holds {b} pens. How many pens are in {a} boxes? ",
+    "Each bag has {b} apples. How many apples are in {a} bags? ",
+    "A shelf has {b} books. How many books are on {a} shelves? ",
+    "There are {a} rows of seats with {b} seats in each row. How many seats are there? ",
+    "A ticket costs {b} dollars. How much do {a} tickets cost? ",
+    "Each car carries {b} people. How many people do {a} cars carry? ",
+    "One crate weighs {b} kilos. How many kilos do {a} crates weigh? ",
+    "A team has {b} players. How many players are on {a} teams? ",
+  ),
+  "add": (
+    "Tom has {a} marbles and finds {b} more. How many marbles does Tom have now? ",
+    "A bus carries {a} people, and {b} more get on. How many people are on the bus? ",
+    "There are {a} red cars and {b} blue cars. How many cars are there in all? ",
+    "Anna read {a} pages on Monday and {b} pages on Tuesday. How many pages did she read? ",
+    "A farm has {a} cows and {b} sheep. How many animals does the farm have? ",
+    "A jar holds {a} coins. Someone puts in {b} more. How many coins are in the jar? ",
+    "Ben walked {a} miles, then {b} miles further. How many miles did he walk? ",
+    "A class has {a} girls and {b} boys. How many children are in the class? ",
+  ),
+  "subtract": (
+    "Sam had {a} apples and gave away {b}. How many apples does Sam have now? ",
+    "A bus carries {a} people, and {b} get off. How many people are still on the bus? ",
+    "There were {a} birds on a tree. {b} flew away. How many birds are left? ",
+    "A shop had {a} cakes and sold {b}. How many cakes are left? ",
+    "Mia has {a} stickers and loses {b}. How many stickers does Mia have now? ",
+    "A tank holds {a} liters of water, and {b} liters leak out. How many liters remain? ",
+    "A book has {a} pages. Ken has read {b}. How many pages has he still to read? ",
+    "A box had {a} pens. {b} were taken out. How many pens are in the box now? ",
+  ),
+  "divide": (
+    "{a} cookies are shared equally among {b} children. How many cookies does each child get? ",
+    "{a} pens are packed into {b} equal boxes. How many pens are in each box? ",
+    "A rope {a} meters long is cut into {b} equal pieces. How long is each piece in meters? ",
+    "{a} students form {b} equal teams. How many students are on each team? ",
+    "{a} apples are put into bags of {b}. How many bags are filled? ",
+    "A prize of {a} dollars is split evenly between {b} winners. How many dollars does each winner get? ",
+    "{a} chairs are set out in {b} equal rows. How many chairs are in each row? ",
+    "A trip of {a} miles is driven in {b} equal days. How many miles are driven each day? ",
+  ),
 }
 WORD_HELDOUT_TEMPLATES = {
-    "multiply": (
-        "A garden has {a} rows with {b} flowers in every row. How many flowers does it have? ",
-        "Every page holds {b} stamps. How many stamps fit on {a} pages? ",
-        "A worker earns {b} coins per hour. How many coins does the worker earn in {a} hours? ",
-    ),
-    "add": (
-        "A shop sold {a} hats in the morning and {b} hats in the afternoon. How many hats did it sell? ",
-        "Lily picked {a} berries, then picked {b} others. How many berries does she have? ",
-        "A library got {a} new books in May and {b} in June. How many new books did it get? ",
-    ),
-    "subtract": (
-        "A rope is {a} meters long. A piece of {b} meters is cut off. How many meters are left? ",
-        "Jo had {a} dollars and spent {b}. How many dollars does Jo have now? ",
-        "A parking lot had {a} cars. {b} drove out. How many cars are still there? ",
-    ),
-    "divide": (
-        "{a} stamps are spread evenly over {b} pages. How many stamps are on each page? ",
-        "{a} eggs fill cartons of {b}. How many cartons are filled? ",
-        "A bill of {a} dollars is paid equally by {b} friends. How many dollars does each friend pay? ",
-    ),
+  "multiply": (
+    "A garden has {a} rows with {b} flowers in every row. How many flowers does it have? ",
+    "Every page holds {b} stamps. How many stamps fit on {a} pages? ",
+    "A worker earns {b} coins per hour. How many coins does the worker earn in {a} hours? ",
+  ),
+  "add": (
+    "A shop sold {a} hats in the morning and {b} hats in the afternoon. How many hats did it sell? ",
+    "Lily picked {a} berries, then picked {b} others. How many berries does she have? ",
+    "A library got {a} new books in May and {b} in June. How many new books did it get? ",
+  ),
+  "subtract": (
+    "A rope is {a} meters long. A piece of {b} meters is cut off. How many meters are left? ",
+    "Jo had {a} dollars and spent {b}. How many dollars does Jo have now? ",
+    "A parking lot had {a} cars. {b} drove out. How many cars are still there? ",
+  ),
+  "divide": (
+    "{a} stamps are spread evenly over {b} pages. How many stamps are on each page? ",
+    "{a} eggs fill cartons of {b}. How many cartons are filled? ",
+    "A bill of {a} dollars is paid equally by {b} friends. How many dollars does each friend pay? ",
+  ),
 }
 
 EVAL_ONLY_FORMATS = ("symbolic_alt",)
@@ -114,6 +114,7 @@ _STREAM = {"fewshot": 104729, "word": 130363, "symbolic_alt": 155921}
 def fitting_operations(a: int, b: int, result: int) -> list[str]:
   """The operations under which `a ? b = result` holds (division only when exact)."""
   from lazarus_jax.data.arithmetic import OPERATIONS
+
   out = []
   for op in OPERATIONS:
     if op == "multiply":
@@ -132,6 +133,7 @@ def fitting_operations(a: int, b: int, result: int) -> list[str]:
 def unambiguous_pairs(operation: str, pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
   """The pairs whose solved example `a ? b = a op b` fits `operation` and no other (example candidates)."""
   from lazarus_jax.data.arithmetic import compute
+
   return [(a, b) for a, b in pairs if fitting_operations(a, b, compute(a, operation, b)) == [operation]]
 
 
@@ -141,10 +143,12 @@ def fewshot_prompt(symbol: str, shots: Sequence[tuple[int, int, int]], a: int, b
   return "\n".join(lines + [f"{a} {symbol} {b} = "])
 
 
-def draw_shots(operation: str, candidates: Sequence[tuple[int, int]], query: tuple[int, int], k: int,
-               rng: np.random.Generator) -> tuple[tuple[int, int, int], ...]:
+def draw_shots(
+  operation: str, candidates: Sequence[tuple[int, int]], query: tuple[int, int], k: int, rng: np.random.Generator
+) -> tuple[tuple[int, int, int], ...]:
   """k distinct solved examples of `operation` from `candidates` (unambiguous training pairs), none the query."""
   from lazarus_jax.data.arithmetic import compute
+
   pool = [p for p in candidates if p != query]
   if len(pool) < k:
     raise ValueError(f"only {len(pool)} example pairs for {operation}, fewshot_k={k}")
@@ -152,11 +156,20 @@ def draw_shots(operation: str, candidates: Sequence[tuple[int, int]], query: tup
   return tuple((pool[i][0], pool[i][1], compute(pool[i][0], operation, pool[i][1])) for i in idx)
 
 
-def render(fmt: str, operation: str, pairs: Sequence[tuple[int, int]], train_pairs: Sequence[tuple[int, int]],
-           heldout: bool, seed: int, op_index: int, fewshot_k: int = DEFAULT_FEWSHOT_K) -> list:
+def render(
+  fmt: str,
+  operation: str,
+  pairs: Sequence[tuple[int, int]],
+  train_pairs: Sequence[tuple[int, int]],
+  heldout: bool,
+  seed: int,
+  op_index: int,
+  fewshot_k: int = DEFAULT_FEWSHOT_K,
+) -> list:
   """The `Example`s of one operation's `pairs` in a round-2 format; `heldout` picks the evaluation pools.
   `train_pairs` are the operation's training pairs (the fewshot examples come from them)."""
   from lazarus_jax.data.arithmetic import Example, compute
+
   rng = np.random.default_rng([seed, op_index, _STREAM[fmt], int(heldout)])
   out = []
   if fmt == "fewshot":
@@ -165,25 +178,54 @@ def render(fmt: str, operation: str, pairs: Sequence[tuple[int, int]], train_pai
     for a, b in pairs:
       symbol = symbols[rng.integers(len(symbols))]
       shots = draw_shots(operation, candidates, (a, b), fewshot_k, rng)
-      out.append(Example(prompt=fewshot_prompt(symbol, shots, a, b), answer=str(compute(a, operation, b)),
-                         operation=operation, a=a, b=b, fmt=fmt, symbol=symbol, shots=shots))
+      out.append(
+        Example(
+          prompt=fewshot_prompt(symbol, shots, a, b),
+          answer=str(compute(a, operation, b)),
+          operation=operation,
+          a=a,
+          b=b,
+          fmt=fmt,
+          symbol=symbol,
+          shots=shots,
+        )
+      )
   elif fmt == "word":
     templates = (WORD_HELDOUT_TEMPLATES if heldout else WORD_TEMPLATES)[operation]
     for a, b in pairs:
       t = int(rng.integers(len(templates)))
-      out.append(Example(prompt=templates[t].format(a=a, b=b), answer=str(compute(a, operation, b)),
-                         operation=operation, a=a, b=b, fmt=fmt, template=t))
+      out.append(
+        Example(
+          prompt=templates[t].format(a=a, b=b),
+          answer=str(compute(a, operation, b)),
+          operation=operation,
+          a=a,
+          b=b,
+          fmt=fmt,
+          template=t,
+        )
+      )
   elif fmt == "symbolic_alt":
     for a, b in pairs:
       for spelling in ALT_SPELLINGS.get(operation, ()):
-        out.append(Example(prompt=f"{a} {spelling} {b} = ", answer=str(compute(a, operation, b)),
-                           operation=operation, a=a, b=b, fmt=fmt, symbol=spelling))
+        out.append(
+          Example(
+            prompt=f"{a} {spelling} {b} = ",
+            answer=str(compute(a, operation, b)),
+            operation=operation,
+            a=a,
+            b=b,
+            fmt=fmt,
+            symbol=spelling,
+          )
+        )
   else:
     raise ValueError(f"not a round-2 format: {fmt!r}")
   return out
 
 
 # ---- counterfactuals (evaluation of fewshot) ------------------------------------------------------------
+
 
 def counterfactual_examples(examples: Sequence, train_pairs_by_op: dict, seed: int) -> list:
   """For each held-out fewshot example: the same query and symbol with solved examples of another operation,
@@ -193,6 +235,7 @@ def counterfactual_examples(examples: Sequence, train_pairs_by_op: dict, seed: i
   query's operands does not. The answer is the query under the new operation. The new examples come from that
   operation's training pairs, like every fewshot example."""
   from lazarus_jax.data.arithmetic import OPERATIONS, Example, compute
+
   rng = np.random.default_rng([seed, _STREAM["fewshot"], 17])
   candidates = {op: unambiguous_pairs(op, train_pairs_by_op[op]) for op in OPERATIONS if op in train_pairs_by_op}
   out = []
@@ -201,9 +244,19 @@ def counterfactual_examples(examples: Sequence, train_pairs_by_op: dict, seed: i
     if others:
       op = others[int(rng.integers(len(others)))]
       shots = draw_shots(op, candidates[op], (e.a, e.b), len(e.shots), rng)
-      out.append(Example(prompt=fewshot_prompt(e.symbol, shots, e.a, e.b), answer=str(compute(e.a, op, e.b)),
-                         operation=op, a=e.a, b=e.b, fmt="fewshot_counterfactual", symbol=e.symbol, shots=shots,
-                         source=e.operation))
+      out.append(
+        Example(
+          prompt=fewshot_prompt(e.symbol, shots, e.a, e.b),
+          answer=str(compute(e.a, op, e.b)),
+          operation=op,
+          a=e.a,
+          b=e.b,
+          fmt="fewshot_counterfactual",
+          symbol=e.symbol,
+          shots=shots,
+          source=e.operation,
+        )
+      )
   return out
 
 
@@ -222,6 +275,7 @@ def shuffled_examples(examples: Sequence, seed: int) -> list:
   magnitudes. The label stays the original operation: a lens that computes from the examples falls to the
   input-only baseline here."""
   from lazarus_jax.data.arithmetic import Example
+
   rng = np.random.default_rng([seed, _STREAM["fewshot"], 29])
   results = [r for e in examples for _, _, r in e.shots]
   perm = rng.permutation(len(results))
@@ -231,6 +285,17 @@ def shuffled_examples(examples: Sequence, seed: int) -> list:
     i += len(e.shots)
     if any(e.operation in fitting_operations(x, y, r) for x, y, r in shots):
       continue
-    out.append(Example(prompt=fewshot_prompt(e.symbol, shots, e.a, e.b), answer=e.answer, operation=e.operation,
-                       a=e.a, b=e.b, fmt="fewshot_shuffled", symbol=e.symbol, shots=shots, source=e.operation))
+    out.append(
+      Example(
+        prompt=fewshot_prompt(e.symbol, shots, e.a, e.b),
+        answer=e.answer,
+        operation=e.operation,
+        a=e.a,
+        b=e.b,
+        fmt="fewshot_shuffled",
+        symbol=e.symbol,
+        shots=shots,
+        source=e.operation,
+      )
+    )
   return out

@@ -57,9 +57,13 @@ class ResolvedTargets:
 
   def as_dict(self) -> dict:
     """JSON-ready record (for results' provenance)."""
-    return {"targets": [{"label": lab, "word": w, "token_id": i, "token": s}
-                        for lab, w, i, s in zip(self.labels, self.words, self.token_ids, self.token_strs)],
-            "warnings": list(self.warnings)}
+    return {
+      "targets": [
+        {"label": lab, "word": w, "token_id": i, "token": s}
+        for lab, w, i, s in zip(self.labels, self.words, self.token_ids, self.token_strs)
+      ],
+      "warnings": list(self.warnings),
+    }
 
   def describe(self) -> str:
     """The line(s) printed at start: resolved ids, then one `warning:` line each."""
@@ -95,29 +99,35 @@ def _resolve_word(tokenizer, label: str, word: str) -> tuple[int, list[str]]:
     raise UserError(f"target {label}={word!r} encodes to no tokens")
   unk = _unk_id(tokenizer)
   if unk is not None and unk in ids:
-    raise UserError(f"target {label}={word!r} contains characters the tokenizer does not know "
-                    f"(encodes to its unknown token {tokenizer.token_str(unk)!r}): choose another word")
+    raise UserError(
+      f"target {label}={word!r} contains characters the tokenizer does not know "
+      f"(encodes to its unknown token {tokenizer.token_str(unk)!r}): choose another word"
+    )
   warnings = []
   pieces = [tokenizer.token_str(i) for i in ids]
   if len(ids) > 1 and _is_blank(tokenizer, ids[0]):
     ctx, ctx_ids = _CONTEXT + " " + word, _encode_no_bos(tokenizer, _CONTEXT)
     in_ctx = _encode_no_bos(tokenizer, ctx)
-    rest = in_ctx[len(ctx_ids):] if in_ctx[:len(ctx_ids)] == ctx_ids else []
+    rest = in_ctx[len(ctx_ids) :] if in_ctx[: len(ctx_ids)] == ctx_ids else []
     if not rest or _is_blank(tokenizer, rest[0]):
       # Still a bare space in context: skip the blank tokens of the plain encoding.
       first = next((k for k, i in enumerate(ids) if not _is_blank(tokenizer, i)), 0)
       rest = ids[first:]
-    warnings.append(f"target {label}: {' ' + word!r} starts with a bare space token {pieces!r}; "
-                    f"using {tokenizer.token_str(rest[0])!r} (id {rest[0]}), how the word starts after text")
+    warnings.append(
+      f"target {label}: {' ' + word!r} starts with a bare space token {pieces!r}; "
+      f"using {tokenizer.token_str(rest[0])!r} (id {rest[0]}), how the word starts after text"
+    )
     ids, pieces = rest, [tokenizer.token_str(i) for i in rest]
   if len(ids) > 1:
-    warnings.append(f"target {label}={word!r} needs {len(ids)} tokens {pieces!r}: only the first, "
-                    f"{pieces[0]!r} (id {ids[0]}), is scored")
+    warnings.append(
+      f"target {label}={word!r} needs {len(ids)} tokens {pieces!r}: only the first, {pieces[0]!r} (id {ids[0]}), is scored"
+    )
   return int(ids[0]), warnings
 
 
-def resolve_targets(tokenizer, targets: Mapping[str, str] | None = None, prompts: Sequence[str] | None = None,
-                    allow_target_in_prompt: bool = False) -> ResolvedTargets:
+def resolve_targets(
+  tokenizer, targets: Mapping[str, str] | None = None, prompts: Sequence[str] | None = None, allow_target_in_prompt: bool = False
+) -> ResolvedTargets:
   """Resolves label -> word to one token id per label (see the module docstring for the rule)."""
   targets = DEFAULT_TARGETS if targets is None else targets
   if not targets:
@@ -137,8 +147,10 @@ def resolve_targets(tokenizer, targets: Mapping[str, str] | None = None, prompts
   by_id: dict[int, str] = {}
   for label, token_id in zip(labels, ids):
     if token_id in by_id:
-      raise UserError(f"targets {by_id[token_id]!r} and {label!r} resolve to the same token "
-                      f"{tokenizer.token_str(token_id)!r} (id {token_id}): choose words whose first tokens differ")
+      raise UserError(
+        f"targets {by_id[token_id]!r} and {label!r} resolve to the same token "
+        f"{tokenizer.token_str(token_id)!r} (id {token_id}): choose words whose first tokens differ"
+      )
     by_id[token_id] = label
 
   for prompt in prompts or ():
@@ -146,15 +158,23 @@ def resolve_targets(tokenizer, targets: Mapping[str, str] | None = None, prompts
     for label, token_id in zip(labels, ids):
       if token_id not in prompt_ids:
         continue
-      msg = (f"target {label!r} token {tokenizer.token_str(token_id)!r} (id {token_id}) appears in the prompt "
-             f"{prompt!r}: the model could copy it from its input")
+      msg = (
+        f"target {label!r} token {tokenizer.token_str(token_id)!r} (id {token_id}) appears in the prompt "
+        f"{prompt!r}: the model could copy it from its input"
+      )
       if not allow_target_in_prompt:
-        raise UserError(msg + " (ORIGINAL_DEFECTS #6); use operation words as targets, or set "
-                        "classifier.allow_target_in_prompt=True to allow it")
+        raise UserError(
+          msg + " (ORIGINAL_DEFECTS #6); use operation words as targets, or set classifier.allow_target_in_prompt=True to allow it"
+        )
       warnings.append(msg)
 
-  return ResolvedTargets(labels=tuple(labels), words=tuple(words), token_ids=tuple(ids),
-                         token_strs=tuple(tokenizer.token_str(i) for i in ids), warnings=tuple(warnings))
+  return ResolvedTargets(
+    labels=tuple(labels),
+    words=tuple(words),
+    token_ids=tuple(ids),
+    token_strs=tuple(tokenizer.token_str(i) for i in ids),
+    warnings=tuple(warnings),
+  )
 
 
 def parse_targets(spec: str) -> dict[str, str]:
@@ -178,9 +198,11 @@ def parse_targets(spec: str) -> dict[str, str]:
 
 # ---- number targets: the lens target at L is the first answer token --------------------------------------
 
+
 def first_answer_id(tokenizer, example) -> int:
   """The answer's first token as `data.encode_example` splits prompt + answer (what the model must emit next)."""
   from lazarus_jax.data.arithmetic import encode_example
+
   return encode_example(tokenizer, example.prompt, example.answer, append_eos=False).answer_ids[0]
 
 
@@ -196,6 +218,8 @@ def answer_targets(tokenizer, examples) -> ResolvedTargets:
   strs = tuple(tokenizer.token_str(i) for i in ids)
   if len(set(strs)) != len(strs):
     raise UserError(f"answer targets: two first-answer tokens decode to the same text {strs}")
-  warn = ("answer targets: the class tokens are the answers' first tokens, which also occur in the prompts "
-          "(operands); the target-in-prompt rule does not apply to this control")
+  warn = (
+    "answer targets: the class tokens are the answers' first tokens, which also occur in the prompts "
+    "(operands); the target-in-prompt rule does not apply to this control"
+  )
   return ResolvedTargets(labels=strs, words=strs, token_ids=tuple(ids), token_strs=strs, warnings=(warn,))

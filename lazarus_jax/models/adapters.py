@@ -26,8 +26,15 @@ def _key(layer: int, target: str, which: str) -> str:
   return f"{PREFIX}.{layer}.{HF_LAYER_MODULES[target]}.lora_{which}.weight"
 
 
-def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int, int], out_dir: str,
-                base_model: str, model_fingerprint: dict, record: dict | None = None) -> None:
+def export_peft(
+  lora_params: dict,
+  lora_cfg: LoRAConfig,
+  layer_range: tuple[int, int],
+  out_dir: str,
+  base_model: str,
+  model_fingerprint: dict,
+  record: dict | None = None,
+) -> None:
   """Writes `lora_params` ({target}_a [n, in, r], {target}_b [n, r, out]) as a PEFT adapter directory.
 
   `record` (ours, e.g. the held-out split's identity and the step) is saved beside the model fingerprint, so
@@ -42,11 +49,20 @@ def export_peft(lora_params: dict, lora_cfg: LoRAConfig, layer_range: tuple[int,
       tensors[_key(layer, t, "A")] = np.ascontiguousarray(a[j].T)
       tensors[_key(layer, t, "B")] = np.ascontiguousarray(b[j].T)
   config = {
-      "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-      "r": lora_cfg.rank, "lora_alpha": lora_cfg.alpha, "lora_dropout": 0.0, "bias": "none",
-      "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
-      "target_modules": sorted(HF_LAYER_MODULES[t].split(".")[-1] for t in lora_cfg.targets),
-      "layers_to_transform": list(range(start, end)), "layers_pattern": "layers",
+    "peft_type": "LORA",
+    "task_type": "CAUSAL_LM",
+    "base_model_name_or_path": base_model,
+    "r": lora_cfg.rank,
+    "lora_alpha": lora_cfg.alpha,
+    "lora_dropout": 0.0,
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "use_rslora": False,
+    "init_lora_weights": True,
+    "inference_mode": True,
+    "target_modules": sorted(HF_LAYER_MODULES[t].split(".")[-1] for t in lora_cfg.targets),
+    "layers_to_transform": list(range(start, end)),
+    "layers_pattern": "layers",
   }
 
   def build(tmp_dir):
@@ -73,9 +89,14 @@ def adapter_record(path: str) -> dict:
 
 
 def model_fingerprint(cfg) -> dict:
-  return {"num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size, "num_heads": cfg.num_heads,
-          "num_kv_heads": cfg.num_kv_heads, "intermediate_size": cfg.intermediate_size,
-          "vocab_size": cfg.vocab_size}
+  return {
+    "num_layers": cfg.num_layers,
+    "hidden_size": cfg.hidden_size,
+    "num_heads": cfg.num_heads,
+    "num_kv_heads": cfg.num_kv_heads,
+    "intermediate_size": cfg.intermediate_size,
+    "vocab_size": cfg.vocab_size,
+  }
 
 
 def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
@@ -91,24 +112,24 @@ def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
   try:
     rank, alpha, modules = int(pc["r"]), float(pc["lora_alpha"]), list(pc["target_modules"])
   except (KeyError, TypeError, ValueError) as e:
-    raise UserError(f"adapter config {cfg_file} lacks a valid r, lora_alpha or target_modules ({type(e).__name__}: "
-                    f"{e}): {fix}") from None
+    raise UserError(
+      f"adapter config {cfg_file} lacks a valid r, lora_alpha or target_modules ({type(e).__name__}: {e}): {fix}"
+    ) from None
   saved = adapter_record(path).get("model")
   if saved and saved != model_fingerprint(model_cfg):
-    raise UserError(f"adapter {path} was trained for a different base model ({saved}); "
-                    "load it with the model it was trained on")
+    raise UserError(f"adapter {path} was trained for a different base model ({saved}); load it with the model it was trained on")
   by_module = {v.split(".")[-1]: k for k, v in HF_LAYER_MODULES.items()}
   targets = tuple(by_module[m] for m in modules if m in by_module)
   try:
     tensors = load(files.read_bytes(weights_file))
   except Exception as e:  # safetensors reports a cut or garbled file as SafetensorError or OSError
-    raise UserError(f"adapter weights {weights_file} are unreadable ({type(e).__name__}: {str(e)[:120]}): "
-                    f"{fix}") from None
+    raise UserError(f"adapter weights {weights_file} are unreadable ({type(e).__name__}: {str(e)[:120]}): {fix}") from None
   try:
     layers = sorted({int(k.split(".")[4]) for k in tensors})
   except (IndexError, ValueError):
-    raise UserError(f"adapter weights {weights_file} hold tensors that are not per-layer LoRA weights "
-                    f"(e.g. {sorted(tensors)[0]!r}): {fix}") from None
+    raise UserError(
+      f"adapter weights {weights_file} hold tensors that are not per-layer LoRA weights (e.g. {sorted(tensors)[0]!r}): {fix}"
+    ) from None
   if not layers or layers != list(range(layers[0], layers[-1] + 1)):
     raise UserError(f"adapter {path} adapts layers {layers}: only one contiguous range is supported")
   if rank <= 0 or not np.isfinite(alpha):
@@ -137,8 +158,9 @@ def load_adapter(model: LlamaModel, path: str) -> LoRAConfig:
   for name, value in weights.items():
     var = getattr(lora, name)
     if value.shape != var[...].shape:
-      raise UserError(f"adapter {path} has {name} shapes {value.shape}, the model needs {var[...].shape}: "
-                      "it belongs to another base model")
+      raise UserError(
+        f"adapter {path} has {name} shapes {value.shape}, the model needs {var[...].shape}: it belongs to another base model"
+      )
     var[...] = jnp.asarray(value)
   return lcfg
 
@@ -162,9 +184,11 @@ def adapter_origin(path: str | None, run_dir: str | None) -> dict:
   elif latest is None:
     check = f"step {step} (no checkpoints beside it to compare)"
   elif latest != step:
-    raise UserError(f"the adapter in {path} is from step {step} but the run's newest checkpoint is step {latest} "
-                    f"({run_dir}/checkpoints): training went on after the export; finish it with "
-                    "python -m lazarus_jax.train ... --config.resume=True, then evaluate")
+    raise UserError(
+      f"the adapter in {path} is from step {step} but the run's newest checkpoint is step {latest} "
+      f"({run_dir}/checkpoints): training went on after the export; finish it with "
+      "python -m lazarus_jax.train ... --config.resume=True, then evaluate"
+    )
   else:
     check = f"verified: step {step}, the run's newest checkpoint"
   return {"step": step, "latest_checkpoint": latest, "check": check}

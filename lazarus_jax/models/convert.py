@@ -16,15 +16,15 @@ from lazarus_jax.errors import UserError
 
 # Our per-layer name -> HF module path inside `model.layers.{i}`; also the LoRA target -> HF module map.
 HF_LAYER_MODULES = {
-    "q": "self_attn.q_proj",
-    "k": "self_attn.k_proj",
-    "v": "self_attn.v_proj",
-    "o": "self_attn.o_proj",
-    "gate": "mlp.gate_proj",
-    "up": "mlp.up_proj",
-    "down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "mlp_norm": "post_attention_layernorm",
+  "q": "self_attn.q_proj",
+  "k": "self_attn.k_proj",
+  "v": "self_attn.v_proj",
+  "o": "self_attn.o_proj",
+  "gate": "mlp.gate_proj",
+  "up": "mlp.up_proj",
+  "down": "mlp.down_proj",
+  "attn_norm": "input_layernorm",
+  "mlp_norm": "post_attention_layernorm",
 }
 NORMS = ("attn_norm", "mlp_norm")
 
@@ -33,8 +33,7 @@ def hf_layer_key(layer: int, name: str) -> str:
   return f"model.layers.{layer}.{HF_LAYER_MODULES[name]}.weight"
 
 
-def hf_to_weights(get: Callable[[str], np.ndarray], keys: set[str], num_layers: int,
-                  tie_word_embeddings: bool, dtype) -> dict:
+def hf_to_weights(get: Callable[[str], np.ndarray], keys: set[str], num_layers: int, tie_word_embeddings: bool, dtype) -> dict:
   """Our weights tree from HF-named tensors. `get(name)` returns one tensor (loaded lazily)."""
 
   def fetch(name):
@@ -50,9 +49,9 @@ def hf_to_weights(get: Callable[[str], np.ndarray], keys: set[str], num_layers: 
       per_layer.append(w if name in NORMS else w.T)
     layers[name] = np.stack(per_layer)
   weights = {
-      "embed": fetch("model.embed_tokens.weight"),
-      "final_norm": fetch("model.norm.weight"),
-      "layers": layers,
+    "embed": fetch("model.embed_tokens.weight"),
+    "final_norm": fetch("model.norm.weight"),
+    "layers": layers,
   }
   if not tie_word_embeddings:
     weights["lm_head"] = fetch("lm_head.weight")
@@ -69,8 +68,10 @@ def safetensors_files(path: str) -> list[str]:
   single = os.path.join(path, "model.safetensors")
   if os.path.exists(single):
     return [single]
-  raise UserError(f"no model.safetensors or model.safetensors.index.json in {path}: "
-                  "convert the checkpoint to safetensors (save_pretrained(..., safe_serialization=True))")
+  raise UserError(
+    f"no model.safetensors or model.safetensors.index.json in {path}: "
+    "convert the checkpoint to safetensors (save_pretrained(..., safe_serialization=True))"
+  )
 
 
 def read_safetensors(path: str) -> tuple[Callable[[str], np.ndarray], set[str], Callable[[], None]]:

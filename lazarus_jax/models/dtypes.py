@@ -55,9 +55,13 @@ class DtypeChoice:
   reason: str  # why `auto` became what it did ("" when nothing was auto)
 
   def as_dict(self) -> dict:
-    return {"param_dtype": self.param_dtype, "compute_dtype": self.compute_dtype,
-            "activation_dtype": self.activation_dtype, "requested": dict(zip(KEYS, self.requested)),
-            "reason": self.reason}
+    return {
+      "param_dtype": self.param_dtype,
+      "compute_dtype": self.compute_dtype,
+      "activation_dtype": self.activation_dtype,
+      "requested": dict(zip(KEYS, self.requested)),
+      "reason": self.reason,
+    }
 
   def describe(self) -> str:
     """One line for the start of a run."""
@@ -70,14 +74,21 @@ class DtypeChoice:
 KEYS = ("param_dtype", "compute_dtype", "activation_dtype")
 
 
-def resolve(param_dtype: str, compute_dtype: str, activation_dtype: str, platform: str | None = None,
-            flags=None, compute_capability: str | None = None) -> DtypeChoice:
+def resolve(
+  param_dtype: str,
+  compute_dtype: str,
+  activation_dtype: str,
+  platform: str | None = None,
+  flags=None,
+  compute_capability: str | None = None,
+) -> DtypeChoice:
   """Resolves `auto` entries for `platform` (default: JAX's first device) and `flags` (default: this CPU's)."""
   requested = (param_dtype, compute_dtype, activation_dtype)
   if AUTO not in requested:
     return DtypeChoice(param_dtype, compute_dtype, activation_dtype, requested, "")
   if platform is None:
     import jax
+
     device = jax.devices()[0]
     platform, compute_capability = device.platform, getattr(device, "compute_capability", None)
   if flags is None:
@@ -89,6 +100,10 @@ def resolve(param_dtype: str, compute_dtype: str, activation_dtype: str, platfor
   reasons = [why]
   if activation_dtype == AUTO and native and not accelerator:
     reasons.append("activations float32 on CPU: XLA:CPU upcasts bf16 elementwise work")
-  return DtypeChoice(matmul if param_dtype == AUTO else param_dtype,
-                     matmul if compute_dtype == AUTO else compute_dtype,
-                     activation if activation_dtype == AUTO else activation_dtype, requested, "; ".join(reasons))
+  return DtypeChoice(
+    matmul if param_dtype == AUTO else param_dtype,
+    matmul if compute_dtype == AUTO else compute_dtype,
+    activation if activation_dtype == AUTO else activation_dtype,
+    requested,
+    "; ".join(reasons),
+  )

@@ -33,6 +33,7 @@ MAX_BATCH = 32  # batches are padded to a power of two up to this size
 
 # ---- the jitted core -----------------------------------------------------------------------------
 
+
 def _segments(cfg: LlamaConfig, lora_range: tuple[int, int]) -> list[tuple[int, int, bool]]:
   """(start, end, adapted) layer segments, as in `LlamaModel.trunk`; empty segments dropped."""
   lo, hi = lora_range
@@ -93,8 +94,7 @@ def pick_token(logits, key, temperature: float, top_p: float):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_range", "lora_scale", "max_new_tokens", "edit_fn"))
-def _generate(params, tokens, mask, eos_id, pad_id, edit=None, *, cfg, lora_range, lora_scale, max_new_tokens,
-              edit_fn=None):
+def _generate(params, tokens, mask, eos_id, pad_id, edit=None, *, cfg, lora_range, lora_scale, max_new_tokens, edit_fn=None):
   """Greedy: tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS).
 
   With `edit_fn` (a module-level function, static) the prefill's residual stream is edited: after the embedding
@@ -103,12 +103,39 @@ def _generate(params, tokens, mask, eos_id, pad_id, edit=None, *, cfg, lora_rang
   prompt's positions carry the edit into every decode step through the KV cache. Then the result is (ids, the
   last (readout) column's residual rows [n_layers + 1, B, D] after editing, the prefill's final logits there [B, V]).
   """
-  return decode(params, tokens, mask, eos_id, pad_id, jax.random.key(0), cfg=cfg, lora_range=lora_range,
-                lora_scale=lora_scale, max_new_tokens=max_new_tokens, edit=edit, edit_fn=edit_fn)
+  return decode(
+    params,
+    tokens,
+    mask,
+    eos_id,
+    pad_id,
+    jax.random.key(0),
+    cfg=cfg,
+    lora_range=lora_range,
+    lora_scale=lora_scale,
+    max_new_tokens=max_new_tokens,
+    edit=edit,
+    edit_fn=edit_fn,
+  )
 
 
-def decode(params, tokens, mask, eos_id, pad_id, key, *, cfg, lora_range, lora_scale, max_new_tokens,
-           temperature: float = 0.0, top_p: float = 1.0, edit=None, edit_fn=None):
+def decode(
+  params,
+  tokens,
+  mask,
+  eos_id,
+  pad_id,
+  key,
+  *,
+  cfg,
+  lora_range,
+  lora_scale,
+  max_new_tokens,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  edit=None,
+  edit_fn=None,
+):
   """tokens/mask [B,P] left-padded -> generated ids [B, max_new_tokens] (pad_id after EOS), greedy or sampled
   (`pick_token`; decode step i draws with `fold_in(key, i)`). Traced inside the caller's jit. `edit`, `edit_fn`:
   see `_generate`."""
@@ -141,8 +168,7 @@ def decode(params, tokens, mask, eos_id, pad_id, key, *, cfg, lora_range, lora_s
     h = hook(jnp.int32(0), h)
     row0 = h[:, -1]
     h, caches, rows = _run_layers(cfg, params, lora_scale, segs, h, cos, sin, bias, caches, 0, hook=hook)
-    readout = (jnp.concatenate([row0[None], rows], axis=0),
-               lens_logits(cfg, params["final_norm"], params["unembed"], h[:, -1]))
+    readout = (jnp.concatenate([row0[None], rows], axis=0), lens_logits(cfg, params["final_norm"], params["unembed"], h[:, -1]))
   tok = next_token(h, 0)
   done = tok == eos_id
   out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
@@ -170,19 +196,20 @@ def decode(params, tokens, mask, eos_id, pad_id, key, *, cfg, lora_range, lora_s
 
 # ---- host side -----------------------------------------------------------------------------------
 
+
 def model_params(model) -> tuple[dict, tuple[int, int], float]:
   """The arrays the jitted core needs, the LoRA layer range and the LoRA scale."""
   cfg = model.cfg
   params = {
-      "embed": model.embed[...],
-      "unembed": model.unembed_matrix(),
-      "final_norm": model.final_norm[...],
-      "inv_freq": model.inv_freq[...],
-      # Projection stacks in the compute dtype, 16-bit ones as raw bits, cast once here: a bf16 stack sliced
-      # inside the decode scan makes XLA:CPU convert the whole stack to float32 on every decode step.
-      # `project` reads uint16 stacks as bits of the compute dtype.
-      "layers": {name: model.projection_stack(name, jnp.dtype(cfg.compute_dtype)) for name in PROJS},
-      "lora": None,
+    "embed": model.embed[...],
+    "unembed": model.unembed_matrix(),
+    "final_norm": model.final_norm[...],
+    "inv_freq": model.inv_freq[...],
+    # Projection stacks in the compute dtype, 16-bit ones as raw bits, cast once here: a bf16 stack sliced
+    # inside the decode scan makes XLA:CPU convert the whole stack to float32 on every decode step.
+    # `project` reads uint16 stacks as bits of the compute dtype.
+    "layers": {name: model.projection_stack(name, jnp.dtype(cfg.compute_dtype)) for name in PROJS},
+    "lora": None,
   }
   params["layers"].update({name: getattr(model.layers, name)[...] for name in ("attn_norm", "mlp_norm")})
   lora = model.lora
@@ -201,8 +228,18 @@ def _batch_size(n: int, max_batch: int) -> int:
   return min(max_batch, 1 << max(0, (n - 1).bit_length()))
 
 
-def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int | None, pad_id: int,
-                    *, max_batch: int = MAX_BATCH, bucket: int = PROMPT_BUCKET, edit=None, edit_fn=None):
+def greedy_generate(
+  model,
+  prompt_ids: list[list[int]],
+  max_new_tokens: int,
+  eos_id: int | None,
+  pad_id: int,
+  *,
+  max_batch: int = MAX_BATCH,
+  bucket: int = PROMPT_BUCKET,
+  edit=None,
+  edit_fn=None,
+):
   """Greedy continuations of each prompt (token ids), batched, with a KV cache.
 
   Returns, per prompt, the generated ids up to and excluding the first `eos_id` (all `max_new_tokens` ids
@@ -228,15 +265,15 @@ def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
   results: list[list[int]] = []
   readouts, logits = [], []
   for start in range(0, len(prompt_ids), bsz):
-    chunk = [list(x) for x in prompt_ids[start:start + bsz]]
+    chunk = [list(x) for x in prompt_ids[start : start + bsz]]
     n = len(chunk)
     chunk += [chunk[0]] * (bsz - n)  # filler rows (dropped below) keep the batch shape fixed
     p = _round_up(max(len(x) for x in chunk), bucket)
     tokens = np.full((bsz, p), pad_id, np.int32)
     mask = np.zeros((bsz, p), np.int32)
     for r, ids in enumerate(chunk):
-      tokens[r, p - len(ids):] = ids  # left padding: every row ends in the last column
-      mask[r, p - len(ids):] = 1
+      tokens[r, p - len(ids) :] = ids  # left padding: every row ends in the last column
+      mask[r, p - len(ids) :] = 1
     static = dict(cfg=cfg, lora_range=lora_range, lora_scale=lora_scale, max_new_tokens=max_new_tokens)
     if edit_fn is None:
       out = _generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos, jnp.int32(pad_id), **static)
@@ -244,13 +281,14 @@ def greedy_generate(model, prompt_ids: list[list[int]], max_new_tokens: int, eos
       shared, per_example = edit
       rows = np.r_[np.arange(start, start + n), np.full(bsz - n, start)]  # filler rows repeat the first
       batch_edit = (shared, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[rows]), per_example))
-      out, readout, final = jax.device_get(_generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos,
-                                                     jnp.int32(pad_id), batch_edit, edit_fn=edit_fn, **static))
+      out, readout, final = jax.device_get(
+        _generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos, jnp.int32(pad_id), batch_edit, edit_fn=edit_fn, **static)
+      )
       readouts.append(readout[:, :n])
       logits.append(final[:n])
     for row in np.asarray(out)[:n].tolist():
       if eos_id is not None and eos_id in row:
-        row = row[:row.index(eos_id)]
+        row = row[: row.index(eos_id)]
       results.append(row)
   if edit_fn is None:
     return results
@@ -292,8 +330,9 @@ def exact_match(generated_text: str, expected_answer: str | int) -> bool:
   return parse_integer(generated_text) == expected
 
 
-def answer_accuracy(model, tokenizer, prompt_ids: list[list[int]], answers: list[str | int],
-                    max_new_tokens: int = 8, **kwargs) -> dict:
+def answer_accuracy(
+  model, tokenizer, prompt_ids: list[list[int]], answers: list[str | int], max_new_tokens: int = 8, **kwargs
+) -> dict:
   """Greedy-generates every prompt and scores exact match. Returns accuracy and per-example rows (with the generated
   token ids, EOS excluded, for first-token accuracy)."""
   if len(prompt_ids) != len(answers):
@@ -302,7 +341,14 @@ def answer_accuracy(model, tokenizer, prompt_ids: list[list[int]], answers: list
   rows = []
   for ids, answer in zip(outs, answers):
     text = tokenizer.decode(ids)
-    rows.append({"generated": text, "ids": list(ids), "parsed": parse_integer(text), "expected": str(answer),
-                 "correct": exact_match(text, answer)})
+    rows.append(
+      {
+        "generated": text,
+        "ids": list(ids),
+        "parsed": parse_integer(text),
+        "expected": str(answer),
+        "correct": exact_match(text, answer),
+      }
+    )
   accuracy = sum(r["correct"] for r in rows) / len(rows) if rows else float("nan")
   return {"accuracy": accuracy, "n": len(rows), "rows": rows}

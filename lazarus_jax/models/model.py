@@ -68,18 +68,18 @@ class LlamaConfig:
     rope.pop("rope_theta", None)
     scaling = tuple(sorted((k, v) for k, v in rope.items() if not isinstance(v, (list, dict)))) or None
     kw = dict(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope_theta),
-        rope_scaling=scaling,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      rope_theta=float(rope_theta),
+      rope_scaling=scaling,
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      max_position_embeddings=hf.get("max_position_embeddings", 2048),
     )
     kw.update(overrides)
     return cls(**kw)
@@ -113,6 +113,7 @@ def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
   from lazarus_jax.errors import UserError
+
   raise UserError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
@@ -145,8 +146,15 @@ def _param(value, axes):
 
 
 # Logical axes of one layer's projection (in, out): the same for every model.
-PROJ_AXES = {"q": ("embed", "heads"), "k": ("embed", "kv_heads"), "v": ("embed", "kv_heads"), "o": ("heads", "embed"),
-             "gate": ("embed", "mlp"), "up": ("embed", "mlp"), "down": ("mlp", "embed")}
+PROJ_AXES = {
+  "q": ("embed", "heads"),
+  "k": ("embed", "kv_heads"),
+  "v": ("embed", "kv_heads"),
+  "o": ("heads", "embed"),
+  "gate": ("embed", "mlp"),
+  "up": ("embed", "mlp"),
+  "down": ("mlp", "embed"),
+}
 
 
 def gathered_axes(axes: tuple) -> tuple:
@@ -191,9 +199,7 @@ class LlamaModel(nnx.Module):
     self.embed = _param(jnp.asarray(embed, dtype), ("vocab", "embed"))
     self.layers = DecoderStack(cfg, w.get("layers"), rngs)
     final_norm = w.get("final_norm")
-    self.final_norm = _param(
-        jnp.asarray(final_norm if final_norm is not None else jnp.ones((cfg.hidden_size,)), dtype),
-        ("norm",))
+    self.final_norm = _param(jnp.asarray(final_norm if final_norm is not None else jnp.ones((cfg.hidden_size,)), dtype), ("norm",))
     if not cfg.tie_word_embeddings:
       lm_head = w.get("lm_head")
       if lm_head is None:
@@ -289,6 +295,7 @@ def make_block(cfg: LlamaConfig, cos, sin, bias, lora_scale: float):
     block = jax.checkpoint(block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
   elif cfg.remat != "none":
     from lazarus_jax.errors import UserError
+
     raise UserError(f"model.remat={cfg.remat!r} is not one of none, full, dots")
   return block
 
@@ -319,8 +326,7 @@ def pack_frozen_layers(base: dict, shardings=None) -> dict:
   if not names:  # nothing to pack: the same arrays, no copy
     return base
   stacks_sh = None if shardings is None else {k: shardings["layers"][k] for k in names}
-  packed = jax.jit(lambda stacks: {k: as_bits(v) for k, v in stacks.items()}, out_shardings=stacks_sh)(
-      {k: layers[k] for k in names})
+  packed = jax.jit(lambda stacks: {k: as_bits(v) for k, v in stacks.items()}, out_shardings=stacks_sh)({k: layers[k] for k in names})
   return {**base, "layers": {**layers, **packed}}
 
 
@@ -359,8 +365,9 @@ def _dense_bwd(w_transposed, out_dtype, bits_dtype, w_axes, res, g):
   x, w_in = res
   w = constrain(_from_bits(w_in, bits_dtype), w_axes)
   g, xc = g.astype(w.dtype), x.astype(w.dtype)
-  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())),
-                           preferred_element_type=jnp.float32).astype(x.dtype)
+  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())), preferred_element_type=jnp.float32).astype(
+    x.dtype
+  )
   # Weight gradient (dead code, removed by XLA, for frozen weights; needed for the adapters).
   x2, g2 = xc.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
   pair = (g2, x2) if w_transposed else (x2, g2)
@@ -379,8 +386,11 @@ def project(x, weights, adapters, lora_scale, name, cdt, out_dtype=jnp.float32):
   # One layer's slice, gathered inside the dot (FSDP): never the whole stack, and the residual stays the slice.
   axes = gathered_axes(PROJ_AXES[name])
   # From `trunk` the stacks arrive already cast (16-bit ones as raw bits, see `as_bits`).
-  y = dense(x, w, out_dtype=out_dtype, bits_dtype=cdt, w_axes=axes) if w.dtype == jnp.uint16 else dense(
-      x, w.astype(cdt), out_dtype=out_dtype, w_axes=axes)
+  y = (
+    dense(x, w, out_dtype=out_dtype, bits_dtype=cdt, w_axes=axes)
+    if w.dtype == jnp.uint16
+    else dense(x, w.astype(cdt), out_dtype=out_dtype, w_axes=axes)
+  )
   if adapters is not None and name in adapters:
     a, b_ = adapters[name]
     y = y + lora_scale * dense(dense(x, a.astype(cdt)), b_.astype(cdt), out_dtype=out_dtype)
@@ -396,6 +406,7 @@ def attention(q, k, v, bias, impl: str = "einsum"):
   if impl != "einsum":
     if impl not in ("xla", "cudnn"):
       from lazarus_jax.errors import UserError
+
       raise UserError(f"model.attention={impl!r} is not one of einsum, xla, cudnn")
     # The boolean mask the bias encodes, with the diagonal always allowed: a padded query row would otherwise be
     # fully masked, which the fused kernel may turn into NaN (einsum gives it a uniform row); real rows unchanged.

@@ -19,15 +19,15 @@ from lazarus_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("layers", None),
-    ("norm", None),
-    ("lora_rank", None),
+  ("batch", ("data", "fsdp")),
+  ("embed", "fsdp"),
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("layers", None),
+  ("norm", None),
+  ("lora_rank", None),
 )
 
 
@@ -54,15 +54,22 @@ def make_mesh(dims, devices=None) -> jax.sharding.Mesh:
 
 def validate_model_for_mesh(mesh, model_cfg, batch_size: int) -> None:
   tensor = mesh.shape["tensor"]
-  for what, n in (("attention heads", model_cfg.num_heads), ("KV heads", model_cfg.num_kv_heads),
-                  ("MLP width", model_cfg.intermediate_size)):
+  for what, n in (
+    ("attention heads", model_cfg.num_heads),
+    ("KV heads", model_cfg.num_kv_heads),
+    ("MLP width", model_cfg.intermediate_size),
+  ):
     if n % tensor:
-      raise UserError(f"tensor parallelism {tensor} does not divide the model's {n} {what}: "
-                      "set mesh.shape so tensor divides it (e.g. --config.mesh.shape='(-1,1,1)')")
+      raise UserError(
+        f"tensor parallelism {tensor} does not divide the model's {n} {what}: "
+        "set mesh.shape so tensor divides it (e.g. --config.mesh.shape='(-1,1,1)')"
+      )
   data = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % data:
-    raise UserError(f"batch size {batch_size} is not divisible by the data-parallel size {data} "
-                    "(mesh data x fsdp): change train.batch_size or mesh.shape")
+    raise UserError(
+      f"batch size {batch_size} is not divisible by the data-parallel size {data} "
+      "(mesh data x fsdp): change train.batch_size or mesh.shape"
+    )
 
 
 def logical_to_spec(axes, rules, shape=None, mesh=None) -> PartitionSpec:

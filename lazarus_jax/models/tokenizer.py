@@ -45,14 +45,13 @@ class Tokenizer:
     """From an HF checkpoint directory holding `tokenizer.json` (+ `tokenizer_config.json`)."""
     tok_file = os.path.join(path, "tokenizer.json")
     if not os.path.exists(tok_file):
-      raise UserError(
-          f"no tokenizer.json in {path}: save the tokenizer with the checkpoint "
-          "(tokenizer.save_pretrained(dir))")
+      raise UserError(f"no tokenizer.json in {path}: save the tokenizer with the checkpoint (tokenizer.save_pretrained(dir))")
     backend = tokenizers.Tokenizer.from_file(tok_file)
     cfg = {}
     cfg_file = os.path.join(path, "tokenizer_config.json")
     if os.path.exists(cfg_file):
       from lazarus_jax.files import read_json
+
       cfg = read_json(cfg_file, "tokenizer config", "fix or remove the checkpoint's tokenizer_config.json")
       cfg = cfg if isinstance(cfg, dict) else {}
 
@@ -70,6 +69,10 @@ class Tokenizer:
       # Tokenizers whose post-processor inserts BOS (e.g. Llama's TemplateProcessing) add it.
       probe = backend.encode("a", add_special_tokens=True).ids
       add_bos = bos_id is not None and len(probe) > 0 and probe[0] == bos_id
-    return cls(backend=backend, bos_id=bos_id, eos_id=eos_id,
-               pad_id=pad_id if pad_id is not None else (eos_id if eos_id is not None else 0),
-               add_bos=add_bos)
+    return cls(
+      backend=backend,
+      bos_id=bos_id,
+      eos_id=eos_id,
+      pad_id=pad_id if pad_id is not None else (eos_id if eos_id is not None else 0),
+      add_bos=add_bos,
+    )

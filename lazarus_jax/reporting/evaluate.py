@@ -71,6 +71,7 @@ SCHEMA_VERSION = 1
 
 # ---- the examples ------------------------------------------------------------------------------------
 
+
 def select_examples(eval_examples, seed_prompts, cap: int, seed: int = 0) -> list:
   """The held-out set capped at `cap` triples per operation: a seeded random subset (DESIGN.md §3), never the
   first N of a list, that always includes the seed's prompts. A chosen triple is kept in every format present,
@@ -94,6 +95,7 @@ def select_examples(eval_examples, seed_prompts, cap: int, seed: int = 0) -> lis
 
 # ---- one forward pass: readout hidden states + the all-layer lens ---------------------------------------
 
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _readout_fn(graphdef, state, tokens, mask, readout, class_ids):
   # The same readout as lens.all_layer_lens (tested equal), but it also returns the hidden states, so the
@@ -114,26 +116,25 @@ def readout_states(model, prompt_ids: list[list[int]], class_ids, batch_size: in
   class_ids = jnp.asarray(class_ids, jnp.int32)
   hidden, probs, top1 = [], [], []
   for start in range(0, len(prompt_ids), batch_size):
-    chunk = prompt_ids[start:start + batch_size]
+    chunk = prompt_ids[start : start + batch_size]
     tokens = np.full((batch_size, seq_len), pad_id, np.int32)
     mask = np.zeros((batch_size, seq_len), np.int32)
     mask[:, 0] = 1  # filler rows see one token, so no softmax row is all-masked
     readout = np.zeros((batch_size,), np.int32)
     for i, ids in enumerate(chunk):
-      tokens[i, :len(ids)], mask[i, :len(ids)], readout[i] = ids, 1, len(ids) - 1
+      tokens[i, : len(ids)], mask[i, : len(ids)], readout[i] = ids, 1, len(ids) - 1
     h, p, t = jax.device_get(_readout_fn(graphdef, state, tokens, mask, readout, class_ids))
     n = len(chunk)
     hidden.append(h[:, :n])
     probs.append(np.swapaxes(p, 0, 1)[:n])
     top1.append(np.swapaxes(t, 0, 1)[:n])
-  return {"hidden": np.concatenate(hidden, axis=1), "class_probs": np.concatenate(probs),
-          "top1": np.concatenate(top1)}
+  return {"hidden": np.concatenate(hidden, axis=1), "class_probs": np.concatenate(probs), "top1": np.concatenate(top1)}
 
 
 # ---- metrics (pure numpy; tests feed them batches whose answers are known) ------------------------------
 
-def classifier_metrics(class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray, class_ids,
-                       labels, confidence: float = 0.95) -> dict:
+
+def classifier_metrics(class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray, class_ids, labels, confidence: float = 0.95) -> dict:
   """Lens metrics at one row. class_probs [N, K] full-vocab probs of the class tokens; top1 [N] vocab argmax."""
   class_ids = np.asarray(class_ids)
   pred = np.argmax(class_probs, axis=-1)
@@ -148,8 +149,9 @@ def classifier_metrics(class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray,
   return out
 
 
-def lens_layers(class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray, class_ids, labels, fmts: np.ndarray,
-                confidence: float = 0.95) -> list[dict]:
+def lens_layers(
+  class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray, class_ids, labels, fmts: np.ndarray, confidence: float = 0.95
+) -> list[dict]:
   """One entry per lens row (n_layers + 1): accuracy, vocab top-1, p(correct), per-class mean p, per format."""
   rows = []
   for r in range(class_probs.shape[1]):
@@ -159,15 +161,17 @@ def lens_layers(class_probs: np.ndarray, top1: np.ndarray, y: np.ndarray, class_
     for fmt in sorted(set(fmts.tolist())):
       sel = fmts == fmt
       f = classifier_metrics(class_probs[sel, r], top1[sel, r], y[sel], class_ids, labels, confidence)
-      by_format[fmt] = {k: f[k] for k in ("accuracy", "ci_low", "ci_high", "n", "vocab_top1_accuracy",
-                                          "mean_correct_prob")}
-    rows.append({
-        "row": r, "layer": block, "name": "embeddings" if block is None else f"after block {block}",
+      by_format[fmt] = {k: f[k] for k in ("accuracy", "ci_low", "ci_high", "n", "vocab_top1_accuracy", "mean_correct_prob")}
+    rows.append(
+      {
+        "row": r,
+        "layer": block,
+        "name": "embeddings" if block is None else f"after block {block}",
         **{k: m[k] for k in ("accuracy", "ci_low", "ci_high", "n", "vocab_top1_accuracy", "mean_correct_prob")},
-        "class_probs": {lab: float(np.mean(class_probs[y == k, r, k])) if np.any(y == k) else None
-                        for k, lab in enumerate(labels)},
+        "class_probs": {lab: float(np.mean(class_probs[y == k, r, k])) if np.any(y == k) else None for k, lab in enumerate(labels)},
         "by_format": by_format,
-    })
+      }
+    )
   return rows
 
 
@@ -176,6 +180,7 @@ def _strip(d: dict) -> dict:
 
 
 # ---- one model ---------------------------------------------------------------------------------------
+
 
 def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, tag: str) -> dict:
   """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys."""
@@ -197,14 +202,21 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
   cls = {"layer": layer, "row": row, **cls, "by_format": {}}
   for fmt in sorted(set(fmts.tolist())):
     sel = fmts == fmt
-    cls["by_format"][fmt] = _strip(classifier_metrics(probs_l[sel], top1_l[sel], y[sel], targets.token_ids,
-                                                      labels, conf))
+    cls["by_format"][fmt] = _strip(classifier_metrics(probs_l[sel], top1_l[sel], y[sel], targets.token_ids, labels, conf))
   seed_keys = {(e.prompt, e.fmt) for e in experiment_seed_prompts(examples)}
   seed_idx = [i for i, e in enumerate(examples) if (e.prompt, e.fmt) in seed_keys]
   pred = np.argmax(probs_l, axis=-1)
-  cls["results"] = [{"prompt": examples[i].prompt, "format": examples[i].fmt, "expected": labels[y[i]],
-                     "predicted": labels[pred[i]], "confidence": float(probs_l[i, pred[i]]),
-                     "correct": bool(pred[i] == y[i])} for i in seed_idx]
+  cls["results"] = [
+    {
+      "prompt": examples[i].prompt,
+      "format": examples[i].fmt,
+      "expected": labels[y[i]],
+      "predicted": labels[pred[i]],
+      "confidence": float(probs_l[i, pred[i]]),
+      "correct": bool(pred[i] == y[i]),
+    }
+    for i in seed_idx
+  ]
   cls["seed_prompts_accuracy"] = accuracy_summary(np.asarray([r["correct"] for r in cls["results"]], bool), conf)
 
   # -- all layers --
@@ -218,9 +230,15 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
     embed = np.asarray(jax.device_get(model.embed[...]), np.float32)  # layer-0 baseline: LoRA never touches it
     for fmt in sorted(set(fmts.tolist())):
       idx = np.flatnonzero(fmts == fmt)
-      probes_out["by_format"][fmt] = probe_format(states["hidden"][:, idx], y[idx], [prompt_ids[i] for i in idx],
-                                                  c, labels, control_types=[control_type(examples[i]) for i in idx],
-                                                  embed=embed)
+      probes_out["by_format"][fmt] = probe_format(
+        states["hidden"][:, idx],
+        y[idx],
+        [prompt_ids[i] for i in idx],
+        c,
+        labels,
+        control_types=[control_type(examples[i]) for i in idx],
+        embed=embed,
+      )
     del embed
     timing[f"{tag}_probes_s"] = time.perf_counter() - t0
 
@@ -240,18 +258,25 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
   # -- per example: what the sweep pairs across arms (the same held-out prompts) --
   lens_correct = np.argmax(states["class_probs"], axis=-1) == y[:, None]  # [N, R]
   per_example = {
-      "key": [example_key(e) for e in examples],
-      "format": fmts.tolist(),
-      "operation": [e.operation for e in examples],
-      "label": [labels[k] for k in y],  # the class the lens targets (the operation, or a digit for answer targets)
-      "answer_correct": None if answers is None else bits(answers.pop("_correct")),
-      "first_token_correct": None if answers is None else bits(answers.pop("_first_token_correct")),
-      "lens_correct": [bits(lens_correct[:, r]) for r in range(lens_correct.shape[1])],
+    "key": [example_key(e) for e in examples],
+    "format": fmts.tolist(),
+    "operation": [e.operation for e in examples],
+    "label": [labels[k] for k in y],  # the class the lens targets (the operation, or a digit for answer targets)
+    "answer_correct": None if answers is None else bits(answers.pop("_correct")),
+    "first_token_correct": None if answers is None else bits(answers.pop("_first_token_correct")),
+    "lens_correct": [bits(lens_correct[:, r]) for r in range(lens_correct.shape[1])],
   }
   del states
-  out = {"classifier_eval": cls, "lens": lens, "probes": probes_out, "answer_accuracy": answers,
-         "counterfactuals": counterfactuals, "per_example": per_example}
+  out = {
+    "classifier_eval": cls,
+    "lens": lens,
+    "probes": probes_out,
+    "answer_accuracy": answers,
+    "counterfactuals": counterfactuals,
+    "per_example": per_example,
+  }
   from lazarus_jax.analysis import compute_or_copy
+
   out["compute_or_copy"] = compute_or_copy.verdict(out)
   return out
 
@@ -266,6 +291,7 @@ def counterfactual_metrics(model, tok, examples, targets, layer: int, c, conf: f
   (no example fits the label): a classifier that computes from the examples falls to the input-only baselines.
   """
   from lazarus_jax.data import prompt_formats
+
   fewshot = [e for e in examples if e.fmt == "fewshot"]
   if not fewshot or c.classifier.target_set == "answer":
     return None
@@ -276,23 +302,25 @@ def counterfactual_metrics(model, tok, examples, targets, layer: int, c, conf: f
   ids = [data_lib.encode_prompt(tok, e.prompt) for e in cf + sh]
   states = readout_states(model, ids, targets.token_ids, c.eval.batch_size, tok.pad_id)
   pred = np.argmax(states["class_probs"][:, layer + 1], axis=-1)
-  pred_cf, pred_sh = pred[:len(cf)], pred[len(cf):]
+  pred_cf, pred_sh = pred[: len(cf)], pred[len(cf) :]
   new = np.asarray([labels.index(e.operation) for e in cf])
   old = np.asarray([labels.index(e.source) for e in cf])
   y_sh = np.asarray([labels.index(e.operation) for e in sh])
   flip = accuracy_summary(pred_cf == new, conf)
-  flip["by_shown_operation"] = {op: accuracy_summary(pred_cf[new == k] == k, conf)
-                                for k, op in enumerate(labels) if np.any(new == k)}
+  flip["by_shown_operation"] = {op: accuracy_summary(pred_cf[new == k] == k, conf) for k, op in enumerate(labels) if np.any(new == k)}
   return {
-      "n": len(cf),
-      "flip_rate": flip,
-      "stay_rate": accuracy_summary(pred_cf == old, conf),
-      "shuffled": {**accuracy_summary(pred_sh == y_sh, conf), "chance": 1.0 / len(labels),
-                   "majority": float(np.max(np.bincount(y_sh, minlength=len(labels))) / max(1, len(y_sh)))},
-      "examples": [{"prompt": e.prompt, "shown": e.operation, "original": e.source, "predicted": labels[p]}
-                   for e, p in list(zip(cf, pred_cf))[:8]],
-      "shuffled_examples": [{"prompt": e.prompt, "label": e.operation, "predicted": labels[p]}
-                            for e, p in list(zip(sh, pred_sh))[:4]],
+    "n": len(cf),
+    "flip_rate": flip,
+    "stay_rate": accuracy_summary(pred_cf == old, conf),
+    "shuffled": {
+      **accuracy_summary(pred_sh == y_sh, conf),
+      "chance": 1.0 / len(labels),
+      "majority": float(np.max(np.bincount(y_sh, minlength=len(labels))) / max(1, len(y_sh))),
+    },
+    "examples": [
+      {"prompt": e.prompt, "shown": e.operation, "original": e.source, "predicted": labels[p]} for e, p in list(zip(cf, pred_cf))[:8]
+    ],
+    "shuffled_examples": [{"prompt": e.prompt, "label": e.operation, "predicted": labels[p]} for e, p in list(zip(sh, pred_sh))[:4]],
   }
 
 
@@ -313,8 +341,10 @@ def unbits(text: str) -> np.ndarray:
 # The probes' control task (Hewitt & Liang 2019): one random label per input type, a type being the prompt's
 # first operand. Each first operand recurs across the probe's train and test halves (and across operations),
 # so a probe scores above chance on the control only by memorising which operand carries which random label.
-CONTROL_TYPES_TEXT = ("per-type random labels (Hewitt & Liang 2019); type = the prompt's first operand a, which "
-                      "recurs across the probe's train and test halves")
+CONTROL_TYPES_TEXT = (
+  "per-type random labels (Hewitt & Liang 2019); type = the prompt's first operand a, which "
+  "recurs across the probe's train and test halves"
+)
 
 
 def control_type(e) -> str:
@@ -327,8 +357,9 @@ def experiment_seed_prompts(examples) -> list:
   return [e for e in examples if e.triple in seed]
 
 
-def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, control_types=None,
-                 embed: np.ndarray | None = None) -> dict:
+def probe_format(
+  hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, control_types=None, embed: np.ndarray | None = None
+) -> dict:
   """Probes at every row on one format's readout states: stratified split, control task (per-type labels when
   `control_types` is given, see `control_type`), and the input-only baselines on the same split: the lexical
   (bag-of-tokens) baseline and, given the embedding matrix, a probe on the layer-0 residual at every prompt
@@ -339,11 +370,19 @@ def probe_format(hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, contr
   if len(y) < 4 or np.sum(n_per_class > 0) < 2 or np.min(n_per_class[n_per_class > 0]) < 2:
     return {"skipped": f"too few examples to probe ({len(y)}, per class {n_per_class.tolist()})"}
   train_idx, test_idx = probes.split_indices(len(y), c.eval.probe_test_fraction, seed=c.seed, stratify_labels=y)
-  res = probes.fit_probes(hidden, y, train_idx, test_idx, l2=c.eval.probe_l2, steps=c.eval.probe_steps,
-                          seed=c.seed, method=c.eval.probe_method, learning_rate=c.eval.probe_lr,
-                          control_types=control_types)
-  lexical = probes.lexical_baseline(prompt_ids, y, (train_idx, test_idx), l2=c.eval.probe_l2,
-                                    steps=c.eval.probe_steps)
+  res = probes.fit_probes(
+    hidden,
+    y,
+    train_idx,
+    test_idx,
+    l2=c.eval.probe_l2,
+    steps=c.eval.probe_steps,
+    seed=c.seed,
+    method=c.eval.probe_method,
+    learning_rate=c.eval.probe_lr,
+    control_types=control_types,
+  )
+  lexical = probes.lexical_baseline(prompt_ids, y, (train_idx, test_idx), l2=c.eval.probe_l2, steps=c.eval.probe_steps)
   summary = res.summary()
   summary["classes"] = [labels[int(k)] for k in summary["classes"]]
   out = {"summary": summary, "layers": res.to_json(), "lexical_baseline": lexical}
@@ -358,16 +397,33 @@ def layer0_baseline(embed: np.ndarray, prompt_ids, y: np.ndarray, split, c) -> d
   readout token, 2 = the one before, ...; a prompt without that position gives a zero vector). `best` is the
   position whose probe scores highest on the held-out half: what a single input token tells at the best place."""
   from lazarus_jax.analysis import probes
+
   n_pos = max(len(p) for p in prompt_ids)
   feats = np.zeros((n_pos, len(prompt_ids), embed.shape[1]), np.float32)
   for i, ids in enumerate(prompt_ids):
     back = np.asarray(ids[::-1])
-    feats[:len(back), i] = embed[back]
+    feats[: len(back), i] = embed[back]
   train_idx, test_idx = split
-  res = probes.fit_probes(feats, y, train_idx, test_idx, l2=c.eval.probe_l2, steps=c.eval.probe_steps, seed=c.seed,
-                          method=c.eval.probe_method, learning_rate=c.eval.probe_lr)
-  rows = [{"from_end": p + 1, "accuracy": float(res.test_accuracy[p]), "ci_low": float(res.test_ci[p, 0]),
-           "ci_high": float(res.test_ci[p, 1])} for p in range(n_pos)]
+  res = probes.fit_probes(
+    feats,
+    y,
+    train_idx,
+    test_idx,
+    l2=c.eval.probe_l2,
+    steps=c.eval.probe_steps,
+    seed=c.seed,
+    method=c.eval.probe_method,
+    learning_rate=c.eval.probe_lr,
+  )
+  rows = [
+    {
+      "from_end": p + 1,
+      "accuracy": float(res.test_accuracy[p]),
+      "ci_low": float(res.test_ci[p, 0]),
+      "ci_high": float(res.test_ci[p, 1]),
+    }
+    for p in range(n_pos)
+  ]
   best = max(rows, key=lambda r: (r["accuracy"], -r["from_end"]))
   return {"positions": rows, "best": dict(best, n=int(res.n_test)), "method": "per_position_linear_probe_on_row0"}
 
@@ -392,21 +448,31 @@ def answer_metrics(model, tok, examples, prompt_ids, max_new_tokens: int, seed_k
     sel = fmts == fmt
     entry = accuracy_summary(correct[sel], conf)
     entry["first_token_accuracy"] = accuracy_summary(first[sel], conf)
-    entry["by_operation"] = {op: accuracy_summary(correct[sel & (ops == op)], conf)
-                             for op in data_lib.OPERATIONS if np.any(sel & (ops == op))}
+    entry["by_operation"] = {
+      op: accuracy_summary(correct[sel & (ops == op)], conf) for op in data_lib.OPERATIONS if np.any(sel & (ops == op))
+    }
     out["by_format"][fmt] = entry
-  out["examples"] = [{"prompt": e.prompt, "format": e.fmt, "operation": e.operation,
-                      "expected": e.answer.strip(), "generated": r["generated"], "correct": bool(r["correct"]),
-                      "first_token_correct": bool(f)}
-                     for e, r, f in zip(examples, res["rows"], first) if (e.prompt, e.fmt) in seed_keys]
+  out["examples"] = [
+    {
+      "prompt": e.prompt,
+      "format": e.fmt,
+      "operation": e.operation,
+      "expected": e.answer.strip(),
+      "generated": r["generated"],
+      "correct": bool(r["correct"]),
+      "first_token_correct": bool(f),
+    }
+    for e, r, f in zip(examples, res["rows"], first)
+    if (e.prompt, e.fmt) in seed_keys
+  ]
   out["_correct"], out["_first_token_correct"] = correct, first  # moved to per_example by the caller
   return out
 
 
 # ---- mechanism (eval.mechanism.enabled) -----------------------------------------------------------------
 
-def mechanism_section(model, lora, tok, examples, datasets, targets, layer: int, c, timing: dict,
-                      base_only: bool) -> dict | None:
+
+def mechanism_section(model, lora, tok, examples, datasets, targets, layer: int, c, timing: dict, base_only: bool) -> dict | None:
   """results.json `mechanism` (schema: docs/results_schema.md), or None when `eval.mechanism.enabled` is off.
 
   The base model is analysed when it is the evaluated one or `eval.compare_base` is on; the adapted one when an
@@ -415,6 +481,7 @@ def mechanism_section(model, lora, tok, examples, datasets, targets, layer: int,
     return None
   from lazarus_jax.analysis import lens as lens_lib
   from lazarus_jax.analysis import mechanism
+
   fmts = sorted({e.fmt for e in examples})
   train = [e for e in datasets.train if e.fmt in fmts]
   prompt = c.eval.mechanism.position_prompt or experiment_seed_prompts(examples)[0].prompt
@@ -438,16 +505,19 @@ def mechanism_section(model, lora, tok, examples, datasets, targets, layer: int,
 
 # ---- run ---------------------------------------------------------------------------------------------
 
+
 def adapter_path(c, workdir: str) -> str | None:
   """The adapter directory `eval.adapter` names (None for the base model); refuses a missing one."""
   spec = c.eval.adapter
   if spec == "none":
     return None
   path = files.join(workdir, "adapter") if spec == "workdir" else spec
-  if not (files.isfile(files.join(path, "adapter_config.json"))
-          and files.isfile(files.join(path, "adapter_model.safetensors"))):
-    hint = ("train into this --workdir first, or pass --config.eval.adapter=none for the base model"
-            if spec == "workdir" else "pass a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
+  if not (files.isfile(files.join(path, "adapter_config.json")) and files.isfile(files.join(path, "adapter_model.safetensors"))):
+    hint = (
+      "train into this --workdir first, or pass --config.eval.adapter=none for the base model"
+      if spec == "workdir"
+      else "pass a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)"
+    )
     raise UserError(f"no adapter at {path}: {hint}")
   return path
 
@@ -459,17 +529,24 @@ def check_split(adapter: str | None, split: dict) -> dict:
   if adapter is None:
     return out
   from lazarus_jax.models.adapters import adapter_record
+
   trained = adapter_record(adapter).get("split")
   if trained is None:
     out["check"] = "unverified: the adapter records no split (not written by lazarus_jax.train)"
     return out
   keys = ("heldout_sha256", "train_source")
   if any(trained.get(k) != split[k] for k in keys):
+
     def describe(d):
-      return (f"held-out {str(d.get('heldout_sha256'))[:12]} (seed {d.get('seed')}, data.n_eval_per_op "
-              f"{d.get('n_eval_per_op')}, train data {str(d.get('train_source'))[:18]})")
-    raise UserError(f"adapter {adapter} was trained against {describe(trained)} but this evaluation's split is "
-                    f"{describe(split)}: evaluate with the training run's seed, data.n_eval_per_op and data.jsonl")
+      return (
+        f"held-out {str(d.get('heldout_sha256'))[:12]} (seed {d.get('seed')}, data.n_eval_per_op "
+        f"{d.get('n_eval_per_op')}, train data {str(d.get('train_source'))[:18]})"
+      )
+
+    raise UserError(
+      f"adapter {adapter} was trained against {describe(trained)} but this evaluation's split is "
+      f"{describe(split)}: evaluate with the training run's seed, data.n_eval_per_op and data.jsonl"
+    )
   out["check"] = "verified: the adapter was trained against this split"
   return out
 
@@ -478,7 +555,7 @@ def portable_path(path: str, workdir: str) -> str:
   """A path as it may appear in results: relative to the workdir when inside it, else only its own name."""
   if files.is_remote(path) or files.is_remote(workdir):
     prefix = workdir.rstrip("/") + "/"
-    return path[len(prefix):] if path.startswith(prefix) else path.rstrip("/").rsplit("/", 1)[-1]
+    return path[len(prefix) :] if path.startswith(prefix) else path.rstrip("/").rsplit("/", 1)[-1]
   rel = os.path.relpath(path, workdir)
   return rel if not rel.startswith("..") else os.path.basename(os.path.normpath(path))
 
@@ -499,6 +576,7 @@ def training_summary(workdir: str, up_to_step: int | None = None) -> dict | None
   """The training history in <workdir>: its table and last row, through `up_to_step` (the evaluated adapter's
   step) when given, so that a later, interrupted resume is not reported as what was evaluated."""
   from lazarus_jax.training.logging_utils import read_metrics
+
   path = files.join(workdir, "metrics.jsonl")
   if not files.isfile(path):
     return None
@@ -547,14 +625,17 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   workdir = files.abspath(workdir)
   files.check_output_dir(files.join(workdir, "eval"), "--workdir")
   from lazarus_jax.workdir import check_not_in_use
+
   check_not_in_use(workdir)
   adapter = adapter_path(c, workdir)  # before any loading: a missing adapter fails fast
   if c.eval.mechanism.enabled:
     from lazarus_jax.analysis import mechanism
+
     mechanism.validate(c)
   if jax.process_index() != 0:
     return {}
   from lazarus_jax.models.adapters import adapter_origin
+
   origin = adapter_origin(adapter, workdir if c.eval.adapter == "workdir" else None)
   timing = {}
   t0 = time.perf_counter()
@@ -568,18 +649,22 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   datasets = experiment.build_data(c, tok)
   split = check_split(adapter, datasets.split)  # before any evaluation work: never score training data
   examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op, c.seed)
-  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets),
-                                     examples=datasets.train + datasets.eval)
+  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets), examples=datasets.train + datasets.eval)
   timing["load_s"] = time.perf_counter() - t0
-  print(f"evaluate: {pretrained.name}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
-        f"adapter {adapter or 'none'}; split {split['heldout_sha256'][:12]} ({split['check']})", file=sys.stderr)
+  print(
+    f"evaluate: {pretrained.name}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
+    f"adapter {adapter or 'none'}; split {split['heldout_sha256'][:12]} ({split['check']})",
+    file=sys.stderr,
+  )
 
   lora = None
   if adapter is not None:
     from lazarus_jax.models.adapters import load_adapter
+
     load_adapter(model, adapter)  # first: an adapter of another model is refused before any evaluation work
     lora = model.lora
   from lazarus_jax.workdir import WorkdirLock
+
   held.enter_context(WorkdirLock(workdir, "evaluate"))  # every check passed: now one writer (train holds it already)
   base = None
   if adapter is None or c.eval.compare_base:
@@ -594,35 +679,46 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
 
   fmts = sorted({e.fmt for e in examples})
   results = {
-      "schema_version": SCHEMA_VERSION,
-      "model": {"name": pretrained.name, "n_layers": n_layers,
-                "adapter": None if adapter is None else portable_path(adapter, workdir), "adapter_origin": origin},
-      "split": split,
-      "evaluated": "adapted" if adapted is not None else "base",
-      "classifier_layer": layer,
-      "lens_row": layer + 1,
-      "class_targets": targets.as_dict(),
-      "formats": fmts,
-      "n_eval": {f: sum(e.fmt == f for e in examples) for f in fmts},
-      # One row of the transfer matrix: trained on `train_formats`, lens at L on each eval format
-      # (classifier_eval.by_format), the same held-out triples in each.
-      "transfer": {"train_formats": experiment.data_formats(c) if not c.data.jsonl else ["jsonl"],
-                   "eval_formats": fmts, "target_set": c.classifier.target_set, "fewshot_k": c.data.fewshot_k},
-      **main,
-      "base": base if adapted is not None else None,
-      "training": training_summary(workdir, origin.get("step") if adapter is not None else None),
-      "mechanism": mech,
-      "timing": timing,
-      "provenance": provenance.collect(c, pretrained.dtypes),
+    "schema_version": SCHEMA_VERSION,
+    "model": {
+      "name": pretrained.name,
+      "n_layers": n_layers,
+      "adapter": None if adapter is None else portable_path(adapter, workdir),
+      "adapter_origin": origin,
+    },
+    "split": split,
+    "evaluated": "adapted" if adapted is not None else "base",
+    "classifier_layer": layer,
+    "lens_row": layer + 1,
+    "class_targets": targets.as_dict(),
+    "formats": fmts,
+    "n_eval": {f: sum(e.fmt == f for e in examples) for f in fmts},
+    # One row of the transfer matrix: trained on `train_formats`, lens at L on each eval format
+    # (classifier_eval.by_format), the same held-out triples in each.
+    "transfer": {
+      "train_formats": experiment.data_formats(c) if not c.data.jsonl else ["jsonl"],
+      "eval_formats": fmts,
+      "target_set": c.classifier.target_set,
+      "fewshot_k": c.data.fewshot_k,
+    },
+    **main,
+    "base": base if adapted is not None else None,
+    "training": training_summary(workdir, origin.get("step") if adapter is not None else None),
+    "mechanism": mech,
+    "timing": timing,
+    "provenance": provenance.collect(c, pretrained.dtypes),
   }
   results = _nan_to_none(portable_paths(results, workdir))
   out_dir = files.join(workdir, "eval")
   files.makedirs(out_dir)
   from lazarus_jax.reporting import report
+
   report.write_report(results, out_dir)
   write_json(files.join(out_dir, "results.json"), results)  # last: its presence means "done"
   cls = results["classifier_eval"]
-  print(f"evaluate: lens accuracy at L={layer}: {cls['accuracy']:.3f} [{cls['ci_low']:.3f}, {cls['ci_high']:.3f}] "
-        f"(n={cls['n']}); wrote {out_dir}/results.json and report.md", file=sys.stderr)
+  print(
+    f"evaluate: lens accuracy at L={layer}: {cls['accuracy']:.3f} [{cls['ci_low']:.3f}, {cls['ci_high']:.3f}] "
+    f"(n={cls['n']}); wrote {out_dir}/results.json and report.md",
+    file=sys.stderr,
+  )
   return results
-

@@ -12,14 +12,15 @@ import numpy as np
 
 from lazarus_jax import files
 
-FIGURES = ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png",
-           "mechanism_position_lens.png")
+FIGURES = ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png", "mechanism_position_lens.png")
 
 
 def _plt():
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -41,6 +42,7 @@ def _row_name(row: int) -> str:
 
 # ---- figures --------------------------------------------------------------------------------------------------
 
+
 def plot_interventions(mech: dict, path: str) -> None:
   plt = _plt()
   models = _models(mech)
@@ -54,17 +56,34 @@ def plot_interventions(mech: dict, path: str) -> None:
       axes[0].plot(rows, acc, ls, color=color, marker=".", label=f"{name}: {key.replace('_mean', '')}")
       kl = [max(_val(r[key]["mean_kl_from_clean"]), 1e-6) for r in m["ablation"]["rows"]]
       axes[1].semilogy(rows, kl, ls, color=color, marker=".", label=f"{name}: {key.replace('_mean', '')}")
-    axes[0].axhline(m["ablation"]["clean"]["answer_accuracy"]["accuracy"], color="k", ls=ls, lw=0.8,
-                    label=f"{name}: clean")
+    axes[0].axhline(m["ablation"]["clean"]["answer_accuracy"]["accuracy"], color="k", ls=ls, lw=0.8, label=f"{name}: clean")
     prow = [r["row"] for r in m["patching"]["rows"]]
-    axes[2].plot(prow, [r["follows_source_output"]["accuracy"] for r in m["patching"]["rows"]], ls, color="C4",
-                 marker=".", label=f"{name}: answer = source prompt's")
-    axes[2].plot(prow, [r["source_output_first_token"]["accuracy"] for r in m["patching"]["rows"]], ls,
-                 color="C1", marker=".", label=f"{name}: first token = source's")
+    axes[2].plot(
+      prow,
+      [r["follows_source_output"]["accuracy"] for r in m["patching"]["rows"]],
+      ls,
+      color="C4",
+      marker=".",
+      label=f"{name}: answer = source prompt's",
+    )
+    axes[2].plot(
+      prow,
+      [r["source_output_first_token"]["accuracy"] for r in m["patching"]["rows"]],
+      ls,
+      color="C1",
+      marker=".",
+      label=f"{name}: first token = source's",
+    )
     al = [a["alpha"] for a in m["steering"]["alphas"]]
     for key, color in (("class", "C3"), ("random", "C0")):
-      axes[3].plot(al, [a[key]["target_output"]["accuracy"] for a in m["steering"]["alphas"]], ls, color=color,
-                   marker=".", label=f"{name}: {key} direction")
+      axes[3].plot(
+        al,
+        [a[key]["target_output"]["accuracy"] for a in m["steering"]["alphas"]],
+        ls,
+        color=color,
+        marker=".",
+        label=f"{name}: {key} direction",
+      )
   row_l = mech[models[0][0]]["row"] if models else None
   for ax in axes[:3]:
     if row_l is not None:
@@ -73,8 +92,9 @@ def plot_interventions(mech: dict, path: str) -> None:
   axes[0].set(title="ablation: answer accuracy", ylabel="exact-match accuracy")
   axes[1].set(title="ablation: KL(clean || edited) final distribution", ylabel="nats (mean)")
   axes[2].set(title="patching counterpart prompt -> prompt", ylabel="fraction following the source")
-  axes[3].set(title="steering at L toward the counterpart op", xlabel="alpha (x readout norm)",
-              ylabel="answer = model's answer to target op")
+  axes[3].set(
+    title="steering at L toward the counterpart op", xlabel="alpha (x readout norm)", ylabel="answer = model's answer to target op"
+  )
   for ax in axes:
     ax.legend(fontsize=6)
   with files.atomic_path(path) as tmp:  # whole, with the umask, local or remote
@@ -96,10 +116,8 @@ def plot_tuned_lens(mech: dict, path: str) -> None:
     ls = "--" if name == "base" else "-"
     rows = [r["row"] for r in tl["rows"]]
     for lens_name, color in (("logit", "C0"), ("tuned", "C3")):
-      axes[0].semilogy(rows, [max(r[lens_name]["kl"], 1e-6) for r in tl["rows"]], ls, color=color,
-                       label=f"{name}: {lens_name} lens")
-      axes[1].plot(rows, [r[lens_name]["class_accuracy"] for r in tl["rows"]], ls, color=color,
-                   label=f"{name}: {lens_name} lens")
+      axes[0].semilogy(rows, [max(r[lens_name]["kl"], 1e-6) for r in tl["rows"]], ls, color=color, label=f"{name}: {lens_name} lens")
+      axes[1].plot(rows, [r[lens_name]["class_accuracy"] for r in tl["rows"]], ls, color=color, label=f"{name}: {lens_name} lens")
   axes[0].set(title="KL(final || lens) at the readout, held-out", xlabel="row", ylabel="nats (answer vocabulary)")
   axes[1].set(title="class-word accuracy (argmax over class tokens)", xlabel="row", ylabel="accuracy")
   for ax in axes:
@@ -152,12 +170,14 @@ def write_figures(results: dict, out_dir: str) -> list[str]:
   plot_tuned_lens(mech, paths[1])
   plot_heads(mech, paths[2])
   from lazarus_jax.analysis.lens import save_position_png
+
   grids = [(name, mech["position_lens"][name]) for name in ("base", "adapted") if mech["position_lens"].get(name)]
   save_position_png([g for _, g in grids], paths[3], titles=[f"{name}: {g['prompt']!r}" for name, g in grids])
   return [p for p in paths if files.exists(p)]
 
 
 # ---- markdown -------------------------------------------------------------------------------------------------
+
 
 def used_verdict(row_entry: dict) -> str:
   """Does projecting out the class-word directions lower answer accuracy more than both controls? Yes only when the
@@ -173,20 +193,23 @@ def used_verdict(row_entry: dict) -> str:
 
 
 def _model_rows(mech: dict) -> list[str]:
-  lines = ["| model | clean answers | class ablation at L | Gaussian random (mean of draws) | random tokens (mean) | "
-           "norm removed: class / random / tokens | KL: class / random / tokens | verdict |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| model | clean answers | class ablation at L | Gaussian random (mean of draws) | random tokens (mean) | "
+    "norm removed: class / random / tokens | KL: class / random / tokens | verdict |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for name, m in _models(mech):
     at = next((r for r in m["ablation"]["rows"] if r["row"] == m["row"]), None)
     if at is None:
       continue
     lines.append(
-        f"| {name} | {_ci(m['ablation']['clean']['answer_accuracy'])} | {_ci(at['class']['answer_accuracy'])} | "
-        f"{_pct(at['random_mean']['answer_accuracy'])} | {_pct(at['random_tokens_mean']['answer_accuracy'])} | "
-        f"{_pct(at['class']['norm_fraction_removed'])} / {_pct(at['random_mean']['norm_fraction_removed'])} / "
-        f"{_pct(at['random_tokens_mean']['norm_fraction_removed'])} | {at['class']['mean_kl_from_clean']:.3g} / "
-        f"{at['random_mean']['mean_kl_from_clean']:.3g} / {at['random_tokens_mean']['mean_kl_from_clean']:.3g} | "
-        f"{used_verdict(at)} |")
+      f"| {name} | {_ci(m['ablation']['clean']['answer_accuracy'])} | {_ci(at['class']['answer_accuracy'])} | "
+      f"{_pct(at['random_mean']['answer_accuracy'])} | {_pct(at['random_tokens_mean']['answer_accuracy'])} | "
+      f"{_pct(at['class']['norm_fraction_removed'])} / {_pct(at['random_mean']['norm_fraction_removed'])} / "
+      f"{_pct(at['random_tokens_mean']['norm_fraction_removed'])} | {at['class']['mean_kl_from_clean']:.3g} / "
+      f"{at['random_mean']['mean_kl_from_clean']:.3g} / {at['random_tokens_mean']['mean_kl_from_clean']:.3g} | "
+      f"{used_verdict(at)} |"
+    )
   return lines
 
 
@@ -197,40 +220,62 @@ def render_markdown(results: dict) -> list[str]:
   L = results["classifier_layer"]
   models = _models(mech)
   n = models[0][1]["n"] if models else 0
-  lines = [
-      "## Mechanism: is the classifier used?", "",
+  lines = (
+    [
+      "## Mechanism: is the classifier used?",
+      "",
       f"{n} held-out prompts ({mech['max_examples_per_op']} per operation, a seeded random subset); every answer is "
       "the model's own greedy decoding with the edit applied to the readout position's residual stream in the "
       f"prefill (`lazarus_jax/analysis/interventions.py`). Row r = the residual after block r-1; L = {L} is row {L + 1}.",
       "",
-      "### Ablation of the class-word lens directions", "",
+      "### Ablation of the class-word lens directions",
+      "",
       "The directions the logit lens reads for the class words (unembedding rows times the final norm's weight) are "
       "projected out of the readout residual at one row; controls: as many Gaussian random directions, and the lens "
       "directions of as many random vocabulary tokens (several draws each). Verdict rule: *lowers more* when the "
-      "class ablation's 95% interval lies below every control draw's.", "",
-  ] + _model_rows(mech) + [""]
+      "class ablation's 95% interval lies below every control draw's.",
+      "",
+    ]
+    + _model_rows(mech)
+    + [""]
+  )
   for name, m in models:
     worst = min(m["ablation"]["rows"], key=lambda r: r["class"]["answer_accuracy"]["accuracy"])
-    lines.append(f"- {name}: the largest effect of the class ablation is at row {worst['row']} "
-                 f"({_row_name(worst['row'])}): answers {_ci(worst['class']['answer_accuracy'])} vs clean "
-                 f"{_pct(m['ablation']['clean']['answer_accuracy']['accuracy'])}; {used_verdict(worst)}.")
-  lines += ["", "### Steering at L", "",
-            "h += alpha * |h| * unit(d_target - d_source): multiply->add, add->multiply, subtract->add, "
-            "divide->multiply. *Becomes the target* = the answer equals the model's own answer to the target "
-            "operation's prompt (same operands) and differs from its unedited answer.", "",
-            "| model | alpha | becomes the target (class direction) | random direction | target's true answer | "
-            "answer accuracy (class / random) |", "|---|---|---|---|---|---|"]
+    lines.append(
+      f"- {name}: the largest effect of the class ablation is at row {worst['row']} "
+      f"({_row_name(worst['row'])}): answers {_ci(worst['class']['answer_accuracy'])} vs clean "
+      f"{_pct(m['ablation']['clean']['answer_accuracy']['accuracy'])}; {used_verdict(worst)}."
+    )
+  lines += [
+    "",
+    "### Steering at L",
+    "",
+    "h += alpha * |h| * unit(d_target - d_source): multiply->add, add->multiply, subtract->add, "
+    "divide->multiply. *Becomes the target* = the answer equals the model's own answer to the target "
+    "operation's prompt (same operands) and differs from its unedited answer.",
+    "",
+    "| model | alpha | becomes the target (class direction) | random direction | target's true answer | "
+    "answer accuracy (class / random) |",
+    "|---|---|---|---|---|---|",
+  ]
   for name, m in models:
     for a in m["steering"]["alphas"]:
-      lines.append(f"| {name} | {a['alpha']:g} | {_ci(a['class']['target_output'])} | "
-                   f"{_pct(a['random']['target_output']['accuracy'])} | {_pct(a['class']['target_answer']['accuracy'])} | "
-                   f"{_pct(a['class']['answer_accuracy']['accuracy'])} / {_pct(a['random']['answer_accuracy']['accuracy'])} |")
-  lines += ["", "### Activation patching (counterpart prompt -> prompt, one row at a time)", "",
-            "The readout residual of the same operands under the counterpart operation replaces the prompt's own. "
-            "*Follows* = the answer equals the model's own answer to the source prompt and differs from its "
-            "unedited answer; first token = the source run's first token.", "",
-            "| row | " + " | ".join(f"{name}: answer follows / first token" for name, _ in models) + " |",
-            "|---|" + "---|" * len(models)]
+      lines.append(
+        f"| {name} | {a['alpha']:g} | {_ci(a['class']['target_output'])} | "
+        f"{_pct(a['random']['target_output']['accuracy'])} | {_pct(a['class']['target_answer']['accuracy'])} | "
+        f"{_pct(a['class']['answer_accuracy']['accuracy'])} / {_pct(a['random']['answer_accuracy']['accuracy'])} |"
+      )
+  lines += [
+    "",
+    "### Activation patching (counterpart prompt -> prompt, one row at a time)",
+    "",
+    "The readout residual of the same operands under the counterpart operation replaces the prompt's own. "
+    "*Follows* = the answer equals the model's own answer to the source prompt and differs from its "
+    "unedited answer; first token = the source run's first token.",
+    "",
+    "| row | " + " | ".join(f"{name}: answer follows / first token" for name, _ in models) + " |",
+    "|---|" + "---|" * len(models),
+  ]
   if models:
     for i, r in enumerate(models[0][1]["patching"]["rows"]):
       cells = []
@@ -241,23 +286,29 @@ def render_markdown(results: dict) -> list[str]:
   tl_models = [(name, m["tuned_lens"]) for name, m in models if m.get("tuned_lens")]
   if tl_models:
     tl0 = tl_models[0][1]
-    lines += ["", "### Tuned lens beside the logit lens (held-out prompts)", "",
-              f"One affine translator per row (h + A h + b), fitted on {tl0['n_train']} training prompts for "
-              f"{tl0['steps']} full-batch AdamW steps to the final distribution over an answer vocabulary of "
-              f"{tl0['vocab_size']} tokens (each training prompt's top {tl0['top_k']} final tokens and the class "
-              f"words; it holds {_pct(tl0['coverage_heldout'])} of the final distribution's mass on held-out "
-              "prompts). KL in nats over that vocabulary; class accuracy = argmax over the class tokens.", "",
-              "| row | " + " | ".join(f"{name}: KL logit / tuned | {name}: class acc. logit / tuned"
-                                     for name, _ in tl_models) + " |",
-              "|---|" + "---|---|" * len(tl_models)]
+    lines += [
+      "",
+      "### Tuned lens beside the logit lens (held-out prompts)",
+      "",
+      f"One affine translator per row (h + A h + b), fitted on {tl0['n_train']} training prompts for "
+      f"{tl0['steps']} full-batch AdamW steps to the final distribution over an answer vocabulary of "
+      f"{tl0['vocab_size']} tokens (each training prompt's top {tl0['top_k']} final tokens and the class "
+      f"words; it holds {_pct(tl0['coverage_heldout'])} of the final distribution's mass on held-out "
+      "prompts). KL in nats over that vocabulary; class accuracy = argmax over the class tokens.",
+      "",
+      "| row | " + " | ".join(f"{name}: KL logit / tuned | {name}: class acc. logit / tuned" for name, _ in tl_models) + " |",
+      "|---|" + "---|---|" * len(tl_models),
+    ]
     n_rows = len(tl0["rows"])
     show = sorted(set(range(0, n_rows, 3)) | {L + 1, n_rows - 1})
     for r in show:
       cells = []
       for _, tl in tl_models:
         x = tl["rows"][r]
-        cells.append(f"{x['logit']['kl']:.3g} / {x['tuned']['kl']:.3g} | "
-                     f"{_pct(x['logit']['class_accuracy'])} / {_pct(x['tuned']['class_accuracy'])}")
+        cells.append(
+          f"{x['logit']['kl']:.3g} / {x['tuned']['kl']:.3g} | "
+          f"{_pct(x['logit']['class_accuracy'])} / {_pct(x['tuned']['class_accuracy'])}"
+        )
       lines.append(f"| {r} ({_row_name(r)}) | " + " | ".join(cells) + " |")
     for name, tl in tl_models:
       lines.append(f"- {name}: training KL summed over rows {tl['loss_first']:.3g} -> {tl['loss_last']:.3g}.")
@@ -266,17 +317,35 @@ def render_markdown(results: dict) -> list[str]:
     frac = np.asarray([[np.nan if x is None else x for x in row] for row in vo["delta_ov"]["class_fraction"]], float)
     norm = np.asarray(vo["delta_ov"]["delta_norm"], float)
     top = np.dstack(np.unravel_index(np.argsort(-np.nan_to_num(frac * (norm > 0)), axis=None), frac.shape))[0][:5]
-    lines += ["", "### What V/O learned", "",
-              f"Adapters on {', '.join(vo['targets'])} in blocks {vo['layer_range'][0]}..{vo['layer_range'][1] - 1}. "
-              "Heads whose OV update (ΔOV = (W_V+ΔW_V)(W_O+ΔW_O) - W_V W_O per head) writes most into the class-word "
-              f"span (fraction of ||ΔOV||² there; chance {vo['delta_ov']['chance']:.4f}):", "",
-              "| block | head | class-word fraction | ‖ΔOV‖ |", "|---|---|---|---|"]
+    lines += [
+      "",
+      "### What V/O learned",
+      "",
+      f"Adapters on {', '.join(vo['targets'])} in blocks {vo['layer_range'][0]}..{vo['layer_range'][1] - 1}. "
+      "Heads whose OV update (ΔOV = (W_V+ΔW_V)(W_O+ΔW_O) - W_V W_O per head) writes most into the class-word "
+      f"span (fraction of ||ΔOV||² there; chance {vo['delta_ov']['chance']:.4f}):",
+      "",
+      "| block | head | class-word fraction | ‖ΔOV‖ |",
+      "|---|---|---|---|",
+    ]
     for layer, head in top:
       lines.append(f"| {layer} | {head} | {frac[layer, head]:.3f} | {norm[layer, head]:.3g} |")
     big = np.dstack(np.unravel_index(np.argsort(-norm, axis=None), norm.shape))[0][:3]
     lines.append("")
-    lines.append("Largest updates: " + ", ".join(f"block {a} head {b} (‖ΔOV‖ {norm[a, b]:.3g}, class-word fraction "
-                                                 f"{frac[a, b]:.3f})" for a, b in big) + ".")
-  lines += ["", "![interventions](mechanism_interventions.png)", "", "![tuned lens](mechanism_tuned_lens.png)", "",
-            "![heads](mechanism_heads.png)", "", "![layer x position lens](mechanism_position_lens.png)", ""]
+    lines.append(
+      "Largest updates: "
+      + ", ".join(f"block {a} head {b} (‖ΔOV‖ {norm[a, b]:.3g}, class-word fraction {frac[a, b]:.3f})" for a, b in big)
+      + "."
+    )
+  lines += [
+    "",
+    "![interventions](mechanism_interventions.png)",
+    "",
+    "![tuned lens](mechanism_tuned_lens.png)",
+    "",
+    "![heads](mechanism_heads.png)",
+    "",
+    "![layer x position lens](mechanism_position_lens.png)",
+    "",
+  ]
   return lines

@@ -21,8 +21,10 @@ from lazarus_jax import files
 
 def _plt():
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -45,6 +47,7 @@ def _models(results: dict) -> list[tuple[str, dict]]:
 
 # ---- figures -----------------------------------------------------------------------------------------
 
+
 def _row_labels(lens_rows):
   return ["emb" if r["layer"] is None else str(r["layer"]) for r in lens_rows]
 
@@ -54,15 +57,19 @@ def plot_lens_heatmap(results: dict, path: str) -> None:
   plt = _plt()
   models = _models(results)
   labels = [t["label"] for t in results["class_targets"]["targets"]]
-  fig, axes = plt.subplots(1, len(models), figsize=(2.2 + 1.1 * len(labels) * len(models), 1.5 +
-                                                    0.18 * len(results["lens"])), squeeze=False,
-                           constrained_layout=True)
+  fig, axes = plt.subplots(
+    1,
+    len(models),
+    figsize=(2.2 + 1.1 * len(labels) * len(models), 1.5 + 0.18 * len(results["lens"])),
+    squeeze=False,
+    constrained_layout=True,
+  )
   image = None
   for ax, (name, res) in zip(axes[0], models):
-    grid = np.array([[np.nan if r["class_probs"][lab] is None else r["class_probs"][lab] for lab in labels]
-                     for r in res["lens"]])
-    image = ax.imshow(np.log10(np.maximum(grid, 1e-8)), aspect="auto", origin="lower", cmap="viridis",
-                      vmin=-8, vmax=0, interpolation="nearest")
+    grid = np.array([[np.nan if r["class_probs"][lab] is None else r["class_probs"][lab] for lab in labels] for r in res["lens"]])
+    image = ax.imshow(
+      np.log10(np.maximum(grid, 1e-8)), aspect="auto", origin="lower", cmap="viridis", vmin=-8, vmax=0, interpolation="nearest"
+    )
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ticks = list(range(0, len(res["lens"]), max(1, len(res["lens"]) // 10)))
     ax.set_yticks(ticks, [_row_labels(res["lens"])[t] for t in ticks])
@@ -85,7 +92,7 @@ def plot_lens_accuracy(results: dict, path: str) -> None:
       acc = np.array([r["by_format"][fmt]["accuracy"] for r in res["lens"]])
       lo = np.array([r["by_format"][fmt]["ci_low"] for r in res["lens"]])
       hi = np.array([r["by_format"][fmt]["ci_high"] for r in res["lens"]])
-      line, = ax.plot(x, acc, ls="--" if name == "base" else "-", marker=".", label=f"{name} {fmt}")
+      (line,) = ax.plot(x, acc, ls="--" if name == "base" else "-", marker=".", label=f"{name} {fmt}")
       ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
   _layer_axis(ax, results, k, "lens accuracy (argmax over class tokens)", legend_size=7)
   save_figure(fig, path)
@@ -97,7 +104,7 @@ def _layer_axis(ax, results: dict, k: int, ylabel: str, legend_size: int) -> Non
   x = np.arange(len(results["lens"]))
   ax.axhline(1 / k, color="gray", lw=0.8, ls=":", label="chance")
   ax.axvline(results["lens_row"], color="red", lw=0.8, ls="--", label=f"L={results['classifier_layer']}")
-  ticks = x[::max(1, len(x) // 12)]
+  ticks = x[:: max(1, len(x) // 12)]
   ax.set_xticks(ticks, [_row_labels(results["lens"])[i] for i in ticks])
   ax.set_xlabel("after block (emb = embeddings)")
   ax.set_ylabel(ylabel)
@@ -115,15 +122,12 @@ def plot_probes_vs_lens(results: dict, path: str) -> None:
   for ax, fmt in zip(axes[0], fmts):
     for name, res in _models(results):
       ls = "--" if name == "base" else "-"
-      ax.plot(x, [r["by_format"][fmt]["accuracy"] for r in res["lens"]], ls=ls, color="C0",
-              label=f"{name}: lens (vocab-aligned)")
+      ax.plot(x, [r["by_format"][fmt]["accuracy"] for r in res["lens"]], ls=ls, color="C0", label=f"{name}: lens (vocab-aligned)")
       pr = (res.get("probes") or {}).get("by_format", {}).get(fmt)
       if pr and "layers" in pr:
         ax.plot(x, [r["test_accuracy"] for r in pr["layers"]], ls=ls, color="C1", label=f"{name}: probe (hidden)")
-        ax.plot(x, [r["control_accuracy"] for r in pr["layers"]], ls=ls, color="C2", lw=0.8,
-                label=f"{name}: probe control task")
-        ax.axhline(pr["lexical_baseline"]["accuracy"], color="C3", lw=0.8, ls=ls,
-                   label=f"{name}: lexical baseline (bag of tokens)")
+        ax.plot(x, [r["control_accuracy"] for r in pr["layers"]], ls=ls, color="C2", lw=0.8, label=f"{name}: probe control task")
+        ax.axhline(pr["lexical_baseline"]["accuracy"], color="C3", lw=0.8, ls=ls, label=f"{name}: lexical baseline (bag of tokens)")
     ax.set_title(f"{fmt}: hidden-space vs vocab-aligned")
     _layer_axis(ax, results, k, "held-out accuracy", legend_size=6)
   save_figure(fig, path)
@@ -131,6 +135,7 @@ def plot_probes_vs_lens(results: dict, path: str) -> None:
 
 
 # ---- verdicts ----------------------------------------------------------------------------------------
+
 
 def vocab_verdict(cls: dict, k: int) -> tuple[bool, bool]:
   """(present, strict) for a classifier_eval (or by_format) entry; rules in the module docstring."""
@@ -177,31 +182,30 @@ def best_rows_sentence(lens_rows: list[dict]) -> str:
     return f"The lens is most accurate after {name(best)} ({ci(best)}); every other row's interval lies below it."
   shown = sorted([best] + tied, key=lambda r: r["row"])
   listed = ", ".join(f"{name(r)} {ci(r)}" for r in shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
-  return (f"**Cannot tell**: {len(shown)} rows have intervals that overlap the highest ({name(best)}, "
-          f"{ci(best)}): {listed}.")
+  return f"**Cannot tell**: {len(shown)} rows have intervals that overlap the highest ({name(best)}, {ci(best)}): {listed}."
 
 
 ANSWER_SCORING = (
-    "What counts as the answer: greedy decoding of up to eval.max_new_tokens tokens after the prompt, stopped at "
-    "EOS; the decoded text, leading whitespace stripped, must start with the expected integer (an optional "
-    "minus, digits, comma-grouped thousands allowed) with no further digit or decimal part after it, so `56`, "
-    "`56.` and `56\\n7 * 9` are right for 56 and `560`, `5.6` and `The answer is 56` are not. First token: "
-    "the first generated token equals the first token of the reference answer as `prompt + answer` is encoded "
-    "in training; in both formats the prompt ends with the separating space, so this is the first digit.")
+  "What counts as the answer: greedy decoding of up to eval.max_new_tokens tokens after the prompt, stopped at "
+  "EOS; the decoded text, leading whitespace stripped, must start with the expected integer (an optional "
+  "minus, digits, comma-grouped thousands allowed) with no further digit or decimal part after it, so `56`, "
+  "`56.` and `56\\n7 * 9` are right for 56 and `560`, `5.6` and `The answer is 56` are not. First token: "
+  "the first generated token equals the first token of the reference answer as `prompt + answer` is encoded "
+  "in training; in both formats the prompt ends with the separating space, so this is the first digit."
+)
 
 
 # ---- markdown ----------------------------------------------------------------------------------------
+
 
 def _classifier_rows(results: dict) -> list[str]:
   lines = ["| Model | Format | n | Lens accuracy [95% CI] | Vocab top-1 | Mean confidence |", "|---|---|---|---|---|---|"]
   for name, res in _models(results):
     cls = res["classifier_eval"]
     for fmt, f in cls["by_format"].items():
-      lines.append(f"| {name} | {fmt} | {f['n']} | {ci(f)} | {pct(f['vocab_top1_accuracy'])} | "
-                   f"{pct(f['mean_confidence'])} |")
+      lines.append(f"| {name} | {fmt} | {f['n']} | {ci(f)} | {pct(f['vocab_top1_accuracy'])} | {pct(f['mean_confidence'])} |")
     if len(cls["by_format"]) > 1:
-      lines.append(f"| {name} | all | {cls['n']} | {ci(cls)} | {pct(cls['vocab_top1_accuracy'])} | "
-                   f"{pct(cls['mean_confidence'])} |")
+      lines.append(f"| {name} | all | {cls['n']} | {ci(cls)} | {pct(cls['vocab_top1_accuracy'])} | {pct(cls['mean_confidence'])} |")
   return lines
 
 
@@ -211,8 +215,10 @@ def _seed_table(res: dict) -> list[str]:
   for fmt in sorted({r["format"] for r in cls["results"]}):
     rows = [r for r in cls["results"] if r["format"] == fmt]
     lines += [f"*{fmt}*", "", "| Prompt | Expected | Predicted | Confidence | Correct |", "|---|---|---|---|---|"]
-    lines += [f"| `{r['prompt']}` | {r['expected']} | {r['predicted']} | {pct(r['confidence'])} | "
-              f"{'✓' if r['correct'] else '✗'} |" for r in rows]
+    lines += [
+      f"| `{r['prompt']}` | {r['expected']} | {r['predicted']} | {pct(r['confidence'])} | {'✓' if r['correct'] else '✗'} |"
+      for r in rows
+    ]
     k = sum(r["correct"] for r in rows)
     lines += ["", f"**Accuracy: {pct(k / len(rows), 0)} ({k}/{len(rows)})**", ""]
   return lines
@@ -222,8 +228,7 @@ def _confusion(res: dict) -> list[str]:
   lines = []
   for fmt, f in res["classifier_eval"]["by_format"].items():
     labs, m = f["confusion"]["labels"], f["confusion"]["matrix"]
-    lines += [f"*{fmt}* (rows: expected, columns: predicted)", "", "| | " + " | ".join(labs) + " |",
-              "|---|" + "---|" * len(labs)]
+    lines += [f"*{fmt}* (rows: expected, columns: predicted)", "", "| | " + " | ".join(labs) + " |", "|---|" + "---|" * len(labs)]
     lines += [f"| **{lab}** | " + " | ".join(str(v) for v in row) + " |" for lab, row in zip(labs, m)]
     lines.append("")
   return lines
@@ -247,9 +252,11 @@ def _layer_table(results: dict) -> list[str]:
         if pr and "layers" in pr:
           probe_acc.append(pr["layers"][i]["test_accuracy"])
           sel.append(pr["layers"][i]["selectivity"])
-      line += (f" {pct(r['accuracy'])} | {r['mean_correct_prob']:.3g} | "
-               f"{pct(float(np.mean(probe_acc))) if probe_acc else 'n/a'} | "
-               f"{f'{np.mean(sel):+.2f}' if sel else 'n/a'} |")
+      line += (
+        f" {pct(r['accuracy'])} | {r['mean_correct_prob']:.3g} | "
+        f"{pct(float(np.mean(probe_acc))) if probe_acc else 'n/a'} | "
+        f"{f'{np.mean(sel):+.2f}' if sel else 'n/a'} |"
+      )
     if row["row"] == results["lens_row"]:
       line = line.replace(f"| {row['row']} |", f"| **{row['row']} (L)** |", 1)
     lines.append(line)
@@ -261,8 +268,10 @@ def _answer_table(results: dict) -> list[str]:
   if not models:
     return ["(answer accuracy not measured: eval.generate=False)"]
   ops = [op for op in ("multiply", "add", "subtract", "divide")]
-  lines = ["| Model | Format | Exact match [95% CI] | First token [95% CI] | " + " | ".join(ops) + " |",
-           "|---|---|---|---|" + "---|" * len(ops)]
+  lines = [
+    "| Model | Format | Exact match [95% CI] | First token [95% CI] | " + " | ".join(ops) + " |",
+    "|---|---|---|---|" + "---|" * len(ops),
+  ]
   for name, res in models:
     for fmt, f in res["answer_accuracy"]["by_format"].items():
       per = [pct(f["by_operation"][op]["accuracy"], 0) if op in f["by_operation"] else "n/a" for op in ops]
@@ -276,8 +285,10 @@ def _seed_answers(res: dict) -> list[str]:
   if not ans or not ans.get("examples"):
     return []
   lines = ["| Prompt | Expected | Generated | Correct |", "|---|---|---|---|"]
-  lines += [f"| `{e['prompt']}` | {e['expected']} | `{e['generated'].strip()[:24]}` | {'✓' if e['correct'] else '✗'} |"
-            for e in ans["examples"]]
+  lines += [
+    f"| `{e['prompt']}` | {e['expected']} | `{e['generated'].strip()[:24]}` | {'✓' if e['correct'] else '✗'} |"
+    for e in ans["examples"]
+  ]
   return lines
 
 
@@ -294,19 +305,22 @@ def answers(results: dict) -> list[str]:
     for fmt, f in res["classifier_eval"]["by_format"].items():
       present, strict = vocab_verdict(f, k)
       verdict = "yes" if present else "no"
-      verdict += " (strict: the class word is the lens's top-1 token in most examples)" if strict else (
-          " (but not strict: the class word is the lens's top-1 token in under half of the examples)"
-          if present else "")
-      parts.append(f"{fmt}: **{verdict}** — lens accuracy {ci(f)} vs {pct(majority_rate(f, k))} for always "
-                   f"answering the most frequent class (1/K = {pct(1 / k, 0)}), vocab top-1 "
-                   f"{pct(f['vocab_top1_accuracy'])}, mean confidence {pct(f['mean_confidence'])}")
+      verdict += (
+        " (strict: the class word is the lens's top-1 token in most examples)"
+        if strict
+        else (" (but not strict: the class word is the lens's top-1 token in under half of the examples)" if present else "")
+      )
+      parts.append(
+        f"{fmt}: **{verdict}** — lens accuracy {ci(f)} vs {pct(majority_rate(f, k))} for always "
+        f"answering the most frequent class (1/K = {pct(1 / k, 0)}), vocab top-1 "
+        f"{pct(f['vocab_top1_accuracy'])}, mean confidence {pct(f['mean_confidence'])}"
+      )
     return f"{name}: " + "; ".join(parts) + "."
 
   if results["evaluated"] == "adapted":
     out.append(f"1. **Is there a vocab-aligned classifier at L={L} after training?** " + cls_sentence("adapted", main))
   else:
-    out.append(f"1. **Is there a vocab-aligned classifier at L={L} after training?** Not measured here "
-               "(no adapter was evaluated).")
+    out.append(f"1. **Is there a vocab-aligned classifier at L={L} after training?** Not measured here (no adapter was evaluated).")
   if base is not None:
     out.append("2. **Was there one before training?** " + cls_sentence("base", base))
   else:
@@ -324,37 +338,43 @@ def answers(results: dict) -> list[str]:
       tied = [r for r in pr["layers"] if r["layer"] >= 1 and r["test_ci"][1] >= b["test_ci"][0]]
       first = tied[0]
       parts.append(
-          f"{fmt}: **{'yes' if b['present'] else 'no'}** — the highest probe accuracy, "
-          f"{pct(b['test_accuracy'])} [{pct(b['test_ci'][0])}, {pct(b['test_ci'][1])}], cannot be told apart from "
-          f"{len(tied) - 1} other rows; the first of them is after block {first['layer'] - 1} "
-          f"({pct(first['test_accuracy'])}, control task {pct(first['control_accuracy'])}, selectivity "
-          f"{first['selectivity']:+.2f}). A bag-of-tokens probe on the "
-          f"prompt reaches {pct(lex)}: the operation is written in the input (operator symbol or word), so a "
-          "hidden-space classifier only has to move it to the readout position; the embedding row, which sees "
-          f"the readout token alone, gives {pct(row0['test_accuracy'])}")
+        f"{fmt}: **{'yes' if b['present'] else 'no'}** — the highest probe accuracy, "
+        f"{pct(b['test_accuracy'])} [{pct(b['test_ci'][0])}, {pct(b['test_ci'][1])}], cannot be told apart from "
+        f"{len(tied) - 1} other rows; the first of them is after block {first['layer'] - 1} "
+        f"({pct(first['test_accuracy'])}, control task {pct(first['control_accuracy'])}, selectivity "
+        f"{first['selectivity']:+.2f}). A bag-of-tokens probe on the "
+        f"prompt reaches {pct(lex)}: the operation is written in the input (operator symbol or word), so a "
+        "hidden-space classifier only has to move it to the readout position; the embedding row, which sees "
+        f"the readout token alone, gives {pct(row0['test_accuracy'])}"
+      )
     out.append("3. **Do hidden-space classifiers exist before training?** " + "; ".join(parts) + ".")
   else:
-    out.append("3. **Do hidden-space classifiers exist before training?** Not measured (needs the base model and "
-               "eval.probes=True).")
-  if base is not None and results["evaluated"] == "adapted" and main.get("answer_accuracy") and base.get(
-      "answer_accuracy"):
-    parts = [f"{fmt}: base {ci(base['answer_accuracy']['by_format'][fmt])} → adapted {ci(f)}"
-             for fmt, f in main["answer_accuracy"]["by_format"].items()]
-    out.append("4. **Does the classifier term change answer accuracy vs SFT-only?** This run alone cannot say "
-               "(it has one loss weight); answer accuracy " + "; ".join(parts) + ". The controlled comparison "
-               "(`python -m lazarus_jax.sweep`) answers it: same data, LoRA placement, optimizer and steps, only "
-               "the loss weight differs.")
+    out.append("3. **Do hidden-space classifiers exist before training?** Not measured (needs the base model and eval.probes=True).")
+  if base is not None and results["evaluated"] == "adapted" and main.get("answer_accuracy") and base.get("answer_accuracy"):
+    parts = [
+      f"{fmt}: base {ci(base['answer_accuracy']['by_format'][fmt])} → adapted {ci(f)}"
+      for fmt, f in main["answer_accuracy"]["by_format"].items()
+    ]
+    out.append(
+      "4. **Does the classifier term change answer accuracy vs SFT-only?** This run alone cannot say "
+      "(it has one loss weight); answer accuracy " + "; ".join(parts) + ". The controlled comparison "
+      "(`python -m lazarus_jax.sweep`) answers it: same data, LoRA placement, optimizer and steps, only "
+      "the loss weight differs."
+    )
   else:
-    out.append("4. **Does the classifier term change answer accuracy vs SFT-only?** See the sweep report "
-               "(`python -m lazarus_jax.sweep`).")
+    out.append(
+      "4. **Does the classifier term change answer accuracy vs SFT-only?** See the sweep report (`python -m lazarus_jax.sweep`)."
+    )
   fmts = list(main["classifier_eval"]["by_format"])
   if len(fmts) > 1:
     parts = [f"{fmt}: lens {ci(main['classifier_eval']['by_format'][fmt])}" for fmt in fmts]
     out.append("5. **Symbolic vs semantic?** " + "; ".join(parts) + " (same model, same L).")
   else:
     out.append(f"5. **Symbolic vs semantic?** This run evaluated {fmts[0]} only; the sweep compares formats.")
-  out.append("6. **Which depth works best?** " + best_rows_sentence(main["lens"]) + " Whether training at "
-             "another depth does better is the sweep's layer-fraction comparison.")
+  out.append(
+    "6. **Which depth works best?** " + best_rows_sentence(main["lens"]) + " Whether training at "
+    "another depth does better is the sweep's layer-fraction comparison."
+  )
   return out
 
 
@@ -365,15 +385,21 @@ def _ci_or_dash(d: dict | None) -> str:
 def _compute_or_copy(results: dict) -> list[str]:
   """The transfer row, the input-only baselines, the fewshot counterfactuals and the verdict per model."""
   from lazarus_jax.analysis import compute_or_copy
+
   tr = results.get("transfer") or {}
-  lines = ["## Computed or copied?", "",
-           f"Trained on {', '.join(tr.get('train_formats') or ['?'])} (target set `{tr.get('target_set', '?')}`); "
-           f"the lens at L on every evaluated format is one row of the transfer matrix (same held-out triples in "
-           "each format). Input-only baselines on the same held-out split: a bag-of-tokens probe and the best "
-           "single-position probe on the layer-0 residual (token embeddings; no computation across positions).",
-           "", f"Rule: {compute_or_copy.RULE}.", "",
-           "| Model | Eval format | Lens at L | Bag-of-tokens | Layer-0, best position | Probe at L | Beats the input |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    "## Computed or copied?",
+    "",
+    f"Trained on {', '.join(tr.get('train_formats') or ['?'])} (target set `{tr.get('target_set', '?')}`); "
+    f"the lens at L on every evaluated format is one row of the transfer matrix (same held-out triples in "
+    "each format). Input-only baselines on the same held-out split: a bag-of-tokens probe and the best "
+    "single-position probe on the layer-0 residual (token embeddings; no computation across positions).",
+    "",
+    f"Rule: {compute_or_copy.RULE}.",
+    "",
+    "| Model | Eval format | Lens at L | Bag-of-tokens | Layer-0, best position | Probe at L | Beats the input |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for name, res in _models(results):
     cc = res.get("compute_or_copy")
     if not cc:
@@ -382,18 +408,22 @@ def _compute_or_copy(results: dict) -> list[str]:
       l0 = r["layer0_best"]
       l0_text = "—" if not l0 else f"{ci(l0)} (token {l0['from_end']} from the end)"
       beats = {True: "yes", False: "no", None: "—"}[r["beats_input"]]
-      lines.append(f"| {name} | {fmt} | {_ci_or_dash(r['lens'])} | {_ci_or_dash(r['bag_of_tokens'])} | {l0_text} | "
-                   f"{_ci_or_dash(r['probe_at_L'])} | {beats} |")
+      lines.append(
+        f"| {name} | {fmt} | {_ci_or_dash(r['lens'])} | {_ci_or_dash(r['bag_of_tokens'])} | {l0_text} | "
+        f"{_ci_or_dash(r['probe_at_L'])} | {beats} |"
+      )
   lines.append("")
   for name, res in _models(results):
     cf = res.get("counterfactuals")
     if cf:
       sh = cf["shuffled"]
-      lines.append(f"- Counterfactuals ({name}, fewshot, n = {cf['n']}): with solved examples of another operation "
-                   f"the lens at L names the new operation in {ci(cf['flip_rate'])} (flip rate) and keeps the "
-                   f"original in {ci(cf['stay_rate'])}; with the examples' results shuffled (n = {sh['n']}) it names "
-                   f"the original operation in {ci(sh)} (chance {pct(sh['chance'], 0)}, majority "
-                   f"{pct(sh['majority'])}).")
+      lines.append(
+        f"- Counterfactuals ({name}, fewshot, n = {cf['n']}): with solved examples of another operation "
+        f"the lens at L names the new operation in {ci(cf['flip_rate'])} (flip rate) and keeps the "
+        f"original in {ci(cf['stay_rate'])}; with the examples' results shuffled (n = {sh['n']}) it names "
+        f"the original operation in {ci(sh)} (chance {pct(sh['chance'], 0)}, majority "
+        f"{pct(sh['majority'])})."
+      )
     cc = res.get("compute_or_copy")
     if cc:
       lines.append(f"- **Verdict ({name}): {cc['verdict']}** — {cc['reason']}.")
@@ -408,23 +438,23 @@ def render_markdown(results: dict) -> str:
   targets = ", ".join(f"{t['label']}→`{t['token']}` ({t['token_id']})" for t in results["class_targets"]["targets"])
   main = results
   lines = [
-      f"# Evaluation: {results['model']['name']}" + (" + adapter" if results["model"]["adapter"] else " (base)"),
-      "",
-      f"- Model: {results['model']['name']}, {results['model']['n_layers']} blocks; adapter: "
-      f"`{results['model']['adapter'] or 'none'}`",
-      f"- Classifier layer L = {L} (lens row {results['lens_row']}: the residual stream after block {L})",
-      f"- Class targets: {targets}; chance = {pct(1 / k, 0)}",
-      "- Held-out examples (no (a, op, b) triple in training, nor its commutative swap; a random sample, capped "
-      "by a seeded random subset): " + ", ".join(f"{f}: {n}" for f, n in results["n_eval"].items()),
-      f"- Split `{results['split']['heldout_sha256'][:12]}` (seed {results['split']['seed']}, "
-      f"{results['split']['n_heldout_triples']} held-out triples): {results['split']['check']}",
-      "- Readout: the last prompt token; lens accuracy = argmax over the class tokens; confidence = full-vocab "
-      "probability of the predicted class token; intervals: 95% Wilson",
-      f"- Seed {prov.get('seed')}, commit `{git.get('commit', 'unknown')[:12]}`"
-      + (" (dirty)" if git.get("dirty") else "") + f", device {prov.get('devices', {}).get('kind')}",
-      "",
-      "## Results",
-      "",
+    f"# Evaluation: {results['model']['name']}" + (" + adapter" if results["model"]["adapter"] else " (base)"),
+    "",
+    f"- Model: {results['model']['name']}, {results['model']['n_layers']} blocks; adapter: `{results['model']['adapter'] or 'none'}`",
+    f"- Classifier layer L = {L} (lens row {results['lens_row']}: the residual stream after block {L})",
+    f"- Class targets: {targets}; chance = {pct(1 / k, 0)}",
+    "- Held-out examples (no (a, op, b) triple in training, nor its commutative swap; a random sample, capped "
+    "by a seeded random subset): " + ", ".join(f"{f}: {n}" for f, n in results["n_eval"].items()),
+    f"- Split `{results['split']['heldout_sha256'][:12]}` (seed {results['split']['seed']}, "
+    f"{results['split']['n_heldout_triples']} held-out triples): {results['split']['check']}",
+    "- Readout: the last prompt token; lens accuracy = argmax over the class tokens; confidence = full-vocab "
+    "probability of the predicted class token; intervals: 95% Wilson",
+    f"- Seed {prov.get('seed')}, commit `{git.get('commit', 'unknown')[:12]}`"
+    + (" (dirty)" if git.get("dirty") else "")
+    + f", device {prov.get('devices', {}).get('kind')}",
+    "",
+    "## Results",
+    "",
   ]
   tr = results.get("training")
   if tr and tr.get("table_md"):
@@ -435,32 +465,51 @@ def render_markdown(results: dict) -> str:
     lines += ["Base model, same prompts:", ""] + _seed_table(results["base"])
   lines += [f"### Held-out classifier accuracy at L={L}", ""] + _classifier_rows(results) + [""]
   lines += [f"Confusion matrix ({results['evaluated']} model):", ""] + _confusion(main)
-  lines += ["### All layers: logit lens and linear probes", "",
-            "Lens accuracy and p(correct) are over all formats; probe accuracy and selectivity (probe minus "
-            "control-task accuracy) are averaged over formats. Control task: "
-            + ((main.get("probes") or {}).get("control_types") or "permuted labels") + ".", ""]
+  lines += [
+    "### All layers: logit lens and linear probes",
+    "",
+    "Lens accuracy and p(correct) are over all formats; probe accuracy and selectivity (probe minus "
+    "control-task accuracy) are averaged over formats. Control task: "
+    + ((main.get("probes") or {}).get("control_types") or "permuted labels")
+    + ".",
+    "",
+  ]
   lines += _layer_table(results) + [""]
   for fmt, pr in (main.get("probes") or {}).get("by_format", {}).items():
     if "lexical_baseline" in pr:
       lb = pr["lexical_baseline"]
-      lines.append(f"- Lexical baseline ({fmt}, {results['evaluated']}): a probe on the bag of input token ids "
-                   f"reaches {ci(lb)} — what a layer-0 probe can get from the input alone.")
-  lines += ["", "![lens heatmap](lens_heatmap.png)", "", "![lens accuracy by layer](lens_accuracy.png)", "",
-            "![hidden-space vs vocab-aligned](probes_vs_lens.png)", ""]
+      lines.append(
+        f"- Lexical baseline ({fmt}, {results['evaluated']}): a probe on the bag of input token ids "
+        f"reaches {ci(lb)} — what a layer-0 probe can get from the input alone."
+      )
+  lines += [
+    "",
+    "![lens heatmap](lens_heatmap.png)",
+    "",
+    "![lens accuracy by layer](lens_accuracy.png)",
+    "",
+    "![hidden-space vs vocab-aligned](probes_vs_lens.png)",
+    "",
+  ]
   lines += ["### Answer accuracy (greedy)", "", ANSWER_SCORING, ""] + _answer_table(results) + [""]
   seed_ans = _seed_answers(main)
   if seed_ans:
     lines += [f"The seed's prompts ({results['evaluated']} model):", ""] + seed_ans + [""]
   lines += _compute_or_copy(results)
-  lines += ["## Answers", "",
-            "Rules: a vocab-aligned classifier is *present* when the lower 95% bound of lens accuracy exceeds "
-            "the majority-class rate (what always answering the most frequent class scores); *strict* when the "
-            "class word is the lens's top-1 token in at least half of the examples. A "
-            "hidden-space classifier is present when a probe after block 0 or later clears chance (and the "
-            "majority-class rate) with positive "
-            "selectivity.", ""]
+  lines += [
+    "## Answers",
+    "",
+    "Rules: a vocab-aligned classifier is *present* when the lower 95% bound of lens accuracy exceeds "
+    "the majority-class rate (what always answering the most frequent class scores); *strict* when the "
+    "class word is the lens's top-1 token in at least half of the examples. A "
+    "hidden-space classifier is present when a probe after block 0 or later clears chance (and the "
+    "majority-class rate) with positive "
+    "selectivity.",
+    "",
+  ]
   lines += answers(results) + [""]
   from lazarus_jax.reporting import mechanism_report
+
   lines += mechanism_report.render_markdown(results)
   timing = results.get("timing") or {}
   if timing:
@@ -478,18 +527,19 @@ def write_report(results: dict, out_dir: str) -> list[str]:
   """Writes report.md and the three figures (and the mechanism figures when results hold that section); returns
   their paths."""
   files.makedirs(out_dir)
-  paths = [files.join(out_dir, n) for n in ("lens_heatmap.png", "lens_accuracy.png", "probes_vs_lens.png",
-                                              "report.md")]
+  paths = [files.join(out_dir, n) for n in ("lens_heatmap.png", "lens_accuracy.png", "probes_vs_lens.png", "report.md")]
   plot_lens_heatmap(results, paths[0])
   plot_lens_accuracy(results, paths[1])
   plot_probes_vs_lens(results, paths[2])
   from lazarus_jax.reporting import mechanism_report
+
   paths[3:3] = mechanism_report.write_figures(results, out_dir)
   files.write_text(paths[-1], render_markdown(results))
   return paths
 
 
 # ---- sweep figures -----------------------------------------------------------------------------------
+
 
 def plot_sweep(summary_rows: list[dict], path: str, metric: str, ylabel: str) -> None:
   """`metric` (mean with its interval from sweep.summarize) against classifier depth, one line per arm, per format."""
@@ -506,7 +556,7 @@ def plot_sweep(summary_rows: list[dict], path: str, metric: str, ylabel: str) ->
       m = np.array([p["mean"] for p in pts])
       lo = np.array([np.nan if p["ci_low"] is None else p["ci_low"] for p in pts])
       hi = np.array([np.nan if p["ci_high"] is None else p["ci_high"] for p in pts])
-      line, = ax.plot(x, m, marker="o", label=arm)
+      (line,) = ax.plot(x, m, marker="o", label=arm)
       ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     ax.set_title(fmt)
     ax.set_xlabel("classifier layer fraction (L = int(n_layers * f))")

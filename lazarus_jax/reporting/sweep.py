@@ -63,12 +63,19 @@ from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.reporting.evaluate import unbits
 
-METRICS = ("lens_accuracy", "lens_survives_to", "vocab_top1_accuracy", "mean_correct_prob", "probe_accuracy",
-           "probe_selectivity", "answer_accuracy", "first_token_accuracy")
+METRICS = (
+  "lens_accuracy",
+  "lens_survives_to",
+  "vocab_top1_accuracy",
+  "mean_correct_prob",
+  "probe_accuracy",
+  "probe_selectivity",
+  "answer_accuracy",
+  "first_token_accuracy",
+)
 # Metrics with a 0/1 outcome per held-out example (results.json per_example): bootstrapped over seeds and
 # examples, and paired across arms by prompt key.
-EXAMPLE_METRICS = {"lens_accuracy": "lens_correct", "answer_accuracy": "answer_correct",
-                   "first_token_accuracy": "first_token_correct"}
+EXAMPLE_METRICS = {"lens_accuracy": "lens_correct", "answer_accuracy": "answer_correct", "first_token_accuracy": "first_token_correct"}
 # Accuracies known only as (accuracy, n): an unpaired bootstrap of 0/1 values depends on their counts alone.
 COUNT_METRICS = {"vocab_top1_accuracy": "n_examples", "probe_accuracy": "probe_n_test"}
 CONTRAST_METRICS = ("answer_accuracy", "first_token_accuracy", "lens_accuracy")
@@ -81,8 +88,7 @@ POWER = 0.8
 # (train.RESUMABLE_KEYS), so a partly trained arm continues under a changed value instead of being refused.
 # eval.mechanism: adds a results.json section that no sweep table reads; listed so that arms recorded before the
 # section existed keep their hashes.
-NON_RESULT_KEYS = ("resume", "overwrite", "distributed", "train.log_every", "train.table_steps", "eval.batch_size",
-                   "eval.mechanism")
+NON_RESULT_KEYS = ("resume", "overwrite", "distributed", "train.log_every", "train.table_steps", "eval.batch_size", "eval.mechanism")
 FALLBACK_NOTE = "†"
 
 
@@ -102,6 +108,7 @@ class Arm:
 
 
 # ---- the grid ----------------------------------------------------------------------------------------
+
 
 def _split(spec: str, key: str) -> list[str]:
   items = [s.strip() for s in str(spec).split(",") if s.strip()]
@@ -144,6 +151,7 @@ def grid(c) -> dict:
     raise UserError(f"sweep.confidence must be in (0, 1), got {s.confidence}")
   target_sets = _split(s.target_sets, "target_sets")
   from lazarus_jax.data.targets import TARGET_SETS
+
   for t in target_sets:
     if t not in TARGET_SETS:
       raise UserError(f"sweep.target_sets: unknown target set {t!r}: use {', '.join(TARGET_SETS)}")
@@ -157,11 +165,20 @@ def grid(c) -> dict:
   if grpo_arms and 0.0 not in weights:
     raise UserError("sweep.grpo_arms warm-start from the SFT arm: sweep.weights must include 0")
   if grpo_arms and (s.grpo_steps <= 0 or s.grpo_lr <= 0 or not 0.0 < s.grpo_lens_weight <= 1.0):
-    raise UserError(f"sweep.grpo_steps and sweep.grpo_lr must be positive and sweep.grpo_lens_weight in (0, 1], got "
-                    f"{s.grpo_steps}, {s.grpo_lr}, {s.grpo_lens_weight}")
-  return {"weights": weights, "formats": formats, "layer_fractions": fractions, "seeds": seeds,
-          "include_base": bool(s.include_base), "target_sets": target_sets, "eval_formats": eval_formats,
-          "grpo_arms": grpo_arms}
+    raise UserError(
+      f"sweep.grpo_steps and sweep.grpo_lr must be positive and sweep.grpo_lens_weight in (0, 1], got "
+      f"{s.grpo_steps}, {s.grpo_lr}, {s.grpo_lens_weight}"
+    )
+  return {
+    "weights": weights,
+    "formats": formats,
+    "layer_fractions": fractions,
+    "seeds": seeds,
+    "include_base": bool(s.include_base),
+    "target_sets": target_sets,
+    "eval_formats": eval_formats,
+    "grpo_arms": grpo_arms,
+  }
 
 
 def arm_label(weight: float | None, target_set: str = "operation") -> str:
@@ -179,7 +196,7 @@ def plain_arm(arm: str) -> str:
 
 
 def target_suffix(arm: str) -> str:
-  return arm[arm.index("@"):] if "@" in arm else ""
+  return arm[arm.index("@") :] if "@" in arm else ""
 
 
 def plan(c) -> list[Arm]:
@@ -199,8 +216,7 @@ def plan(c) -> list[Arm]:
         if "grpo" in g["grpo_arms"]:
           arms.append(Arm(grpo_label("grpo", ts), 0.0, fmt, None, seed, ts))
         if "grpo+lens" in g["grpo_arms"]:
-          arms += [Arm(grpo_label("grpo+lens", ts), c.sweep.grpo_lens_weight, fmt, f, seed, ts)
-                   for f in g["layer_fractions"]]
+          arms += [Arm(grpo_label("grpo+lens", ts), c.sweep.grpo_lens_weight, fmt, f, seed, ts) for f in g["layer_fractions"]]
   return arms
 
 
@@ -241,10 +257,16 @@ def arm_config(c, arm: Arm, workdir: str | None = None) -> ml_collections.Config
 
 # Keys added after sweeps had run, left out of the hash while at the value that reproduces the older behaviour,
 # so an arm trained before they existed keeps its hash (and its results) instead of being retrained.
-LATER_KEYS_AT_DEFAULT = {"data.eval_format": "", "data.fewshot_k": 2, "classifier.target_set": "operation",
-                         "sweep.eval_formats": "", "sweep.target_sets": "operation",
-                         # auto = einsum attention and the scanned loop on the CPUs earlier arms ran on
-                         "model.attention": "auto", "model.layer_loop": "auto"}
+LATER_KEYS_AT_DEFAULT = {
+  "data.eval_format": "",
+  "data.fewshot_k": 2,
+  "classifier.target_set": "operation",
+  "sweep.eval_formats": "",
+  "sweep.target_sets": "operation",
+  # auto = einsum attention and the scanned loop on the CPUs earlier arms ran on
+  "model.attention": "auto",
+  "model.layer_loop": "auto",
+}
 
 
 def result_config(config) -> dict:
@@ -255,8 +277,12 @@ def result_config(config) -> dict:
   flat = without_added_defaults(flat)  # keys added later, at their defaults: earlier arms keep their hashes
   if flat.get("train.init_adapter"):  # a GRPO arm's warm start: the SFT arm's directory (name + hash), not where
     flat["train.init_adapter"] = "/".join(flat["train.init_adapter"].split(os.sep)[-3:])  # the sweep lives
-  return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
-          and not (k in LATER_KEYS_AT_DEFAULT and v == LATER_KEYS_AT_DEFAULT[k])}
+  return {
+    k: v
+    for k, v in flat.items()
+    if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
+    and not (k in LATER_KEYS_AT_DEFAULT and v == LATER_KEYS_AT_DEFAULT[k])
+  }
 
 
 def config_hash(config) -> str:
@@ -288,6 +314,7 @@ def stored_config(armdir: str, ac) -> dict:
 
 # ---- running -----------------------------------------------------------------------------------------
 
+
 def run_arm(c, arm: Arm, workdir: str) -> bool:
   """Trains and evaluates one arm unless its results exist for this very config; True when it ran."""
   ac = arm_config(c, arm, workdir)
@@ -298,12 +325,14 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
   if arm.weight is None:  # a base arm
     from lazarus_jax.reporting import evaluate
     from lazarus_jax.workdir import WorkdirLock
+
     with WorkdirLock(armdir, "sweep arm"):
       files.write_json(os.path.join(armdir, "config.json"), ac.to_dict(), indent=2, default=list)
       evaluate.run(ac, armdir)
   else:
     from lazarus_jax.reporting import evaluate
     from lazarus_jax.training import loop as train
+
     result = train.run(ac, armdir)
     if result.preempted:
       raise UserError(f"arm {arm.name} was stopped at step {result.final_step}: re-run the sweep to continue")
@@ -313,6 +342,7 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
 
 # ---- per-example results -----------------------------------------------------------------------------
 
+
 def per_example_vector(results: dict, metric: str, fmt: str, row: int | None = None):
   """(keys, 0/1 int8 vector) of `fmt`'s held-out examples, or None when the metric was not measured.
 
@@ -321,8 +351,10 @@ def per_example_vector(results: dict, metric: str, fmt: str, row: int | None = N
   """
   pe = results.get("per_example")
   if not pe:
-    raise UserError("results.json has no per_example block (written by an evaluate that kept no per-example "
-                    "results): delete that arm's directory and re-run the sweep")
+    raise UserError(
+      "results.json has no per_example block (written by an evaluate that kept no per-example "
+      "results): delete that arm's directory and re-run the sweep"
+    )
   if metric == "lens_correct":
     if row is None:
       raise ValueError("lens_correct needs a lens row")
@@ -351,8 +383,10 @@ def align(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
   if len(sa) != len(ka) or len(sb) != len(kb):
     raise UserError(f"{what}: a prompt key appears twice in one arm's per-example results")
   if sa != sb:
-    raise UserError(f"{what}: the two arms were not evaluated on the same prompts ({len(sa - sb)} and {len(sb - sa)} "
-                    "keys in one only): a paired comparison needs the same held-out set (same seed, data and eval config)")
+    raise UserError(
+      f"{what}: the two arms were not evaluated on the same prompts ({len(sa - sb)} and {len(sb - sa)} "
+      "keys in one only): a paired comparison needs the same held-out set (same seed, data and eval config)"
+    )
   pos = {k: i for i, k in enumerate(kb)}
   return va, vb[[pos[k] for k in ka]]
 
@@ -373,6 +407,7 @@ def _mean(pe) -> float | None:
 
 # ---- tables ------------------------------------------------------------------------------------------
 
+
 def arm_rows(arm: Arm, results: dict, fractions: list[float], confidence: float = 0.95) -> list[dict]:
   """One row per depth this arm reports: its own fraction, or every fraction for depth-independent arms.
 
@@ -387,19 +422,33 @@ def arm_rows(arm: Arm, results: dict, fractions: list[float], confidence: float 
   answer = per_example_vector(results, "answer_correct", arm.fmt)
   first = per_example_vector(results, "first_token_correct", arm.fmt)
   rows = []
-  for f in ([arm.layer_fraction] if arm.layer_fraction is not None else fractions):
+  for f in [arm.layer_fraction] if arm.layer_fraction is not None else fractions:
     layer = int(n_layers * f)
     lens_rows = [per_example_vector(results, "lens_correct", arm.fmt, r) for r in range(layer + 1, n_layers + 1)]
     lows = [stats.wilson_interval(int(v.sum()), v.size, confidence)[0] for _, v in lens_rows]
     lens = results["lens"][layer + 1]["by_format"][arm.fmt]
-    row = {"arm": arm.arm, "weight": arm.weight, "format": arm.fmt, "layer_fraction": f, "layer": layer,
-           "seed": arm.seed, "run": arm.name, "n_examples": len(lens_rows[0][0]), "chance": chance,
-           "lens_accuracy": _mean(lens_rows[0]), "lens_survives_to": survival_block(lows, layer, chance),
-           "vocab_top1_accuracy": lens["vocab_top1_accuracy"], "mean_correct_prob": lens["mean_correct_prob"],
-           "probe_accuracy": None, "probe_selectivity": None, "probe_n_test": None,
-           "answer_accuracy": _mean(answer), "first_token_accuracy": _mean(first),
-           "_examples": {"lens_accuracy": lens_rows[0], "answer_accuracy": answer, "first_token_accuracy": first},
-           "_lens_rows": lens_rows}
+    row = {
+      "arm": arm.arm,
+      "weight": arm.weight,
+      "format": arm.fmt,
+      "layer_fraction": f,
+      "layer": layer,
+      "seed": arm.seed,
+      "run": arm.name,
+      "n_examples": len(lens_rows[0][0]),
+      "chance": chance,
+      "lens_accuracy": _mean(lens_rows[0]),
+      "lens_survives_to": survival_block(lows, layer, chance),
+      "vocab_top1_accuracy": lens["vocab_top1_accuracy"],
+      "mean_correct_prob": lens["mean_correct_prob"],
+      "probe_accuracy": None,
+      "probe_selectivity": None,
+      "probe_n_test": None,
+      "answer_accuracy": _mean(answer),
+      "first_token_accuracy": _mean(first),
+      "_examples": {"lens_accuracy": lens_rows[0], "answer_accuracy": answer, "first_token_accuracy": first},
+      "_lens_rows": lens_rows,
+    }
     pr = (results.get("probes") or {}).get("by_format", {}).get(arm.fmt)
     if pr and "layers" in pr:
       row["probe_accuracy"] = pr["layers"][layer + 1]["test_accuracy"]
@@ -418,7 +467,7 @@ def transfer_rows(arm: Arm, results: dict, fractions: list[float]) -> list[dict]
   cc = results.get("compute_or_copy") or {}
   cf = results.get("counterfactuals")
   rows = []
-  for f in ([arm.layer_fraction] if arm.layer_fraction is not None else fractions):
+  for f in [arm.layer_fraction] if arm.layer_fraction is not None else fractions:
     layer = int(n_layers * f)
     at_run_layer = layer == results["classifier_layer"]
     for efmt in results["formats"]:
@@ -426,17 +475,30 @@ def transfer_rows(arm: Arm, results: dict, fractions: list[float]) -> list[dict]
       fr = (cc.get("formats") or {}).get(efmt) or {}
       bag, l0 = fr.get("bag_of_tokens") or {}, fr.get("layer0_best") or {}
       with_cf = at_run_layer and cf is not None and efmt == "fewshot"
-      rows.append({
-          "arm": arm.arm, "weight": arm.weight, "target_set": arm.target_set, "train_format": arm.fmt,
-          "eval_format": efmt, "layer_fraction": f, "layer": layer, "seed": arm.seed, "run": arm.name,
-          "n_examples": len(vec[0]), "lens_accuracy": _mean(vec),
-          "bag_of_tokens": bag.get("accuracy"), "layer0_best": l0.get("accuracy"), "baseline_n": bag.get("n"),
+      rows.append(
+        {
+          "arm": arm.arm,
+          "weight": arm.weight,
+          "target_set": arm.target_set,
+          "train_format": arm.fmt,
+          "eval_format": efmt,
+          "layer_fraction": f,
+          "layer": layer,
+          "seed": arm.seed,
+          "run": arm.name,
+          "n_examples": len(vec[0]),
+          "lens_accuracy": _mean(vec),
+          "bag_of_tokens": bag.get("accuracy"),
+          "layer0_best": l0.get("accuracy"),
+          "baseline_n": bag.get("n"),
           "flip_rate": cf["flip_rate"]["accuracy"] if with_cf else None,
           "flip_n": cf["flip_rate"]["n"] if with_cf else None,
           "shuffled_accuracy": cf["shuffled"]["accuracy"] if with_cf else None,
           "shuffled_n": cf["shuffled"]["n"] if with_cf else None,
           "verdict": cc.get("verdict") if at_run_layer else None,
-          "_examples": {"lens_accuracy": vec}})
+          "_examples": {"lens_accuracy": vec},
+        }
+      )
   return rows
 
 
@@ -446,14 +508,23 @@ def summarize_transfer(rows: list[dict], confidence: float = 0.95) -> list[dict]
   (bootstrapped from their counts) and each seed's verdict."""
   groups: dict = {}
   for r in rows:
-    groups.setdefault((r["arm"], r["weight"], r["target_set"], r["train_format"], r["eval_format"],
-                       r["layer_fraction"], r["layer"]), []).append(r)
+    groups.setdefault(
+      (r["arm"], r["weight"], r["target_set"], r["train_format"], r["eval_format"], r["layer_fraction"], r["layer"]), []
+    ).append(r)
   out = []
   for (arm, weight, ts, tf, ef, frac, layer), rs in groups.items():
     rs = sorted(rs, key=lambda r: r["seed"])
-    cell = {"arm": arm, "weight": weight, "target_set": ts, "train_format": tf, "eval_format": ef,
-            "layer_fraction": frac, "layer": layer, "n_seeds": len(rs),
-            "lens_accuracy": _cell(rs, "lens_accuracy", confidence)}
+    cell = {
+      "arm": arm,
+      "weight": weight,
+      "target_set": ts,
+      "train_format": tf,
+      "eval_format": ef,
+      "layer_fraction": frac,
+      "layer": layer,
+      "n_seeds": len(rs),
+      "lens_accuracy": _cell(rs, "lens_accuracy", confidence),
+    }
     for key in ("bag_of_tokens", "layer0_best"):
       vals = [r[key] for r in rs if r[key] is not None]
       cell[key] = float(np.mean(vals)) if vals else None
@@ -484,13 +555,20 @@ def _cell(rs: list[dict], metric: str, confidence: float) -> dict | None:
     if metric in EXAMPLE_METRICS:
       vecs = [r["_examples"][metric][1] for r in rs if r["_examples"][metric] is not None]
     else:
-      vecs = [_count_vector(r[metric], r[COUNT_METRICS[metric]]) for r in rs
-              if r[metric] is not None and r[COUNT_METRICS[metric]]]
+      vecs = [_count_vector(r[metric], r[COUNT_METRICS[metric]]) for r in rs if r[metric] is not None and r[COUNT_METRICS[metric]]]
     if not vecs:
       return None
     b = _bootstrap(vecs, confidence)
-    return {"mean": b["mean"], "ci_low": b["ci_low"], "ci_high": b["ci_high"], "se": b["se"], "method": b["method"],
-            "n_seeds": len(vecs), "n_examples": b["n"], "values": [float(v.mean()) for v in vecs]}
+    return {
+      "mean": b["mean"],
+      "ci_low": b["ci_low"],
+      "ci_high": b["ci_high"],
+      "se": b["se"],
+      "method": b["method"],
+      "n_seeds": len(vecs),
+      "n_examples": b["n"],
+      "values": [float(v.mean()) for v in vecs],
+    }
   if metric == "lens_survives_to":
     # Pooled over seeds: walk the rows from L while the cell's interval stays above chance.
     lows = []
@@ -498,9 +576,16 @@ def _cell(rs: list[dict], metric: str, confidence: float) -> dict | None:
       lows.append(_bootstrap([r["_lens_rows"][i][1] for r in rs], confidence)["ci_low"])
       if lows[-1] <= rs[0]["chance"]:
         break
-    return {"mean": survival_block(lows, rs[0]["layer"], rs[0]["chance"]), "ci_low": None, "ci_high": None, "se": None,
-            "method": "last block from L with every row's interval above chance", "n_seeds": len(rs),
-            "n_examples": sum(r["n_examples"] for r in rs), "values": [r["lens_survives_to"] for r in rs]}
+    return {
+      "mean": survival_block(lows, rs[0]["layer"], rs[0]["chance"]),
+      "ci_low": None,
+      "ci_high": None,
+      "se": None,
+      "method": "last block from L with every row's interval above chance",
+      "n_seeds": len(rs),
+      "n_examples": sum(r["n_examples"] for r in rs),
+      "values": [r["lens_survives_to"] for r in rs],
+    }
   # No per-example values (a mean probability, a difference of probe accuracies): t-interval across seeds.
   vals = [r[metric] for r in rs if r[metric] is not None]
   if not vals:
@@ -513,8 +598,16 @@ def _cell(rs: list[dict], metric: str, confidence: float) -> dict | None:
   else:
     bounds = (-1.0, 1.0) if metric == "probe_selectivity" else (0.0, 1.0)
     lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-  return {"mean": m, "ci_low": lo, "ci_high": hi, "se": None, "method": method, "n_seeds": len(vals),
-          "n_examples": None, "values": vals}
+  return {
+    "mean": m,
+    "ci_low": lo,
+    "ci_high": hi,
+    "se": None,
+    "method": method,
+    "n_seeds": len(vals),
+    "n_examples": None,
+    "values": vals,
+  }
 
 
 def _cells(rows: list[dict]) -> dict:
@@ -531,8 +624,7 @@ def summarize(rows: list[dict], confidence: float = 0.95) -> list[dict]:
     for metric in METRICS:
       cell = _cell(rs, metric, confidence)
       if cell is not None:
-        out.append({"arm": arm, "weight": weight, "format": fmt, "layer_fraction": frac, "layer": layer,
-                    "metric": metric, **cell})
+        out.append({"arm": arm, "weight": weight, "format": fmt, "layer_fraction": frac, "layer": layer, "metric": metric, **cell})
   return sorted(out, key=_order)
 
 
@@ -559,8 +651,7 @@ def unpaired_rows(rows_a: list[dict], rows_b: list[dict], metric: str, confidenc
   a, b = _seed_vectors(rows_a, metric), _seed_vectors(rows_b, metric)
   if not a or not b:
     return None
-  return stats.unpaired_difference([v for _, v in a.values()], [v for _, v in b.values()], confidence, N_RESAMPLES,
-                                   BOOTSTRAP_SEED)
+  return stats.unpaired_difference([v for _, v in a.values()], [v for _, v in b.values()], confidence, N_RESAMPLES, BOOTSTRAP_SEED)
 
 
 def direction(d: dict) -> str:
@@ -587,18 +678,41 @@ def contrasts(rows: list[dict], confidence: float = 0.95, baseline: str = "sft")
       d = paired_rows(rs, base, metric, confidence, f"{arm} vs {baseline}, {fmt}, fraction {frac:g}, {metric}")
       if d is None:
         continue
-      out.append({"contrast": f"{arm} - {ref}", "arm": arm, "weight": weight, "format": fmt,
-                  "layer_fraction": frac, "layer": layer, "metric": metric, "mean_diff": d["mean_diff"],
-                  "ci_low": d["ci_low"], "ci_high": d["ci_high"], "se": d["se"], "mde_80": d["mde"],
-                  "method": d["method"], "verdict": direction(d), "mcnemar": _mcnemar_text(d),
-                  "n_seeds": d["n_groups"], "n_pairs": d["n"], "diffs": d["diffs"]})
+      out.append(
+        {
+          "contrast": f"{arm} - {ref}",
+          "arm": arm,
+          "weight": weight,
+          "format": fmt,
+          "layer_fraction": frac,
+          "layer": layer,
+          "metric": metric,
+          "mean_diff": d["mean_diff"],
+          "ci_low": d["ci_low"],
+          "ci_high": d["ci_high"],
+          "se": d["se"],
+          "mde_80": d["mde"],
+          "method": d["method"],
+          "verdict": direction(d),
+          "mcnemar": _mcnemar_text(d),
+          "n_seeds": d["n_groups"],
+          "n_pairs": d["n"],
+          "diffs": d["diffs"],
+        }
+      )
   return sorted(out, key=_order)
 
 
 def _order(r):
   arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3, "grpo": 5, "grpo+lens": 6}.get(plain_arm(r["arm"]), 4)
-  return (r["format"], target_suffix(r["arm"]), arm_rank, r["weight"] if r["weight"] is not None else -1, r["layer_fraction"],
-          r.get("metric", ""))
+  return (
+    r["format"],
+    target_suffix(r["arm"]),
+    arm_rank,
+    r["weight"] if r["weight"] is not None else -1,
+    r["layer_fraction"],
+    r.get("metric", ""),
+  )
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -610,11 +724,16 @@ def write_csv(path: str, rows: list[dict]) -> None:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     for r in rows:
-      w.writerow({k: (" ".join("" if v is None else f"{v:.4g}" for v in r[k]) if isinstance(r[k], list) else
-                      ("" if r[k] is None else r[k])) for k in keys})
+      w.writerow(
+        {
+          k: (" ".join("" if v is None else f"{v:.4g}" for v in r[k]) if isinstance(r[k], list) else ("" if r[k] is None else r[k]))
+          for k in keys
+        }
+      )
 
 
 # ---- sweep.md ----------------------------------------------------------------------------------------
+
 
 def _fmt_ci(s: dict | None, scale: float = 100.0, unit: str = "%") -> str:
   if s is None:
@@ -640,66 +759,92 @@ def _fmt_survival(s: dict | None, n_layers) -> str:
 
 
 def _arm_list(summary: list[dict]) -> list:
-  return sorted({(r["arm"], r["weight"]) for r in summary},
-                key=lambda a: _order({"arm": a[0], "weight": a[1], "format": "", "layer_fraction": 0}))
+  return sorted(
+    {(r["arm"], r["weight"]) for r in summary}, key=lambda a: _order({"arm": a[0], "weight": a[1], "format": "", "layer_fraction": 0})
+  )
 
 
-def render_markdown(summary: list[dict], diffs: list[dict], g: dict, meta: dict, rows: list[dict] | None = None,
-                    confidence: float = 0.95, transfer: list[dict] | None = None) -> str:
+def render_markdown(
+  summary: list[dict],
+  diffs: list[dict],
+  g: dict,
+  meta: dict,
+  rows: list[dict] | None = None,
+  confidence: float = 0.95,
+  transfer: list[dict] | None = None,
+) -> str:
   by = {(r["arm"], r["format"], r["layer_fraction"], r["metric"]): r for r in summary}
   pct = f"{100 * confidence:g}%"
   design = meta.get("design_pairs") or {}
-  lines = ["# Controlled comparison: loss weight × format × classifier depth × seed", "",
-           f"- Model `{meta['model']}` ({meta['n_layers']} blocks); {meta['steps']} training steps per arm; "
-           f"LoRA r{meta['lora_rank']} alpha {meta['lora_alpha']} on {meta['lora_targets']}; lr {meta['lr']}; "
-           f"batch {meta['batch_size']}; held-out up to {meta['max_examples_per_op']} per operation "
-           "(read from the reported arms' own config.json)",
-           f"- Arms share data, LoRA placement, optimizer and steps; only classifier.weight differs (base = no "
-           f"training, sft = 0, dual = 0.7, classifier = 1). Seeds {g['seeds']} (split, init, batch order). "
-           "base and sft do not depend on depth: one run each, read at every depth's layer.",
-           *grpo_header(meta.get("grpo")),
-           "- Each arm is `arms/<name>-<hash>`, the hash of its whole resolved config except "
-           f"{', '.join(NON_RESULT_KEYS)}: a changed config trains new arms; old results are never reported under it.",
-           "- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), survives "
-           "to = the last block ≥ L up to which the lens accuracy's interval stays above the majority-class rate on every row "
-           "from L, top-1 = vocab top-1 accuracy, answer = greedy exact match, first token = the first generated token "
-           "is the answer's first token, probe = linear-probe test accuracy (selectivity = probe − control task).", ""]
-  lines += ["## The contrast that matters (stated before the results)", "",
-            "- **dual (w = 0.7) minus SFT-only (w = 0) answer accuracy, per format**, paired on the same held-out "
-            "prompts (same seed), at each classifier depth: does the classifier term cost or help answers? Every "
-            "other comparison below is secondary."]
+  lines = [
+    "# Controlled comparison: loss weight × format × classifier depth × seed",
+    "",
+    f"- Model `{meta['model']}` ({meta['n_layers']} blocks); {meta['steps']} training steps per arm; "
+    f"LoRA r{meta['lora_rank']} alpha {meta['lora_alpha']} on {meta['lora_targets']}; lr {meta['lr']}; "
+    f"batch {meta['batch_size']}; held-out up to {meta['max_examples_per_op']} per operation "
+    "(read from the reported arms' own config.json)",
+    f"- Arms share data, LoRA placement, optimizer and steps; only classifier.weight differs (base = no "
+    f"training, sft = 0, dual = 0.7, classifier = 1). Seeds {g['seeds']} (split, init, batch order). "
+    "base and sft do not depend on depth: one run each, read at every depth's layer.",
+    *grpo_header(meta.get("grpo")),
+    "- Each arm is `arms/<name>-<hash>`, the hash of its whole resolved config except "
+    f"{', '.join(NON_RESULT_KEYS)}: a changed config trains new arms; old results are never reported under it.",
+    "- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), survives "
+    "to = the last block ≥ L up to which the lens accuracy's interval stays above the majority-class rate on every row "
+    "from L, top-1 = vocab top-1 accuracy, answer = greedy exact match, first token = the first generated token "
+    "is the answer's first token, probe = linear-probe test accuracy (selectivity = probe − control task).",
+    "",
+  ]
+  lines += [
+    "## The contrast that matters (stated before the results)",
+    "",
+    "- **dual (w = 0.7) minus SFT-only (w = 0) answer accuracy, per format**, paired on the same held-out "
+    "prompts (same seed), at each classifier depth: does the classifier term cost or help answers? Every "
+    "other comparison below is secondary.",
+  ]
   by_n: dict = {}
   for fmt in g["formats"]:
     if design.get(fmt):
       by_n.setdefault(design[fmt], []).append(fmt)
   for n, fmts in by_n.items():
-    lines.append(f"- Design ({', '.join(fmts)}; needs no results): N = {n} paired examples per format over "
-                   f"{len(g['seeds'])} seed(s). "
-                   "Worst case, independent Bernoulli(0.5) outcomes per example and arm: SE = √(0.5 / N) = "
-                   f"{100 * (0.5 / n) ** 0.5:.1f} pp, so the smallest difference detectable at {100 * POWER:g}% power "
-                   f"(two-sided α = {1 - confidence:.2g}) is (z_{0.5 + confidence / 2:g} + z_{POWER:g}) × SE = "
-                   f"{100 * stats.design_min_detectable_effect(n, confidence, POWER):.1f} pp. Seed-to-seed spread "
-                   "adds to it; the MDE column of the paired differences uses each contrast's observed bootstrap SE.")
-  lines += ["", "## Method", "",
-            f"- Cells: the mean over seeds of each seed's held-out accuracy, with a {pct} interval from a hierarchical "
-            f"bootstrap ({N_RESAMPLES} resamples, numpy seed {BOOTSTRAP_SEED}): seeds resampled with replacement, then "
-            "the examples within each drawn seed. Vocab top-1 and probe accuracy are bootstrapped from their counts.",
-            f"- {FALLBACK_NOTE} Where every example of a cell has the same outcome (e.g. 100% in every seed) the "
-            "bootstrap collapses to a point: the cell gets a Wilson interval on the pooled counts instead.",
-            "- Paired differences: the same bootstrap on the per-example differences, the two arms' examples matched "
-            "by prompt (same seed, same held-out prompts), with McNemar's exact test per seed as a check (n10:n01 = "
-            "discordant pairs, two-sided binomial p). " + FALLBACK_NOTE + " Where every difference is the same: "
-            "Wilson intervals on the two discordant proportions (each at 1 − α/2), differenced.",
-            f"- Different prompts (symbolic vs semantic): independent bootstraps of the two cells; {FALLBACK_NOTE} "
-            "Newcombe's interval on the pooled counts where either cell has a single outcome.",
-            "- mean p(correct) and probe selectivity have no per-example values: mean over seeds with a t-interval "
-            "across seeds (none with one seed or when seeds agree).",
-            "- A winner is named only when the interval of the difference excludes 0; otherwise the answer is "
-            "**cannot tell**, with the numbers.", ""]
+    lines.append(
+      f"- Design ({', '.join(fmts)}; needs no results): N = {n} paired examples per format over "
+      f"{len(g['seeds'])} seed(s). "
+      "Worst case, independent Bernoulli(0.5) outcomes per example and arm: SE = √(0.5 / N) = "
+      f"{100 * (0.5 / n) ** 0.5:.1f} pp, so the smallest difference detectable at {100 * POWER:g}% power "
+      f"(two-sided α = {1 - confidence:.2g}) is (z_{0.5 + confidence / 2:g} + z_{POWER:g}) × SE = "
+      f"{100 * stats.design_min_detectable_effect(n, confidence, POWER):.1f} pp. Seed-to-seed spread "
+      "adds to it; the MDE column of the paired differences uses each contrast's observed bootstrap SE."
+    )
+  lines += [
+    "",
+    "## Method",
+    "",
+    f"- Cells: the mean over seeds of each seed's held-out accuracy, with a {pct} interval from a hierarchical "
+    f"bootstrap ({N_RESAMPLES} resamples, numpy seed {BOOTSTRAP_SEED}): seeds resampled with replacement, then "
+    "the examples within each drawn seed. Vocab top-1 and probe accuracy are bootstrapped from their counts.",
+    f"- {FALLBACK_NOTE} Where every example of a cell has the same outcome (e.g. 100% in every seed) the "
+    "bootstrap collapses to a point: the cell gets a Wilson interval on the pooled counts instead.",
+    "- Paired differences: the same bootstrap on the per-example differences, the two arms' examples matched "
+    "by prompt (same seed, same held-out prompts), with McNemar's exact test per seed as a check (n10:n01 = "
+    "discordant pairs, two-sided binomial p). " + FALLBACK_NOTE + " Where every difference is the same: "
+    "Wilson intervals on the two discordant proportions (each at 1 − α/2), differenced.",
+    f"- Different prompts (symbolic vs semantic): independent bootstraps of the two cells; {FALLBACK_NOTE} "
+    "Newcombe's interval on the pooled counts where either cell has a single outcome.",
+    "- mean p(correct) and probe selectivity have no per-example values: mean over seeds with a t-interval "
+    "across seeds (none with one seed or when seeds agree).",
+    "- A winner is named only when the interval of the difference excludes 0; otherwise the answer is "
+    "**cannot tell**, with the numbers.",
+    "",
+  ]
   n_layers = meta.get("n_layers")
   for fmt in g["formats"]:
-    lines += [f"## {fmt}", "", "| Arm | w | fraction | L | lens acc | survives to | vocab top-1 | answer acc | "
-              "first token | probe acc | selectivity | seeds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+      f"## {fmt}",
+      "",
+      "| Arm | w | fraction | L | lens acc | survives to | vocab top-1 | answer acc | first token | probe acc | selectivity | seeds |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for arm, w in _arm_list(summary):
       for f in g["layer_fractions"]:
         s = {m: by.get((arm, fmt, f, m)) for m in METRICS}
@@ -707,19 +852,26 @@ def render_markdown(summary: list[dict], diffs: list[dict], g: dict, meta: dict,
           continue
         sel = s["probe_selectivity"]
         lines.append(
-            f"| {arm} | {'—' if w is None else f'{w:g}'} | {f:g} | {s['lens_accuracy']['layer']} | "
-            f"{_fmt_ci(s['lens_accuracy'])} | {_fmt_survival(s['lens_survives_to'], n_layers)} | "
-            f"{_fmt_ci(s['vocab_top1_accuracy'])} | {_fmt_ci(s['answer_accuracy'])} | "
-            f"{_fmt_ci(s['first_token_accuracy'])} | {_fmt_ci(s['probe_accuracy'])} | "
-            f"{_fmt_ci(sel, 1.0, '') if sel else 'n/a'} | {s['lens_accuracy']['n_seeds']} |")
+          f"| {arm} | {'—' if w is None else f'{w:g}'} | {f:g} | {s['lens_accuracy']['layer']} | "
+          f"{_fmt_ci(s['lens_accuracy'])} | {_fmt_survival(s['lens_survives_to'], n_layers)} | "
+          f"{_fmt_ci(s['vocab_top1_accuracy'])} | {_fmt_ci(s['answer_accuracy'])} | "
+          f"{_fmt_ci(s['first_token_accuracy'])} | {_fmt_ci(s['probe_accuracy'])} | "
+          f"{_fmt_ci(sel, 1.0, '') if sel else 'n/a'} | {s['lens_accuracy']['n_seeds']} |"
+        )
     lines.append("")
   if diffs:
-    lines += ["## Paired differences vs SFT-only (same format, depth, seed and prompts)", "",
-              f"| Contrast | format | fraction | metric | difference [{pct} CI] | MDE {100 * POWER:g}% power | "
-              "McNemar per seed | verdict | seeds | pairs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+      "## Paired differences vs SFT-only (same format, depth, seed and prompts)",
+      "",
+      f"| Contrast | format | fraction | metric | difference [{pct} CI] | MDE {100 * POWER:g}% power | "
+      "McNemar per seed | verdict | seeds | pairs |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for d in diffs:
-      lines.append(f"| {d['contrast']} | {d['format']} | {d['layer_fraction']:g} | {d['metric']} | {_fmt_diff(d)} | "
-                   f"{100 * d['mde_80']:.1f} pp | {d['mcnemar']} | {d['verdict']} | {d['n_seeds']} | {d['n_pairs']} |")
+      lines.append(
+        f"| {d['contrast']} | {d['format']} | {d['layer_fraction']:g} | {d['metric']} | {_fmt_diff(d)} | "
+        f"{100 * d['mde_80']:.1f} pp | {d['mcnemar']} | {d['verdict']} | {d['n_seeds']} | {d['n_pairs']} |"
+      )
     lines.append("")
   lines += ["![lens accuracy by depth](sweep_lens.png)", "", "![answer accuracy by depth](sweep_answer.png)", ""]
   lines += transfer_markdown(transfer or [], pct)
@@ -737,25 +889,40 @@ def transfer_markdown(transfer: list[dict], pct: str) -> list[str]:
   if not transfer or (len({r["eval_format"] for r in transfer}) < 2 and not any(r["flip_rate"] for r in transfer)):
     return []
   from lazarus_jax.analysis.compute_or_copy import RULE
+
   evals = sorted({r["eval_format"] for r in transfer})
   by = {(r["arm"], r["train_format"], r["layer_fraction"], r["eval_format"]): r for r in transfer}
-  lines = ["## Transfer matrix (lens accuracy at L)", "",
-           "Rows: the format an arm trained on; columns: the held-out format it was evaluated on (the same held-out "
-           f"triples in each); cells: mean over seeds [{pct} hierarchical bootstrap].", "",
-           "| Arm | trained on | fraction | " + " | ".join(evals) + " |", "|---|---|---|" + "---|" * len(evals)]
+  lines = [
+    "## Transfer matrix (lens accuracy at L)",
+    "",
+    "Rows: the format an arm trained on; columns: the held-out format it was evaluated on (the same held-out "
+    f"triples in each); cells: mean over seeds [{pct} hierarchical bootstrap].",
+    "",
+    "| Arm | trained on | fraction | " + " | ".join(evals) + " |",
+    "|---|---|---|" + "---|" * len(evals),
+  ]
   for arm, tf, frac in dict.fromkeys((r["arm"], r["train_format"], r["layer_fraction"]) for r in transfer):
     cells = [_fmt_ci(by[(arm, tf, frac, e)]["lens_accuracy"]) if (arm, tf, frac, e) in by else "—" for e in evals]
     lines.append(f"| {arm} | {tf} | {frac:g} | " + " | ".join(cells) + " |")
-  lines += ["", "## Computed or copied?", "", f"Rule (per run, at its classifier layer): {RULE}.", "",
-            "| Arm | trained on | fraction | eval format | lens at L | bag-of-tokens | layer-0 best | flip rate | "
-            "shuffled results | verdict per seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+  lines += [
+    "",
+    "## Computed or copied?",
+    "",
+    f"Rule (per run, at its classifier layer): {RULE}.",
+    "",
+    "| Arm | trained on | fraction | eval format | lens at L | bag-of-tokens | layer-0 best | flip rate | "
+    "shuffled results | verdict per seed |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in transfer:
     if not r["verdicts"] and r["flip_rate"] is None:
       continue  # a depth-independent arm read at a depth other than its run's: no verdict there
     base = [f"{100 * r[k]:.1f}%" if r[k] is not None else "—" for k in ("bag_of_tokens", "layer0_best")]
-    lines.append(f"| {r['arm']} | {r['train_format']} | {r['layer_fraction']:g} | {r['eval_format']} | "
-                 f"{_fmt_ci(r['lens_accuracy'])} | {base[0]} | {base[1]} | {_fmt_boot(r['flip_rate'])} | "
-                 f"{_fmt_boot(r['shuffled_accuracy'])} | {', '.join(r['verdicts']) or '—'} |")
+    lines.append(
+      f"| {r['arm']} | {r['train_format']} | {r['layer_fraction']:g} | {r['eval_format']} | "
+      f"{_fmt_ci(r['lens_accuracy'])} | {base[0]} | {base[1]} | {_fmt_boot(r['flip_rate'])} | "
+      f"{_fmt_boot(r['shuffled_accuracy'])} | {', '.join(r['verdicts']) or '—'} |"
+    )
   return lines + [""]
 
 
@@ -776,13 +943,19 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
   for d in diffs:
     if d["metric"] != "answer_accuracy" or plain_arm(d["arm"]) in GRPO_ARMS:  # the GRPO arms are answer 6's
       continue
-    word = {"higher": "**helps** answers", "lower": "**costs** answers",
-            "cannot tell": "**cannot tell** (the interval includes 0)"}[d["verdict"]]
-    parts.append(f"{d['arm']} − sft, {d['format']}, fraction {d['layer_fraction']:g} (L={d['layer']}): "
-                 f"{_fmt_diff(d)} — {word}; McNemar per seed {d['mcnemar']}; smallest effect detectable at "
-                 f"{100 * POWER:g}% power ≈ {100 * d['mde_80']:.1f} pp")
-  out.append("**Does the classifier term cost or help answer accuracy vs SFT-only?** " +
-             ("; ".join(parts) if parts else "Not measured (needs w=0 and a w>0 arm, with generation)") + ".")
+    word = {"higher": "**helps** answers", "lower": "**costs** answers", "cannot tell": "**cannot tell** (the interval includes 0)"}[
+      d["verdict"]
+    ]
+    parts.append(
+      f"{d['arm']} − sft, {d['format']}, fraction {d['layer_fraction']:g} (L={d['layer']}): "
+      f"{_fmt_diff(d)} — {word}; McNemar per seed {d['mcnemar']}; smallest effect detectable at "
+      f"{100 * POWER:g}% power ≈ {100 * d['mde_80']:.1f} pp"
+    )
+  out.append(
+    "**Does the classifier term cost or help answer accuracy vs SFT-only?** "
+    + ("; ".join(parts) if parts else "Not measured (needs w=0 and a w>0 arm, with generation)")
+    + "."
+  )
   weighted = [a for a, w in _arm_list(summary) if w not in (None, 0.0)]
   # 2. Symbolic vs semantic: lens accuracy at L, different prompts (unpaired), per arm and depth.
   parts = []
@@ -795,10 +968,13 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
         if not d:
           continue
         verdict = {"higher": f"{f0} higher", "lower": f"{f1} higher", "cannot tell": "**cannot tell**"}[direction(d)]
-        parts.append(f"{arm}, fraction {f:g}: {f0} {_cell_text(by, arm, f0, f)} vs {f1} {_cell_text(by, arm, f1, f)}"
-                     f" — {verdict} ({f0} − {f1} {_fmt_diff(d)})")
-  out.append("**Symbolic vs semantic?** (lens accuracy at L) " + ("; ".join(parts) if parts else
-                                                                   "Only one format in this sweep") + ".")
+        parts.append(
+          f"{arm}, fraction {f:g}: {f0} {_cell_text(by, arm, f0, f)} vs {f1} {_cell_text(by, arm, f1, f)}"
+          f" — {verdict} ({f0} − {f1} {_fmt_diff(d)})"
+        )
+  out.append(
+    "**Symbolic vs semantic?** (lens accuracy at L) " + ("; ".join(parts) if parts else "Only one format in this sweep") + "."
+  )
   # 3. Which depth: the highest mean, named only if its paired difference to every other depth excludes 0.
   parts = []
   for arm in weighted:
@@ -811,8 +987,9 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
       for f in fr:
         if f == best:
           continue
-        d = paired_rows(rows_of(arm, fmt, best), rows_of(arm, fmt, f), "lens_accuracy", confidence,
-                        f"{arm}, {fmt}, fraction {best:g} vs {f:g}")
+        d = paired_rows(
+          rows_of(arm, fmt, best), rows_of(arm, fmt, f), "lens_accuracy", confidence, f"{arm}, {fmt}, fraction {best:g} vs {f:g}"
+        )
         if d is None or direction(d) != "higher":
           tied.append(f)
         else:
@@ -822,13 +999,19 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
         return f"fraction {f:g} (L={by[(arm, fmt, f, 'lens_accuracy')]['layer']}) {_cell_text(by, arm, fmt, f)}"
 
       if tied:
-        parts.append(f"{arm}, {fmt}: **cannot tell** between " + ", ".join(cell(f) for f in [best] + tied) +
-                     " (the paired differences' intervals include 0)")
+        parts.append(
+          f"{arm}, {fmt}: **cannot tell** between "
+          + ", ".join(cell(f) for f in [best] + tied)
+          + " (the paired differences' intervals include 0)"
+        )
       else:
         _, nxt, d = min(margins, key=lambda m: m[0])
         parts.append(f"{arm}, {fmt}: {cell(best)}, above every other depth (closest: fraction {nxt:g} by {_fmt_diff(d)})")
-  out.append("**Which depth works best?** (lens accuracy at L) " +
-             ("; ".join(parts) if parts else "Fewer than two depths of a weighted arm in this sweep") + ".")
+  out.append(
+    "**Which depth works best?** (lens accuracy at L) "
+    + ("; ".join(parts) if parts else "Fewer than two depths of a weighted arm in this sweep")
+    + "."
+  )
   # 4. Vocab-aligned classifier before -> after dual-reward training (paired: same seed, same prompts).
   parts = []
   for fmt in g["formats"]:
@@ -837,11 +1020,12 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
       d = b and d_rows and paired_rows(d_rows, b, "lens_accuracy", confidence, f"dual vs base, {fmt}, fraction {f:g}")
       if d:
         verdict = {"higher": "dual higher", "lower": "dual lower", "cannot tell": "**cannot tell**"}[direction(d)]
-        parts.append(f"{fmt}, fraction {f:g}: base {_cell_text(by, 'base', fmt, f)} → dual "
-                     f"{_cell_text(by, 'dual', fmt, f)} — {verdict} ({_fmt_diff(d)})")
+        parts.append(
+          f"{fmt}, fraction {f:g}: base {_cell_text(by, 'base', fmt, f)} → dual "
+          f"{_cell_text(by, 'dual', fmt, f)} — {verdict} ({_fmt_diff(d)})"
+        )
   if parts:
-    out.append("**Vocab-aligned classifier before → after dual-reward training** (lens accuracy at L): " +
-               "; ".join(parts) + ".")
+    out.append("**Vocab-aligned classifier before → after dual-reward training** (lens accuracy at L): " + "; ".join(parts) + ".")
   # 5. How far past L the lens signal survives.
   parts = []
   for arm in weighted:
@@ -849,11 +1033,14 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
       for f in g["layer_fractions"]:
         s = by.get((arm, fmt, f, "lens_survives_to"))
         if s is not None:
-          parts.append(f"{arm}, {fmt}, fraction {f:g} (L={s['layer']}): " +
-                       ("not above chance at L" if s["mean"] is None else f"to block {s['mean']}"))
+          parts.append(
+            f"{arm}, {fmt}, fraction {f:g} (L={s['layer']}): "
+            + ("not above chance at L" if s["mean"] is None else f"to block {s['mean']}")
+          )
   if parts:
-    out.append("**How far past L does the lens signal survive?** (every row from L above the majority-class rate) " +
-               "; ".join(parts) + ".")
+    out.append(
+      "**How far past L does the lens signal survive?** (every row from L above the majority-class rate) " + "; ".join(parts) + "."
+    )
   # 6. The seed's open question: does GRPO produce better classifiers (and answers) than the supervised arms?
   parts = []
   for fmt in g["formats"]:
@@ -866,20 +1053,26 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
           d = paired_rows(a_rows, b_rows, metric, confidence, f"{rl} vs {sup}, {fmt}, fraction {f:g}, {metric}")
           if d:
             verdict = {"higher": f"{rl} higher", "lower": f"{rl} lower", "cannot tell": "**cannot tell**"}[direction(d)]
-            parts.append(f"{fmt}, fraction {f:g}, {metric.replace('_', ' ')}: {rl} "
-                         f"{_cell_text(by, rl, fmt, f, metric)} vs {sup} {_cell_text(by, sup, fmt, f, metric)} — "
-                         f"{verdict} ({_fmt_diff(d)})")
+            parts.append(
+              f"{fmt}, fraction {f:g}, {metric.replace('_', ' ')}: {rl} "
+              f"{_cell_text(by, rl, fmt, f, metric)} vs {sup} {_cell_text(by, sup, fmt, f, metric)} — "
+              f"{verdict} ({_fmt_diff(d)})"
+            )
   if parts:
-    out.append("**Does GRPO produce better classifiers?** (paired on the same prompts; the GRPO arms trained longer, "
-               "see the header) " + "; ".join(parts) + ".")
+    out.append(
+      "**Does GRPO produce better classifiers?** (paired on the same prompts; the GRPO arms trained longer, "
+      "see the header) " + "; ".join(parts) + "."
+    )
   return [f"{i}. {text}" for i, text in enumerate(out, 1)]
 
 
 # ---- run ---------------------------------------------------------------------------------------------
 
+
 def planned_pairs(c, g: dict) -> dict:
   """Held-out examples per format over all seeds, from the config alone (the design's N, before any results)."""
   from lazarus_jax.reporting.evaluate import select_examples
+
   out = {}
   for fmt in g["formats"]:
     out[fmt] = 0
@@ -901,16 +1094,18 @@ def grpo_header(desc: dict | None) -> list[str]:
   """The GRPO arms' budget and settings, stated in the header (sweep.grpo_arms)."""
   if not desc:
     return []
-  return [f"- GRPO arms (train.objective=grpo) start from the same seed's SFT arm's adapter and train "
-          f"{desc['train.steps']} more rounds (lr {desc['train.lr']}): each round samples G = {desc['grpo.group_size']} "
-          f"completions (≤ {desc['grpo.max_new_tokens']} tokens, temperature {desc['grpo.temperature']}, top-p "
-          f"{desc['grpo.top_p']}) for each of the batch's prompts and takes {desc['grpo.updates_per_batch']} optimizer "
-          f"step(s); reward = exact answer (+ {desc['grpo.format_weight']} format); KL β {desc['grpo.kl_beta']} to the "
-          f"model with adapters off; clip [{desc['grpo.clip_low']}, {desc['grpo.clip_high']}]; "
-          f"{desc['grpo.aggregation']}-level loss; advantages scaled by the group std: {desc['grpo.scale_rewards']}. "
-          "grpo = w 0; grpo+lens adds the lens term w × classifier loss at L (lazarus_jax/training/grpo.py). Budget: SFT's steps "
-          "plus the GRPO rounds, so a GRPO − SFT contrast measures what the extra RL rounds add, not an equal-budget "
-          "comparison of objectives."]
+  return [
+    f"- GRPO arms (train.objective=grpo) start from the same seed's SFT arm's adapter and train "
+    f"{desc['train.steps']} more rounds (lr {desc['train.lr']}): each round samples G = {desc['grpo.group_size']} "
+    f"completions (≤ {desc['grpo.max_new_tokens']} tokens, temperature {desc['grpo.temperature']}, top-p "
+    f"{desc['grpo.top_p']}) for each of the batch's prompts and takes {desc['grpo.updates_per_batch']} optimizer "
+    f"step(s); reward = exact answer (+ {desc['grpo.format_weight']} format); KL β {desc['grpo.kl_beta']} to the "
+    f"model with adapters off; clip [{desc['grpo.clip_low']}, {desc['grpo.clip_high']}]; "
+    f"{desc['grpo.aggregation']}-level loss; advantages scaled by the group std: {desc['grpo.scale_rewards']}. "
+    "grpo = w 0; grpo+lens adds the lens term w × classifier loss at L (lazarus_jax/training/grpo.py). Budget: SFT's steps "
+    "plus the GRPO rounds, so a GRPO − SFT contrast measures what the extra RL rounds add, not an equal-budget "
+    "comparison of objectives."
+  ]
 
 
 def describe_arms(configs: list[dict]) -> dict:
@@ -926,25 +1121,44 @@ def describe_arms(configs: list[dict]) -> dict:
   grpo = [fl for fl in flats if is_grpo(fl)]
   grpo_desc = None
   if grpo:
-    grpo_desc = {k: _shared_in(grpo, lambda fl, k=k: fl[k]) for k in (
-        "train.steps", "train.lr", "grpo.group_size", "grpo.max_new_tokens", "grpo.temperature", "grpo.top_p",
-        "grpo.updates_per_batch", "grpo.kl_beta", "grpo.clip_low", "grpo.clip_high", "grpo.aggregation",
-        "grpo.scale_rewards", "grpo.format_weight")}
-  return {"model": shared(lambda fl: fl["model.path"] or fl["model.source"]),
-          "steps": _shared_in(trained, lambda fl: fl["train.steps"]) if trained else "no",
-          "grpo": grpo_desc,
-          "lora_rank": shared(lambda fl: fl["lora.rank"]), "lora_alpha": shared(lambda fl: fl["lora.alpha"]),
-          "lora_targets": shared(lambda fl: fl["lora.targets"]),
-          "lr": _shared_in(trained, lambda fl: fl["train.lr"]) if trained else shared(lambda fl: fl["train.lr"]),
-          "batch_size": shared(lambda fl: fl["train.batch_size"]),
-          "max_examples_per_op": shared(lambda fl: fl["eval.max_examples_per_op"])}
+    grpo_desc = {
+      k: _shared_in(grpo, lambda fl, k=k: fl[k])
+      for k in (
+        "train.steps",
+        "train.lr",
+        "grpo.group_size",
+        "grpo.max_new_tokens",
+        "grpo.temperature",
+        "grpo.top_p",
+        "grpo.updates_per_batch",
+        "grpo.kl_beta",
+        "grpo.clip_low",
+        "grpo.clip_high",
+        "grpo.aggregation",
+        "grpo.scale_rewards",
+        "grpo.format_weight",
+      )
+    }
+  return {
+    "model": shared(lambda fl: fl["model.path"] or fl["model.source"]),
+    "steps": _shared_in(trained, lambda fl: fl["train.steps"]) if trained else "no",
+    "grpo": grpo_desc,
+    "lora_rank": shared(lambda fl: fl["lora.rank"]),
+    "lora_alpha": shared(lambda fl: fl["lora.alpha"]),
+    "lora_targets": shared(lambda fl: fl["lora.targets"]),
+    "lr": _shared_in(trained, lambda fl: fl["train.lr"]) if trained else shared(lambda fl: fl["train.lr"]),
+    "batch_size": shared(lambda fl: fl["train.batch_size"]),
+    "max_examples_per_op": shared(lambda fl: fl["eval.max_examples_per_op"]),
+  }
 
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) every arm, then writes the tables, figures and sweep.md. Returns the summary."""
   from lazarus_jax.workdir import WorkdirLock
+
   c = config
   from lazarus_jax import experiment
+
   experiment.validate_config(c)
   g = grid(c)
   arms = plan(c)
@@ -958,12 +1172,14 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
   os.makedirs(os.path.join(workdir, "arms"), exist_ok=True)
   files.write_json(os.path.join(workdir, "sweep_config.json"), c.to_dict(), indent=2, default=list)
   from lazarus_jax.training import compile_cache
+
   compile_cache.enable(os.path.join(workdir, "jax_cache"))  # arms of the same shapes compile the same programs
   dirs = {a.name: arm_dir(workdir, a, arm_config(c, a, workdir)) for a in arms}
   unhashed = sorted(set(os.listdir(os.path.join(workdir, "arms"))) & set(dirs))
   if unhashed:
-    print(f"sweep: {len(unhashed)} arm dirs of an older sweep (no config hash, e.g. arms/{unhashed[0]}) are not "
-          "reused", file=sys.stderr)
+    print(
+      f"sweep: {len(unhashed)} arm dirs of an older sweep (no config hash, e.g. arms/{unhashed[0]}) are not reused", file=sys.stderr
+    )
   ran, skipped = [], []
   t0 = time.perf_counter()
   for i, arm in enumerate(arms):
@@ -991,19 +1207,30 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
   write_csv(os.path.join(workdir, "sweep_transfer.csv"), t_rows)
   from lazarus_jax import provenance
   from lazarus_jax.reporting import report
+
   report.plot_sweep(summary, os.path.join(workdir, "sweep_lens.png"), "lens_accuracy", "lens accuracy at L")
   report.plot_sweep(summary, os.path.join(workdir, "sweep_answer.png"), "answer_accuracy", "answer accuracy")
-  files.write_text(os.path.join(workdir, "sweep.md"),
-                   render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence, transfer))
-  out = {"grid": g, "meta": meta, "arms": [a.name for a in arms],
-         "arm_dirs": {k: os.path.relpath(v, workdir) for k, v in dirs.items()}, "ran": ran, "skipped": skipped,
-         "seconds": elapsed, "runs": [public(r) for r in rows], "summary": summary, "contrasts": diffs,
-         "transfer_runs": [public(r) for r in t_rows], "transfer": transfer,
-         "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER,
-                        "confidence": c.sweep.confidence},
-         "provenance": provenance.collect(c)}
+  files.write_text(os.path.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence, transfer))
+  out = {
+    "grid": g,
+    "meta": meta,
+    "arms": [a.name for a in arms],
+    "arm_dirs": {k: os.path.relpath(v, workdir) for k, v in dirs.items()},
+    "ran": ran,
+    "skipped": skipped,
+    "seconds": elapsed,
+    "runs": [public(r) for r in rows],
+    "summary": summary,
+    "contrasts": diffs,
+    "transfer_runs": [public(r) for r in t_rows],
+    "transfer": transfer,
+    "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER, "confidence": c.sweep.confidence},
+    "provenance": provenance.collect(c),
+  }
   files.write_json(os.path.join(workdir, "sweep_results.json"), out, indent=1, default=str)
-  print(f"sweep: {len(ran)} arms ran, {len(skipped)} reused (same config, done before) in {elapsed:.0f}s; wrote "
-        f"{workdir}/sweep.md, sweep_summary.csv", file=sys.stderr)
+  print(
+    f"sweep: {len(ran)} arms ran, {len(skipped)} reused (same config, done before) in {elapsed:.0f}s; wrote "
+    f"{workdir}/sweep.md, sweep_summary.csv",
+    file=sys.stderr,
+  )
   return out
-

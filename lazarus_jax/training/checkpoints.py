@@ -39,8 +39,7 @@ class Checkpointer:
     self._pending = None  # the step whose (async) save may still be running
     self._failed = False
     self.directory = files.abspath(directory)  # a gs:// directory goes to orbax as it is
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                           create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -68,10 +67,15 @@ class Checkpointer:
     done = self.finalized_steps()
     reason = " ".join(str(e).split())
     reason = reason if len(reason) < 200 else reason[:200] + "..."
-    last = (f"the last complete checkpoint is step {done[-1]}; continue from it with --config.resume=True"
-            if done else "no complete checkpoint exists yet")
-    raise CheckpointSaveError(f"could not save checkpoint step {step} to {self.directory} ({type(e).__name__}: "
-                              f"{reason}): free disk space or fix the directory's permissions; {last}") from None
+    last = (
+      f"the last complete checkpoint is step {done[-1]}; continue from it with --config.resume=True"
+      if done
+      else "no complete checkpoint exists yet"
+    )
+    raise CheckpointSaveError(
+      f"could not save checkpoint step {step} to {self.directory} ({type(e).__name__}: "
+      f"{reason}): free disk space or fix the directory's permissions; {last}"
+    ) from None
 
   def restore(self, step: int, abstract_state):
     """Restores `step` into `abstract_state` (a tree of ShapeDtypeStructs with shardings); raises what orbax raises."""
@@ -99,17 +103,21 @@ class Checkpointer:
       for bad, e in failures:
         aside = files.join(self.directory, f"corrupt-{bad}")
         files.rename(files.join(self.directory, str(bad)), aside)
-        say(f"checkpoint step {bad} is unreadable ({_short(e)}): moved it to {aside} and resumed from step {step}, "
-            "the previous complete checkpoint")
+        say(
+          f"checkpoint step {bad} is unreadable ({_short(e)}): moved it to {aside} and resumed from step {step}, "
+          "the previous complete checkpoint"
+        )
       if failures:
         self.manager.reload()
       return state, meta
     if failures:
       step, e = failures[0]
       others = f" nor do the {len(failures) - 1} before it" if len(failures) > 1 else ""
-      raise UserError(f"checkpoint {self.directory}/{step} is unreadable ({_short(e)}){others}, and no earlier "
-                      "checkpoint restores: it is damaged, or was written with another config (LoRA rank, targets, "
-                      "layers); use the config it was trained with, or start over with --config.overwrite=True")
+      raise UserError(
+        f"checkpoint {self.directory}/{step} is unreadable ({_short(e)}){others}, and no earlier "
+        "checkpoint restores: it is damaged, or was written with another config (LoRA rank, targets, "
+        "layers); use the config it was trained with, or start over with --config.overwrite=True"
+      )
     return None
 
   def wait(self):

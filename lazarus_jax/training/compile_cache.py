@@ -14,6 +14,7 @@ def enable(directory: str) -> str | None:
   """Caches compiled programs in `directory` unless the user chose a cache (JAX_COMPILATION_CACHE_DIR or
   `jax_compilation_cache_dir`) or turned it off (LAZARUS_JAX_COMPILATION_CACHE=0). Returns the directory in use."""
   import jax
+
   if os.environ.get("LAZARUS_JAX_COMPILATION_CACHE", "1") == "0":
     return None
   if jax.config.jax_compilation_cache_dir:
@@ -22,6 +23,7 @@ def enable(directory: str) -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # CPU compiles are short, and add up
   try:  # JAX binds the cache at the process's first compile: in a notebook that may have happened already
     from jax._src import compilation_cache
+
     compilation_cache.reset_cache()
   except (ImportError, AttributeError):
     pass

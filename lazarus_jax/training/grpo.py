@@ -44,6 +44,7 @@ INTEGER_ONLY = re.compile(r"\s*-?\d+\s*")  # the format reward's completion: an 
 
 # ---- the objective (pure functions; tests compare them with a float64 numpy reference) -----------------
 
+
 def group_advantages(rewards, group_size: int, scale: bool, eps: float = 1e-4):
   """rewards [N] (N = prompts x G, each prompt's G completions adjacent) -> advantages [N]:
   r - mean(group), divided by (std(group) + eps) when `scale` (population std, ddof 0)."""
@@ -78,8 +79,7 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
   clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high) * adv
   per_token = -jnp.minimum(unclipped, clipped)
   n_tokens = jnp.maximum(mask.sum(), 1.0)
-  aux = {"clip_fraction": ((clipped < unclipped) * mask).sum() / n_tokens,
-         "ratio_mean": (ratio * mask).sum() / n_tokens}
+  aux = {"clip_fraction": ((clipped < unclipped) * mask).sum() / n_tokens, "ratio_mean": (ratio * mask).sum() / n_tokens}
   if ref_logp is not None and cfg.kl_beta > 0:
     delta = ref_logp - logp
     kl = jnp.exp(delta) - delta - 1.0
@@ -99,6 +99,7 @@ def completion_mask(completion, eos_id: int | None):
 
 # ---- rewards (host) ----------------------------------------------------------------------------------
 
+
 def answer_rewards(texts, ended, answers, format_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(rewards, correct, well_formed) float arrays [N]. correct: the completion's integer (`parse_integer`) is the
   answer, as evaluation scores it; well_formed: the completion is exactly an integer and ended with EOS."""
@@ -108,6 +109,7 @@ def answer_rewards(texts, ended, answers, format_weight: float) -> tuple[np.ndar
 
 
 # ---- on-device pieces ----------------------------------------------------------------------------------
+
 
 def sequences(prompts, prompt_mask, completion, cmask):
   """The prompt (left-padded) and completion as one sequence: tokens, mask and RoPE positions [N, P+T] (positions
@@ -127,7 +129,7 @@ def completion_terms(model, batch, temperature: float, classifier_layer: int):
   tokens, mask, positions = sequences(batch["prompts"], batch["prompt_mask"], completion, batch["completion_mask"])
   residual = residual_stream(model, tokens, mask, positions)
   h_l = residual[classifier_layer + 1][:, p - 1]  # [N, D]: the readout (the last prompt column: left padding)
-  h_out = residual[-1][:, p - 1:p - 1 + t]  # [N, T, D]: logits at column c predict the token at c + 1
+  h_out = residual[-1][:, p - 1 : p - 1 + t]  # [N, T, D]: logits at column c predict the token at c + 1
   d = h_l.shape[-1]
   # One unembedding for both readouts (as in losses.dual_reward_loss).
   rows = constrain(jnp.concatenate([h_l, h_out.reshape(n * t, d)], axis=0), ("batch", "act_embed"))
@@ -150,11 +152,25 @@ def make_rollout(graphdef, cfg: GRPOConfig, eos_id: int | None, pad_id: int, cla
     params, lora_range, lora_scale = generate.model_params(model)
     prompts, prompt_mask = jnp.repeat(prompts, g, axis=0), jnp.repeat(prompt_mask, g, axis=0)  # groups adjacent
     completion = generate.decode(
-        params, prompts, prompt_mask, jnp.int32(-1 if eos_id is None else eos_id), jnp.int32(pad_id), sample_key,
-        cfg=model.cfg, lora_range=lora_range, lora_scale=lora_scale, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p)
-    batch = {"prompts": prompts, "prompt_mask": prompt_mask, "completion": completion,
-             "completion_mask": completion_mask(completion, eos_id)}
+      params,
+      prompts,
+      prompt_mask,
+      jnp.int32(-1 if eos_id is None else eos_id),
+      jnp.int32(pad_id),
+      sample_key,
+      cfg=model.cfg,
+      lora_range=lora_range,
+      lora_scale=lora_scale,
+      max_new_tokens=cfg.max_new_tokens,
+      temperature=cfg.temperature,
+      top_p=cfg.top_p,
+    )
+    batch = {
+      "prompts": prompts,
+      "prompt_mask": prompt_mask,
+      "completion": completion,
+      "completion_mask": completion_mask(completion, eos_id),
+    }
     if cfg.updates_per_batch > 1:  # mu = 1: the old policy is the current one (its log-prob, stop-gradient)
       batch["old_logp"] = completion_terms(model, batch, cfg.temperature, classifier_layer)[0]
     if cfg.kl_beta > 0:
@@ -174,15 +190,20 @@ def make_loss(graphdef, cfg: GRPOConfig, classifier_layer: int, restrict_to_clas
     logp, entropy, lens_l = completion_terms(model, batch, cfg.temperature, classifier_layer)
     old = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
     pg, aux = policy_loss(logp, old, batch.get("ref_logp"), batch["advantages"], batch["completion_mask"], cfg)
-    cls_loss, class_pred, vocab_correct, confidence = classifier_terms(lens_l, batch["label"], class_ids,
-                                                                       restrict_to_classes)
+    cls_loss, class_pred, vocab_correct, confidence = classifier_terms(lens_l, batch["label"], class_ids, restrict_to_classes)
     classifier_loss = cls_loss.mean()
     total = (1.0 - weight) * pg + weight * classifier_loss
     n_tokens = jnp.maximum(batch["completion_mask"].sum(), 1.0)
-    aux.update(loss=total, policy_loss=pg, classifier_loss=classifier_loss, lens_logprob=-classifier_loss,
-               classifier_accuracy=(class_pred == batch["label"]).mean(),
-               classifier_vocab_accuracy=vocab_correct.mean(), classifier_confidence=confidence.mean(),
-               entropy=(entropy * batch["completion_mask"]).sum() / n_tokens)
+    aux.update(
+      loss=total,
+      policy_loss=pg,
+      classifier_loss=classifier_loss,
+      lens_logprob=-classifier_loss,
+      classifier_accuracy=(class_pred == batch["label"]).mean(),
+      classifier_vocab_accuracy=vocab_correct.mean(),
+      classifier_confidence=confidence.mean(),
+      entropy=(entropy * batch["completion_mask"]).sum() / n_tokens,
+    )
     return total, aux
 
   return loss_fn
@@ -203,19 +224,27 @@ def make_update(graphdef, tx, schedule, cfg: GRPOConfig, classifier_layer: int, 
       updates, opt_state = tx.update(grads, state["opt_state"], state["lora"])
       lora = optax.apply_updates(state["lora"], updates)
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-      metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state["opt_step"]),
-                     skipped=1 - finite.astype(jnp.int32))
-      return dict(state, lora=keep(lora, state["lora"]), opt_state=keep(opt_state, state["opt_state"]),
-                  opt_step=state["opt_step"] + 1, nonfinite=jnp.where(finite, 0, state["nonfinite"] + 1),
-                  skipped=state["skipped"] + (1 - finite.astype(jnp.int32))), metrics
+      metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state["opt_step"]), skipped=1 - finite.astype(jnp.int32))
+      return dict(
+        state,
+        lora=keep(lora, state["lora"]),
+        opt_state=keep(opt_state, state["opt_state"]),
+        opt_step=state["opt_step"] + 1,
+        nonfinite=jnp.where(finite, 0, state["nonfinite"] + 1),
+        skipped=state["skipped"] + (1 - finite.astype(jnp.int32)),
+      ), metrics
 
     state, per_update = jax.lax.scan(one_step, state, None, length=cfg.updates_per_batch)
     metrics = jax.tree.map(lambda x: x.mean(axis=0), per_update)
     metrics["skipped"] = per_update["skipped"].sum()
     r = rewards.reshape(-1, cfg.group_size)
-    metrics.update(reward_mean=rewards.mean(), reward_std=rewards.std(), reward_group_std=r.std(axis=1).mean(),
-                   flat_groups=(r.std(axis=1) == 0).mean(),
-                   response_length=batch["completion_mask"].sum(axis=1).mean())
+    metrics.update(
+      reward_mean=rewards.mean(),
+      reward_std=rewards.std(),
+      reward_group_std=r.std(axis=1).mean(),
+      flat_groups=(r.std(axis=1) == 0).mean(),
+      response_length=batch["completion_mask"].sum(axis=1).mean(),
+    )
     return dict(state, step=state["step"] + 1), metrics
 
   return update
@@ -223,12 +252,13 @@ def make_update(graphdef, tx, schedule, cfg: GRPOConfig, classifier_layer: int, 
 
 # ---- one round on the host ----------------------------------------------------------------------------
 
+
 def left_pad(prompt_ids: list[list[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   tokens = np.full((len(prompt_ids), width), pad_id, np.int32)
   mask = np.zeros((len(prompt_ids), width), np.int32)
   for r, ids in enumerate(prompt_ids):
-    tokens[r, width - len(ids):] = ids  # every prompt ends in the last column: one readout column for all
-    mask[r, width - len(ids):] = 1
+    tokens[r, width - len(ids) :] = ids  # every prompt ends in the last column: one readout column for all
+    mask[r, width - len(ids) :] = 1
   return tokens, mask
 
 
@@ -242,15 +272,19 @@ class Rounds:
 
   def __init__(self, cfg: GRPOConfig, rollout, update, shardings: dict, tokenizer, prompt_batch, reward_fn=None):
     self.cfg, self.tokenizer, self.prompt_batch = cfg, tokenizer, prompt_batch
-    self.reward_fn = reward_fn or (lambda texts, ended, answers, ids: answer_rewards(texts, ended, answers,
-                                                                                     cfg.format_weight))
+    self.reward_fn = reward_fn or (lambda texts, ended, answers, ids: answer_rewards(texts, ended, answers, cfg.format_weight))
     s = shardings
-    self._rollout_jit = jax.jit(rollout, in_shardings=(s["lora"], s["base"], None, s["batch"], s["batch"],
-                                                       s["replicated"]),
-                                out_shardings=(s["batch"], s["replicated"]))
-    self._update_jit = jax.jit(update, in_shardings=(s["state"], s["base"], None, s["batch"], s["batch"],
-                                                     s["replicated"], s["replicated"]),
-                               out_shardings=(s["state"], s["replicated"]), donate_argnums=(0,))
+    self._rollout_jit = jax.jit(
+      rollout,
+      in_shardings=(s["lora"], s["base"], None, s["batch"], s["batch"], s["replicated"]),
+      out_shardings=(s["batch"], s["replicated"]),
+    )
+    self._update_jit = jax.jit(
+      update,
+      in_shardings=(s["state"], s["base"], None, s["batch"], s["batch"], s["replicated"], s["replicated"]),
+      out_shardings=(s["state"], s["replicated"]),
+      donate_argnums=(0,),
+    )
     self.batch_sharding = s["batch"]
     self.base = self.rest = self.weight = self.class_ids = None
 
@@ -259,10 +293,12 @@ class Rounds:
     t0 = time.perf_counter()
     self.base, self.rest, self.weight, self.class_ids = base, rest, weight, class_ids
     prompts = self.prompt_batch(step)
-    self._rollout = self._rollout_jit.lower(state["lora"], base, rest, prompts["prompts"], prompts["prompt_mask"],
-                                            state["rng"]).compile()
-    batch_shape, _ = jax.eval_shape(self._rollout_jit, state["lora"], base, rest, prompts["prompts"],
-                                    prompts["prompt_mask"], state["rng"])
+    self._rollout = self._rollout_jit.lower(
+      state["lora"], base, rest, prompts["prompts"], prompts["prompt_mask"], state["rng"]
+    ).compile()
+    batch_shape, _ = jax.eval_shape(
+      self._rollout_jit, state["lora"], base, rest, prompts["prompts"], prompts["prompt_mask"], state["rng"]
+    )
     batch_shape = dict(batch_shape, label=jax.ShapeDtypeStruct(batch_shape["prompts"].shape[:1], jnp.int32))
     n = batch_shape["completion"].shape[0]
     shaped = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding) for k, v in batch_shape.items()}
@@ -273,15 +309,14 @@ class Rounds:
   def __call__(self, state, step: int):
     t0 = time.perf_counter()
     prompts = self.prompt_batch(step)
-    batch, next_rng = self._rollout(state["lora"], self.base, self.rest, prompts["prompts"], prompts["prompt_mask"],
-                                    state["rng"])
+    batch, next_rng = self._rollout(state["lora"], self.base, self.rest, prompts["prompts"], prompts["prompt_mask"], state["rng"])
     completion = np.asarray(_to_host(batch["completion"]))
     cmask = np.asarray(_to_host(batch["completion_mask"]))
     g = self.cfg.group_size
     eos = self.tokenizer.eos_id
     texts, ended, ids = [], [], []
     for row, m in zip(completion, cmask):
-      ids.append(row[:int(m.sum())].tolist())
+      ids.append(row[: int(m.sum())].tolist())
       ended.append(eos is not None and eos in ids[-1])
       texts.append(self.tokenizer.decode([i for i in ids[-1] if i != eos]))
     answers = [a for a in prompts["answers"] for _ in range(g)]
@@ -294,8 +329,15 @@ class Rounds:
     state, metrics = self._update(state, self.base, self.rest, batch, rewards_dev, self.weight, self.class_ids)
     jax.block_until_ready(state["step"])  # the next round needs the state anyway: timing it costs nothing
     t2 = time.perf_counter()
-    metrics = dict(metrics, answer_accuracy=float(np.mean(correct)), well_formed=float(np.mean(formed)),
-                   samples=len(texts), round_seconds=t2 - t0, rollout_seconds=t1 - t0, update_seconds=t2 - t1)
+    metrics = dict(
+      metrics,
+      answer_accuracy=float(np.mean(correct)),
+      well_formed=float(np.mean(formed)),
+      samples=len(texts),
+      round_seconds=t2 - t0,
+      rollout_seconds=t1 - t0,
+      update_seconds=t2 - t1,
+    )
     return state, metrics
 
 
@@ -303,6 +345,7 @@ def _to_host(x):
   if jax.process_count() == 1:
     return jax.device_get(x)
   from jax.experimental import multihost_utils
+
   return multihost_utils.process_allgather(x, tiled=True)
 
 

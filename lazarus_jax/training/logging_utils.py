@@ -92,6 +92,7 @@ def summary_writer_class():
     finally:
       del sys.modules["torch"]
   from tensorboardX import SummaryWriter
+
   return SummaryWriter
 
 
@@ -124,10 +125,11 @@ class _EpathEventFactory:
 def _register_remote_events(path: str) -> None:
   summary_writer_class()  # tensorboardX imported without torch, before its registry is touched
   from tensorboardX import record_writer
+
   record_writer.register_writer_factory(path.split("://", 1)[0], _EpathEventFactory())
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
   from tqdm import tqdm
-  return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-              desc="train", mininterval=1.0)
+
+  return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True, desc="train", mininterval=1.0)

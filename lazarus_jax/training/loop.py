@@ -42,8 +42,7 @@ from lazarus_jax.training.losses import dual_reward_loss
 from lazarus_jax.workdir import WorkdirLock
 
 # Keys that may change between a run and its resumption without making it "a different run".
-RESUMABLE_KEYS = ("resume", "overwrite", "eval", "train.steps", "train.log_every", "train.table_steps",
-                  "distributed")
+RESUMABLE_KEYS = ("resume", "overwrite", "eval", "train.steps", "train.log_every", "train.table_steps", "distributed")
 
 
 # ---- optimizer ---------------------------------------------------------------------------------------
@@ -53,10 +52,13 @@ def make_optimizer(tc, updates_per_step: int = 1) -> tuple[optax.GradientTransfo
   The schedule counts optimizer updates: `train.steps` x `updates_per_step` (GRPO's mu updates per round)."""
   total = tc.steps * updates_per_step
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=tc.lr, warmup_steps=max(tc.warmup_steps, 1),
-      decay_steps=max(total, tc.warmup_steps + 1), end_value=tc.lr * tc.end_lr_fraction)
-  tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip),
-                   optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay))
+    init_value=0.0,
+    peak_value=tc.lr,
+    warmup_steps=max(tc.warmup_steps, 1),
+    decay_steps=max(total, tc.warmup_steps + 1),
+    end_value=tc.lr * tc.end_lr_fraction,
+  )
+  tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip), optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay))
   return tx, schedule
 
 
@@ -86,9 +88,10 @@ def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_c
         (_, aux), g = grad_fn(state["lora"], base, rest, mb, weight, class_ids, per_micro)
         return jax.tree.map(jnp.add, carry, (g, aux)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(state["lora"], base, rest, jax.tree.map(lambda x: x[0], micro), weight, class_ids,
-                          per_micro)))
+      zeros = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(lambda: grad_fn(state["lora"], base, rest, jax.tree.map(lambda x: x[0], micro), weight, class_ids, per_micro)),
+      )
       (grads, aux), _ = jax.lax.scan(body, (zeros[1], zeros[0][1]), micro)
       grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
     grad_norm = optax.tree.norm(grads)
@@ -97,14 +100,13 @@ def make_train_step(graphdef, tx, schedule, classifier_layer: int, restrict_to_c
     lora = optax.apply_updates(state["lora"], updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = {
-        "lora": keep(lora, state["lora"]),
-        "opt_state": keep(opt_state, state["opt_state"]),
-        "step": state["step"] + 1,
-        "nonfinite": jnp.where(finite, 0, state["nonfinite"] + 1),
-        "skipped": state["skipped"] + (1 - finite.astype(jnp.int32)),
+      "lora": keep(lora, state["lora"]),
+      "opt_state": keep(opt_state, state["opt_state"]),
+      "step": state["step"] + 1,
+      "nonfinite": jnp.where(finite, 0, state["nonfinite"] + 1),
+      "skipped": state["skipped"] + (1 - finite.astype(jnp.int32)),
     }
-    metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
-                   skipped=1 - finite.astype(jnp.int32))
+    metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state["step"]), skipped=1 - finite.astype(jnp.int32))
     return new_state, metrics
 
   return step
@@ -121,8 +123,13 @@ def initial_state_fn(model_cfg, lora_cfg: LoRAConfig, tx, seed: int, objective: 
   def init_state():
     fresh = LoRA(model_cfg, lora_cfg, nnx.Rngs(lora=seed))
     params = {"lora": nnx.to_pure_dict(nnx.state(fresh, LoRAParam))}
-    state = {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-             "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+    state = {
+      "lora": params,
+      "opt_state": tx.init(params),
+      "step": jnp.zeros((), jnp.int32),
+      "nonfinite": jnp.zeros((), jnp.int32),
+      "skipped": jnp.zeros((), jnp.int32),
+    }
     if objective == "grpo":
       state["opt_step"] = jnp.zeros((), jnp.int32)
       state["rng"] = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), SAMPLING_STREAM))
@@ -134,8 +141,7 @@ def initial_state_fn(model_cfg, lora_cfg: LoRAConfig, tx, seed: int, objective: 
 def train_state_shardings(abstract_state, lora_shardings, mesh) -> dict:
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   out = {k: replicated for k in abstract_state}  # counters (and GRPO's sampling RNG)
-  out.update(lora=lora_shardings,
-             opt_state=opt_state_shardings(abstract_state["opt_state"], lora_shardings, replicated))
+  out.update(lora=lora_shardings, opt_state=opt_state_shardings(abstract_state["opt_state"], lora_shardings, replicated))
   return out
 
 
@@ -143,8 +149,12 @@ def jit_train_step(step_fn, state_sh, base_sh, batch_sh, mesh):
   """The step under jit with the run's shardings; the state is donated. Lower it inside
   `sharding.pinned_activations` (as `run` and `lazarus_jax.training.aot` do)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(step_fn, in_shardings=(state_sh, base_sh, None, batch_sh, replicated, replicated),
-                 out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_sh, base_sh, None, batch_sh, replicated, replicated),
+    out_shardings=(state_sh, replicated),
+    donate_argnums=(0,),
+  )
 
 
 # ---- run ---------------------------------------------------------------------------------------------
@@ -171,11 +181,16 @@ def check_workdir(c, workdir: str) -> None:
     workdir_lib.check_can_clean(workdir)
     return
   if not files.exists(cfg_file):
-    ours = [n for n in sorted(set(files.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))  # empty dirs: mount points
-            if not (files.isdir(files.join(workdir, n)) and not files.listdir(files.join(workdir, n)))]
+    ours = [
+      n
+      for n in sorted(set(files.listdir(workdir)) & set(workdir_lib.RUN_OUTPUTS))  # empty dirs: mount points
+      if not (files.isdir(files.join(workdir, n)) and not files.listdir(files.join(workdir, n)))
+    ]
     if ours:
-      raise UserError(f"{workdir} holds {', '.join(ours)} but no config.json (not a training run's workdir): use "
-                      "another --workdir, or --config.overwrite=True to replace them")
+      raise UserError(
+        f"{workdir} holds {', '.join(ours)} but no config.json (not a training run's workdir): use "
+        "another --workdir, or --config.overwrite=True to replace them"
+      )
     return
   old = read_json(cfg_file, "run config", "use another --workdir, or --config.overwrite=True to replace it")
   new = json.loads(json.dumps(c.to_dict(), default=list))
@@ -186,12 +201,15 @@ def check_workdir(c, workdir: str) -> None:
 
   diff = sorted(k for k in set(relevant(old)) | set(relevant(new)) if relevant(old).get(k) != relevant(new).get(k))
   if diff:
-    raise UserError(f"{workdir} holds a run with a different config ({', '.join(diff[:5])}): use another --workdir, "
-                    "or --config.overwrite=True to replace it")
-  if not c.resume and files.isdir(files.join(workdir, "checkpoints")) and files.listdir(
-      files.join(workdir, "checkpoints")):
-    raise UserError(f"{workdir} already holds checkpoints of this run: pass --config.resume=True to continue it, "
-                    "or --config.overwrite=True to start over")
+    raise UserError(
+      f"{workdir} holds a run with a different config ({', '.join(diff[:5])}): use another --workdir, "
+      "or --config.overwrite=True to replace it"
+    )
+  if not c.resume and files.isdir(files.join(workdir, "checkpoints")) and files.listdir(files.join(workdir, "checkpoints")):
+    raise UserError(
+      f"{workdir} already holds checkpoints of this run: pass --config.resume=True to continue it, "
+      "or --config.overwrite=True to start over"
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> TrainResult:
@@ -207,8 +225,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> Trai
       stop.restore()
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag",
-         held: contextlib.ExitStack, reward_fn=None) -> TrainResult:
+def _run(
+  config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag", held: contextlib.ExitStack, reward_fn=None
+) -> TrainResult:
   c = config
   experiment.validate_config(c)
   workdir = files.abspath(workdir)
@@ -221,8 +240,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   mesh = make_mesh(c.mesh.shape)  # device count and batch divisibility need no model: fail before loading it
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
   if c.train.batch_size % data_size:
-    raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by the data-parallel size {data_size} "
-                    f"(mesh data x fsdp on {mesh.size} devices): change train.batch_size or mesh.shape")
+    raise UserError(
+      f"train.batch_size {c.train.batch_size} is not divisible by the data-parallel size {data_size} "
+      f"(mesh data x fsdp on {mesh.size} devices): change train.batch_size or mesh.shape"
+    )
   stop.stop_if_requested()
   pretrained = experiment.load_model(c)
   model = pretrained.build()
@@ -233,18 +254,20 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   tok = pretrained.tokenizer
   stop.stop_if_requested()
   datasets = experiment.build_data(c, tok)
-  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets),
-                                     examples=datasets.train + datasets.eval)
+  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets), examples=datasets.train + datasets.eval)
   train_labels = experiment.example_labels(c, tok, datasets.train)  # the class each example's lens targets
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
   rules = tuple(tuple(r) for r in c.mesh.rules)
   grpo_cfg = GRPOConfig.from_config(c.grpo) if c.train.objective == "grpo" else None
   warm_start = read_warm_start(c, pretrained.config, lora_cfg, datasets.split) if c.train.init_adapter else None
   if is_main:
-    print(f"model {pretrained.name}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
-          f"alpha {lora.alpha} on {','.join(lora.targets)} layers [{lora.layer_start},{lora.layer_end}) = "
-          f"{lora.num_modules} modules; mesh {dict(mesh.shape)}; {len(datasets.train)} train examples, "
-          f"seq_len {datasets.seq_len}", file=sys.stderr)
+    print(
+      f"model {pretrained.name}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
+      f"alpha {lora.alpha} on {','.join(lora.targets)} layers [{lora.layer_start},{lora.layer_end}) = "
+      f"{lora.num_modules} modules; mesh {dict(mesh.shape)}; {len(datasets.train)} train examples, "
+      f"seq_len {datasets.seq_len}",
+      file=sys.stderr,
+    )
 
   # -- state: base weights placed by rules; adapters + optimizer created already sharded --
   graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
@@ -268,15 +291,20 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
   def global_batch(step):
     idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
     local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
-    arrays = data_lib.collate([datasets.train_encoded[i] for i in local], [train_labels[i] for i in local],
-                              datasets.seq_len, c.data.max_answer_tokens, tok.pad_id, label_names=targets.labels)
+    arrays = data_lib.collate(
+      [datasets.train_encoded[i] for i in local],
+      [train_labels[i] for i in local],
+      datasets.seq_len,
+      c.data.max_answer_tokens,
+      tok.pad_id,
+      label_names=targets.labels,
+    )
     return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
 
   stop.stop_if_requested()
   if grpo_cfg is None:
     t0 = time.perf_counter()
-    step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes,
-                              c.train.grad_accum_steps)
+    step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes, c.train.grad_accum_steps)
     jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
     with pinned_activations(mesh, rules):  # FSDP: activations stay batch-sharded, weights gathered one layer at a time
       compiled = jitted.lower(state, base, rest, global_batch(0), weight, class_ids).compile()
@@ -295,22 +323,39 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
       idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
       local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
       enc = datasets.train_encoded
-      tokens, mask = grpo.left_pad([enc[i].ids[:enc[i].prompt_len] for i in local], prompt_width, tok.pad_id)
-      return {"prompts": jax.make_array_from_process_local_data(bsh, tokens),
-              "prompt_mask": jax.make_array_from_process_local_data(bsh, mask),
-              "answers": [datasets.train[i].answer for i in idx], "label_host": label_ids[idx]}
+      tokens, mask = grpo.left_pad([enc[i].ids[: enc[i].prompt_len] for i in local], prompt_width, tok.pad_id)
+      return {
+        "prompts": jax.make_array_from_process_local_data(bsh, tokens),
+        "prompt_mask": jax.make_array_from_process_local_data(bsh, mask),
+        "answers": [datasets.train[i].answer for i in idx],
+        "label_host": label_ids[idx],
+      }
 
-    shardings = {"lora": state_sh["lora"], "base": base_shardings, "batch": bsh, "state": state_sh,
-                 "replicated": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
-    rounds = grpo.Rounds(grpo_cfg, grpo.make_rollout(graphdef, grpo_cfg, tok.eos_id, tok.pad_id, layer),
-                         grpo.make_update(graphdef, tx, schedule, grpo_cfg, layer, c.classifier.restrict_to_classes),
-                         shardings, tok, prompt_batch, reward_fn)
+    shardings = {
+      "lora": state_sh["lora"],
+      "base": base_shardings,
+      "batch": bsh,
+      "state": state_sh,
+      "replicated": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    }
+    rounds = grpo.Rounds(
+      grpo_cfg,
+      grpo.make_rollout(graphdef, grpo_cfg, tok.eos_id, tok.pad_id, layer),
+      grpo.make_update(graphdef, tx, schedule, grpo_cfg, layer, c.classifier.restrict_to_classes),
+      shardings,
+      tok,
+      prompt_batch,
+      reward_fn,
+    )
     with pinned_activations(mesh, rules):
       compile_s = rounds.compile(state, base, rest, weight, class_ids, 0)
     if is_main:
-      print(f"compiled GRPO rollout and update in {compile_s:.1f}s; {memory_summary(rounds._update)}; "
-            f"{c.train.batch_size} prompts x G={grpo_cfg.group_size}, <= {grpo_cfg.max_new_tokens} new tokens, "
-            f"mu={grpo_cfg.updates_per_batch}, {grpo_cfg.aggregation}-level loss", file=sys.stderr)
+      print(
+        f"compiled GRPO rollout and update in {compile_s:.1f}s; {memory_summary(rounds._update)}; "
+        f"{c.train.batch_size} prompts x G={grpo_cfg.group_size}, <= {grpo_cfg.max_new_tokens} new tokens, "
+        f"mu={grpo_cfg.updates_per_batch}, {grpo_cfg.aggregation}-level loss",
+        file=sys.stderr,
+      )
     one_step = rounds
     work_unit, work_per_step = "samples", c.train.batch_size * grpo_cfg.group_size
 
@@ -360,8 +405,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
         rows = jax.device_get(pending)
         dt = time.perf_counter() - t_window
         row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "samples"}
-        row.update({"step": step, "steps_per_s": len(rows) / dt, f"{work_unit}_per_s": work_window / dt,
-                    "skipped": float(np.sum([r["skipped"] for r in rows]))})
+        row.update(
+          {
+            "step": step,
+            "steps_per_s": len(rows) / dt,
+            f"{work_unit}_per_s": work_window / dt,
+            "skipped": float(np.sum([r["skipped"] for r in rows])),
+          }
+        )
         writer.write(row)
         pbar.update(len(rows))
         pbar.set_postfix(**progress_fields(row))
@@ -370,8 +421,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
         if nonfinite >= c.train.max_consecutive_nonfinite:
           ckpt.wait()
           raise TrainingDiverged(
-              f"{nonfinite} consecutive non-finite updates were skipped at step {step}; the last good checkpoint "
-              f"is step {ckpt.latest_step()} in {ckpt_dir}: lower train.lr or check the data")
+            f"{nonfinite} consecutive non-finite updates were skipped at step {step}; the last good checkpoint "
+            f"is step {ckpt.latest_step()} in {ckpt_dir}: lower train.lr or check the data"
+          )
       stop_now = stop.requested if not multi_process else stop.reached_sync_point(step)
       if step % c.train.checkpoint_every == 0 or step == c.train.steps or stop_now:
         save_checkpoint(ckpt, state, step, c, force=stop_now)
@@ -386,22 +438,37 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag"
 
   if preempted:
     if is_main:
-      print(f"stopped by {stop.signal_name} at step {step}: checkpoint {ckpt_dir}/{step} saved; continue with "
-            "--config.resume=True", file=sys.stderr)
+      print(
+        f"stopped by {stop.signal_name} at step {step}: checkpoint {ckpt_dir}/{step} saved; continue with --config.resume=True",
+        file=sys.stderr,
+      )
     return TrainResult(workdir, step, writer.history, preempted=True, signal_number=stop.signal_number)
 
   # -- outputs --
   lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
   if is_main:
-    export_peft(lora_params, lora_cfg, (lora.layer_start, lora.layer_end), files.join(workdir, "adapter"),
-                base_model=pretrained.name, model_fingerprint=model_fingerprint(pretrained.config),
-                record={"split": datasets.split, "final_step": step, "objective": c.train.objective})
+    export_peft(
+      lora_params,
+      lora_cfg,
+      (lora.layer_start, lora.layer_end),
+      files.join(workdir, "adapter"),
+      base_model=pretrained.name,
+      model_fingerprint=model_fingerprint(pretrained.config),
+      record={"split": datasets.split, "final_step": step, "objective": c.train.objective},
+    )
     table = training_table(writer.history, c.train.table_steps, c.train.objective)
     write_text(files.join(workdir, "training_table.md"), table + "\n")
-    summary = {"final_step": step, "compile_seconds": compile_s, "classifier_layer": layer,
-               "objective": c.train.objective, "init_adapter": warm_start_record(c.train.init_adapter),
-               "skipped_updates": int(jax.device_get(state["skipped"])),
-               "class_targets": targets.as_dict(), "split": datasets.split, "provenance": provenance.collect(c, pretrained.dtypes)}
+    summary = {
+      "final_step": step,
+      "compile_seconds": compile_s,
+      "classifier_layer": layer,
+      "objective": c.train.objective,
+      "init_adapter": warm_start_record(c.train.init_adapter),
+      "skipped_updates": int(jax.device_get(state["skipped"])),
+      "class_targets": targets.as_dict(),
+      "split": datasets.split,
+      "provenance": provenance.collect(c, pretrained.dtypes),
+    }
     write_text(files.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
     print(table)
   return TrainResult(workdir, step, writer.history)
@@ -422,6 +489,7 @@ def initialize_distributed() -> None:
 def sync_processes(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -430,6 +498,7 @@ def gather_to_host(tree):
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
+
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
@@ -472,8 +541,9 @@ def memory_summary(compiled) -> str:
   try:
     m = compiled.memory_analysis()
     mb = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
-    return (f"memory: arguments {mb(m.argument_size_in_bytes)}, outputs {mb(m.output_size_in_bytes)}, "
-            f"temporaries {mb(m.temp_size_in_bytes)}")
+    return (
+      f"memory: arguments {mb(m.argument_size_in_bytes)}, outputs {mb(m.output_size_in_bytes)}, temporaries {mb(m.temp_size_in_bytes)}"
+    )
   except Exception:  # not every backend reports it
     return "memory analysis unavailable on this backend"
 
@@ -481,32 +551,43 @@ def memory_summary(compiled) -> str:
 def progress_fields(row: dict) -> dict:
   """The progress bar's postfix for a logged row (either objective)."""
   if "reward_mean" in row:
-    return {"reward": f"{row['reward_mean']:.3f}", "acc": f"{row['answer_accuracy']:.2f}",
-            "kl": f"{row.get('kl', 0.0):.3f}", "cls": f"{row['classifier_accuracy']:.2f}",
-            "samples/s": f"{row['samples_per_s']:.1f}"}
-  return {"loss": f"{row['loss']:.3f}", "cls": f"{row['classifier_loss']:.3f}", "ans": f"{row['answer_loss']:.3f}",
-          "acc": f"{row['classifier_accuracy']:.2f}"}
+    return {
+      "reward": f"{row['reward_mean']:.3f}",
+      "acc": f"{row['answer_accuracy']:.2f}",
+      "kl": f"{row.get('kl', 0.0):.3f}",
+      "cls": f"{row['classifier_accuracy']:.2f}",
+      "samples/s": f"{row['samples_per_s']:.1f}",
+    }
+  return {
+    "loss": f"{row['loss']:.3f}",
+    "cls": f"{row['classifier_loss']:.3f}",
+    "ans": f"{row['answer_loss']:.3f}",
+    "acc": f"{row['classifier_accuracy']:.2f}",
+  }
 
 
 def read_warm_start(c, model_cfg, lora_cfg: LoRAConfig, split: dict) -> dict:
   """The adapter weights of `train.init_adapter`, checked against this run: the same LoRA shape, and trained against
   this run's held-out split (else its training may have seen prompts this run evaluates on)."""
   from lazarus_jax.models.adapters import adapter_record, read_adapter
+
   path = c.train.init_adapter
   if not files.isdir(path):
     raise UserError(f"train.init_adapter {path} is not a directory: pass another run's <workdir>/adapter")
   saved_cfg, weights = read_adapter(path, model_cfg)
   start, end = lora_cfg.validate(model_cfg.num_layers)
   mine = (lora_cfg.rank, lora_cfg.alpha, tuple(sorted(lora_cfg.targets)), start, end)
-  theirs = (saved_cfg.rank, saved_cfg.alpha, tuple(sorted(saved_cfg.targets)), saved_cfg.layer_start,
-            saved_cfg.layer_end)
+  theirs = (saved_cfg.rank, saved_cfg.alpha, tuple(sorted(saved_cfg.targets)), saved_cfg.layer_start, saved_cfg.layer_end)
   if mine != theirs:
-    raise UserError(f"train.init_adapter {path} has LoRA (rank, alpha, targets, layers) {theirs}, this run {mine}: "
-                    "set lora.* to the adapter's")
+    raise UserError(
+      f"train.init_adapter {path} has LoRA (rank, alpha, targets, layers) {theirs}, this run {mine}: set lora.* to the adapter's"
+    )
   trained_split = adapter_record(path).get("split")
   if trained_split is not None and trained_split.get("heldout_sha256") != split.get("heldout_sha256"):
-    raise UserError(f"train.init_adapter {path} was trained against another held-out split than this run's (seed "
-                    f"or data differ): warm-start from a run with the same seed and data")
+    raise UserError(
+      f"train.init_adapter {path} was trained against another held-out split than this run's (seed "
+      f"or data differ): warm-start from a run with the same seed and data"
+    )
   return weights
 
 
@@ -514,16 +595,24 @@ def warm_start_record(path: str) -> dict | None:
   if not path:
     return None
   from lazarus_jax.models.adapters import adapter_record
+
   rec = adapter_record(path)
   return {"path": path, "final_step": rec.get("final_step"), "objective": rec.get("objective", "dual_reward")}
 
 
 TABLE_COLUMNS = {
-    "dual_reward": (("Total Loss", "loss", "{:.3f}"), ("Classifier Loss", "classifier_loss", "{:.3f}"),
-                    ("Answer Loss", "answer_loss", "{:.3f}")),
-    "grpo": (("Total Loss", "loss", "{:.3f}"), ("Reward", "reward_mean", "{:.3f}"),
-             ("Answer Acc", "answer_accuracy", "{:.1%}"), ("KL", "kl", "{:.4f}"),
-             ("Classifier Loss", "classifier_loss", "{:.3f}")),
+  "dual_reward": (
+    ("Total Loss", "loss", "{:.3f}"),
+    ("Classifier Loss", "classifier_loss", "{:.3f}"),
+    ("Answer Loss", "answer_loss", "{:.3f}"),
+  ),
+  "grpo": (
+    ("Total Loss", "loss", "{:.3f}"),
+    ("Reward", "reward_mean", "{:.3f}"),
+    ("Answer Acc", "answer_accuracy", "{:.1%}"),
+    ("KL", "kl", "{:.4f}"),
+    ("Classifier Loss", "classifier_loss", "{:.3f}"),
+  ),
 }
 
 
@@ -575,6 +664,7 @@ class PreemptionFlag:
     coordination service; each process asks here after every step, and all of them are told the same step, so
     all save that step and exit together (a SIGTERM reaches the hosts of a pod slice at different moments)."""
     from jax.experimental import multihost_utils
+
     try:
       if not multihost_utils.reached_preemption_sync_point(step):
         return False

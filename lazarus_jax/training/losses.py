@@ -48,8 +48,9 @@ def answer_terms(answer_logits, answer_target, answer_weight):
   return (nll * answer_weight).sum(), answer_weight.sum(), (correct * answer_weight).sum()
 
 
-def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier_layer: int, weight,
-                     restrict_to_classes: bool = False, answer_tokens=None):
+def dual_reward_loss(
+  model: LlamaModel, batch: dict, class_token_ids, classifier_layer: int, weight, restrict_to_classes: bool = False, answer_tokens=None
+):
   """Returns (total, aux). `weight` is an array (changing it does not recompile).
 
   answer_tokens: what the summed answer NLL is divided by; default this batch's answer-token count. With
@@ -64,8 +65,7 @@ def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier
   rows = constrain(jnp.concatenate([h_l, h_answer.reshape(b * a, d)], axis=0), ("batch", "act_embed"))
   logits = model.lens(rows)
   cls_logits, answer_logits = logits[:b], logits[b:].reshape(b, a, -1)
-  cls_loss, class_pred, vocab_correct, confidence = classifier_terms(
-      cls_logits, batch["label"], class_token_ids, restrict_to_classes)
+  cls_loss, class_pred, vocab_correct, confidence = classifier_terms(cls_logits, batch["label"], class_token_ids, restrict_to_classes)
   nll_sum, n_answer, correct_sum = answer_terms(answer_logits, batch["answer_target"], batch["answer_weight"])
   classifier_loss = cls_loss.mean()
   if answer_tokens is None:
@@ -74,12 +74,12 @@ def dual_reward_loss(model: LlamaModel, batch: dict, class_token_ids, classifier
   answer_loss = nll_sum / answer_tokens
   total = weight * classifier_loss + (1.0 - weight) * answer_loss
   aux = {
-      "loss": total,
-      "classifier_loss": classifier_loss,
-      "answer_loss": answer_loss,
-      "classifier_accuracy": (class_pred == batch["label"]).mean(),
-      "classifier_vocab_accuracy": vocab_correct.mean(),
-      "classifier_confidence": confidence.mean(),
-      "answer_token_accuracy": correct_sum / answer_tokens,
+    "loss": total,
+    "classifier_loss": classifier_loss,
+    "answer_loss": answer_loss,
+    "classifier_accuracy": (class_pred == batch["label"]).mean(),
+    "classifier_vocab_accuracy": vocab_correct.mean(),
+    "classifier_confidence": confidence.mean(),
+    "answer_token_accuracy": correct_sum / answer_tokens,
   }
   return total, aux

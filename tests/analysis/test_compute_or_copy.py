@@ -32,6 +32,7 @@ def test_layer0_baseline_finds_the_position_that_carries_the_label():
     p[-3] = 10 + int(lab)
   c = tiny_config.get_config()
   from lazarus_jax.analysis import probes
+
   split = probes.split_indices(120, 0.5, seed=0, stratify_labels=y)
   out = evaluate.layer0_baseline(embed, prompts, y, split, c)
   assert len(out["positions"]) == 8
@@ -43,12 +44,14 @@ def test_layer0_baseline_finds_the_position_that_carries_the_label():
 def _oracle_states(examples_rule):
   """A stand-in for readout_states whose lens at every row names `examples_rule(prompt)`: it follows the solved
   examples by construction, so the counterfactual metrics have known values."""
+
   def fake(model, prompt_ids, class_ids, batch_size, pad_id):
     tok = tiny_tokenizer()
     probs = np.zeros((len(prompt_ids), 5, 4))
     for i, ids in enumerate(prompt_ids):
       probs[i, :, LABELS.index(examples_rule(tok.decode(ids)))] = 1.0
     return {"class_probs": probs, "top1": np.zeros((len(prompt_ids), 5), np.int64), "hidden": None}
+
   return fake
 
 
@@ -86,25 +89,34 @@ def _res(lens_by_fmt, baseline_by_fmt, flip_low=None):
   """A minimal evaluate_model dict: lens (accuracy, ci_low) per format, bag-of-tokens ci_high per format."""
   by_format, probes = {}, {}
   for fmt, (acc, low) in lens_by_fmt.items():
-    by_format[fmt] = {"accuracy": acc, "ci_low": low, "ci_high": min(1.0, acc + 0.05), "n": 100,
-                      "confusion": {"labels": LABELS, "matrix": np.diag([30, 20, 30, 20]).tolist()}}
+    by_format[fmt] = {
+      "accuracy": acc,
+      "ci_low": low,
+      "ci_high": min(1.0, acc + 0.05),
+      "n": 100,
+      "confusion": {"labels": LABELS, "matrix": np.diag([30, 20, 30, 20]).tolist()},
+    }
     if fmt in baseline_by_fmt:
       b = baseline_by_fmt[fmt]
-      probes[fmt] = {"lexical_baseline": {"accuracy": b - 0.05, "ci_low": b - 0.1, "ci_high": b, "n": 50},
-                     "layers": [{"test_accuracy": 0.5, "test_ci": [0.4, 0.6], "n_test": 50}] * 5}
+      probes[fmt] = {
+        "lexical_baseline": {"accuracy": b - 0.05, "ci_low": b - 0.1, "ci_high": b, "n": 50},
+        "layers": [{"test_accuracy": 0.5, "test_ci": [0.4, 0.6], "n_test": 50}] * 5,
+      }
   cf = None if flip_low is None else {"flip_rate": {"ci_low": flip_low}}
-  return {"classifier_eval": {"by_format": by_format, "row": 3}, "probes": {"by_format": probes},
-          "counterfactuals": cf}
+  return {"classifier_eval": {"by_format": by_format, "row": 3}, "probes": {"by_format": probes}, "counterfactuals": cf}
 
 
-@pytest.mark.parametrize("lens,base,flip,expected", [
+@pytest.mark.parametrize(
+  "lens,base,flip,expected",
+  [
     ({"fewshot": (0.9, 0.85), "symbolic": (1.0, 0.97)}, {"fewshot": 0.5, "symbolic": 1.0}, 0.8, "computed"),
     ({"fewshot": (0.9, 0.85), "symbolic": (1.0, 0.97)}, {"fewshot": 0.5, "symbolic": 1.0}, 0.3, "cannot tell"),
     ({"fewshot": (0.5, 0.4), "symbolic": (1.0, 0.97)}, {"fewshot": 0.6, "symbolic": 1.0}, 0.2, "copied"),
     ({"fewshot": (0.25, 0.2), "symbolic": (0.25, 0.2)}, {"fewshot": 0.6, "symbolic": 1.0}, 0.2, "not readable"),
     ({"symbolic": (1.0, 0.97)}, {"symbolic": 1.0}, None, "cannot tell"),
     ({"fewshot": (0.5, 0.4), "word": (0.9, 0.85)}, {"fewshot": 0.6, "word": 0.7}, 0.2, "cannot tell"),
-])
+  ],
+)
 def test_verdict_rule(lens, base, flip, expected):
   v = compute_or_copy.verdict(_res(lens, base, flip))
   assert v["verdict"] == expected, v["reason"]
@@ -118,8 +130,10 @@ def test_target_sets_resolve_and_answer_labels_are_first_answer_tokens():
   prompts = sorted({e.prompt for e in s.train + s.eval})
   # The tiny tokenizer spells "river" letter by letter, and word prompts hold those letters: symbolic prompts.
   symbolic = sorted({e.prompt for e in data_lib.make_splits(n_eval_per_op=16).eval})
-  for name, words, ps in (("arbitrary", {"multiply": "river", "divide": "lemon"}, symbolic),
-                          ("shuffled", {"multiply": "add", "add": "divide"}, prompts)):
+  for name, words, ps in (
+    ("arbitrary", {"multiply": "river", "divide": "lemon"}, symbolic),
+    ("shuffled", {"multiply": "add", "add": "divide"}, prompts),
+  ):
     c.classifier.target_set = name
     t = experiment.class_targets(c, tok, ps)
     for label, word in words.items():
@@ -159,29 +173,31 @@ def test_fewshot_evaluation_carries_baselines_counterfactuals_transfer_and_verdi
     pr = r["probes"]["by_format"][fmt]
     assert pr["layer0_positions"]["best"]["n"] == pr["lexical_baseline"]["n"]  # the same held-out half
   cf = r["counterfactuals"]
-  assert cf["n"] == 32 and cf["flip_rate"]["n"] == 32 and cf["flip_rate"]["n_correct"] + cf["stay_rate"][
-      "n_correct"] <= 32
+  assert cf["n"] == 32 and cf["flip_rate"]["n"] == 32 and cf["flip_rate"]["n_correct"] + cf["stay_rate"]["n_correct"] <= 32
   cc = r["compute_or_copy"]
-  assert set(cc["formats"]) == {"fewshot", "symbolic_alt"} and cc["verdict"] in (
-      "computed", "copied", "not readable", "cannot tell")
+  assert set(cc["formats"]) == {"fewshot", "symbolic_alt"} and cc["verdict"] in ("computed", "copied", "not readable", "cannot tell")
   text = open(os.path.join(workdir, "eval", "report.md")).read()
-  for needle in ("## Computed or copied?", "Counterfactuals (base, fewshot", "Verdict (base)", "| base | fewshot |",
-                 "| base | symbolic_alt |"):
+  for needle in (
+    "## Computed or copied?",
+    "Counterfactuals (base, fewshot",
+    "Verdict (base)",
+    "| base | fewshot |",
+    "| base | symbolic_alt |",
+  ):
     assert needle in text, needle
 
 
 def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
   from lazarus_jax.reporting import sweep
+
   r, _ = fewshot_base_eval
   rows = []
   for seed in (0, 1):  # the same results twice stand in for two seeds
     rows += sweep.transfer_rows(sweep.Arm("base", None, "fewshot", None, seed), r, [0.25, 0.55])
-  assert {(x["eval_format"], x["layer"]) for x in rows} == {(f, lay) for f in ("fewshot", "symbolic_alt")
-                                                            for lay in (1, 2)}
+  assert {(x["eval_format"], x["layer"]) for x in rows} == {(f, lay) for f in ("fewshot", "symbolic_alt") for lay in (1, 2)}
   at_l = [x for x in rows if x["layer"] == r["classifier_layer"]]
   few = next(x for x in at_l if x["eval_format"] == "fewshot")
-  assert few["flip_rate"] == r["counterfactuals"]["flip_rate"]["accuracy"] and few["verdict"] == \
-      r["compute_or_copy"]["verdict"]
+  assert few["flip_rate"] == r["counterfactuals"]["flip_rate"]["accuracy"] and few["verdict"] == r["compute_or_copy"]["verdict"]
   assert few["lens_accuracy"] == r["classifier_eval"]["by_format"]["fewshot"]["accuracy"]
   assert few["bag_of_tokens"] == r["probes"]["by_format"]["fewshot"]["lexical_baseline"]["accuracy"]
   assert all(x["verdict"] is None and x["flip_rate"] is None for x in rows if x["layer"] != r["classifier_layer"])
@@ -214,6 +230,7 @@ def test_batches_are_balanced_as_before_target_sets_existed():
   ops = [e.operation for e in s.train]
   labels = experiment.class_targets(c, tok, []).labels
   assert list(experiment.balance_ids(ops)) == [data_lib.label_index(op, labels) for op in ops]
-  np.testing.assert_array_equal(data_lib.batch_indices(len(ops), 8, 5, 0, labels=experiment.balance_ids(ops)),
-                                data_lib.batch_indices(len(ops), 8, 5, 0,
-                                                       labels=[data_lib.label_index(op, labels) for op in ops]))
+  np.testing.assert_array_equal(
+    data_lib.batch_indices(len(ops), 8, 5, 0, labels=experiment.balance_ids(ops)),
+    data_lib.batch_indices(len(ops), 8, 5, 0, labels=[data_lib.label_index(op, labels) for op in ops]),
+  )

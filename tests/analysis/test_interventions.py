@@ -46,7 +46,7 @@ def reference_logits(model, ids, row=None, edit=None):
   lora = model.lora
   for t, (a, b) in lora.stacked_weights().items():
     w[t] = w[t].copy()
-    w[t][lora.layer_start:lora.layer_end] += lora.scale * np.einsum("lir,lro->lio", _np(a), _np(b))
+    w[t][lora.layer_start : lora.layer_end] += lora.scale * np.einsum("lir,lro->lio", _np(a), _np(b))
   emb, g = _np(model.embed[...]), _np(model.final_norm[...])
 
   def rms(x, weight):
@@ -58,7 +58,7 @@ def reference_logits(model, ids, row=None, edit=None):
   cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
 
   def rope(x):
-    return x * cos[:, None] + np.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1) * sin[:, None]
+    return x * cos[:, None] + np.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], -1) * sin[:, None]
 
   def hook(r, h):
     if r == row:
@@ -139,15 +139,17 @@ def test_patching_a_prompt_into_itself_changes_nothing_and_the_last_row_carries_
   n_rows, d, n = model.cfg.num_layers + 1, model.cfg.hidden_size, len(ids)
   clean = iv.run_edited(model, tok, ids, None, MAX_NEW)
   for row in range(n_rows):
-    run = iv.run_edited(model, tok, ids, iv.make_edit(n_rows, n, d, [row], replace=clean.readout[row],
-                                                      patch=np.ones(n, bool)), MAX_NEW)
+    run = iv.run_edited(
+      model, tok, ids, iv.make_edit(n_rows, n, d, [row], replace=clean.readout[row], patch=np.ones(n, bool)), MAX_NEW
+    )
     assert run.ids == clean.ids
     np.testing.assert_array_equal(run.logits, clean.logits)
   # Another prompt's residual after the last block gives exactly that prompt's final logits.
   source = ids[::-1]
   src = iv.run_edited(model, tok, source, None, MAX_NEW)
-  run = iv.run_edited(model, tok, ids, iv.make_edit(n_rows, n, d, [n_rows - 1], replace=src.readout[-1],
-                                                    patch=np.ones(n, bool)), MAX_NEW)
+  run = iv.run_edited(
+    model, tok, ids, iv.make_edit(n_rows, n, d, [n_rows - 1], replace=src.readout[-1], patch=np.ones(n, bool)), MAX_NEW
+  )
   np.testing.assert_array_equal(run.logits, src.logits)
   assert not np.allclose(run.logits, clean.logits)
   # Only patched rows change: an unpatched example in the same batch is left exactly as it was.
@@ -160,9 +162,12 @@ def test_patching_a_prompt_into_itself_changes_nothing_and_the_last_row_carries_
 
 def test_experiments_on_the_tiny_model(tiny):
   from lazarus_jax.data import arithmetic as data_lib
+
   model, tok, _ = tiny
-  examples = [data_lib.make_example(a, op, b, "symbolic") for a, op, b in
-              [(7, "multiply", 8), (23, "add", 45), (50, "subtract", 23), (48, "divide", 6), (2, "add", 2)]]
+  examples = [
+    data_lib.make_example(a, op, b, "symbolic")
+    for a, op, b in [(7, "multiply", 8), (23, "add", 45), (50, "subtract", 23), (48, "divide", 6), (2, "add", 2)]
+  ]
   prep = iv.prepare(model, tok, examples, MAX_NEW)
   class_ids = [5, 17, 40, 77]
   abl = iv.ablation(model, tok, prep, class_ids, rows=[1, 4], n_random=2)
@@ -198,8 +203,7 @@ def test_tuned_lens_identity_translator_is_the_logit_lens_and_training_lowers_kl
   for r in rows:
     assert r["tuned"] == r["logit"]
   assert rows[-1]["logit"]["top1_agreement"] == 1.0 and abs(rows[-1]["logit"]["kl"]) < 1e-6
-  fitted, losses = tuned_lens.fit(run.readout, run.logits[:, vocab], g, unembed[vocab], eps, steps=30,
-                                  learning_rate=1e-2)
+  fitted, losses = tuned_lens.fit(run.readout, run.logits[:, vocab], g, unembed[vocab], eps, steps=30, learning_rate=1e-2)
   assert losses[-1] < 0.5 * losses[0]
   trained = tuned_lens.evaluate(fitted, run.readout, run.logits, vocab, g, unembed, eps, [5, 17], labels)
   assert all(t["tuned"]["kl"] < r["logit"]["kl"] for t, r in zip(trained[:-1], rows[:-1]))
@@ -225,7 +229,7 @@ def test_delta_ov_class_fraction_and_update_norms_on_adapters_built_to_answer():
   norms = vo_analysis.update_norms(model)
   delta_o = lora.scale * np.asarray(lora.o_a[...], np.float64)[1] @ b_o[1].astype(np.float64)  # [H*hd, D]
   hd = cfg.head_dim
-  expect = [np.linalg.norm(delta_o[h * hd:(h + 1) * hd]) for h in range(cfg.num_heads)]
+  expect = [np.linalg.norm(delta_o[h * hd : (h + 1) * hd]) for h in range(cfg.num_heads)]
   np.testing.assert_allclose(norms["o"]["delta"][2], expect, rtol=1e-6)
   np.testing.assert_array_equal(norms["v"]["delta"], 0.0)  # B_v is still zero
 
@@ -260,9 +264,11 @@ def test_position_lens_grid(tiny, tmp_path):
 
 def test_lens_cli_writes_the_layer_by_position_figure(tmp_path, capsys):
   import json
+
   out_json, out_png = tmp_path / "lens.json", tmp_path / "grid.png"
-  lens.main(["--model", "tiny-random", "--prompts", "7 * 8 = |What is 23 plus 45? ", "--json", str(out_json),
-             "--positions-png", str(out_png)])
+  lens.main(
+    ["--model", "tiny-random", "--prompts", "7 * 8 = |What is 23 plus 45? ", "--json", str(out_json), "--positions-png", str(out_png)]
+  )
   doc = json.loads(out_json.read_text())
   assert [g["prompt"] for g in doc["positions"]] == ["7 * 8 = ", "What is 23 plus 45? "]
   assert len(doc["positions"][0]["rows"]) == 5 and out_png.stat().st_size > 0

@@ -18,8 +18,7 @@ import repo
 
 REPO = repo.ROOT
 PROMPTS = ["7 * 8 = ", "23 + 45 = ", "What is 48 divided by 6?", "5 - 3 = "]
-SEED_PROMPTS = ["7 * 8 = ", "12 * 5 = ", "23 + 45 = ", "17 + 38 = ", "50 - 23 = ", "89 - 34 = ", "48 / 6 = ",
-                "81 / 9 = "]
+SEED_PROMPTS = ["7 * 8 = ", "12 * 5 = ", "23 + 45 = ", "17 + 38 = ", "50 - 23 = ", "89 - 34 = ", "48 / 6 = ", "81 / 9 = "]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +81,7 @@ def test_run_lens_schema_and_chunking(tiny):
     assert len(r["layers"]) == model.cfg.num_layers + 1
     first, last = r["layers"][0], r["layers"][-1]
     assert (first["row"], first["block"], first["layer"]) == (0, None, None)
-    assert (last["row"], last["block"], last["layer"]) == (model.cfg.num_layers, model.cfg.num_layers - 1,
-                                                           model.cfg.num_layers - 1)
+    assert (last["row"], last["block"], last["layer"]) == (model.cfg.num_layers, model.cfg.num_layers - 1, model.cfg.num_layers - 1)
     assert set(last["target_probs"]) == set(targets.labels) == set(last["target_ranks"])
     assert len(last["top_tokens"]) == 3 and set(last["top_tokens"][0]) == {"token", "id", "prob"}
     for lr, lw in zip(r["layers"], w["layers"]):
@@ -94,11 +92,16 @@ def test_run_lens_schema_and_chunking(tiny):
 def _adapter_dir(model, path):
   from lazarus_jax.models.adapters import export_peft, model_fingerprint
   from lazarus_jax.models.lora import LoRAConfig
+
   cfg, n, r = model.cfg, model.cfg.num_layers, 4
   rng = np.random.default_rng(0)
   kv, q = cfg.num_kv_heads * cfg.head_dim, cfg.num_heads * cfg.head_dim
-  params = {"v_a": rng.normal(size=(n, cfg.hidden_size, r)), "v_b": rng.normal(size=(n, r, kv)),
-            "o_a": rng.normal(size=(n, q, r)), "o_b": rng.normal(size=(n, r, cfg.hidden_size))}
+  params = {
+    "v_a": rng.normal(size=(n, cfg.hidden_size, r)),
+    "v_b": rng.normal(size=(n, r, kv)),
+    "o_a": rng.normal(size=(n, q, r)),
+    "o_b": rng.normal(size=(n, r, cfg.hidden_size)),
+  }
   lcfg = LoRAConfig(rank=r, alpha=8.0, targets=("v", "o"), layer_start=0, layer_end=n)
   export_peft(params, lcfg, (0, n), str(path), "tiny-random", model_fingerprint(cfg))
   return str(path)
@@ -118,16 +121,29 @@ def test_adapter_hook_changes_the_model(tiny, tmp_path):
 
 def _cli(*args, cwd=REPO):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "lazarus_jax.lens", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "lazarus_jax.lens", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+  )
 
 
 def test_cli_end_to_end(tmp_path):
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("7 * 8 = \n\n23 + 45 = \nWhat is 48 divided by 6?\n")
   out_json, out_png = tmp_path / "lens.json", tmp_path / "lens.png"
-  proc = _cli("--model", "tiny-random", "--prompts", f"@{prompts}", "--targets", "multiply,add,subtract,divide",
-              "--top-k", "4", "--json", str(out_json), "--png", str(out_png))
+  proc = _cli(
+    "--model",
+    "tiny-random",
+    "--prompts",
+    f"@{prompts}",
+    "--targets",
+    "multiply,add,subtract,divide",
+    "--top-k",
+    "4",
+    "--json",
+    str(out_json),
+    "--png",
+    str(out_png),
+  )
   assert proc.returncode == 0, proc.stderr
   assert "class targets: multiply=" in proc.stdout and "compile" in proc.stdout and "run" in proc.stdout
   doc = json.loads(out_json.read_text())
@@ -143,21 +159,23 @@ def test_cli_end_to_end(tmp_path):
 
 def test_cli_bad_input_exits_with_one_line(tmp_path):
   out_json, out_png = tmp_path / "o.json", tmp_path / "o.png"
-  proc = _cli("--model", str(tmp_path / "no-such-model"), "--prompts", "7 * 8 = ", "--json", str(out_json),
-              "--png", str(out_png))
+  proc = _cli("--model", str(tmp_path / "no-such-model"), "--prompts", "7 * 8 = ", "--json", str(out_json), "--png", str(out_png))
   assert proc.returncode == 2
   assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ") and "does not exist" in proc.stderr
   assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--prompts", "@/no/such/file"], "does not exist"),
     (["--prompts", "7 * 8 = ||1 + 2 = "], "empty prompt"),
     (["--prompts", "7 * 8 = ", "--targets", ","], "no targets"),
     (["--prompts", "7 * 8 = ", "--top-k", "0"], "top-k"),
     (["--prompts", "7 * 8 = ", "--targets", "a=add,b=adds"], "same token"),
     (["--prompts", "7 * 8 = ", "--json", "/no/such/dir/o.json"], "does not exist"),
-])
+  ],
+)
 def test_cli_bad_inputs_in_process(tmp_path, capsys, args, message):
   out_json = tmp_path / "o.json"
   argv = ["--model", "tiny-random", *args]

@@ -26,7 +26,7 @@ Z95 = 1.959963984540054  # standard normal 97.5% quantile
 
 def test_wilson_8_of_10():
   # centre = (0.8 + z^2/20) / (1 + z^2/10), half = z/(1 + z^2/10) * sqrt(0.016 + z^2/400)
-  z2 = Z95 ** 2
+  z2 = Z95**2
   denom = 1 + z2 / 10
   centre = (0.8 + z2 / 20) / denom
   half = Z95 / denom * math.sqrt(0.8 * 0.2 / 10 + z2 / 400)
@@ -40,7 +40,7 @@ def test_wilson_edges():
   # 0/n: the lower end is exactly 0 and the upper end is z^2 / (n + z^2).
   low, high = wilson_interval(0, 20)
   assert low == 0.0
-  assert high == pytest.approx(Z95 ** 2 / (20 + Z95 ** 2), abs=1e-12)
+  assert high == pytest.approx(Z95**2 / (20 + Z95**2), abs=1e-12)
   # n/n mirrors 0/n.
   low2, high2 = wilson_interval(20, 20)
   assert high2 == 1.0 and low2 == pytest.approx(1 - high, abs=1e-12)
@@ -74,6 +74,7 @@ def test_t_critical_table():
 
 def test_t_critical_matches_scipy():
   import scipy.stats as st
+
   for df in (1, 2, 3, 5, 8, 17, 64, 501):
     for c in (0.8, 0.95, 0.99):
       assert t_critical(c, df) == pytest.approx(st.t.ppf(0.5 + c / 2, df), rel=1e-9)
@@ -112,8 +113,9 @@ def test_mcnemar_exact_by_hand():
   assert mcnemar_exact(1, 5) == 14 / 64 and mcnemar_exact(5, 1) == 14 / 64
   assert mcnemar_exact(0, 10) == 2 / 1024
   assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(4, 4) == 1.0  # the two-sided sum passes 1: capped
-  assert mcnemar_exact(np.int64(0), np.int64(80)) == 2 / 2 ** 80  # numpy counts: no int64 overflow in 2 ** n
+  assert mcnemar_exact(np.int64(0), np.int64(80)) == 2 / 2**80  # numpy counts: no int64 overflow in 2 ** n
   import scipy.stats as st
+
   for b, c in ((3, 11), (20, 35), (0, 1), (7, 7)):
     assert mcnemar_exact(b, c) == pytest.approx(st.binomtest(b, b + c, 0.5).pvalue, rel=1e-12)
   with pytest.raises(ValueError):
@@ -133,7 +135,7 @@ def test_hierarchical_bootstrap_is_seeded_and_has_the_right_spread():
   # Several groups that differ: drawing seeds adds the between-seed spread (the old t-interval's only source).
   seeds_sd = np.std([g.mean() for g in groups], ddof=0) / np.sqrt(3)
   within = np.sqrt(np.mean([g.mean() * (1 - g.mean()) for g in groups]) / 400 / 3)
-  assert np.std(a) == pytest.approx(np.sqrt(seeds_sd ** 2 + within ** 2), rel=0.1)
+  assert np.std(a) == pytest.approx(np.sqrt(seeds_sd**2 + within**2), rel=0.1)
   # Continuous values work too (the shortcut resamples distinct values with their counts).
   x = rng.normal(size=50)
   assert np.mean(hierarchical_bootstrap([x], 4000, 2)) == pytest.approx(x.mean(), abs=0.02)

@@ -96,8 +96,9 @@ _CHILD = textwrap.dedent("""
 
 
 def test_tracebacks_and_the_error_line_are_single_writes():
-  proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, cwd=cli_run.REPO,
-                        env=cli_run.env(), timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", _CHILD], capture_output=True, text=True, cwd=cli_run.REPO, env=cli_run.env(), timeout=120
+  )
   assert proc.returncode == 1, proc.stderr
   calls = ast.literal_eval(proc.stdout.strip().splitlines()[-1])  # the writes before the main thread's traceback
   report = [c for c in calls if "Exception in thread writer" in c]
@@ -107,7 +108,7 @@ def test_tracebacks_and_the_error_line_are_single_writes():
   assert report[0].endswith("OSError: [Errno 28] No space left on device\n"), report
   assert "error: could not save checkpoint step 8\n" in calls, calls  # whitespace folded: one line, one write
   # The main thread's uncaught exception goes through the same hook: whole, after the error line.
-  tail = proc.stderr[proc.stderr.index("error: could not save"):]
+  tail = proc.stderr[proc.stderr.index("error: could not save") :]
   assert tail.splitlines()[1] == "Traceback (most recent call last):", tail
   assert tail.rstrip().endswith("ValueError: main thread fails too"), tail
 
@@ -136,7 +137,8 @@ _CLI_CHILD = textwrap.dedent("""
 
 
 def test_the_cli_error_line_starts_its_own_line():
-  proc = subprocess.run([sys.executable, "-c", _CLI_CHILD], capture_output=True, text=True, cwd=cli_run.REPO,
-                        env=cli_run.env(), timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", _CLI_CHILD], capture_output=True, text=True, cwd=cli_run.REPO, env=cli_run.env(), timeout=120
+  )
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.splitlines()[0] == "error: the disk is full", proc.stderr

@@ -45,10 +45,25 @@ def test_reexec_env_only_for_the_tools_and_only_once(monkeypatch):
 def test_train_cli_runs_with_the_tunable(tmp_path):
   # End to end: a real `python -m lazarus_jax.train` records the environment it ran with (provenance).
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LAZARUS_JAX_HUGEPAGES")}
-  proc = subprocess.run([sys.executable, "-m", "lazarus_jax.train", "--config", "configs/tiny.py", "--workdir",
-                         str(tmp_path), "--config.train.steps=2", "--config.train.log_every=1",
-                         "--config.eval.enabled=False"], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lazarus_jax.train",
+      "--config",
+      "configs/tiny.py",
+      "--workdir",
+      str(tmp_path),
+      "--config.train.steps=2",
+      "--config.train.log_every=1",
+      "--config.eval.enabled=False",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "train_summary.json") as f:
     recorded = json.load(f)["provenance"]["runtime_env"]["GLIBC_TUNABLES"]
@@ -58,9 +73,11 @@ def test_train_cli_runs_with_the_tunable(tmp_path):
 
 def test_importing_the_package_never_reexecutes():
   # A library import (a notebook, a script) must not re-execute the process: only the CLI entry does.
-  code = ("import sys; sys.orig_argv = [sys.executable, '-m', 'lazarus_jax.train']\n"
-          "import lazarus_jax, lazarus_jax.train, lazarus_jax.evaluate, lazarus_jax.sweep\n"
-          "print('still here')")
+  code = (
+    "import sys; sys.orig_argv = [sys.executable, '-m', 'lazarus_jax.train']\n"
+    "import lazarus_jax, lazarus_jax.train, lazarus_jax.evaluate, lazarus_jax.sweep\n"
+    "print('still here')"
+  )
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LAZARUS_JAX_HUGEPAGES")}
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and "still here" in proc.stdout, proc.stderr[-2000:]

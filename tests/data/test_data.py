@@ -25,8 +25,7 @@ def char_tokenizer(merges=(), add_bos=True) -> Tokenizer:
   backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=list(merges), unk_token="<unk>"))
   backend.add_special_tokens(SPECIALS)
   backend.decoder = tokenizers.decoders.Fuse()  # decode by concatenation, as byte-level decoders do
-  return Tokenizer(backend=backend, bos_id=vocab["<s>"], eos_id=vocab["</s>"], pad_id=vocab["<pad>"],
-                   add_bos=add_bos)
+  return Tokenizer(backend=backend, bos_id=vocab["<s>"], eos_id=vocab["</s>"], pad_id=vocab["<pad>"], add_bos=add_bos)
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +156,12 @@ def test_jsonl_rows_that_are_heldout_prompts_are_refused(tmp_path):
   held = s.eval[5]
   path = tmp_path / "rows.jsonl"
   trained = s.train[0]
-  rows = [{"prompt": trained.prompt, "response": trained.answer, "operation": trained.operation},
-          {"prompt": "What is  " + held.prompt.removeprefix("What is ").rstrip(), "response": "1",
-           "operation": held.operation} if held.fmt == "semantic" else
-          {"prompt": held.prompt.rstrip() + "  ", "response": "1", "operation": held.operation}]
+  rows = [
+    {"prompt": trained.prompt, "response": trained.answer, "operation": trained.operation},
+    {"prompt": "What is  " + held.prompt.removeprefix("What is ").rstrip(), "response": "1", "operation": held.operation}
+    if held.fmt == "semantic"
+    else {"prompt": held.prompt.rstrip() + "  ", "response": "1", "operation": held.operation},
+  ]
   path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
   loaded = data.load_jsonl(str(path))
   data.check_jsonl_against_heldout(loaded[:1], s.eval, str(path))  # a training prompt passes
@@ -193,12 +194,15 @@ def test_jsonl_loads(tmp_path):
   assert rows == [data.Example("2 + 2 = ", "4", "add", None, None, "jsonl")] * 2
 
 
-@pytest.mark.parametrize("bad_line, message", [
+@pytest.mark.parametrize(
+  "bad_line, message",
+  [
     ("{not json", "malformed JSON"),
     (json.dumps({"prompt": "x", "operation": "add"}), "missing field 'response'"),
     (json.dumps({"prompt": "x", "response": "1", "operation": "modulo"}), "unknown operation 'modulo'"),
     (json.dumps(["x", "1", "add"]), "JSON object"),
-])
+  ],
+)
 def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
   good = json.dumps({"prompt": "1 + 1 = ", "response": "2", "operation": "add"})
   path = write(tmp_path, [good, "", bad_line])
@@ -224,7 +228,7 @@ def test_prompt_is_prefix_and_same_everywhere(add_bos):
   for ex in [data.make_example(7, "multiply", 8, "symbolic"), data.make_example(81, "divide", 9, "semantic")]:
     enc = data.encode_example(tok, ex.prompt, ex.answer, append_eos=False)
     prompt_ids = data.encode_prompt(tok, ex.prompt)
-    assert enc.ids[:enc.prompt_len] == prompt_ids
+    assert enc.ids[: enc.prompt_len] == prompt_ids
     assert (enc.ids[0] == tok.bos_id) == add_bos
     assert tok.decode(enc.answer_ids) == ex.answer
     with_eos = data.encode_example(tok, ex.prompt, ex.answer, append_eos=True)
@@ -354,6 +358,7 @@ def test_readout_predicts_the_first_digit_in_both_formats_with_smollm2():
   # Issue 10.10: SmolLM2 encodes "? 56" as "?", " ", "5", "6": with prompts ending in "?" the semantic readout
   # predicted a bare space, one token before the symbolic format's readout, which predicts the first digit.
   from lazarus_jax.models import gguf_loader
+
   tok = gguf_loader.load_gguf(gguf_loader.embedded_gguf_path()).tokenizer
   s = data.make_splits(["symbolic", "semantic"], n_eval_per_op=16, seed=0)
   readout_tokens = set()

@@ -91,8 +91,26 @@ def test_fewshot_symbols_are_redrawn_and_k_is_configurable():
 
 
 def test_word_prompts_name_no_operation():
-  banned = ["times", "plus", "minus", "divided", "multipl", "add", "subtract", "divide", "sum", "product",
-            "difference", "quotient", "*", "+", "/", "×", "÷", "="]
+  banned = [
+    "times",
+    "plus",
+    "minus",
+    "divided",
+    "multipl",
+    "add",
+    "subtract",
+    "divide",
+    "sum",
+    "product",
+    "difference",
+    "quotient",
+    "*",
+    "+",
+    "/",
+    "×",
+    "÷",
+    "=",
+  ]
   for op in data_lib.OPERATIONS:
     for t in pf.WORD_TEMPLATES[op] + pf.WORD_HELDOUT_TEMPLATES[op]:
       text = t.format(a=7, b=3).lower()
@@ -100,6 +118,7 @@ def test_word_prompts_name_no_operation():
       assert " - " not in text and t.endswith("? ")
   # The operation-word targets never occur in any format's prompt as tokens (the resolver would refuse them).
   from lazarus_jax.data.targets import resolve_targets
+
   tok = tiny_tokenizer()
   s = data_lib.make_splits(formats=("fewshot", "word"), n_eval_per_op=20, seed=0, eval_formats=ALL)
   resolve_targets(tok, None, prompts=[e.prompt for e in s.train + s.eval])

@@ -101,6 +101,7 @@ def test_training_refuses_a_target_found_only_in_later_prompts(tmp_path):
   import sys
 
   from lazarus_jax.training import loop as train
+
   sys.path.insert(0, repo.ROOT)
   from configs import tiny as tiny_config
 

@@ -15,8 +15,7 @@ TOKENS = jnp.asarray([[5, 17, 93, 41, 7, 88, 3, 12], [64, 2, 2, 31, 9, 120, 77, 
 
 
 def _model(activation_dtype):
-  return load_pretrained("tiny-random", param_dtype="bfloat16", compute_dtype="bfloat16",
-                         activation_dtype=activation_dtype).build()
+  return load_pretrained("tiny-random", param_dtype="bfloat16", compute_dtype="bfloat16", activation_dtype=activation_dtype).build()
 
 
 def test_bf16_residual_stream_is_close_to_float32():

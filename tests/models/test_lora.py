@@ -43,8 +43,7 @@ def test_scale_is_alpha_over_rank(pretrained):
   """Adapted logits equal those of the base model with W + (alpha/r) A B merged in."""
   rank, alpha, start, end = 4, 12.0, 1, 3
   model = pretrained.build()
-  lora = add_lora(model, LoRAConfig(rank=rank, alpha=alpha, targets=("k", "o", "up"), layer_start=start,
-                                    layer_end=end), seed=0)
+  lora = add_lora(model, LoRAConfig(rank=rank, alpha=alpha, targets=("k", "o", "up"), layer_start=start, layer_end=end), seed=0)
   assert lora.scale == alpha / rank
   rng = np.random.default_rng(1)
   merged = {name: np.array(w) for name, w in pretrained.weights["layers"].items()}
@@ -59,7 +58,9 @@ def test_scale_is_alpha_over_rank(pretrained):
   assert np.abs(adapted - logits_of(pretrained.build())).max() > 1e-2  # the adapters do something
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(targets=("v", "qkv")), "unknown LoRA target"),
     (dict(targets=()), "empty"),
     (dict(layer_start=2, layer_end=2), "adapts nothing"),
@@ -68,7 +69,8 @@ def test_scale_is_alpha_over_rank(pretrained):
     (dict(rank=0), "rank"),
     (dict(rank=-2), "rank"),
     (dict(alpha=0.0), "alpha"),
-])
+  ],
+)
 def test_bad_lora_config_is_a_user_error(pretrained, kwargs, match):
   model = pretrained.build()
   with pytest.raises(UserError, match=match) as e:
@@ -82,8 +84,13 @@ def step_inputs(pretrained, lora_cfg, tx):
   add_lora(model, lora_cfg, seed=0)
   graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
   params = nnx.to_pure_dict(lora_state)  # {"lora": {"v_a": ...}}: the model's own path, as train.run builds it
-  state = {"lora": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-           "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+  state = {
+    "lora": params,
+    "opt_state": tx.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "nonfinite": jnp.zeros((), jnp.int32),
+    "skipped": jnp.zeros((), jnp.int32),
+  }
   tok = pretrained.tokenizer
   exs = [data_lib.make_example(a, op, b, "symbolic") for a, op, b in SOME_TRIPLES]
   enc = data_lib.encode_examples(tok, exs, append_eos=True)
@@ -106,8 +113,7 @@ def test_step_differentiates_only_the_adapters(pretrained):
   cfg = LoRAConfig(rank=4, alpha=8.0, targets=("v", "o"), layer_start=1)
   graphdef, state, base, rest, batch, class_ids = step_inputs(pretrained, cfg, tx)
   adapter_paths = sorted(jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state["lora"])[0])
-  step = make_train_step(graphdef, tx, optax.constant_schedule(1e-2), classifier_layer=2,
-                         restrict_to_classes=False, accum=1)
+  step = make_train_step(graphdef, tx, optax.constant_schedule(1e-2), classifier_layer=2, restrict_to_classes=False, accum=1)
   new_state, metrics = jax.jit(step)(state, base, rest, batch, jnp.float32(0.7), class_ids)
   jax.effects_barrier()
   assert seen["paths"] == adapter_paths == ["['lora']['o_a']", "['lora']['o_b']", "['lora']['v_a']", "['lora']['v_b']"]
@@ -142,8 +148,7 @@ def test_no_backward_below_lowest_adapted_layer(pretrained, layer_start):
   tx = optax.adam(1e-2)
   cfg = LoRAConfig(rank=4, alpha=8.0, targets=("v", "o"), layer_start=layer_start)
   graphdef, state, base, rest, batch, class_ids = step_inputs(pretrained, cfg, tx)
-  step = make_train_step(graphdef, tx, optax.constant_schedule(1e-2), classifier_layer=2,
-                         restrict_to_classes=False, accum=1)
+  step = make_train_step(graphdef, tx, optax.constant_schedule(1e-2), classifier_layer=2, restrict_to_classes=False, accum=1)
   jaxpr = jax.make_jaxpr(step)(state, base, rest, batch, jnp.float32(0.7), class_ids)
   lengths = _scan_lengths(jaxpr.jaxpr)
   adapted = 4 - layer_start

@@ -10,14 +10,17 @@ from lazarus_jax.models.model import residual_stream
 from hf_tiny import save_tiny_hf
 
 CASES = {
-    "tied_gqa": dict(tie_word_embeddings=True, num_key_value_heads=4),
-    "untied_mha": dict(tie_word_embeddings=False, num_key_value_heads=8),
-    "llama3_rope": dict(num_key_value_heads=2, rope_scaling=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-        original_max_position_embeddings=16), max_position_embeddings=256, rope_theta=500000.0),
-    "sharded": dict(tie_word_embeddings=False, _shard="60KB"),
-    "bf16": dict(_dtype=torch.bfloat16),
-    "f16": dict(_dtype=torch.float16),
+  "tied_gqa": dict(tie_word_embeddings=True, num_key_value_heads=4),
+  "untied_mha": dict(tie_word_embeddings=False, num_key_value_heads=8),
+  "llama3_rope": dict(
+    num_key_value_heads=2,
+    rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16),
+    max_position_embeddings=256,
+    rope_theta=500000.0,
+  ),
+  "sharded": dict(tie_word_embeddings=False, _shard="60KB"),
+  "bf16": dict(_dtype=torch.bfloat16),
+  "f16": dict(_dtype=torch.float16),
 }
 
 

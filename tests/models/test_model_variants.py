@@ -21,8 +21,7 @@ TOKENS = jnp.asarray([[5, 17, 93, 41, 7, 88, 3, 12], [0, 0, 0, 31, 9, 120, 77, 6
 MASK = (TOKENS > 0).astype(jnp.int32)
 
 
-@pytest.mark.parametrize("variant", [dict(attention="xla"), dict(scan_layers=False),
-                                     dict(attention="xla", scan_layers=False)])
+@pytest.mark.parametrize("variant", [dict(attention="xla"), dict(scan_layers=False), dict(attention="xla", scan_layers=False)])
 def test_variant_residual_stream_matches_default_on_real_tokens(variant):
   ref = residual_stream(load_pretrained("tiny-random").build(), TOKENS, MASK)
   out = residual_stream(load_pretrained("tiny-random", **variant).build(), TOKENS, MASK)
@@ -67,6 +66,7 @@ class _Device:
 
 def test_auto_kernels_follow_the_device():
   from lazarus_jax.models import kernels
+
   gpu = _Device("gpu", "cuda 12.8")
   k = kernels.resolve("auto", "auto", "bfloat16", gpu)
   assert (k.attention, k.scan_layers) == ("cudnn", False) and "NVIDIA" in k.describe()

@@ -18,15 +18,19 @@ import numpy as np
 
 import cli_run
 
-OVERRIDES = ("--config.train.lr=1e30", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
-             "--config.train.max_to_keep=3", "--config.train.max_consecutive_nonfinite=3")
+OVERRIDES = (
+  "--config.train.lr=1e30",
+  "--config.train.log_every=1",
+  "--config.train.checkpoint_every=1",
+  "--config.train.max_to_keep=3",
+  "--config.train.max_consecutive_nonfinite=3",
+)
 
 
 def test_nonfinite_updates_skipped_counted_then_stop(tmp_path):
   workdir = str(tmp_path / "run")
   proc = cli_run.run_train(workdir, *OVERRIDES, out_dir=str(tmp_path / "logs"))
-  line = cli_run.assert_one_line_error(proc, "3 consecutive non-finite updates were skipped", "last good checkpoint",
-                                       "lower train.lr")
+  line = cli_run.assert_one_line_error(proc, "3 consecutive non-finite updates were skipped", "last good checkpoint", "lower train.lr")
   m = re.search(r"skipped at step (\d+); the last good checkpoint is step (\d+)", line)
   stop, last = int(m.group(1)), int(m.group(2))
   assert last == stop - 1  # every finished step was checkpointed (checkpoint_every=1)
@@ -47,7 +51,8 @@ def test_nonfinite_updates_skipped_counted_then_stop(tmp_path):
   assert [int(s["nonfinite"]) for s in states] == [0, 1, 2]
   assert [int(s["skipped"]) for s in states] == [0, 1, 2]
   for later in states[1:]:
-    for a, b in zip(jax.tree.leaves((states[0]["lora"], states[0]["opt_state"])),
-                    jax.tree.leaves((later["lora"], later["opt_state"]))):
+    for a, b in zip(
+      jax.tree.leaves((states[0]["lora"], states[0]["opt_state"])), jax.tree.leaves((later["lora"], later["opt_state"]))
+    ):
       assert np.array_equal(a, b)
   assert not os.path.exists(os.path.join(workdir, "adapter"))  # a diverged run exports nothing

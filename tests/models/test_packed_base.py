@@ -13,8 +13,9 @@ from lazarus_jax.models.model import PROJS, LoRAParam, pack_frozen_layers
 from tiny_step import step_and_inputs
 
 
-@pytest.mark.parametrize("param_dtype,compute_dtype", [("bfloat16", "bfloat16"), ("bfloat16", "float32"),
-                                                       ("float16", "bfloat16"), ("float32", "float32")])
+@pytest.mark.parametrize(
+  "param_dtype,compute_dtype", [("bfloat16", "bfloat16"), ("bfloat16", "float32"), ("float16", "bfloat16"), ("float32", "float32")]
+)
 def test_packed_base_gives_the_same_step(param_dtype, compute_dtype):
   pre = load_pretrained("tiny-random", param_dtype=param_dtype, compute_dtype=compute_dtype)
   model = pre.build()

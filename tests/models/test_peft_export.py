@@ -29,8 +29,17 @@ def trained(tmp_path_factory):
   hf_dir = tmp_path_factory.mktemp("hf")
   hf_model = save_tiny_hf(hf_dir, tie_word_embeddings=False)
   workdir = tmp_path_factory.mktemp("run")
-  c = tiny_config(**{"model.path": str(hf_dir), "lora.targets": "q,k,v,o,gate,up,down", "lora.layer_start": 1,
-                     "train.lr": 5e-2, "train.warmup_steps": 1, "train.steps": 4, "train.checkpoint_every": 4})
+  c = tiny_config(
+    **{
+      "model.path": str(hf_dir),
+      "lora.targets": "q,k,v,o,gate,up,down",
+      "lora.layer_start": 1,
+      "train.lr": 5e-2,
+      "train.warmup_steps": 1,
+      "train.steps": 4,
+      "train.checkpoint_every": 4,
+    }
+  )
   train.run(c, str(workdir))
   return hf_dir, hf_model, workdir / "adapter"
 

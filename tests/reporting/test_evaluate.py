@@ -72,14 +72,12 @@ def test_capped_heldout_set_is_a_random_subset_not_the_easy_problems():
   # Issue 10.1: with eval sorted by (a, b) and the first `cap` kept, capped multiply operands averaged ~7.
   splits = data_lib.make_splits(formats=("symbolic",), n_eval_per_op=200, seed=0)
   full = [e.a * e.b for e in splits.eval if e.operation == "multiply"]
-  capped = [e.a * e.b for e in evaluate.select_examples(splits.eval, splits.seed_prompts, 50, seed=0)
-            if e.operation == "multiply"]
+  capped = [e.a * e.b for e in evaluate.select_examples(splits.eval, splits.seed_prompts, 50, seed=0) if e.operation == "multiply"]
   assert len(capped) == 50
   sd = np.std(full) / np.sqrt(50)
   assert abs(np.mean(capped) - np.mean(full)) < 4 * sd, (np.mean(capped), np.mean(full))
   other = evaluate.select_examples(splits.eval, splits.seed_prompts, 50, seed=1)
-  assert {e.triple for e in other} != {e.triple for e in evaluate.select_examples(splits.eval, splits.seed_prompts,
-                                                                                   50, seed=0)}
+  assert {e.triple for e in other} != {e.triple for e in evaluate.select_examples(splits.eval, splits.seed_prompts, 50, seed=0)}
 
 
 def test_probe_control_is_per_type_and_learnable_from_types():
@@ -95,8 +93,7 @@ def test_probe_control_is_per_type_and_learnable_from_types():
   feats = np.stack([onehot + 0.01 * rng.normal(size=onehot.shape)] * 2).astype(np.float32)  # two "rows"
   c = tiny_config.get_config()
   c.eval.probe_steps = 300
-  out = evaluate.probe_format(feats, y, [[1]] * len(ex), c, LABELS,
-                              control_types=[evaluate.control_type(e) for e in ex])
+  out = evaluate.probe_format(feats, y, [[1]] * len(ex), c, LABELS, control_types=[evaluate.control_type(e) for e in ex])
   assert out["summary"]["config"]["control"] == "per_type"
   ctrl = out["layers"][0]["control_accuracy"]
   assert ctrl > 0.5, ctrl  # memorised by type, far above the 1/4 a permutation gives
@@ -148,10 +145,20 @@ def test_evaluate_model_on_a_crafted_model_whose_answer_is_known(tiny):
   targets = resolve_targets(tok)
   model, tok = _identity_model(tiny, targets.token_ids)
   # Prompts end with a class word; two examples carry a label different from their final word.
-  rows = [("multiply", "multiply"), ("add", "add"), ("subtract", "subtract"), ("divide", "divide"),
-          ("multiply", "multiply"), ("add", "add"), ("subtract", "add"), ("divide", "multiply")]
-  examples = [data_lib.Example(prompt=f"{i + 3} then {word}", answer=" 1", operation=label, a=None, b=None,
-                               fmt="symbolic") for i, (label, word) in enumerate(rows)]
+  rows = [
+    ("multiply", "multiply"),
+    ("add", "add"),
+    ("subtract", "subtract"),
+    ("divide", "divide"),
+    ("multiply", "multiply"),
+    ("add", "add"),
+    ("subtract", "add"),
+    ("divide", "multiply"),
+  ]
+  examples = [
+    data_lib.Example(prompt=f"{i + 3} then {word}", answer=" 1", operation=label, a=None, b=None, fmt="symbolic")
+    for i, (label, word) in enumerate(rows)
+  ]
   for ex, (_, word) in zip(examples, rows):  # the readout token is the class word's own token
     assert data_lib.encode_prompt(tok, ex.prompt)[-1] == targets.token_ids[targets.index(word)]
   c = tiny_config.get_config()
@@ -176,6 +183,7 @@ def test_evaluate_model_on_a_crafted_model_whose_answer_is_known(tiny):
 def trained(tmp_path_factory):
   """A short tiny training run that ends with the evaluation (train.run -> evaluate.run)."""
   from lazarus_jax.cli.train import train_and_evaluate
+
   workdir = str(tmp_path_factory.mktemp("run"))
   c = tiny_config.get_config()
   c.train.steps = 6
@@ -204,8 +212,7 @@ def test_end_to_end_results_schema_report_and_figures(trained):
     assert r[key] is not None, key
   for model in (r, r["base"]):
     cls = model["classifier_eval"]
-    assert {"accuracy", "ci_low", "ci_high", "vocab_top1_accuracy", "mean_confidence", "confusion",
-            "results"} <= set(cls)
+    assert {"accuracy", "ci_low", "ci_high", "vocab_top1_accuracy", "mean_confidence", "confusion", "results"} <= set(cls)
     assert len(cls["results"]) == 8  # the seed's prompts
     for row in cls["results"]:
       assert set(row) >= {"prompt", "expected", "predicted", "confidence", "correct"}
@@ -229,8 +236,14 @@ def test_end_to_end_results_schema_report_and_figures(trained):
   assert prov["seed"] == 0 and prov["config"]["classifier"]["layer"] == 2 and prov["git"]["commit"]
   assert prov["versions"]["jax"] and prov["devices"]["platform"]
   text = open(os.path.join(out, "report.md")).read()
-  for needle in ("| Prompt | Expected | Predicted | Confidence | Correct |", "Lexical baseline", "## Answers",
-                 "Was there one before training?", "lens_accuracy.png", "### Training Metrics"):
+  for needle in (
+    "| Prompt | Expected | Predicted | Confidence | Correct |",
+    "Lexical baseline",
+    "## Answers",
+    "Was there one before training?",
+    "lens_accuracy.png",
+    "### Training Metrics",
+  ):
     assert needle in text, needle
 
 
@@ -247,20 +260,23 @@ def test_evaluate_from_disk_with_an_adapter_path_reproduces_train_end_eval(train
     first = json.load(f)
   assert r["base"] is None and r["probes"] is None and r["answer_accuracy"] is None
   assert r["classifier_eval"]["accuracy"] == first["classifier_eval"]["accuracy"]
-  np.testing.assert_allclose([x["mean_correct_prob"] for x in r["lens"]],
-                             [x["mean_correct_prob"] for x in first["lens"]], rtol=1e-5)
+  np.testing.assert_allclose([x["mean_correct_prob"] for x in r["lens"]], [x["mean_correct_prob"] for x in first["lens"]], rtol=1e-5)
   assert os.path.isfile(tmp_path / "eval" / "report.md")
 
 
 def test_evaluation_refuses_another_split_than_the_adapter_was_trained_on(trained, tmp_path):
   # Issue 10.5: evaluating with another seed would score triples the adapter was trained on.
   from lazarus_jax.errors import UserError
+
   c, workdir = trained
   c2 = tiny_config.get_config()
   c2.eval.adapter = os.path.join(workdir, "adapter")
   c2.seed = 1
-  with pytest.raises(UserError, match=r"was trained against held-out \w{12} \(seed 0.*this evaluation's split is "
-                     r"held-out \w{12} \(seed 1"):
+  with pytest.raises(
+    UserError,
+    match=r"was trained against held-out \w{12} \(seed 0.*this evaluation's split is "
+    r"held-out \w{12} \(seed 1",
+  ):
     evaluate.run(c2, str(tmp_path))
   assert not os.path.exists(tmp_path / "eval")
   c2.seed, c2.data.n_eval_per_op = 0, 8
@@ -269,8 +285,7 @@ def test_evaluation_refuses_another_split_than_the_adapter_was_trained_on(traine
 
 
 def test_report_says_cannot_tell_when_lens_rows_tie():
-  rows = [{"row": r, "layer": r - 1 if r else None, "accuracy": 1.0, "ci_low": 0.99, "ci_high": 1.0, "n": 400}
-          for r in range(4)]
+  rows = [{"row": r, "layer": r - 1 if r else None, "accuracy": 1.0, "ci_low": 0.99, "ci_high": 1.0, "n": 400} for r in range(4)]
   text = report.best_rows_sentence(rows)
   assert text.startswith("**Cannot tell**") and "4 rows" in text
   rows[2]["accuracy"], rows[2]["ci_low"] = 1.0, 0.99
@@ -287,8 +302,13 @@ def test_report_verdict_rules():
 
 
 def test_cli_missing_adapter_is_one_line_and_exit_2(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "lazarus_jax.evaluate", "--config", "configs/tiny.py",
-                         "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "lazarus_jax.evaluate", "--config", "configs/tiny.py", "--workdir", str(tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: no adapter at ")
   assert not os.path.exists(tmp_path / "eval")
@@ -315,15 +335,16 @@ def test_mechanism_section_results_report_and_figures(trained, tmp_path):
     zero = sec["steering"]["alphas"][0]
     assert zero["alpha"] == 0 and zero["class"]["changed_answer_fraction"] == 0.0  # alpha 0 is the clean run
     assert len(sec["tuned_lens"]["rows"]) == 5 and set(sec["attention"]["mean_mass"]) == set(
-        ("operand_a", "operator", "operand_b", "readout_token", "other"))
+      ("operand_a", "operator", "operand_b", "readout_token", "other")
+    )
     assert len(mech["position_lens"][name]["rows"]) == 5
   text = open(tmp_path / "eval" / "report.md").read()
   assert "## Mechanism: is the classifier used?" in text and "### What V/O learned" in text
-  for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png",
-               "mechanism_position_lens.png"):
+  for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png", "mechanism_position_lens.png"):
     assert (tmp_path / "eval" / name).stat().st_size > 0, name
   # A bad mechanism value is refused before any work, in one line.
   from lazarus_jax.errors import UserError
+
   m.rows = "3,99"
   with pytest.raises(UserError, match=r"eval.mechanism.rows '3,99': rows must lie in 0..4"):
     evaluate.run(c2, str(tmp_path / "bad"))

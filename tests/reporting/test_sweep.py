@@ -23,8 +23,7 @@ from configs import tiny as tiny_config  # noqa: E402
 
 def test_plan_runs_depth_independent_arms_once():
   c = tiny_config.get_config()
-  c.sweep.weights, c.sweep.formats, c.sweep.layer_fractions, c.sweep.seeds = "0,0.7,1", "symbolic,semantic", \
-      "0.25,0.55,0.85", "0,1,2"
+  c.sweep.weights, c.sweep.formats, c.sweep.layer_fractions, c.sweep.seeds = "0,0.7,1", "symbolic,semantic", "0.25,0.55,0.85", "0,1,2"
   arms = sweep.plan(c)
   # Per (format, seed): base + sft once each, dual and classifier at each of 3 depths.
   assert len(arms) == 2 * 3 * (1 + 1 + 3 + 3)
@@ -39,6 +38,7 @@ def test_arm_configs_differ_only_in_the_arm_keys():
   a = sweep.arm_config(c, sweep.Arm("dual", 0.7, "semantic", 0.4, 2))
   b = sweep.arm_config(c, sweep.Arm("sft", 0.0, "semantic", None, 2))
   from lazarus_jax.config import flat_config
+
   fa, fb = flat_config(a), flat_config(b)
   assert {k for k in fa if fa[k] != fb[k]} == {"classifier.weight", "classifier.layer_fraction"}
   assert a.classifier.layer == -1 and a.data.format == "semantic" and a.seed == 2 and a.resume
@@ -47,8 +47,9 @@ def test_arm_configs_differ_only_in_the_arm_keys():
     a.classifier.wieght = 1.0
 
 
-@pytest.mark.parametrize("key,value", [("weights", "0,1.5"), ("formats", "symbolic,poetry"),
-                                       ("layer_fractions", "0,0.5"), ("seeds", "0,x"), ("seeds", "1,1")])
+@pytest.mark.parametrize(
+  "key,value", [("weights", "0,1.5"), ("formats", "symbolic,poetry"), ("layer_fractions", "0,0.5"), ("seeds", "0,x"), ("seeds", "1,1")]
+)
 def test_bad_grid_is_a_user_error(key, value):
   c = tiny_config.get_config()
   c.sweep[key] = value
@@ -57,6 +58,7 @@ def test_bad_grid_is_a_user_error(key, value):
 
 
 # ---- synthetic arms: results.json blocks with known per-example outcomes (no training) ------------------
+
 
 def _bits(v) -> str:
   return "".join("1" if x else "0" for x in v)
@@ -73,20 +75,33 @@ def fake_results(fmt, keys, answer, lens_rows, first=None, n_layers=4, operation
     lens_rows = [lens_rows] * (n_layers + 1)
 
   def acc(v):
-    return {"accuracy": float(np.mean(v)), "n": n, "n_correct": int(np.sum(v)),
-            **dict(zip(("ci_low", "ci_high"), wilson_interval(int(np.sum(v)), n)))}
+    return {
+      "accuracy": float(np.mean(v)),
+      "n": n,
+      "n_correct": int(np.sum(v)),
+      **dict(zip(("ci_low", "ci_high"), wilson_interval(int(np.sum(v)), n))),
+    }
 
-  answers = None if answer is None else {
-      **acc(answer), "by_format": {fmt: {**acc(answer), "first_token_accuracy": None if first is None else acc(first)}}}
-  return {"model": {"n_layers": n_layers}, "class_targets": {"targets": [{}, {}, {}, {}]},
-          "lens": [{"by_format": {fmt: {**acc(v), "vocab_top1_accuracy": float(np.mean(v)), "mean_correct_prob": 0.5}}}
-                   for v in lens_rows],
-          "probes": None, "answer_accuracy": answers,
-          "per_example": {"key": [f"{fmt}|{k}" for k in keys], "format": [fmt] * n,
-                          "operation": [OPS[i % 4] for i in range(n)] if operations is None else operations,
-                          "answer_correct": None if answer is None else _bits(answer),
-                          "first_token_correct": None if first is None else _bits(first),
-                          "lens_correct": [_bits(v) for v in lens_rows]}}
+  answers = (
+    None
+    if answer is None
+    else {**acc(answer), "by_format": {fmt: {**acc(answer), "first_token_accuracy": None if first is None else acc(first)}}}
+  )
+  return {
+    "model": {"n_layers": n_layers},
+    "class_targets": {"targets": [{}, {}, {}, {}]},
+    "lens": [{"by_format": {fmt: {**acc(v), "vocab_top1_accuracy": float(np.mean(v)), "mean_correct_prob": 0.5}}} for v in lens_rows],
+    "probes": None,
+    "answer_accuracy": answers,
+    "per_example": {
+      "key": [f"{fmt}|{k}" for k in keys],
+      "format": [fmt] * n,
+      "operation": [OPS[i % 4] for i in range(n)] if operations is None else operations,
+      "answer_correct": None if answer is None else _bits(answer),
+      "first_token_correct": None if first is None else _bits(first),
+      "lens_correct": [_bits(v) for v in lens_rows],
+    },
+  }
 
 
 def _outcomes(rng, n, p):
@@ -117,11 +132,22 @@ def test_arm_dir_is_keyed_by_the_result_config():
 
   base = h()
   assert sweep.arm_dir("/w", arm, sweep.arm_config(c, arm)) == f"/w/arms/dual-symbolic-f0.5-s0-{base}"
-  for change in ({"train__steps": 21}, {"data__n_eval_per_op": 20}, {"lora__rank": 8}, {"eval__max_examples_per_op": 5},
-                 {"sweep__confidence": 0.9}, {"model__compute_dtype": "bfloat16"}):
+  for change in (
+    {"train__steps": 21},
+    {"data__n_eval_per_op": 20},
+    {"lora__rank": 8},
+    {"eval__max_examples_per_op": 5},
+    {"sweep__confidence": 0.9},
+    {"model__compute_dtype": "bfloat16"},
+  ):
     assert h(**change) != base, change  # a config that changes results never finds the old arm
-  for change in ({"sweep__seeds": "0,1,2,3"}, {"sweep__weights": "0,0.5"}, {"train__log_every": 1},
-                 {"eval__batch_size": 3}, {"train__table_steps": (1,)}):
+  for change in (
+    {"sweep__seeds": "0,1,2,3"},
+    {"sweep__weights": "0,0.5"},
+    {"train__log_every": 1},
+    {"eval__batch_size": 3},
+    {"train__table_steps": (1,)},
+  ):
     assert h(**change) == base, change  # the grid and logging do not: a grown sweep reuses its arms
   # eval.mechanism adds a results section no sweep table reads: arms recorded before it existed keep their hash.
   cc = tiny_config.get_config()
@@ -132,6 +158,7 @@ def test_arm_dir_is_keyed_by_the_result_config():
   assert sweep.config_hash(old) == base
   # Every key left out of the hash is one train accepts when it resumes a partly trained arm.
   from lazarus_jax.training.loop import RESUMABLE_KEYS
+
   assert all(any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS) for k in sweep.NON_RESULT_KEYS)
 
 
@@ -168,8 +195,9 @@ def test_cells_bootstrap_over_seeds_and_examples_with_a_wilson_fallback():
   # Every example right in every seed: the bootstrap collapses, the Wilson interval on 180/180 does not.
   lens = summary["lens_accuracy"]
   assert lens["method"] == "wilson" and (lens["ci_low"], lens["ci_high"]) == wilson_interval(180, 180)
-  md = sweep.render_markdown(sweep.summarize(rows), [], {"formats": ["symbolic"], "layer_fractions": [0.5],
-                                                         "seeds": [0, 1, 2]}, _meta(), rows)
+  md = sweep.render_markdown(
+    sweep.summarize(rows), [], {"formats": ["symbolic"], "layer_fractions": [0.5], "seeds": [0, 1, 2]}, _meta(), rows
+  )
   assert f"100.0% [{100 * wilson_interval(180, 180)[0]:.1f}, 100.0]{sweep.FALLBACK_NOTE}" in md
   # One seed still gets an interval: it comes from the examples.
   one = {r["metric"]: r for r in sweep.summarize(rows[:1])}
@@ -177,8 +205,19 @@ def test_cells_bootstrap_over_seeds_and_examples_with_a_wilson_fallback():
 
 
 def _meta(**kw):
-  return {"model": "tiny-random", "n_layers": 4, "steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "lora_targets": "v,o",
-          "lr": 0.01, "batch_size": 8, "max_examples_per_op": 3, "design_pairs": {"symbolic": 600}, **kw}
+  return {
+    "model": "tiny-random",
+    "n_layers": 4,
+    "steps": 2,
+    "lora_rank": 4,
+    "lora_alpha": 8.0,
+    "lora_targets": "v,o",
+    "lr": 0.01,
+    "batch_size": 8,
+    "max_examples_per_op": 3,
+    "design_pairs": {"symbolic": 600},
+    **kw,
+  }
 
 
 def _two_arms(sft_p, dual_p, n=200, seeds=(0, 1, 2), fracs=(0.5,), dual_lens=None, shuffle=False):
@@ -226,8 +265,11 @@ def test_paired_contrast_on_known_outcomes():
 
 def test_the_classifier_term_costs_helps_or_cannot_tell():
   g = {"formats": ["symbolic"], "layer_fractions": [0.5], "seeds": [0, 1, 2]}
-  for sft_p, dual_p, words in ((0.8, 0.3, "**costs** answers"), (0.3, 0.8, "**helps** answers"),
-                               (0.5, 0.5, "**cannot tell** (the interval includes 0)")):
+  for sft_p, dual_p, words in (
+    (0.8, 0.3, "**costs** answers"),
+    (0.3, 0.8, "**helps** answers"),
+    (0.5, 0.5, "**cannot tell** (the interval includes 0)"),
+  ):
     rows = _two_arms(sft_p, dual_p)
     diffs = sweep.contrasts(rows)
     first = sweep.answers(sweep.summarize(rows), diffs, g, rows)[0]
@@ -341,8 +383,7 @@ def _micro_config(weights="0,0.7", seeds="0,1"):
 def test_micro_sweep_writes_tables_and_resumes(tmp_path):
   c = _micro_config()
   out = sweep.run(c, str(tmp_path))
-  assert sorted(out["ran"]) == sorted(["sft-symbolic-s0", "sft-symbolic-s1", "dual-symbolic-f0.5-s0",
-                                       "dual-symbolic-f0.5-s1"])
+  assert sorted(out["ran"]) == sorted(["sft-symbolic-s0", "sft-symbolic-s1", "dual-symbolic-f0.5-s0", "dual-symbolic-f0.5-s1"])
   assert out["skipped"] == []
   dirs = {k: tmp_path / v for k, v in out["arm_dirs"].items()}
   for name in out["ran"]:
@@ -427,9 +468,15 @@ def test_keys_added_later_keep_an_older_arms_hash_at_their_defaults():
   arm = sweep.Arm("dual", 0.7, "symbolic", 0.5, 0)
   ac = sweep.arm_config(c, arm)
   old = ac.to_dict()  # as a config.json written before these keys existed
-  for section, key in (("data", "eval_format"), ("data", "fewshot_k"), ("classifier", "target_set"),
-                       ("sweep", "eval_formats"), ("sweep", "target_sets"), ("model", "attention"),
-                       ("model", "layer_loop")):
+  for section, key in (
+    ("data", "eval_format"),
+    ("data", "fewshot_k"),
+    ("classifier", "target_set"),
+    ("sweep", "eval_formats"),
+    ("sweep", "target_sets"),
+    ("model", "attention"),
+    ("model", "layer_loop"),
+  ):
     del old[section][key]
   assert sweep.config_hash(old) == sweep.config_hash(ac)
   c.data.fewshot_k = 3
@@ -467,14 +514,24 @@ def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
   c = _micro_config(weights="0,0.7", seeds="0,1")
   c.sweep.grpo_arms, c.sweep.grpo_steps, c.sweep.grpo_lr = "grpo,grpo+lens", 3, 1e-3
   arms = sweep.plan(c)
-  assert [a.name for a in arms if a.seed == 0] == ["sft-symbolic-s0", "dual-symbolic-f0.5-s0", "grpo-symbolic-s0",
-                                                   "grpo+lens-symbolic-f0.5-s0"]
+  assert [a.name for a in arms if a.seed == 0] == [
+    "sft-symbolic-s0",
+    "dual-symbolic-f0.5-s0",
+    "grpo-symbolic-s0",
+    "grpo+lens-symbolic-f0.5-s0",
+  ]
   from lazarus_jax.config import flat_config
+
   sft = sweep.Arm("sft", 0.0, "symbolic", None, 1)
   grpo = sweep.Arm("grpo", 0.0, "symbolic", None, 1)
   fs, fg = flat_config(sweep.arm_config(c, sft, "/w")), flat_config(sweep.arm_config(c, grpo, "/w"))
-  assert {k for k in fs if fs[k] != fg[k]} == {"train.objective", "train.steps", "train.lr", "train.warmup_steps",
-                                                "train.init_adapter"}
+  assert {k for k in fs if fs[k] != fg[k]} == {
+    "train.objective",
+    "train.steps",
+    "train.lr",
+    "train.warmup_steps",
+    "train.init_adapter",
+  }
   assert fg["train.init_adapter"] == os.path.join(sweep.arm_dir("/w", sft, sweep.arm_config(c, sft)), "adapter")
   lens = flat_config(sweep.arm_config(c, sweep.Arm("grpo+lens", 0.7, "symbolic", 0.5, 1), "/w"))
   assert lens["classifier.weight"] == 0.7 and lens["train.objective"] == "grpo"

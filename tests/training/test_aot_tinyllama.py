@@ -16,9 +16,19 @@ from lazarus_jax.models import sharding
 from lazarus_jax.models.model import LlamaConfig
 from lazarus_jax.training import aot
 
-TINYLLAMA = dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                 num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5,
-                 rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=2048)
+TINYLLAMA = dict(
+  model_type="llama",
+  vocab_size=32000,
+  hidden_size=2048,
+  intermediate_size=5632,
+  num_hidden_layers=22,
+  num_attention_heads=32,
+  num_key_value_heads=4,
+  rms_norm_eps=1e-5,
+  rope_theta=10000.0,
+  tie_word_embeddings=False,
+  max_position_embeddings=2048,
+)
 BATCH, SEQ = 64, 32
 CFG = LlamaConfig.from_hf(TINYLLAMA, param_dtype="bfloat16", compute_dtype="bfloat16")
 GIB = 2**30
@@ -30,9 +40,11 @@ def compiled_on(mesh_shape):
   t0 = time.perf_counter()
   compiled = aot.lower_train_step(CFG, aot.StepSpec(BATCH, SEQ), sharding.make_mesh(mesh_shape)).compile()
   mem = aot.memory(compiled)
-  print(f"\nTinyLlama step on mesh {mesh_shape} compiled in {time.perf_counter() - t0:.1f}s; per device: arguments "
-        f"{mem['arguments'] / GIB:.3f} GiB, outputs {mem['outputs'] / GIB:.3f} GiB, "
-        f"temporaries {mem['temporaries'] / GIB:.3f} GiB")
+  print(
+    f"\nTinyLlama step on mesh {mesh_shape} compiled in {time.perf_counter() - t0:.1f}s; per device: arguments "
+    f"{mem['arguments'] / GIB:.3f} GiB, outputs {mem['outputs'] / GIB:.3f} GiB, "
+    f"temporaries {mem['temporaries'] / GIB:.3f} GiB"
+  )
   return compiled, mem
 
 
@@ -67,15 +79,18 @@ def test_fsdp_gathers_one_layer_of_weights_inside_the_scan():
   [layers, ...] stack), and no device gathers the whole batch's activations or logits (unpinned, GSPMD all-gathered
   f32[64,32,2048] residual streams and f32[576,32000] logits, and gathered no weight)."""
   compiled, _ = compiled_on((1, 8, 1))
-  gathers = [(dt, tuple(int(x) for x in dims.split(",") if x))
-             for dt, dims in re.findall(r"= (\w+)\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", compiled.as_text())]
+  gathers = [
+    (dt, tuple(int(x) for x in dims.split(",") if x))
+    for dt, dims in re.findall(r"= (\w+)\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", compiled.as_text())
+  ]
   d, f = CFG.hidden_size, CFG.intermediate_size
   q, kv = CFG.num_heads * CFG.head_dim, CFG.num_kv_heads * CFG.head_dim
   one_layer = {(d, q), (d, kv), (q, d), (d, f), (f, d)}
   weights = [shape for dt, shape in gathers if dt == "u16"]  # the packed bf16 base
   assert set(weights) == one_layer, gathers
-  batch_activations = [(dt, shape) for dt, shape in gathers
-                       if dt in ("f32", "bf16") and any(shape[i:i + 2] == (BATCH, SEQ) for i in range(len(shape)))]
+  batch_activations = [
+    (dt, shape) for dt, shape in gathers if dt in ("f32", "bf16") and any(shape[i : i + 2] == (BATCH, SEQ) for i in range(len(shape)))
+  ]
   assert not batch_activations, batch_activations
   # Nor the head's rows (readout + answer positions of the whole batch): the unembedding is gathered instead.
   head_rows = BATCH * (1 + 8)

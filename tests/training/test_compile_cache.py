@@ -12,6 +12,7 @@ from lazarus_jax.training import compile_cache
 @pytest.fixture
 def clean_cache_config():
   from jax._src import compilation_cache  # the cache binds its directory once per process: start afresh
+
   old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
   jax.config.update("jax_compilation_cache_dir", None)
   compilation_cache.reset_cache()

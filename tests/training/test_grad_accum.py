@@ -15,12 +15,28 @@ from lazarus_jax.models.model import LoRAParam
 from lazarus_jax.training.loop import make_train_step
 
 # Two-digit answers only: every example has the same number of answer tokens.
-EQUAL = [(12, "multiply", 5), (23, "add", 45), (50, "subtract", 23), (48, "divide", 2),
-         (11, "multiply", 3), (17, "add", 38), (89, "subtract", 34), (84, "divide", 7)]
+EQUAL = [
+  (12, "multiply", 5),
+  (23, "add", 45),
+  (50, "subtract", 23),
+  (48, "divide", 2),
+  (11, "multiply", 3),
+  (17, "add", 38),
+  (89, "subtract", 34),
+  (84, "divide", 7),
+]
 # The first micro-batch has 1-4 digit answers (short), the second 2-4 (long): a mean of the two micro-batch
 # token means differs from the batch's token mean, which is what the answer loss is defined as.
-UNEQUAL = [(1, "multiply", 5), (2, "add", 3), (50, "subtract", 49), (8, "divide", 8),
-           (50, "multiply", 50), (45, "multiply", 45), (89, "subtract", 34), (84, "divide", 7)]
+UNEQUAL = [
+  (1, "multiply", 5),
+  (2, "add", 3),
+  (50, "subtract", 49),
+  (8, "divide", 8),
+  (50, "multiply", 50),
+  (45, "multiply", 45),
+  (89, "subtract", 34),
+  (84, "divide", 7),
+]
 
 
 def _batch(tok, labels, pairs):
@@ -46,8 +62,13 @@ def test_two_micro_batches_equal_one_batch(pairs):
     assert n_tokens[:4].sum() != n_tokens[4:].sum()
   tx = optax.sgd(1.0)  # the update is the gradient itself
   schedule = optax.constant_schedule(1.0)
-  state = {"lora": lora, "opt_state": tx.init(lora), "step": jnp.zeros((), jnp.int32),
-           "nonfinite": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
+  state = {
+    "lora": lora,
+    "opt_state": tx.init(lora),
+    "step": jnp.zeros((), jnp.int32),
+    "nonfinite": jnp.zeros((), jnp.int32),
+    "skipped": jnp.zeros((), jnp.int32),
+  }
   class_ids = jnp.asarray(targets.token_ids, jnp.int32)
   outs = {}
   for accum in (1, 2):

@@ -27,9 +27,9 @@ from tiny_runs import restore_final, sigterm_after_step, tiny_config
 def np_advantages(rewards, g, scale, eps=1e-4):
   out = np.empty_like(rewards)
   for start in range(0, len(rewards), g):
-    r = rewards[start:start + g]
+    r = rewards[start : start + g]
     a = r - r.mean()
-    out[start:start + g] = a / (np.sqrt(((r - r.mean()) ** 2).mean()) + eps) if scale else a
+    out[start : start + g] = a / (np.sqrt(((r - r.mean()) ** 2).mean()) + eps) if scale else a
   return out
 
 
@@ -62,8 +62,7 @@ def test_advantages_and_loss_match_float64_reference(aggregation, scale):
   ref = logp + rng.normal(0, 0.5, (n, t))
   lengths = rng.integers(1, t + 1, n)
   mask = (np.arange(t)[None] < lengths[:, None]).astype(np.float64)
-  cfg = grpo.GRPOConfig(group_size=g, clip_low=0.2, clip_high=0.28, kl_beta=0.04, aggregation=aggregation,
-                        scale_rewards=scale)
+  cfg = grpo.GRPOConfig(group_size=g, clip_low=0.2, clip_high=0.28, kl_beta=0.04, aggregation=aggregation, scale_rewards=scale)
 
   adv = grpo.group_advantages(jnp.asarray(rewards, jnp.float32), g, scale)
   want_adv = np_advantages(rewards, g, scale)
@@ -108,8 +107,7 @@ def test_top_p_keeps_the_nucleus_only():
 
 
 def test_mu1_without_kl_the_gradient_is_reinforce_with_the_group_mean_baseline():
-  cfg_model = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                          num_kv_heads=2, head_dim=8)
+  cfg_model = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
   model = LlamaModel(cfg_model, rngs=nnx.Rngs(params=0))
   lora = add_lora(model, LoRAConfig(rank=4, alpha=8.0), seed=1)
   for t in lora.targets:  # B != 0, so that the gradient reaches A too
@@ -119,11 +117,15 @@ def test_mu1_without_kl_the_gradient_is_reinforce_with_the_group_mean_baseline()
 
   g, n_prompts, p, t = 4, 2, 5, 6
   rng = np.random.default_rng(0)
-  cfg = grpo.GRPOConfig(group_size=g, max_new_tokens=t, temperature=0.7, kl_beta=0.0, updates_per_batch=1,
-                        scale_rewards=False, aggregation="token")
+  cfg = grpo.GRPOConfig(
+    group_size=g, max_new_tokens=t, temperature=0.7, kl_beta=0.0, updates_per_batch=1, scale_rewards=False, aggregation="token"
+  )
   prompts, prompt_mask = grpo.left_pad([[3, 4, 5], [6, 7, 8, 9, 10]], p, pad_id=0)
-  batch = {"prompts": jnp.repeat(jnp.asarray(prompts), g, 0), "prompt_mask": jnp.repeat(jnp.asarray(prompt_mask), g, 0),
-           "completion": jnp.asarray(rng.integers(3, 64, (g * n_prompts, t)), jnp.int32)}
+  batch = {
+    "prompts": jnp.repeat(jnp.asarray(prompts), g, 0),
+    "prompt_mask": jnp.repeat(jnp.asarray(prompt_mask), g, 0),
+    "completion": jnp.asarray(rng.integers(3, 64, (g * n_prompts, t)), jnp.int32),
+  }
   batch["completion"] = batch["completion"].at[0, 3].set(2).at[5, 1].set(2)  # two completions end early (EOS 2)
   batch["completion_mask"] = grpo.completion_mask(batch["completion"], 2)
   batch["label"] = jnp.zeros((g * n_prompts,), jnp.int32)
@@ -134,9 +136,8 @@ def test_mu1_without_kl_the_gradient_is_reinforce_with_the_group_mean_baseline()
 
   def reinforce(lo):  # -sum_i (r_i - mean of its group) * log pi(y_i | x_i) / tokens, from the model's own logits
     m = nnx.merge(graphdef, base, lo, rest)
-    tokens, mask, positions = grpo.sequences(batch["prompts"], batch["prompt_mask"], batch["completion"],
-                                             batch["completion_mask"])
-    logits = m(tokens, mask, positions)[:, p - 1:p - 1 + t] / cfg.temperature
+    tokens, mask, positions = grpo.sequences(batch["prompts"], batch["prompt_mask"], batch["completion"], batch["completion_mask"])
+    logits = m(tokens, mask, positions)[:, p - 1 : p - 1 + t] / cfg.temperature
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), batch["completion"][..., None], -1)[..., 0]
     r = rewards.reshape(-1, g)
     baseline_adv = (r - r.mean(1, keepdims=True)).reshape(-1)
@@ -171,9 +172,19 @@ def toy_reward(texts, ended, answers, ids):
 
 
 def grpo_config(**overrides):
-  c = tiny_config(**{"train.objective": "grpo", "grpo.group_size": 4, "grpo.max_new_tokens": 4,
-                     "train.batch_size": 8, "classifier.weight": 0.0, "grpo.kl_beta": 0.02,
-                     "grpo.updates_per_batch": 2, "grpo.temperature": 0.1, **overrides})
+  c = tiny_config(
+    **{
+      "train.objective": "grpo",
+      "grpo.group_size": 4,
+      "grpo.max_new_tokens": 4,
+      "train.batch_size": 8,
+      "classifier.weight": 0.0,
+      "grpo.kl_beta": 0.02,
+      "grpo.updates_per_batch": 2,
+      "grpo.temperature": 0.1,
+      **overrides,
+    }
+  )
   return c
 
 
@@ -187,8 +198,9 @@ ROW_KEYS = ("loss", "policy_loss", "reward_mean", "kl", "clip_fraction", "entrop
 
 
 def toy_config(**overrides):
-  return grpo_config(**{"train.steps": STEPS, "train.lr": 3e-2, "train.checkpoint_every": 5, "train.log_every": 1,
-                        "train.warmup_steps": 2, **overrides})
+  return grpo_config(
+    **{"train.steps": STEPS, "train.lr": 3e-2, "train.checkpoint_every": 5, "train.log_every": 1, "train.warmup_steps": 2, **overrides}
+  )
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +216,18 @@ def test_reward_rises_on_a_learnable_toy_reward(toy_run):
   rows = read_rows(workdir)
   first, last = np.mean([r["reward_mean"] for r in rows[:5]]), np.mean([r["reward_mean"] for r in rows[-5:]])
   assert last > first + 0.3, (first, last)  # seen: 0.38 -> 0.9
-  for key in ("reward_mean", "reward_std", "kl", "clip_fraction", "response_length", "entropy", "samples_per_s",
-              "grad_norm", "learning_rate", "lens_logprob"):
+  for key in (
+    "reward_mean",
+    "reward_std",
+    "kl",
+    "clip_fraction",
+    "response_length",
+    "entropy",
+    "samples_per_s",
+    "grad_norm",
+    "learning_rate",
+    "lens_logprob",
+  ):
     assert all(np.isfinite(r[key]) for r in rows), key
   assert rows[-1]["entropy"] < rows[0]["entropy"]  # the policy concentrates on the rewarded tokens
   assert any(r["clip_fraction"] > 0 for r in rows)  # mu = 2: the second update's ratio moves off 1
@@ -230,8 +252,7 @@ def test_resume_mid_run_is_exact_including_the_sampling_rng(toy_run, tmp_path, m
   assert step_a == step_b == STEPS
   assert {"rng", "opt_step"} <= set(state_a)
   assert int(state_a["opt_step"]) == STEPS * 2  # mu = 2 optimizer updates per round
-  for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(state_a)[0],
-                               jax.tree_util.tree_flatten_with_path(state_b)[0]):
+  for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(state_a)[0], jax.tree_util.tree_flatten_with_path(state_b)[0]):
     assert np.array_equal(np.asarray(a), np.asarray(b)), f"{jax.tree_util.keystr(path)} differs after resume"
   rows_a, rows_b = read_rows(full_dir), read_rows(tmp_path)
   assert [r["step"] for r in rows_b] == list(range(1, STEPS + 1))
@@ -255,6 +276,7 @@ def test_warm_start_reads_the_adapter_and_checks_it(toy_run, tmp_path):
   for k, v in weights.items():
     np.testing.assert_array_equal(v, final["lora"]["lora"][k])
   from lazarus_jax.errors import UserError
+
   with pytest.raises(UserError, match="rank, alpha, targets"):
     train.read_warm_start(c, pretrained.config, dataclasses.replace(lora_cfg, rank=2), split)
   with pytest.raises(UserError, match="another held-out split"):
@@ -265,6 +287,7 @@ def test_warm_start_reads_the_adapter_and_checks_it(toy_run, tmp_path):
 
 def test_grpo_config_values_are_checked():
   from lazarus_jax.errors import UserError
+
   for field, value in (("group_size", 1), ("temperature", 0.0), ("top_p", 0.0), ("aggregation", "mean")):
     with pytest.raises(UserError, match=f"grpo.{field}"):
       dataclasses.replace(grpo.GRPOConfig(), **{field: value}).validate()

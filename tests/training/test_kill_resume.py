@@ -136,5 +136,6 @@ def test_sigkill_anywhere_then_resume_is_identical(tmp_path):
     assert a.dtype == b.dtype and np.array_equal(a, b)
   # The metrics history holds each logged step once, as a run that was never interrupted.
   import json
+
   steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == list(range(2, 41, 2))

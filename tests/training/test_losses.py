@@ -24,6 +24,7 @@ LAYER = 2
 @pytest.fixture(scope="module")
 def tiny():
   from lazarus_jax.models.loading import load_pretrained
+
   return load_pretrained("tiny-random").build()
 
 
@@ -31,8 +32,12 @@ def tiny():
 def examples():
   tok = tiny_tokenizer()
   # Different prompt and answer lengths, symbolic and semantic, so padding and answer slots vary per row.
-  exs = [data_lib.make_example(7, "multiply", 8, "symbolic"), data_lib.make_example(23, "add", 45, "semantic"),
-         data_lib.make_example(100, "subtract", 3, "symbolic"), data_lib.make_example(48, "divide", 6, "semantic")]
+  exs = [
+    data_lib.make_example(7, "multiply", 8, "symbolic"),
+    data_lib.make_example(23, "add", 45, "semantic"),
+    data_lib.make_example(100, "subtract", 3, "symbolic"),
+    data_lib.make_example(48, "divide", 6, "semantic"),
+  ]
   enc = data_lib.encode_examples(tok, exs, append_eos=True)
   batch = data_lib.collate(enc, [e.operation for e in exs], seq_len=24, max_answer_tokens=6, pad_id=tok.pad_id)
   return enc, [LABELS.index(e.operation) for e in exs], batch
@@ -52,6 +57,7 @@ def log_softmax(x):
 
 def expected_losses(model, enc, labels, batch, restrict=False):
   """Independent reference: full-sequence logits and lens, indexed from ids / prompt_len only."""
+
   def full(m, tokens, mask):
     return m(tokens, mask), m.lens(residual_stream(m, tokens, mask)[LAYER + 1])  # lens after block L
 
@@ -78,8 +84,7 @@ def loss_fn(model, restrict=False):
   """One jitted loss per (model, restrict): the weight and batch are arguments, so tests share compilations."""
   key = (id(model), restrict)
   if key not in _LOSS_FNS:
-    _LOSS_FNS[key] = jit_with_model(
-        model, lambda m, b, w: dual_reward_loss(m, b, jnp.asarray(CLASS_IDS), LAYER, w, restrict))
+    _LOSS_FNS[key] = jit_with_model(model, lambda m, b, w: dual_reward_loss(m, b, jnp.asarray(CLASS_IDS), LAYER, w, restrict))
   return _LOSS_FNS[key]
 
 
@@ -170,7 +175,7 @@ def test_padding_and_answer_do_not_leak(tiny, examples):
   # Change every answer token (not the prompt): the classifier loss stays, the answer loss moves.
   changed = {k: v.copy() for k, v in batch.items()}
   for i, e in enumerate(enc):
-    changed["tokens"][i, e.prompt_len:len(e.ids)] = (changed["tokens"][i, e.prompt_len:len(e.ids)] + 7) % 384
+    changed["tokens"][i, e.prompt_len : len(e.ids)] = (changed["tokens"][i, e.prompt_len : len(e.ids)] + 7) % 384
   _, aux = run_loss(tiny, changed, 0.5)
   np.testing.assert_allclose(aux["classifier_loss"], ref["classifier_loss"], rtol=1e-6, atol=0)
   assert abs(float(aux["answer_loss"]) - float(ref["answer_loss"])) > 1e-3

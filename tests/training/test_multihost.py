@@ -24,10 +24,25 @@ def _free_port():
 def _launch(n_processes, devices_per_process, workdir):
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="")
-  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(port), str(i),
-                             str(n_processes), str(devices_per_process), str(workdir), TINY],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(n_processes)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(HERE, "multihost_worker.py"),
+        str(port),
+        str(i),
+        str(n_processes),
+        str(devices_per_process),
+        str(workdir),
+        TINY,
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(n_processes)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]

@@ -34,10 +34,19 @@ def _job(workdir: str, logs: str, *extra: str, heartbeat_s: int = 100):
   port = _port()
   t0 = time.perf_counter()
   with cli_run.server() as srv0, cli_run.server() as srv1:
-    children = [srv.start("lazarus_jax.train", cli_run.train_args(workdir, *OVERRIDES, *extra),
-                          os.path.join(logs, f"p{i}"), devices=2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                          JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), LAZARUS_JAX_HEARTBEAT_S=str(heartbeat_s))
-                for i, srv in enumerate((srv0, srv1))]
+    children = [
+      srv.start(
+        "lazarus_jax.train",
+        cli_run.train_args(workdir, *OVERRIDES, *extra),
+        os.path.join(logs, f"p{i}"),
+        devices=2,
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(i),
+        LAZARUS_JAX_HEARTBEAT_S=str(heartbeat_s),
+      )
+      for i, srv in enumerate((srv0, srv1))
+    ]
     try:
       yield children
     finally:

@@ -40,8 +40,7 @@ def test_signal_checkpoints_and_resumes(tmp_path, sig):
   err = child.stderr()
   assert code == 128 + sig, err[-3000:]
   assert "Traceback" not in err
-  m = re.search(rf"stopped by {sig.name} at step (\d+): checkpoint (\S+) saved; continue with --config.resume=True",
-                err)
+  m = re.search(rf"stopped by {sig.name} at step (\d+): checkpoint (\S+) saved; continue with --config.resume=True", err)
   assert m, err[-3000:]
   step = int(m.group(1))
   assert 2 <= step < 40

@@ -15,16 +15,34 @@ from lazarus_jax.training import aot
 import repo
 
 ROOT = repo.ROOT
-TINYLLAMA = dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                 num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5,
-                 rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=2048)
+TINYLLAMA = dict(
+  model_type="llama",
+  vocab_size=32000,
+  hidden_size=2048,
+  intermediate_size=5632,
+  num_hidden_layers=22,
+  num_attention_heads=32,
+  num_key_value_heads=4,
+  rms_norm_eps=1e-5,
+  rope_theta=10000.0,
+  tie_word_embeddings=False,
+  max_position_embeddings=2048,
+)
 GIB = 2**30
 
 
-@pytest.mark.parametrize("accelerator,topology", [("v4-16", "v4:2x2x2"), ("v4-8", "v4:2x2x1"),
-                                                  ("v5litepod-16", "v5e:4x4"), ("v5litepod-4", "v5e:2x2"),
-                                                  ("v5p-32", "v5p:2x2x4"), ("v6e-8", "v6e:2x4"),
-                                                  ("v5e:4x4", "v5e:4x4")])
+@pytest.mark.parametrize(
+  "accelerator,topology",
+  [
+    ("v4-16", "v4:2x2x2"),
+    ("v4-8", "v4:2x2x1"),
+    ("v5litepod-16", "v5e:4x4"),
+    ("v5litepod-4", "v5e:2x2"),
+    ("v5p-32", "v5p:2x2x4"),
+    ("v6e-8", "v6e:2x4"),
+    ("v5e:4x4", "v5e:4x4"),
+  ],
+)
 def test_accelerator_types_name_their_topology(accelerator, topology):
   assert aot.topology_name(accelerator) == topology
 
@@ -41,8 +59,7 @@ def tinyllama_shape_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("tinyllama_shape")
   (path / "config.json").write_text(json.dumps(TINYLLAMA))
   tiny_backend().save(str(path / "tokenizer.json"))
-  (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
-                                                          "add_bos_token": False}))
+  (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False}))
   return str(path)
 
 
@@ -72,6 +89,5 @@ def test_a_job_that_will_not_fit_is_refused_and_fsdp_makes_it_fit(tinyllama_shap
     aot.check(tinyllama_config(tinyllama_shape_dir), "v4-16", devices=jax.devices(), hbm=1 * GIB)
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith("pre-flight: does not fit: v4:2x2x2") and "mesh.shape='(1,-1,1)'" in msg
-  line = aot.check(tinyllama_config(tinyllama_shape_dir, **{"mesh.shape": (1, -1, 1)}), "v4-16",
-                   devices=jax.devices(), hbm=1 * GIB)
+  line = aot.check(tinyllama_config(tinyllama_shape_dir, **{"mesh.shape": (1, -1, 1)}), "v4-16", devices=jax.devices(), hbm=1 * GIB)
   assert line.startswith("pre-flight: fits: v4:2x2x2") and "'fsdp': 8" in line

@@ -125,7 +125,8 @@ def test_resume_after_preemption_is_exact(uninterrupted, tmp_path, monkeypatch):
     assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
     assert np.array_equal(a, b), f"{jax.tree_util.keystr(path)} differs after resume"
   assert (full_dir / "adapter" / "adapter_model.safetensors").read_bytes() == (
-      tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    tmp_path / "adapter" / "adapter_model.safetensors"
+  ).read_bytes()
   # One metrics row per step, and the same numbers as the uninterrupted run.
   rows_a, rows_b = read_metrics(full_dir), read_metrics(tmp_path)
   assert [r["step"] for r in rows_b] == list(range(1, STEPS + 1))
