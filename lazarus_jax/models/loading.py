@@ -25,6 +25,10 @@ EMBEDDED_SOURCES = {
   "tiny-random": "a 4-layer random-weight Llama with a small trained BPE tokenizer (tests, smoke runs)",
 }
 EMBEDDED_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct (embedded Q4_1 GGUF)"}
+# The hub id of the model an embedded source was quantised from: what a PEFT adapter names as its base, so that
+# peft / AutoPeftModel can fetch it (the GGUF itself is no hub checkpoint).
+EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 LLAMA_MODEL_TYPES = ("llama",)
 
 
@@ -36,6 +40,19 @@ class Pretrained:
   source: str  # what was loaded, for provenance (may hold a machine path)
   name: str = ""  # what was loaded, for reports: no machine path (e.g. "SmolLM2-135M-Instruct (embedded Q4_1 GGUF)")
   dtypes: dict | None = None  # the resolved model dtypes and why (`experiment.load_model`), for provenance
+  base_model_id: str = ""  # what a PEFT adapter names as its base (`peft_base_model`): a hub id, else a path
+
+  def base_record(self) -> dict:
+    """Where the weights an adapter trains on came from, for the adapter's own record (`export_peft`): the hub
+    id in its PEFT config may name the original of what was loaded (e.g. of a quantised GGUF)."""
+    kind = self.source.split(":", 1)[0]
+    rec = {"base_model_name_or_path": self.base_model_id, "loaded": self.name, "kind": kind}
+    if kind == "gguf":
+      rec["note"] = (
+        f"trained on the weights of {self.name}, dequantised; {self.base_model_id} is the checkpoint they were "
+        "quantised from, which gives slightly different logits under this adapter"
+      )
+    return rec
 
   def build(self, rngs: nnx.Rngs | None = None) -> LlamaModel:
     return LlamaModel(self.config, rngs=rngs or nnx.Rngs(0), weights=self.weights)
@@ -117,7 +134,10 @@ def load_pretrained(
     from lazarus_jax.models.tiny import tiny_hf_config, tiny_tokenizer
 
     cfg = LlamaConfig.from_hf(tiny_hf_config(), **overrides)
-    return Pretrained(cfg, random_weights_like(cfg, seed=0), tiny_tokenizer(), source="tiny-random", name="tiny-random")
+    return Pretrained(
+      cfg, random_weights_like(cfg, seed=0), tiny_tokenizer(), source="tiny-random", name="tiny-random", base_model_id="tiny-random"
+    )
+  hf = None
   if kind == "gguf":
     from lazarus_jax.models.gguf_loader import load_gguf
 
@@ -137,7 +157,14 @@ def load_pretrained(
     close()
     tokenizer = Tokenizer.from_dir(path)
   check_vocab(tokenizer, cfg, source)
-  return Pretrained(cfg, weights, tokenizer, source=f"{kind}:{path}", name=display_name(source, kind, path))
+  return Pretrained(
+    cfg,
+    weights,
+    tokenizer,
+    source=f"{kind}:{path}",
+    name=display_name(source, kind, path),
+    base_model_id=peft_base_model(source, path, hf),
+  )
 
 
 def load_shape(source: str, **overrides) -> tuple[LlamaConfig, Tokenizer]:
@@ -171,6 +198,24 @@ def display_name(source: str, kind: str, path: str) -> str:
     base = os.path.basename(os.path.normpath(path))
     return f"{base} ({'GGUF' if kind == 'gguf' else 'HF safetensors'})"
   return source  # a hub id
+
+
+def peft_base_model(source: str, path: str, hf_config: dict | None) -> str:
+  """The `base_model_name_or_path` an adapter trained on `source` records, for peft / `AutoPeftModel` to load:
+  the hub id where one is known (an embedded model's original, a hub id given as the source, an HF directory's
+  `_name_or_path` or its hub-cache snapshot name), else the absolute path of what was loaded."""
+  if source in EMBEDDED_HUB_IDS:
+    return EMBEDDED_HUB_IDS[source]
+  if not os.path.exists(source) and HUB_ID.fullmatch(source):
+    return source  # a hub id, downloaded into `path`
+  name = (hf_config or {}).get("_name_or_path")
+  if isinstance(name, str) and HUB_ID.fullmatch(name) and not os.path.exists(name):
+    return name
+  # huggingface_hub's cache: <cache>/models--<org>--<name>/snapshots/<revision>
+  parts = os.path.abspath(path).split(os.sep)
+  if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--") and parts[-3].count("--") >= 2:
+    return "/".join(parts[-3].split("--", 2)[1:])
+  return os.path.abspath(path)
 
 
 def check_vocab(tokenizer: Tokenizer, cfg: LlamaConfig, source: str) -> None:

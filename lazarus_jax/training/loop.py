@@ -452,9 +452,9 @@ def _run(
       lora_cfg,
       (lora.layer_start, lora.layer_end),
       files.join(workdir, "adapter"),
-      base_model=pretrained.name,
+      base_model=pretrained.base_model_id,
       model_fingerprint=model_fingerprint(pretrained.config),
-      record={"split": datasets.split, "final_step": step, "objective": c.train.objective},
+      record={"split": datasets.split, "final_step": step, "objective": c.train.objective, "base_model": pretrained.base_record()},
     )
     table = training_table(writer.history, c.train.table_steps, c.train.objective)
     write_text(files.join(workdir, "training_table.md"), table + "\n")
