@@ -58,12 +58,12 @@ def encode(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, n
     prompts = [prompts]
   if not prompts:
     raise UserError("no prompts given")
-  from lazarus_jax.analysis.lens import _pad_batch
+  from lazarus_jax.models.padding import pad_prompts
 
   ids = [encode_prompt(m.tokenizer, p) for p in prompts]
   if not all(ids):
     raise UserError(f"prompt {prompts[[bool(x) for x in ids].index(False)]!r} encodes to no tokens")
-  return _pad_batch(ids, len(ids), max(len(x) for x in ids), m.tokenizer.pad_id)
+  return pad_prompts(ids, max(len(x) for x in ids), m.tokenizer.pad_id)
 
 
 def residual_stream(m: Loaded, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

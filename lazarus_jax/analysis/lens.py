@@ -34,6 +34,7 @@ from lazarus_jax.data.arithmetic import encode_prompt
 from lazarus_jax.data.targets import DEFAULT_TARGETS, ResolvedTargets, parse_targets, resolve_targets
 from lazarus_jax.errors import UserError, cli_entry
 from lazarus_jax.models.model import residual_stream, split_packed
+from lazarus_jax.models.padding import pad_prompts
 
 LAYER_CONVENTION = (
   "row = index into the n_layers+1 residual rows (0 = embedding output, r = after block r-1); "
@@ -91,19 +92,6 @@ def all_layer_lens(model, tokens, mask, readout, target_ids, top_k: int = 5) -> 
   )
 
 
-def _pad_batch(seqs: Sequence[Sequence[int]], batch_size: int, seq_len: int, pad_id: int):
-  """Right-padded [batch_size, seq_len] tokens/mask/readout; rows past len(seqs) are 1-token dummies."""
-  tokens = np.full((batch_size, seq_len), pad_id, np.int32)
-  mask = np.zeros((batch_size, seq_len), np.int32)
-  readout = np.zeros((batch_size,), np.int32)
-  mask[:, 0] = 1  # dummy rows attend to one token, so no row's softmax sees only masked keys
-  for i, ids in enumerate(seqs):
-    tokens[i, : len(ids)] = ids
-    mask[i, : len(ids)] = 1
-    readout[i] = len(ids) - 1
-  return tokens, mask, readout
-
-
 def run_lens(
   model,
   tokenizer,
@@ -141,13 +129,13 @@ def run_lens(
   graphdef, state = split_packed(model)  # packed once, not a whole-weight copy per batch
 
   t0 = time.perf_counter()
-  example = _pad_batch(encoded[:batch_size], batch_size, seq_len, tokenizer.pad_id)
+  example = pad_prompts(encoded[:batch_size], seq_len, tokenizer.pad_id, rows=batch_size)
   compiled = _lens_fn.lower(graphdef, state, *map(jnp.asarray, example), target_ids, top_k=top_k).compile()
   t1 = time.perf_counter()
   outputs = []
   for start in range(0, len(encoded), batch_size):
     chunk = encoded[start : start + batch_size]
-    batch = _pad_batch(chunk, batch_size, seq_len, tokenizer.pad_id)
+    batch = pad_prompts(chunk, seq_len, tokenizer.pad_id, rows=batch_size)
     out = compiled(state, *map(jnp.asarray, batch), target_ids)
     outputs.append((len(chunk), jax.device_get(out)))
   t2 = time.perf_counter()

@@ -26,6 +26,7 @@ import numpy as np
 
 from lazarus_jax.errors import UserError
 from lazarus_jax.models.model import PROJS, LlamaConfig, decoder_block, lens_logits, rope_cos_sin
+from lazarus_jax.models.padding import pad_prompts
 
 PROMPT_BUCKET = 16  # prompt lengths round up to a multiple of this (one compile per bucket)
 MAX_BATCH = 32  # batches are padded to a power of two up to this size
@@ -269,11 +270,7 @@ def greedy_generate(
     n = len(chunk)
     chunk += [chunk[0]] * (bsz - n)  # filler rows (dropped below) keep the batch shape fixed
     p = _round_up(max(len(x) for x in chunk), bucket)
-    tokens = np.full((bsz, p), pad_id, np.int32)
-    mask = np.zeros((bsz, p), np.int32)
-    for r, ids in enumerate(chunk):
-      tokens[r, p - len(ids) :] = ids  # left padding: every row ends in the last column
-      mask[r, p - len(ids) :] = 1
+    tokens, mask, _ = pad_prompts(chunk, p, pad_id, left=True)  # every row ends in the last column
     static = dict(cfg=cfg, lora_range=lora_range, lora_scale=lora_scale, max_new_tokens=max_new_tokens)
     if edit_fn is None:
       out = _generate(params, jnp.asarray(tokens), jnp.asarray(mask), eos, jnp.int32(pad_id), **static)

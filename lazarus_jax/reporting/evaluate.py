@@ -65,6 +65,7 @@ from lazarus_jax.analysis.stats import accuracy_summary
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.models.model import split_packed
+from lazarus_jax.models.padding import pad_prompts
 
 SCHEMA_VERSION = 1
 
@@ -117,12 +118,7 @@ def readout_states(model, prompt_ids: list[list[int]], class_ids, batch_size: in
   hidden, probs, top1 = [], [], []
   for start in range(0, len(prompt_ids), batch_size):
     chunk = prompt_ids[start : start + batch_size]
-    tokens = np.full((batch_size, seq_len), pad_id, np.int32)
-    mask = np.zeros((batch_size, seq_len), np.int32)
-    mask[:, 0] = 1  # filler rows see one token, so no softmax row is all-masked
-    readout = np.zeros((batch_size,), np.int32)
-    for i, ids in enumerate(chunk):
-      tokens[i, : len(ids)], mask[i, : len(ids)], readout[i] = ids, 1, len(ids) - 1
+    tokens, mask, readout = pad_prompts(chunk, seq_len, pad_id, rows=batch_size)
     h, p, t = jax.device_get(_readout_fn(graphdef, state, tokens, mask, readout, class_ids))
     n = len(chunk)
     hidden.append(h[:, :n])

@@ -253,15 +253,6 @@ def make_update(graphdef, tx, schedule, cfg: GRPOConfig, classifier_layer: int, 
 # ---- one round on the host ----------------------------------------------------------------------------
 
 
-def left_pad(prompt_ids: list[list[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  tokens = np.full((len(prompt_ids), width), pad_id, np.int32)
-  mask = np.zeros((len(prompt_ids), width), np.int32)
-  for r, ids in enumerate(prompt_ids):
-    tokens[r, width - len(ids) :] = ids  # every prompt ends in the last column: one readout column for all
-    mask[r, width - len(ids) :] = 1
-  return tokens, mask
-
-
 class Rounds:
   """The GRPO round as the training loop sees it: `compile(state)` once, then `state, metrics = self(state, step)`.
 

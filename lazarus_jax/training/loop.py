@@ -33,6 +33,7 @@ from lazarus_jax.files import check_output_dir, read_json, write_text
 from lazarus_jax.models.adapters import export_peft, model_fingerprint
 from lazarus_jax.models.lora import LoRA, LoRAConfig, add_lora
 from lazarus_jax.models.model import LoRAParam, pack_frozen_layers
+from lazarus_jax.models.padding import pad_prompts
 from lazarus_jax.models.sharding import batch_sharding, make_mesh, pinned_activations, state_shardings, validate_model_for_mesh
 from lazarus_jax.training import grpo
 from lazarus_jax.training.checkpoints import Checkpointer, abstract_like
@@ -323,7 +324,7 @@ def _run(
       idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
       local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
       enc = datasets.train_encoded
-      tokens, mask = grpo.left_pad([enc[i].ids[: enc[i].prompt_len] for i in local], prompt_width, tok.pad_id)
+      tokens, mask, _ = pad_prompts([enc[i].ids[: enc[i].prompt_len] for i in local], prompt_width, tok.pad_id, left=True)
       return {
         "prompts": jax.make_array_from_process_local_data(bsh, tokens),
         "prompt_mask": jax.make_array_from_process_local_data(bsh, mask),

@@ -13,6 +13,7 @@ import pytest
 from lazarus_jax.analysis import lens
 from lazarus_jax.data.targets import resolve_targets
 from lazarus_jax.models.loading import load_pretrained
+from lazarus_jax.models.padding import pad_prompts
 
 import repo
 
@@ -29,7 +30,7 @@ def tiny():
 
 def _batch(tok, prompts, seq_len=16):
   seqs = [tok.encode(p) for p in prompts]
-  return lens._pad_batch(seqs, len(seqs), seq_len, tok.pad_id), seqs
+  return pad_prompts(seqs, seq_len, tok.pad_id), seqs
 
 
 def test_last_row_is_the_models_own_softmax(tiny):

@@ -14,6 +14,7 @@ from lazarus_jax.analysis.stats import wilson_interval
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.data.targets import resolve_targets
 from lazarus_jax.models.loading import load_pretrained
+from lazarus_jax.models.padding import pad_prompts
 from lazarus_jax.reporting import evaluate, report
 
 import repo
@@ -116,7 +117,7 @@ def test_readout_states_equal_the_lens_tool(tiny):
   r = model.cfg.num_layers + 1
   assert out["hidden"].shape == (r, len(prompts), model.cfg.hidden_size)
   seq_len = 16
-  tokens, mask, readout = lens._pad_batch(ids, len(ids), seq_len, tok.pad_id)
+  tokens, mask, readout = pad_prompts(ids, seq_len, tok.pad_id)
   ref = lens.all_layer_lens(model, tokens, mask, readout, targets.token_ids, top_k=1)
   np.testing.assert_allclose(out["class_probs"], np.asarray(ref["target_probs"]), rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(out["top1"], np.asarray(ref["top_ids"])[..., 0])

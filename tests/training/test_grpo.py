@@ -16,6 +16,7 @@ from lazarus_jax.models.generate import pick_token
 from lazarus_jax.models.loading import load_pretrained
 from lazarus_jax.models.lora import LoRAConfig, add_lora
 from lazarus_jax.models.model import LlamaConfig, LlamaModel, LoRAParam
+from lazarus_jax.models.padding import pad_prompts
 from lazarus_jax.training import grpo
 from lazarus_jax.training import loop as train
 
@@ -120,7 +121,7 @@ def test_mu1_without_kl_the_gradient_is_reinforce_with_the_group_mean_baseline()
   cfg = grpo.GRPOConfig(
     group_size=g, max_new_tokens=t, temperature=0.7, kl_beta=0.0, updates_per_batch=1, scale_rewards=False, aggregation="token"
   )
-  prompts, prompt_mask = grpo.left_pad([[3, 4, 5], [6, 7, 8, 9, 10]], p, pad_id=0)
+  prompts, prompt_mask, _ = pad_prompts([[3, 4, 5], [6, 7, 8, 9, 10]], p, 0, left=True)
   batch = {
     "prompts": jnp.repeat(jnp.asarray(prompts), g, 0),
     "prompt_mask": jnp.repeat(jnp.asarray(prompt_mask), g, 0),
