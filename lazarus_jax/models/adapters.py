@@ -14,9 +14,10 @@ import numpy as np
 from lazarus_jax import files
 from lazarus_jax.errors import UserError
 from lazarus_jax.files import read_json, replace_dir, write_json
+from lazarus_jax.models import peft_options
 from lazarus_jax.models.convert import HF_LAYER_MODULES
 from lazarus_jax.models.lora import LoRAConfig, add_lora
-from lazarus_jax.models.model import LlamaModel
+from lazarus_jax.models.model import PROJS, LlamaModel
 
 PREFIX = "base_model.model.model.layers"
 FINGERPRINT_FILE = "lazarus_jax_model.json"
@@ -110,16 +111,18 @@ def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
   fix = "re-export it (train writes it), or pass an intact adapter"
   pc = read_json(cfg_file, "adapter config", fix)
   try:
-    rank, alpha, modules = int(pc["r"]), float(pc["lora_alpha"]), list(pc["target_modules"])
+    rank, alpha = int(pc["r"]), float(pc["lora_alpha"])
+    pc["target_modules"]  # noqa: B018  (its presence; peft_options.check reads it)
   except (KeyError, TypeError, ValueError) as e:
     raise UserError(
       f"adapter config {cfg_file} lacks a valid r, lora_alpha or target_modules ({type(e).__name__}: {e}): {fix}"
     ) from None
+  by_module = {HF_LAYER_MODULES[t].split(".")[-1]: t for t in PROJS}
+  modules, declared_layers = peft_options.check(pc, cfg_file, tuple(by_module))  # what we cannot apply: refused
   saved = adapter_record(path).get("model")
   if saved and saved != model_fingerprint(model_cfg):
     raise UserError(f"adapter {path} was trained for a different base model ({saved}); load it with the model it was trained on")
-  by_module = {v.split(".")[-1]: k for k, v in HF_LAYER_MODULES.items()}
-  targets = tuple(by_module[m] for m in modules if m in by_module)
+  targets = tuple(by_module[m] for m in modules)
   try:
     tensors = load(files.read_bytes(weights_file))
   except Exception as e:  # safetensors reports a cut or garbled file as SafetensorError or OSError
@@ -130,6 +133,10 @@ def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
     raise UserError(
       f"adapter weights {weights_file} hold tensors that are not per-layer LoRA weights (e.g. {sorted(tensors)[0]!r}): {fix}"
     ) from None
+  if declared_layers is not None and declared_layers != layers:
+    raise UserError(
+      f"adapter config {cfg_file} sets layers_to_transform={declared_layers} but its weights adapt layers {layers}: {fix}"
+    )
   if not layers or layers != list(range(layers[0], layers[-1] + 1)):
     raise UserError(f"adapter {path} adapts layers {layers}: only one contiguous range is supported")
   if rank <= 0 or not np.isfinite(alpha):

@@ -132,6 +132,9 @@ def _adapters(root: str, ref_run: str) -> dict:
   damaged("cfg_latin1", "adapter_config.json", lambda b: b.replace(b'"LORA"', b'"LOR\xc0"'))
   damaged("cfg_no_rank", "adapter_config.json", lambda b: json.dumps({k: v for k, v in json.loads(b).items() if k != "r"}).encode())
   damaged("record_corrupt", FINGERPRINT_FILE, b"{not json")
+  # PEFT options our loader cannot apply (issue 15): refused, not loaded mis-scaled.
+  damaged("cfg_rslora", "adapter_config.json", lambda b: json.dumps({**json.loads(b), "use_rslora": True}).encode())
+  damaged("cfg_rank_pattern", "adapter_config.json", lambda b: json.dumps({**json.loads(b), "rank_pattern": {"v_proj": 8}}).encode())
   from safetensors.numpy import load_file, save
 
   good = load_file(os.path.join(src, weights))
@@ -269,6 +272,12 @@ CASES = {
     {"cmd": "evaluate"},
   ),
   "eval_adapter_cut": (["--config.eval.adapter={cut}"], ["unreadable"], {"cmd": "evaluate"}),
+  "lens_adapter_rslora": (["--adapter", "{cfg_rslora}"], ["use_rslora=True", "alpha/sqrt(r)"], {"cmd": "lens"}),
+  "eval_adapter_rank_pattern": (
+    ["--config.eval.adapter={cfg_rank_pattern}"],
+    ["rank_pattern=", "per-module ranks"],
+    {"cmd": "evaluate"},
+  ),
   # ---- §5: encodings, odd paths and unwritable outputs are one line too.
   "dataset_latin1": (["--config.data.jsonl={latin1}", OW], ["latin1.jsonl", "not UTF-8", "line 2"], {}),
   "dataset_utf16": (["--config.data.jsonl={utf16}", OW], ["utf16.jsonl", "not UTF-8"], {}),
