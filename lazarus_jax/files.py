@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import secrets
@@ -33,20 +34,46 @@ def is_remote(path) -> bool:
   return "://" in str(path)
 
 
+# The library epath's fsspec backend needs per scheme (not dependencies: `pip install "lazarus_jax[gcs]"`).
+_FSSPEC_LIBRARY = {
+  "gs": ("gcsfs", 'pip install "lazarus_jax[gcs]"'),
+  "s3": ("s3fs", "pip install s3fs"),
+  "az": ("adlfs", "pip install adlfs"),
+}
+
+
 def epath_of(path):
   """`path` as an etils.epath.Path; an unknown scheme or a missing filesystem library is one UserError."""
   from etils import epath
+  from etils.epath import backend
 
   try:
     p = epath.Path(path)
-    p._backend  # noqa: B018  (resolves the scheme's backend now, so a missing library fails here, once)
+    chosen = p._backend  # resolves the scheme's backend now, so an unknown scheme fails here, once
   except (KeyError, NotImplementedError):
     scheme = str(path).split("://", 1)[0]
     raise UserError(
       f"{path}: no filesystem is registered for {scheme}:// (etils.epath knows gs://, s3://, az://, "
       "hf://): use one of those or a local directory"
     ) from None
+  missing = _fsspec_missing(p._uri_scheme) if chosen is backend.fsspec_backend else None
+  if missing:
+    raise UserError(f"{path}: {missing}")
   return p
+
+
+@functools.cache
+def _fsspec_missing(scheme: str) -> str | None:
+  """What is missing for `scheme`, or None. fsspec imports a scheme's library at the first file operation (an
+  ImportError deep in a run): asked at the first path instead, the workdir checks, before anything is written."""
+  import fsspec
+
+  try:
+    fsspec.get_filesystem_class(scheme)
+  except ImportError as e:
+    library, install = _FSSPEC_LIBRARY.get(scheme, (f"fsspec's {scheme} filesystem", f"({e})"))
+    return f"{scheme}:// paths need {library}: {install}"
+  return None
 
 
 def abspath(path: str) -> str:

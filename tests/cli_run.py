@@ -82,6 +82,8 @@ for line in sys.stdin:
     for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
       os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     sys.argv = [req["module"], *(os.fsdecode(a.encode()) for a in req["args"])]  # as the interpreter decodes argv
+    for name in req.get("hide", ()):  # an optional library this child must not find (import raises ImportError)
+      sys.modules[name] = None
     runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
     sys.exit(0)
   print(f"pid {pid}", flush=True)
@@ -104,13 +106,16 @@ class Server:
     )
     assert self.proc.stdout.readline().strip() == "ready"
 
-  def start(self, module: str, args, out_dir: str, devices: int | None = None, umask: int | None = None, **env_extra) -> "Child":
+  def start(
+    self, module: str, args, out_dir: str, devices: int | None = None, umask: int | None = None, hide=(), **env_extra
+  ) -> "Child":
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{module.rsplit('.', 1)[-1]}.{n}") for n in ("stdout", "stderr")]
     for path in paths:  # exist before the child runs, for those who watch them
       open(path, "w").close()
     e = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}" if devices else "", **env_extra}
     req = {"module": module, "args": [str(a) for a in args], "env": e, "stdout": paths[0], "stderr": paths[1], "umask": umask}
+    req["hide"] = list(hide)
     self.proc.stdin.write(json.dumps(req) + "\n")
     self.proc.stdin.flush()
     tag, pid = self.proc.stdout.readline().split()
@@ -197,12 +202,13 @@ def run(
   devices: int | None = None,
   out_dir: str | None = None,
   umask: int | None = None,
+  hide=(),
   **env_extra,
 ) -> subprocess.CompletedProcess:
-  """Runs `python -m module args...` (via a fork server) to the end."""
+  """Runs `python -m module args...` (via a fork server) to the end; `hide`: modules it must fail to import."""
   out_dir = out_dir or tempfile.mkdtemp(prefix="lazarus_cli_")
   with server() as srv:
-    return srv.start(module, args, out_dir, devices, umask=umask, **env_extra).result(timeout)
+    return srv.start(module, args, out_dir, devices, umask=umask, hide=hide, **env_extra).result(timeout)
 
 
 @contextlib.contextmanager

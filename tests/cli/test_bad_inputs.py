@@ -294,6 +294,22 @@ CASES = {
   "lens_png_under_a_file": (["--png", "{empty}/out.png"], ["does not exist"], {"cmd": "lens"}),
   "eval_dir_is_a_file": ([], ["eval", "is a file"], {"cmd": "evaluate", "setup": "eval_is_file"}),
   "sweep_workdir_under_a_file": (["--workdir", "{empty}/sweep"], ["which is a file"], {"fresh": True, "cmd": "sweep"}),
+  # ---- §7: a gs:// workdir without its filesystem library (gcsfs hidden: it is not a test dependency).
+  "gs_workdir_without_gcsfs": (
+    ["--workdir", "gs://lazarus-test-bucket/run"],
+    ["gs://lazarus-test-bucket/run", "need gcsfs", 'pip install "lazarus_jax[gcs]"'],
+    {"fresh": True, "hide": ("gcsfs",)},
+  ),
+  "gs_eval_without_gcsfs": (
+    ["--workdir", "gs://lazarus-test-bucket/run"],
+    ["need gcsfs", "lazarus_jax[gcs]"],
+    {"fresh": True, "hide": ("gcsfs",), "cmd": "evaluate"},
+  ),
+  "gs_sweep_without_gcsfs": (
+    ["--workdir", "gs://lazarus-test-bucket/sweep"],
+    ["gs://lazarus-test-bucket/sweep", "need gcsfs"],
+    {"fresh": True, "hide": ("gcsfs",), "cmd": "sweep"},
+  ),
   # ---- §6: evaluate what was trained: an adapter older than the run's newest checkpoint is refused.
   "eval_stale_adapter": (
     [],
@@ -366,7 +382,9 @@ def outcomes(tmp_path_factory):
       if opts.get("locked"):
         held.enter_context(cli_run.lock_held(workdir))
         before = cli_run.snapshot(workdir)  # the holder wrote its .lock
-      proc = cli_run.run(module, args, devices=opts.get("devices"), out_dir=os.path.join(root, "logs", name))
+      proc = cli_run.run(
+        module, args, devices=opts.get("devices"), out_dir=os.path.join(root, "logs", name), hide=opts.get("hide", ())
+      )
     print(f"{name}: {time.perf_counter() - t0:.1f}s")
     return proc, before, cli_run.snapshot(workdir), workdir
 
