@@ -92,6 +92,31 @@ def test_train_preempt_resume_evaluate_on_a_remote_workdir(bucket, tmp_path, mon
   assert (local / "eval" / "report.md").exists()
 
 
+def test_a_sweep_on_a_remote_workdir_runs_and_resumes(bucket):
+  """A base arm and an SFT arm, the tables and figures, then a second call that reuses both arms (read back)."""
+  from lazarus_jax.reporting import sweep
+
+  c = tiny_config()
+  c.sweep.weights, c.sweep.formats, c.sweep.layer_fractions, c.sweep.seeds = "0", "symbolic", "0.5", "0"
+  c.train.steps, c.train.table_steps = 2, (2,)
+  c.eval.max_examples_per_op, c.eval.probes, c.eval.max_new_tokens = 2, False, 2
+  url, local = "standin://bucket/sweep", bucket / "bucket" / "sweep"
+  out = sweep.run(c, url)
+  assert sorted(out["ran"]) == ["base-symbolic-s0", "sft-symbolic-s0"]
+  for name, rel in out["arm_dirs"].items():
+    assert rel.startswith(f"arms/{name}-")  # relative to the sweep, not a URL or a local path
+    assert (local / rel / "eval" / "results.json").is_file() and (local / rel / "config.json").is_file()
+  assert (local / out["arm_dirs"]["sft-symbolic-s0"] / "adapter" / "adapter_model.safetensors").is_file()
+  for name in ("sweep_config.json", "sweep_runs.csv", "sweep_summary.csv", "sweep.md", "sweep_lens.png", "sweep_results.json"):
+    assert (local / name).stat().st_size > 0, name
+  assert not [p for p in local.rglob("*") if ".tmp" in p.name or p.name == ".lock"]
+  assert json.loads((local / "sweep_results.json").read_text())["arm_dirs"] == out["arm_dirs"]
+
+  again = sweep.run(c, url)
+  assert again["ran"] == [] and sorted(again["skipped"]) == sorted(out["ran"])
+  assert again["summary"] == out["summary"]
+
+
 def test_an_unknown_scheme_is_one_error_line(tmp_path):
   from lazarus_jax.errors import UserError
 

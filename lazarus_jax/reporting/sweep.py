@@ -243,12 +243,12 @@ def arm_config(c, arm: Arm, workdir: str | None = None) -> ml_collections.Config
   ac.eval.adapter = "none" if arm.weight is None else "workdir"
   if plain_arm(arm.arm) in GRPO_ARMS:
     sft = Arm(arm_label(0.0, arm.target_set), 0.0, arm.fmt, None, arm.seed, arm.target_set)
-    root = os.path.abspath(workdir or ".")
+    root = files.abspath(workdir or ".")
     ac.train.objective = "grpo"
     ac.train.steps = c.sweep.grpo_steps
     ac.train.lr = c.sweep.grpo_lr
     ac.train.warmup_steps = min(c.train.warmup_steps, max(c.sweep.grpo_steps // 10, 1))
-    ac.train.init_adapter = os.path.join(arm_dir(root, sft, arm_config(c, sft)), "adapter")
+    ac.train.init_adapter = files.join(arm_dir(root, sft, arm_config(c, sft)), "adapter")
   ac.resume = True  # a partly trained arm continues from its checkpoint
   ac.overwrite = False
   ac.lock()
@@ -290,19 +290,18 @@ def config_hash(config) -> str:
 
 
 def arm_dir(workdir: str, arm: Arm, ac) -> str:
-  return os.path.join(workdir, "arms", f"{arm.name}-{config_hash(ac)}")
+  return files.join(workdir, "arms", f"{arm.name}-{config_hash(ac)}")
 
 
 def results_path(armdir: str) -> str:
-  return os.path.join(armdir, "eval", "results.json")
+  return files.join(armdir, "eval", "results.json")
 
 
 def stored_config(armdir: str, ac) -> dict:
   """The arm's config.json; refuses one whose results-relevant keys differ from `ac`, so it is never reused."""
-  path = os.path.join(armdir, "config.json")
+  path = files.join(armdir, "config.json")
   try:
-    with open(path, encoding="utf-8") as f:
-      stored = json.load(f)
+    stored = json.loads(files.read_bytes(path).decode("utf-8"))
   except (OSError, ValueError) as e:
     raise UserError(f"{path} is missing or unreadable ({e}): delete {armdir} to run that arm again") from None
   old, new = result_config(stored), result_config(ac)
@@ -319,7 +318,7 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
   """Trains and evaluates one arm unless its results exist for this very config; True when it ran."""
   ac = arm_config(c, arm, workdir)
   armdir = arm_dir(workdir, arm, ac)
-  if os.path.isfile(results_path(armdir)):
+  if files.isfile(results_path(armdir)):
     stored_config(armdir, ac)
     return False
   if arm.weight is None:  # a base arm
@@ -327,7 +326,8 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
     from lazarus_jax.workdir import WorkdirLock
 
     with WorkdirLock(armdir, "sweep arm"):
-      files.write_json(os.path.join(armdir, "config.json"), ac.to_dict(), indent=2, default=list)
+      files.makedirs(armdir)  # (the lock makes a local one; a remote one's filesystem may need it too)
+      files.write_json(files.join(armdir, "config.json"), ac.to_dict(), indent=2, default=list)
       evaluate.run(ac, armdir)
   else:
     from lazarus_jax.reporting import evaluate
@@ -1162,20 +1162,26 @@ def run(config, workdir: str) -> dict:
   experiment.validate_config(c)
   g = grid(c)
   arms = plan(c)
-  workdir = os.path.abspath(workdir)
+  workdir = files.abspath(workdir)  # a local directory or a URL (gs://...): every path below goes through files
   files.check_output_dir(workdir, "--workdir")
   with WorkdirLock(workdir, "sweep"):  # one sweep per directory (each arm's run also locks its own directory)
     return _run(c, g, arms, workdir)
 
 
+def _relative(path: str, workdir: str) -> str:
+  """`path` (under `workdir`, built by files.join) relative to it: a string operation, so URLs work too."""
+  return path[len(workdir.rstrip("/")) + 1 :] if files.is_remote(workdir) else os.path.relpath(path, workdir)
+
+
 def _run(c, g: dict, arms: list, workdir: str) -> dict:
-  os.makedirs(os.path.join(workdir, "arms"), exist_ok=True)
-  files.write_json(os.path.join(workdir, "sweep_config.json"), c.to_dict(), indent=2, default=list)
+  files.makedirs(files.join(workdir, "arms"))
+  files.write_json(files.join(workdir, "sweep_config.json"), c.to_dict(), indent=2, default=list)
   from lazarus_jax.training import compile_cache
 
-  compile_cache.enable(os.path.join(workdir, "jax_cache"))  # arms of the same shapes compile the same programs
+  compile_cache.enable(files.join(workdir, "jax_cache"))  # arms of the same shapes compile the same programs
   dirs = {a.name: arm_dir(workdir, a, arm_config(c, a, workdir)) for a in arms}
-  unhashed = sorted(set(os.listdir(os.path.join(workdir, "arms"))) & set(dirs))
+  arms_dir = files.join(workdir, "arms")  # on an object store a prefix exists only once something is under it
+  unhashed = sorted(set(files.listdir(arms_dir) if files.isdir(arms_dir) else []) & set(dirs))
   if unhashed:
     print(
       f"sweep: {len(unhashed)} arm dirs of an older sweep (no config hash, e.g. arms/{unhashed[0]}) are not reused", file=sys.stderr
@@ -1194,28 +1200,28 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
     n_layers = res["model"]["n_layers"]
     arm_result = arm_rows(arm, res, g["layer_fractions"], c.sweep.confidence)
     for r in arm_result:
-      r["arm_dir"] = os.path.relpath(dirs[arm.name], workdir)
+      r["arm_dir"] = _relative(dirs[arm.name], workdir)
     rows += arm_result
     t_rows += transfer_rows(arm, res, g["layer_fractions"])
   summary = summarize(rows, c.sweep.confidence)
   transfer = summarize_transfer(t_rows, c.sweep.confidence)
   diffs = contrasts(rows, c.sweep.confidence)
   meta = {**describe_arms(configs), "n_layers": n_layers, "design_pairs": planned_pairs(c, g)}
-  write_csv(os.path.join(workdir, "sweep_runs.csv"), rows)
-  write_csv(os.path.join(workdir, "sweep_summary.csv"), summary)
-  write_csv(os.path.join(workdir, "sweep_contrasts.csv"), diffs)
-  write_csv(os.path.join(workdir, "sweep_transfer.csv"), t_rows)
+  write_csv(files.join(workdir, "sweep_runs.csv"), rows)
+  write_csv(files.join(workdir, "sweep_summary.csv"), summary)
+  write_csv(files.join(workdir, "sweep_contrasts.csv"), diffs)
+  write_csv(files.join(workdir, "sweep_transfer.csv"), t_rows)
   from lazarus_jax import provenance
   from lazarus_jax.reporting import report
 
-  report.plot_sweep(summary, os.path.join(workdir, "sweep_lens.png"), "lens_accuracy", "lens accuracy at L")
-  report.plot_sweep(summary, os.path.join(workdir, "sweep_answer.png"), "answer_accuracy", "answer accuracy")
-  files.write_text(os.path.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence, transfer))
+  report.plot_sweep(summary, files.join(workdir, "sweep_lens.png"), "lens_accuracy", "lens accuracy at L")
+  report.plot_sweep(summary, files.join(workdir, "sweep_answer.png"), "answer_accuracy", "answer accuracy")
+  files.write_text(files.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence, transfer))
   out = {
     "grid": g,
     "meta": meta,
     "arms": [a.name for a in arms],
-    "arm_dirs": {k: os.path.relpath(v, workdir) for k, v in dirs.items()},
+    "arm_dirs": {k: _relative(v, workdir) for k, v in dirs.items()},
     "ran": ran,
     "skipped": skipped,
     "seconds": elapsed,
@@ -1227,7 +1233,7 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
     "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER, "confidence": c.sweep.confidence},
     "provenance": provenance.collect(c),
   }
-  files.write_json(os.path.join(workdir, "sweep_results.json"), out, indent=1, default=str)
+  files.write_json(files.join(workdir, "sweep_results.json"), out, indent=1, default=str)
   print(
     f"sweep: {len(ran)} arms ran, {len(skipped)} reused (same config, done before) in {elapsed:.0f}s; wrote "
     f"{workdir}/sweep.md, sweep_summary.csv",
