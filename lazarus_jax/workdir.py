@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -25,17 +26,21 @@ from lazarus_jax import files
 from lazarus_jax.errors import UserError
 
 LOCK_FILE = ".lock"
+EXPORTED = re.compile(r"adapter-step-\d+")  # `python -m lazarus_jax.export`'s default outputs: a run's too
 RUN_OUTPUTS = ("config.json", "metrics.jsonl", "tb", "checkpoints", "adapter", "eval", "train_summary.json", "training_table.md")
 
 
 def _ours(name: str, outputs) -> bool:
   # A run's own names, the lock, and what an interrupted atomic write leaves beside them (files.py's `.x.tmp-*`,
   # `.x.old-*`, and the older `x.tmp` / `.tmp-*` names).
-  if name in outputs or name == LOCK_FILE:
+  def named(n):
+    return n in outputs or (outputs is RUN_OUTPUTS and EXPORTED.fullmatch(n) is not None)
+
+  if named(name) or name == LOCK_FILE:
     return True
   base = name.lstrip(".")
   for sep in (".tmp", ".old-"):
-    if sep in base and base.split(sep)[0] in outputs:
+    if sep in base and named(base.split(sep)[0]):
       return True
   return name.startswith(".tmp-")
 

@@ -15,7 +15,7 @@ LAYERS = [
   ("analysis", {"analysis"}),
   ("reporting", {"reporting"}),
   ("cli", {"cli"}),
-  ("entry points and the API", {"train", "evaluate", "sweep", "lens", "preflight", "api", "__init__"}),
+  ("entry points and the API", {"train", "evaluate", "sweep", "lens", "preflight", "export", "api", "__init__"}),
 ]
 PACKAGE = pathlib.Path(repo.ROOT) / "lazarus_jax"
 
@@ -57,5 +57,5 @@ def test_every_import_points_down_the_layers():
 
 
 def test_the_command_line_tools_keep_their_module_names():
-  for tool in ("train", "evaluate", "sweep", "lens", "preflight"):
+  for tool in ("train", "evaluate", "sweep", "lens", "preflight", "export"):
     assert (PACKAGE / f"{tool}.py").is_file(), tool

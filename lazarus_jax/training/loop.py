@@ -30,13 +30,13 @@ from lazarus_jax.config import flat_config, without_added_defaults
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.files import check_output_dir, read_json, write_text
-from lazarus_jax.models.adapters import export_peft, model_fingerprint
 from lazarus_jax.models.lora import LoRA, LoRAConfig, add_lora
 from lazarus_jax.models.model import LoRAParam, pack_frozen_layers
 from lazarus_jax.models.padding import pad_prompts
 from lazarus_jax.models.sharding import batch_sharding, make_mesh, pinned_activations, state_shardings, validate_model_for_mesh
 from lazarus_jax.training import grpo
 from lazarus_jax.training.checkpoints import Checkpointer, abstract_like
+from lazarus_jax.training.export import write_adapter
 from lazarus_jax.training.grpo import GRPOConfig
 from lazarus_jax.training.logging_utils import MetricsWriter, progress_bar
 from lazarus_jax.training.losses import dual_reward_loss
@@ -448,15 +448,8 @@ def _run(
   # -- outputs --
   lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
   if is_main:
-    export_peft(
-      lora_params,
-      lora_cfg,
-      (lora.layer_start, lora.layer_end),
-      files.join(workdir, "adapter"),
-      base_model=pretrained.base_model_id,
-      model_fingerprint=model_fingerprint(pretrained.config),
-      record={"split": datasets.split, "final_step": step, "objective": c.train.objective, "base_model": pretrained.base_record()},
-    )
+    # the same writer as `python -m lazarus_jax.export` (training/export.py): its export of this step is these bytes
+    write_adapter(lora_params, lora_cfg, pretrained, datasets.split, step, c.train.objective, files.join(workdir, "adapter"))
     table = training_table(writer.history, c.train.table_steps, c.train.objective)
     write_text(files.join(workdir, "training_table.md"), table + "\n")
     summary = {
