@@ -4,17 +4,15 @@ import json
 import logging
 import os
 import re
-import signal
 
 import jax
 import numpy as np
 import pytest
 
 from lazarus_jax.training import loop as train
-from lazarus_jax.training.logging_utils import MetricsWriter
 
 import repo
-from tiny_runs import STEPS, restore_final, tiny_config
+from tiny_runs import STEPS, restore_final, sigterm_after_step, tiny_config
 
 ROOT = repo.ROOT
 LOSS_KEYS = ("loss", "classifier_loss", "answer_loss", "classifier_accuracy", "grad_norm", "learning_rate")
@@ -94,16 +92,8 @@ def test_resume_after_preemption_is_exact(uninterrupted, tmp_path, monkeypatch):
   """Run to N, get SIGTERM (as a TPU VM's preemption notice), resume to 2N: the same state, bit for bit."""
   full_dir, _, _ = uninterrupted
   n = STEPS // 2
-  original_write = MetricsWriter.write
-
-  def write_then_preempt(self, row):
-    original_write(self, row)
-    if row["step"] == n:
-      os.kill(os.getpid(), signal.SIGTERM)  # train.PreemptionFlag turns it into checkpoint-and-stop
-
-  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
-  first, _ = run_counting(tiny_config(), tmp_path)
-  monkeypatch.setattr(MetricsWriter, "write", original_write)
+  with sigterm_after_step(monkeypatch, n):
+    first, _ = run_counting(tiny_config(), tmp_path)
   assert first.preempted and first.final_step == n
   assert not (tmp_path / "adapter").exists()
   assert n in [int(s) for s in os.listdir(tmp_path / "checkpoints")]
