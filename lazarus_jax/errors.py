@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import sys
 import threading
 import traceback
@@ -116,21 +115,3 @@ def os_error_line(e: OSError, fallback_path: str | None = None, resumable: bool 
 def unicode_error_line(e: UnicodeError) -> str:
   what = "decode" if isinstance(e, UnicodeDecodeError) else "encode"
   return f"cannot {what} text as {e.encoding} ({e.reason} at position {e.start}): save text files as UTF-8, or run with PYTHONUTF8=1"
-
-
-def cli_entry(fn):
-  """Wraps a CLI `main`: user errors and filesystem / encoding failures become one line on stderr, exit status 2."""
-
-  @functools.wraps(fn)
-  def wrapper(*args, **kwargs):
-    try:
-      return fn(*args, **kwargs)
-    except UserError as e:
-      print_error(str(e))
-    except OSError as e:
-      print_error(os_error_line(e))
-    except UnicodeError as e:
-      print_error(unicode_error_line(e))
-    sys.exit(2)
-
-  return wrapper

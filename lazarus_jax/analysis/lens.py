@@ -1,4 +1,4 @@
-"""The all-layer logit lens: a jitted readout of the whole residual stack, and its CLI.
+"""The all-layer logit lens: a jitted readout of the whole residual stack (the command: cli/lens.py).
 
     python -m lazarus_jax.lens --model smollm2-135m --prompts "7 * 8 = |23 + 45 = " \
         --targets multiply,add,subtract,divide [--top-k 5] [--json out.json] [--png out.png] \
@@ -17,11 +17,8 @@ prediction is the answer's first token. Probabilities are full-vocabulary softma
 
 from __future__ import annotations
 
-import argparse
 import functools
-import importlib.util
 import json
-import os
 import time
 from typing import Sequence
 
@@ -31,8 +28,9 @@ import numpy as np
 from flax import nnx
 
 from lazarus_jax.data.arithmetic import encode_prompt
-from lazarus_jax.data.targets import DEFAULT_TARGETS, ResolvedTargets, parse_targets, resolve_targets
-from lazarus_jax.errors import UserError, cli_entry
+from lazarus_jax.data.targets import DEFAULT_TARGETS, ResolvedTargets, resolve_targets
+from lazarus_jax.errors import UserError
+from lazarus_jax.files import atomic_path
 from lazarus_jax.models.model import residual_stream, split_packed
 from lazarus_jax.models.padding import pad_prompts
 
@@ -261,7 +259,8 @@ def save_position_png(grids: list[dict], path: str, titles: Sequence[str] | None
     ax.set_ylabel("row (emb, after block b)", fontsize=7)
     ax.set_title(titles[i] if titles else repr(g["prompt"]), fontsize=8)
   fig.colorbar(image, ax=axes, shrink=0.8, label="top-1 lens probability")
-  _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+  with atomic_path(path) as tmp:  # a failure never leaves a half-written figure
+    fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)
 
 
@@ -280,14 +279,6 @@ def format_table(result: dict, labels: Sequence[str]) -> str:
     probs = " ".join(f"{layer['target_probs'][lab]:>{width}.2e}" for lab in labels)
     lines.append(f"{layer['row']:>3} {block:>5}  {json.dumps(top['token'])[:14]:<14} {top['prob']:>6.3f}  {probs}")
   return "\n".join(lines)
-
-
-def _atomic_write(path: str, write) -> None:
-  # Write next to the target and rename (files.atomic_path): a failure never leaves a half-written file.
-  from lazarus_jax.files import atomic_path
-
-  with atomic_path(path) as tmp:
-    write(tmp)
 
 
 def save_png(results: list[dict], labels: Sequence[str], path: str) -> None:
@@ -322,145 +313,6 @@ def save_png(results: list[dict], labels: Sequence[str], path: str) -> None:
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   fig.colorbar(image, ax=axes, shrink=0.8, label="log10 p(target)")
-  _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=100, format="png")
   plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def read_prompts(spec: str) -> list[str]:
-  """`p1|p2|...`, or `@file` with one prompt per line (blank lines skipped, other whitespace kept)."""
-  if spec.startswith("@"):
-    path = spec[1:]
-    if not os.path.isfile(path):
-      raise UserError(f"prompts file {path} does not exist")
-    from lazarus_jax.files import read_text
-
-    prompts = [line.rstrip("\r") for line in read_text(path, "prompts file").split("\n")]
-    prompts = [p for p in prompts if p.strip()]
-    where = f"prompts file {path}"
-  else:
-    prompts = spec.split("|")
-    if any(not p.strip() for p in prompts):
-      raise UserError(f"--prompts {spec!r} has an empty prompt: separate prompts with single '|'")
-    where = "--prompts"
-  if not prompts:
-    raise UserError(f"no prompts in {where}")
-  return prompts
-
-
-def _check_output(path: str | None, flag: str) -> None:
-  if path is None:
-    return
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise UserError(f"{flag} {path}: directory {directory} does not exist")
-  if os.path.isdir(path):
-    raise UserError(f"{flag} {path} is a directory: give a file name")
-  from lazarus_jax.files import check_output_dir
-
-  check_output_dir(directory, flag)  # writable, before any work
-
-
-def load_adapter_hook(model, path: str):
-  """Attaches the adapter in `path` to `model` in place; returns what the loader reports (its LoRA config)."""
-  if importlib.util.find_spec("lazarus_jax.models.adapters") is None:
-    raise UserError("--adapter needs lazarus_jax.models.adapters (adapter loading), which this installation lacks")
-  from lazarus_jax.models import adapters
-
-  return adapters.load_adapter(model, path)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-  ap = argparse.ArgumentParser(prog="python -m lazarus_jax.lens", description=__doc__.split("\n")[0])
-  ap.add_argument("--model", required=True, help="tiny-random, smollm2-135m, an HF checkpoint dir or a .gguf")
-  ap.add_argument("--adapter", help="a trained adapter directory to apply")
-  ap.add_argument("--prompts", required=True, help='"p1|p2|..." or @file (one prompt per line)')
-  ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="label[=word],... (default: %(default)s)")
-  ap.add_argument("--top-k", type=int, default=5)
-  ap.add_argument("--batch-size", type=int, default=16)
-  ap.add_argument("--json", help="write the results here")
-  ap.add_argument("--png", help="write a layer x target heatmap per prompt here")
-  ap.add_argument(
-    "--positions-png",
-    help="write a layer x position lens figure (top token, its probability at "
-    "every row and prompt position; the first 4 prompts) here; --json then also holds the grids",
-  )
-  return ap.parse_args(argv)
-
-
-@cli_entry
-def main(argv=None) -> None:
-  args = parse_args(argv)
-  # Validate everything cheap before loading anything, and write nothing until the end.
-  prompts = read_prompts(args.prompts)
-  target_spec = parse_targets(args.targets)
-  _check_output(args.json, "--json")
-  _check_output(args.png, "--png")
-  _check_output(args.positions_png, "--positions-png")
-  if args.top_k < 1:
-    raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-  if args.batch_size < 1:
-    raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-  if (args.png or args.positions_png) and importlib.util.find_spec("matplotlib") is None:
-    raise UserError("--png and --positions-png need matplotlib: pip install matplotlib")
-  if args.adapter and not os.path.isdir(args.adapter):
-    raise UserError(f"adapter directory {args.adapter} does not exist")
-
-  from lazarus_jax.models.loading import load_pretrained
-
-  t0 = time.perf_counter()
-  pretrained = load_pretrained(args.model)
-  model = pretrained.build()
-  adapter_info = load_adapter_hook(model, args.adapter) if args.adapter else None
-  tok = pretrained.tokenizer
-  print(
-    f"model {pretrained.source}: {model.cfg.num_layers} blocks, {model.cfg.num_layers + 1} lens rows, "
-    f"vocab {model.cfg.vocab_size} (loaded in {time.perf_counter() - t0:.1f}s)"
-  )
-  if adapter_info is not None:
-    print(f"adapter {args.adapter}: {adapter_info}")
-  # A tool, not training: targets in the prompt are allowed, but said.
-  targets = resolve_targets(tok, target_spec, prompts, allow_target_in_prompt=True)
-  print(targets.describe())
-
-  timings: dict = {}
-  results = run_lens(model, tok, prompts, targets, top_k=args.top_k, batch_size=args.batch_size, timings=timings)
-  print(
-    f"lens: {timings['n_prompts']} prompts x {model.cfg.num_layers + 1} rows, compile {timings['compile_s']:.2f}s, "
-    f"run {timings['run_s']:.3f}s (batch {timings['batch_size']}, seq_len {timings['seq_len']}, "
-    f"{jax.devices()[0].platform})"
-  )
-  for res in results:
-    print()
-    print(format_table(res, targets.labels))
-
-  grids = [position_lens(model, tok, p) for p in prompts[:4]] if args.positions_png else None
-  if args.json:
-    doc = {
-      "model": pretrained.source,
-      "adapter": args.adapter,
-      "n_layers": model.cfg.num_layers,
-      "layer_convention": LAYER_CONVENTION,
-      "top_k": args.top_k,
-      **targets.as_dict(),
-      "timing": {k: timings[k] for k in ("compile_s", "run_s")},
-      "prompts": results,
-    }
-    if grids is not None:
-      doc["positions"] = grids
-
-    def write_json(tmp):
-      with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-
-    _atomic_write(args.json, write_json)
-    print(f"\nwrote {args.json}")
-  if args.png:
-    save_png(results, targets.labels, args.png)
-    print(f"wrote {args.png}")
-  if grids is not None:
-    save_position_png(grids, args.positions_png)
-    print(f"wrote {args.positions_png}")

@@ -41,8 +41,11 @@ def run_cli(main, with_config: bool = True) -> None:
     config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/smollm2_135m.py", lock_config=True)
     flags.DEFINE_string("workdir", None, "output directory (default: runs/<timestamp>)")
   if any(a in ("-h", "--help", "--helpfull") for a in sys.argv[1:]):
-    print((sys.modules["__main__"].__doc__ or "").strip() + "\n")
-    print(flags.FLAGS.main_module_help() if not with_config else CONFIG_FLAGS_HELP)
+    try:
+      print((sys.modules["__main__"].__doc__ or "").strip() + "\n")
+      print(flags.FLAGS.module_help(main.__module__) if not with_config else CONFIG_FLAGS_HELP, flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
   if with_config:
     sys.argv = shipped_config_argv(sys.argv)

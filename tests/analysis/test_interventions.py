@@ -9,6 +9,7 @@ import pytest
 
 from lazarus_jax.analysis import interventions as iv
 from lazarus_jax.analysis import lens, tuned_lens, vo_analysis
+from lazarus_jax.cli import lens as cli_lens
 from lazarus_jax.models.generate import greedy_generate
 from lazarus_jax.models.loading import load_pretrained
 from lazarus_jax.models.lora import LoRAConfig, add_lora
@@ -266,9 +267,20 @@ def test_lens_cli_writes_the_layer_by_position_figure(tmp_path, capsys):
   import json
 
   out_json, out_png = tmp_path / "lens.json", tmp_path / "grid.png"
-  lens.main(
-    ["--model", "tiny-random", "--prompts", "7 * 8 = |What is 23 plus 45? ", "--json", str(out_json), "--positions-png", str(out_png)]
-  )
+  with pytest.raises(SystemExit) as done:  # the command exits, as from the shell
+    cli_lens.run(
+      [
+        "--model",
+        "tiny-random",
+        "--prompts",
+        "7 * 8 = |What is 23 plus 45? ",
+        "--json",
+        str(out_json),
+        "--positions-png",
+        str(out_png),
+      ]
+    )
+  assert done.value.code == 0
   doc = json.loads(out_json.read_text())
   assert [g["prompt"] for g in doc["positions"]] == ["7 * 8 = ", "What is 23 plus 45? "]
   assert len(doc["positions"][0]["rows"]) == 5 and out_png.stat().st_size > 0

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from lazarus_jax.analysis import lens
+from lazarus_jax.cli import lens as cli_lens
 from lazarus_jax.data.targets import resolve_targets
+from lazarus_jax.models.adapters import load_adapter
 from lazarus_jax.models.loading import load_pretrained
 from lazarus_jax.models.padding import pad_prompts
 
@@ -108,10 +110,10 @@ def _adapter_dir(model, path):
   return str(path)
 
 
-def test_adapter_hook_changes_the_model(tiny, tmp_path):
+def test_an_adapter_changes_the_lens(tiny, tmp_path):
   base, tok = tiny
   adapted = load_pretrained("tiny-random").build()
-  lens.load_adapter_hook(adapted, _adapter_dir(base, tmp_path / "adapter"))
+  load_adapter(adapted, _adapter_dir(base, tmp_path / "adapter"))
   (tokens, mask, readout), _ = _batch(tok, PROMPTS)  # same shapes as above: the base call hits the cache
   ids = resolve_targets(tok).token_ids
   a = lens.all_layer_lens(adapted, tokens, mask, readout, ids)["target_probs"]
@@ -183,7 +185,7 @@ def test_cli_bad_inputs_in_process(tmp_path, capsys, args, message):
   if "--json" not in args:
     argv += ["--json", str(out_json)]
   with pytest.raises(SystemExit) as exc:
-    lens.main(argv)
+    cli_lens.run(argv)
   assert exc.value.code == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "\n" not in err and message in err
