@@ -270,13 +270,12 @@ def steering(
   n_rows, dim = model.cfg.num_layers + 1, model.cfg.hidden_size
   idx, target_answers = _counterpart(prep)
   dirs = class_directions(model, class_ids)
-  label_of = {lab: k for k, lab in enumerate(labels)}
   rng = np.random.default_rng([seed, 4127])
   norms = np.linalg.norm(prep.clean.readout[row, idx].astype(np.float64), axis=-1)
   steer, rand = np.zeros((len(idx), dim)), np.zeros((len(idx), dim))
   for j, i in enumerate(idx):
     op = prep.examples[i].operation
-    d = dirs[label_of[STEER_TO[op]]] - dirs[label_of[op]]
+    d = dirs[data_lib.label_index(STEER_TO[op], labels)] - dirs[data_lib.label_index(op, labels)]
     steer[j] = d / np.linalg.norm(d)
     r = rng.standard_normal(dim)
     rand[j] = r / np.linalg.norm(r)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 from typing import Mapping, Sequence
 
+from lazarus_jax.data.arithmetic import label_index
 from lazarus_jax.errors import UserError
 
 DEFAULT_TARGETS = {"multiply": "multiply", "add": "add", "subtract": "subtract", "divide": "divide"}
@@ -50,10 +51,7 @@ class ResolvedTargets:
     return len(self.labels)
 
   def index(self, label: str) -> int:
-    try:
-      return self.labels.index(label)
-    except ValueError:
-      raise UserError(f"unknown label {label!r}: the targets are {', '.join(self.labels)}") from None
+    return label_index(label, self.labels)
 
   def as_dict(self) -> dict:
     """JSON-ready record (for results' provenance)."""

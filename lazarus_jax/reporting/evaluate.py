@@ -299,9 +299,9 @@ def counterfactual_metrics(model, tok, examples, targets, layer: int, c, conf: f
   states = readout_states(model, ids, targets.token_ids, c.eval.batch_size, tok.pad_id)
   pred = np.argmax(states["class_probs"][:, layer + 1], axis=-1)
   pred_cf, pred_sh = pred[: len(cf)], pred[len(cf) :]
-  new = np.asarray([labels.index(e.operation) for e in cf])
-  old = np.asarray([labels.index(e.source) for e in cf])
-  y_sh = np.asarray([labels.index(e.operation) for e in sh])
+  new = np.asarray([data_lib.label_index(e.operation, labels) for e in cf])
+  old = np.asarray([data_lib.label_index(e.source, labels) for e in cf])
+  y_sh = np.asarray([data_lib.label_index(e.operation, labels) for e in sh])
   flip = accuracy_summary(pred_cf == new, conf)
   flip["by_shown_operation"] = {op: accuracy_summary(pred_cf[new == k] == k, conf) for k, op in enumerate(labels) if np.any(new == k)}
   return {
@@ -710,6 +710,9 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   from lazarus_jax.reporting import report
 
   report.write_report(results, out_dir)
+  from lazarus_jax.reporting import eval_scalars
+
+  eval_scalars.write(workdir, results)  # eval/* beside training's curves in <workdir>/tb
   write_json(files.join(out_dir, "results.json"), results)  # last: its presence means "done"
   cls = results["classifier_eval"]
   print(
