@@ -14,10 +14,11 @@ import json
 import sys
 
 from lazarus_jax import files
+from lazarus_jax.config import flat_config
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str, enabled: bool = True, truncate_after: int = 0):
+  def __init__(self, workdir: str, enabled: bool = True, truncate_after: int = 0, hparams: dict | None = None):
     self.enabled = enabled
     self.path = files.join(workdir, "metrics.jsonl")
     self.remote = files.is_remote(workdir)
@@ -28,10 +29,9 @@ class MetricsWriter:
     if files.exists(self.path):
       self.history = [r for r in read_metrics(self.path) if r["step"] <= truncate_after]
     self._rewrite()  # replaced whole: a kill here must not lose the history
-    tb_dir = files.join(workdir, "tb")
-    if self.remote:
-      _register_remote_events(tb_dir)
-    self._tb = summary_writer_class()(tb_dir)
+    self._tb = tb_writer(workdir)
+    if hparams:
+      write_hparams(self._tb, hparams, HPARAM_METRICS)
 
   def _rewrite(self) -> None:
     files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -77,6 +77,68 @@ def _parse(line: str):
   except json.JSONDecodeError:
     return None
   return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
+def tb_writer(workdir: str, suffix: str = ""):
+  """A SummaryWriter on the run's TensorBoard directory `<workdir>/tb` (training's scalars, evaluate's, hparams).
+
+  tensorboardX names its event file by the second and the host only: a second writer (evaluate's) takes a
+  `suffix`, or within the same second it would replace the first's file (remote: the whole object)."""
+  tb_dir = files.join(workdir, "tb")
+  if files.is_remote(workdir):
+    _register_remote_events(tb_dir)
+  return summary_writer_class()(tb_dir, filename_suffix=suffix)
+
+
+# The config values a run's HParams row shows: what tells runs apart, scalars and strings only.
+HPARAM_KEYS = (
+  "seed",
+  "model.source",
+  "model.path",
+  "lora.rank",
+  "lora.alpha",
+  "lora.targets",
+  "lora.layer_start",
+  "lora.layer_end",
+  "classifier.layer",
+  "classifier.layer_fraction",
+  "classifier.weight",
+  "classifier.target_set",
+  "data.format",
+  "train.objective",
+  "train.steps",
+  "train.batch_size",
+  "train.lr",
+  "train.warmup_steps",
+  "train.weight_decay",
+  "train.grad_accum_steps",
+)
+# The scalars the HParams dashboard sets against them (written by training and by evaluate).
+HPARAM_METRICS = ("train/loss", "train/classifier_accuracy", "eval/lens_accuracy_L", "eval/answer_accuracy")
+
+
+def run_hparams(c) -> dict:
+  """HPARAM_KEYS of config `c` as {key: int | float | str | bool} (the HParams plugin takes nothing else)."""
+  flat = flat_config(c)
+  out = {}
+  for k in HPARAM_KEYS:
+    v = flat.get(k)
+    if isinstance(v, (list, tuple)):
+      v = ",".join(map(str, v))
+    out[k] = v if isinstance(v, (bool, int, float, str)) else str(v)
+  return out
+
+
+def write_hparams(writer, hparams: dict, metric_tags) -> None:
+  """The HParams plugin's experiment and session records in the writer's own directory (tensorboardX's
+  `add_hparams` would open a sub-run of its own, apart from the run's scalars)."""
+  from tensorboardX.summary import hparams as hparams_summary
+
+  experiment, start, end = hparams_summary(hparams, {t: 0.0 for t in metric_tags})
+  fw = writer._get_file_writer()
+  for summary in (experiment, start, end):
+    fw.add_summary(summary)
+  writer.flush()
 
 
 def summary_writer_class():

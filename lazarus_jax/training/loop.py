@@ -38,7 +38,7 @@ from lazarus_jax.training import grpo
 from lazarus_jax.training.checkpoints import Checkpointer, abstract_like
 from lazarus_jax.training.export import write_adapter
 from lazarus_jax.training.grpo import GRPOConfig
-from lazarus_jax.training.logging_utils import MetricsWriter, progress_bar
+from lazarus_jax.training.logging_utils import MetricsWriter, progress_bar, run_hparams
 from lazarus_jax.training.losses import dual_reward_loss
 from lazarus_jax.workdir import WorkdirLock
 
@@ -389,7 +389,7 @@ def _run(
 
   # -- the loop --
   stop.stop_if_requested()
-  writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step)
+  writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step, hparams=run_hparams(c))
   pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=is_main)
   pending, t_window, work_window = [], time.perf_counter(), 0
   step = start_step

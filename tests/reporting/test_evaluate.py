@@ -350,3 +350,35 @@ def test_mechanism_section_results_report_and_figures(trained, tmp_path):
   with pytest.raises(UserError, match=r"eval.mechanism.rows '3,99': rows must lie in 0..4"):
     evaluate.run(c2, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad" / "eval")
+
+
+def test_tensorboard_holds_the_eval_scalars_and_the_run_hparams(trained):
+  """Read back from <workdir>/tb's event files: evaluate's headline numbers at the adapter's step, beside
+  training's curves, and the run's hyperparameters for the HParams dashboard."""
+  import tb_events
+
+  c, workdir = trained
+  res = json.load(open(os.path.join(workdir, "eval", "results.json")))
+  tb = os.path.join(workdir, "tb")
+  got = tb_events.scalars(tb)
+  cls, answers, row = res["classifier_eval"], res["answer_accuracy"], res["lens_row"]
+  expect = {
+    "eval/lens_accuracy_L": cls["accuracy"],
+    "eval/lens_accuracy_L/ci_low": cls["ci_low"],
+    "eval/lens_accuracy_L/ci_high": cls["ci_high"],
+    "eval/answer_accuracy": answers["accuracy"],
+    "eval/answer_accuracy/ci_high": answers["ci_high"],
+    "eval_base/lens_accuracy_L": res["base"]["classifier_eval"]["accuracy"],
+  }
+  for fmt in res["formats"]:
+    expect[f"eval/lens_accuracy_L/{fmt}"] = cls["by_format"][fmt]["accuracy"]
+    expect[f"eval/answer_accuracy/{fmt}"] = answers["by_format"][fmt]["accuracy"]
+    expect[f"eval/probe_accuracy_L/{fmt}"] = res["probes"]["by_format"][fmt]["layers"][row]["test_accuracy"]
+  for tag, value in expect.items():
+    assert got[tag] == [(6, pytest.approx(value, abs=1e-6))], tag  # once, at the adapter's training step
+  assert [s for s, _ in got["train/loss"]] == [3, 6]  # training's own, in the same directory
+  values, metrics = tb_events.hparams(tb)
+  assert values["lora.rank"] == c.lora.rank and values["train.lr"] == pytest.approx(c.train.lr)
+  assert values["model.source"] == "tiny-random" and values["lora.targets"] == "v,o"
+  assert values["classifier.target_set"] == "operation" and values["train.objective"] == "dual_reward"
+  assert {"eval/lens_accuracy_L", "train/loss"} <= set(metrics)
