@@ -66,6 +66,7 @@ from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.models.model import split_packed
 from lazarus_jax.models.padding import pad_prompts
+from lazarus_jax.training.logging_utils import progress_bar
 
 SCHEMA_VERSION = 1
 
@@ -185,10 +186,15 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
   fmts = np.asarray([e.fmt for e in examples])
   prompt_ids = [data_lib.encode_prompt(tok, e.prompt) for e in examples]
   conf = c.sweep.confidence if "sweep" in c else 0.95
+  # stages: forward, probes, counterfactuals, answers (a terminal sees where a long evaluation is; see progress_wanted)
+  bar = progress_bar(total=4, desc=f"evaluate {tag}")
+  bar.set_postfix_str("forward + lens")
 
   t0 = time.perf_counter()
   states = readout_states(model, prompt_ids, targets.token_ids, c.eval.batch_size, tok.pad_id)
   timing[f"{tag}_forward_s"] = time.perf_counter() - t0
+  bar.update(1)
+  bar.set_postfix_str("probes")
   row = layer + 1
   probs_l, top1_l = states["class_probs"][:, row], states["top1"][:, row]
 
@@ -237,12 +243,16 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
       )
     del embed
     timing[f"{tag}_probes_s"] = time.perf_counter() - t0
+  bar.update(1)
+  bar.set_postfix_str("counterfactuals")
 
   # -- fewshot counterfactuals: does the lens at L follow the solved examples? --
   t0 = time.perf_counter()
   counterfactuals = counterfactual_metrics(model, tok, examples, targets, layer, c, conf)
   if counterfactuals is not None:
     timing[f"{tag}_counterfactuals_s"] = time.perf_counter() - t0
+  bar.update(1)
+  bar.set_postfix_str("answers")
 
   # -- answers --
   answers = None
@@ -250,6 +260,8 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
     t0 = time.perf_counter()
     answers = answer_metrics(model, tok, examples, prompt_ids, c.eval.max_new_tokens, seed_keys, conf)
     timing[f"{tag}_generate_s"] = time.perf_counter() - t0
+  bar.update(1)
+  bar.close()
 
   # -- per example: what the sweep pairs across arms (the same held-out prompts) --
   lens_correct = np.argmax(states["class_probs"], axis=-1) == y[:, None]  # [N, R]

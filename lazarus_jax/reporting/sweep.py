@@ -62,6 +62,7 @@ from lazarus_jax.config import default_config, flat_config, without_added_defaul
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.reporting.evaluate import unbits
+from lazarus_jax.training.logging_utils import progress_bar
 
 METRICS = (
   "lens_accuracy",
@@ -1188,9 +1189,12 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
     )
   ran, skipped = [], []
   t0 = time.perf_counter()
+  bar = progress_bar(total=len(arms), desc="sweep")  # each arm's train and evaluate bars open below it
   for i, arm in enumerate(arms):
-    print(f"sweep: arm {i + 1}/{len(arms)} {os.path.basename(dirs[arm.name])}", file=sys.stderr)
+    bar.write(f"sweep: arm {i + 1}/{len(arms)} {os.path.basename(dirs[arm.name])}", file=sys.stderr)
     (ran if run_arm(c, arm, workdir) else skipped).append(arm.name)
+    bar.update(1)
+  bar.close()
   elapsed = time.perf_counter() - t0
 
   rows, t_rows, n_layers, configs = [], [], None, []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 
 from lazarus_jax import files
@@ -191,7 +192,31 @@ def _register_remote_events(path: str) -> None:
   record_writer.register_writer_factory(path.split("://", 1)[0], _EpathEventFactory())
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
+PROGRESS_ENV = "LAZARUS_JAX_PROGRESS"  # 0: no progress bars; 1: bars even when stderr is no terminal
+
+
+def progress_wanted() -> bool:
+  """Bars are for a person watching: on when stderr is a terminal (not in logs, pipes or tests), unless
+  LAZARUS_JAX_PROGRESS says otherwise. Train, evaluate and sweep follow the same rule."""
+  setting = os.environ.get(PROGRESS_ENV, "")
+  if setting in ("0", "1"):
+    return setting == "1"
+  try:
+    return sys.stderr.isatty()
+  except (AttributeError, ValueError):  # a replaced or closed stream
+    return False
+
+
+def progress_bar(total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
+  """A tqdm bar on stderr (`enabled`: this process shows one at all, e.g. process 0 only)."""
   from tqdm import tqdm
 
-  return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True, desc="train", mininterval=1.0)
+  return tqdm(
+    total=total,
+    initial=initial,
+    disable=not (enabled and progress_wanted()),
+    file=sys.stderr,
+    dynamic_ncols=True,
+    desc=desc,
+    mininterval=1.0,
+  )
