@@ -22,8 +22,8 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", acti
   import jax.numpy as jnp
   from flax import nnx
 
-  from lazarus_jax import experiment
-  from lazarus_jax.models.lora import LoRA, LoRAConfig, add_lora
+  from lazarus_jax import experiment, settings
+  from lazarus_jax.models.lora import LoRA, add_lora
   from lazarus_jax.models.model import LoRAParam, pack_frozen_layers
   from lazarus_jax.training.loop import make_optimizer, make_train_step
 
@@ -32,7 +32,7 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", acti
   c.model.activation_dtype = activation_dtype
   pretrained = experiment.load_model(c)
   model = pretrained.build()
-  lora_cfg = LoRAConfig.from_config(c.lora)
+  lora_cfg = settings.lora_config(c)
   add_lora(model, lora_cfg, seed=c.seed)
   graphdef, base, _, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
   base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base)))  # as lazarus_jax.train does

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from lazarus_jax import config as config_lib
-from lazarus_jax import experiment
+from lazarus_jax import settings
 from lazarus_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def test_every_numeric_key_has_a_range_and_every_range_a_key():
 @pytest.mark.parametrize("name,c", list(_shipped_configs()))
 def test_shipped_configs_are_in_range(name, c):
   config_lib.check_ranges(c)
-  experiment.validate_config(c)
+  settings.parse(c)
 
 
 def _outside(rng: config_lib.Range, value):
@@ -110,8 +110,8 @@ def test_validate_config_checks_ranges_first_thing():
   c = config_lib.default_config()
   c.train.lr = math.nan  # passed `lr <= 0` (NaN compares false): the first update was applied
   with pytest.raises(UserError, match="train.lr must be > 0, got nan"):
-    experiment.validate_config(c)
+    settings.parse(c)
   c = config_lib.default_config()
   c.train.max_to_keep = 0  # orbax kept no checkpoint: "saved" said, nothing on disk, resume restarted at 0
   with pytest.raises(UserError, match="train.max_to_keep must be >= 1, got 0"):
-    experiment.validate_config(c)
+    settings.parse(c)

@@ -10,7 +10,7 @@ LAYERS = [
   ("base", {"errors", "files", "workdir", "provenance"}),
   ("models", {"models"}),
   ("data", {"data"}),
-  ("config", {"config", "configs", "experiment"}),
+  ("config", {"config", "configs", "settings", "experiment"}),
   ("training", {"training"}),
   ("analysis", {"analysis"}),
   ("reporting", {"reporting"}),

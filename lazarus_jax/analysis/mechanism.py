@@ -35,55 +35,7 @@ import numpy as np
 
 from lazarus_jax.analysis import interventions, tuned_lens, vo_analysis
 from lazarus_jax.data import arithmetic as data_lib
-from lazarus_jax.errors import UserError
-
-
-def parse_rows(spec: str, n_rows: int, layer: int | None = None) -> list[int]:
-  """`all`, `auto` (every 3rd row, the classifier's row L + 1 and the last row) or comma-separated residual rows
-  (0 = embeddings, r = after block r-1)."""
-  if spec.strip() == "all":
-    return list(range(n_rows))
-  if spec.strip() == "auto":
-    return sorted(set(range(0, n_rows, 3)) | {n_rows - 1} | ({layer + 1} if layer is not None else set()))
-  try:
-    rows = sorted({int(x) for x in spec.split(",") if x.strip()})
-  except ValueError:
-    raise UserError(f"eval.mechanism.rows must be 'all' or comma-separated row numbers, got {spec!r}") from None
-  if not rows or rows[0] < 0 or rows[-1] >= n_rows:
-    raise UserError(f"eval.mechanism.rows {spec!r}: rows must lie in 0..{n_rows - 1} (row r = after block r-1)")
-  return rows
-
-
-def parse_alphas(spec: str) -> list[float]:
-  try:
-    alphas = [float(x) for x in spec.split(",") if x.strip()]
-  except ValueError:
-    raise UserError(f"eval.mechanism.steer_alphas must be comma-separated numbers, got {spec!r}") from None
-  if not alphas:
-    raise UserError("eval.mechanism.steer_alphas is empty: give e.g. 0.5,1,2")
-  return alphas
-
-
-def validate(c) -> None:
-  """The mechanism keys' values, before any work."""
-  m = c.eval.mechanism
-  from lazarus_jax.experiment import data_formats
-
-  fmts = set(data_formats(c)) | {f.strip() for f in str(c.data.get("eval_format", "") or "").split(",") if f.strip()}
-  other = sorted(fmts - {"symbolic", "semantic"})
-  if other:  # counterpart prompts (same operands, another operation) and token roles exist for these two only
-    raise UserError(
-      f"eval.mechanism supports the symbolic and semantic formats only, not {', '.join(other)}: "
-      "evaluate those formats without --config.eval.mechanism.enabled"
-    )
-  for key in ("max_examples_per_op", "tuned_lens_train", "tuned_lens_steps", "tuned_lens_top_k"):
-    if m[key] <= 0:
-      raise UserError(f"eval.mechanism.{key} must be positive, got {m[key]}")
-  if m.n_random < 1:
-    raise UserError(f"eval.mechanism.n_random must be >= 1, got {m.n_random}")
-  if m.rows.strip() not in ("all", "auto"):
-    parse_rows(m.rows, 10**6)
-  parse_alphas(m.steer_alphas)
+from lazarus_jax.settings import mechanism_rows, steer_alphas
 
 
 def subset(examples, cap: int, seed: int) -> list:
@@ -103,7 +55,7 @@ def analyse_model(
   m = c.eval.mechanism
   timing = {} if timing is None else timing
   n_rows = model.cfg.num_layers + 1
-  rows = parse_rows(m.rows, n_rows, layer)
+  rows = mechanism_rows(m.rows, n_rows, layer)
   labels = list(targets.labels)
   class_ids = list(targets.token_ids)
   chosen = subset(examples, m.max_examples_per_op, c.seed)
@@ -115,7 +67,7 @@ def analyse_model(
   timing[f"{tag}_ablation_s"] = time.perf_counter() - t0
   _say(tag, "ablation", timing[f"{tag}_ablation_s"])
   t0 = time.perf_counter()
-  out["steering"] = interventions.steering(model, tok, prep, class_ids, labels, layer + 1, parse_alphas(m.steer_alphas), c.seed)
+  out["steering"] = interventions.steering(model, tok, prep, class_ids, labels, layer + 1, steer_alphas(c), c.seed)
   timing[f"{tag}_steering_s"] = time.perf_counter() - t0
   _say(tag, "steering", timing[f"{tag}_steering_s"])
   t0 = time.perf_counter()

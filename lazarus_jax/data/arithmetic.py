@@ -312,7 +312,7 @@ def load_jsonl(path: str, operations: Sequence[str] = OPERATIONS) -> list[Exampl
   mapped (ORIGINAL_DEFECTS #8).
   """
   if not os.path.isfile(path):
-    raise UserError(f"data file {path} does not exist: check data.jsonl_path")
+    raise UserError(f"data file {path} does not exist: check data.jsonl")
   examples = []
   # Decoded up front (files.read_text): a file in another encoding is one line naming it, not a traceback.
   with io.StringIO(read_text(path, "data file"), newline=None) as f:
@@ -478,7 +478,7 @@ def batch_indices(n_examples: int, batch_size: int, step: int, seed: int, labels
   """
   _check_seed(seed)
   if n_examples <= 0:
-    raise UserError("the training set is empty: check data.formats / data.jsonl_path")
+    raise UserError("the training set is empty: check data.format / data.jsonl")
   if batch_size <= 0:
     raise UserError(f"batch_size={batch_size} must be positive")
   if step < 0:

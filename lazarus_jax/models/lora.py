@@ -25,19 +25,6 @@ class LoRAConfig:
   layer_start: int = 0
   layer_end: int | None = None  # exclusive; None = all layers
 
-  @classmethod
-  def from_config(cls, c) -> "LoRAConfig":
-    targets = c.targets
-    if isinstance(targets, str):
-      targets = tuple(t.strip() for t in targets.split(",") if t.strip())
-    return cls(
-      rank=int(c.rank),
-      alpha=float(c.alpha),
-      targets=tuple(targets),
-      layer_start=int(c.layer_start),
-      layer_end=None if c.layer_end in (None, -1) else int(c.layer_end),
-    )
-
   def validate(self, num_layers: int) -> tuple[int, int]:
     """Checks the config against the model; returns the adapted layer range [start, end)."""
     if self.rank <= 0:

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lazarus_jax import experiment, files, provenance
+from lazarus_jax import experiment, files, provenance, settings
 from lazarus_jax.analysis.lens import readout_lens
 from lazarus_jax.analysis.stats import accuracy_summary
 from lazarus_jax.data import arithmetic as data_lib
@@ -629,17 +629,13 @@ def run(config, workdir: str) -> dict:
 
 def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   c = config
-  experiment.validate_config(c)
+  settings.parse(c)  # every key's value, the mechanism's included
   workdir = files.abspath(workdir)
   files.check_output_dir(files.join(workdir, "eval"), "--workdir")
   from lazarus_jax.workdir import check_not_in_use
 
   check_not_in_use(workdir)
   adapter = adapter_path(c, workdir)  # before any loading: a missing adapter fails fast
-  if c.eval.mechanism.enabled:
-    from lazarus_jax.analysis import mechanism
-
-    mechanism.validate(c)
   if jax.process_index() != 0:
     return {}
   from lazarus_jax.models.adapters import adapter_origin
@@ -653,7 +649,7 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   n_layers = pretrained.config.num_layers
   layer = experiment.classifier_layer(c, n_layers)
   if c.eval.mechanism.enabled:  # rows against this model, before any evaluation work
-    mechanism.parse_rows(c.eval.mechanism.rows, n_layers + 1, layer)
+    settings.mechanism_rows(c.eval.mechanism.rows, n_layers + 1, layer)
   datasets = experiment.build_data(c, tok)
   split = check_split(adapter, datasets.split)  # before any evaluation work: never score training data
   examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op, c.seed)
@@ -704,7 +700,7 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
     # One row of the transfer matrix: trained on `train_formats`, lens at L on each eval format
     # (classifier_eval.by_format), the same held-out triples in each.
     "transfer": {
-      "train_formats": experiment.data_formats(c) if not c.data.jsonl else ["jsonl"],
+      "train_formats": settings.data_formats(c) if not c.data.jsonl else ["jsonl"],
       "eval_formats": fmts,
       "target_set": c.classifier.target_set,
       "fewshot_k": c.data.fewshot_k,

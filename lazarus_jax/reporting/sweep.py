@@ -56,12 +56,13 @@ import time
 import ml_collections
 import numpy as np
 
-from lazarus_jax import files
+from lazarus_jax import files, settings
 from lazarus_jax.analysis import stats
 from lazarus_jax.config import default_config, flat_config, without_added_defaults
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.reporting.evaluate import unbits
+from lazarus_jax.settings import GRPO_ARMS
 from lazarus_jax.training.logging_utils import progress_bar
 
 METRICS = (
@@ -81,7 +82,6 @@ EXAMPLE_METRICS = {"lens_accuracy": "lens_correct", "answer_accuracy": "answer_c
 COUNT_METRICS = {"vocab_top1_accuracy": "n_examples", "probe_accuracy": "probe_n_test"}
 CONTRAST_METRICS = ("answer_accuracy", "first_token_accuracy", "lens_accuracy")
 NAMED_WEIGHTS = {0.0: "sft", 0.7: "dual", 1.0: "classifier"}
-GRPO_ARMS = ("grpo", "grpo+lens")  # train.objective=grpo from the SFT arm's adapter; w = 0 and sweep.grpo_lens_weight
 N_RESAMPLES = 4000
 BOOTSTRAP_SEED = 0
 POWER = 0.8
@@ -111,75 +111,9 @@ class Arm:
 # ---- the grid ----------------------------------------------------------------------------------------
 
 
-def _split(spec: str, key: str) -> list[str]:
-  items = [s.strip() for s in str(spec).split(",") if s.strip()]
-  if not items:
-    raise UserError(f"sweep.{key} is empty: give a comma-separated list")
-  if len(set(items)) != len(items):
-    raise UserError(f"sweep.{key}={spec!r} lists a value twice")
-  return items
-
-
-def _floats(spec: str, key: str) -> list[float]:
-  try:
-    return [float(s) for s in _split(spec, key)]
-  except ValueError:
-    raise UserError(f"sweep.{key}={spec!r} must be comma-separated numbers") from None
-
-
 def grid(c) -> dict:
-  """The parsed, checked grid (before any work)."""
-  s = c.sweep
-  weights = _floats(s.weights, "weights")
-  for w in weights:
-    if not 0.0 <= w <= 1.0:
-      raise UserError(f"sweep.weights: {w} is outside [0, 1]")
-  formats = _split(s.formats, "formats")
-  for f in formats:
-    if f not in data_lib.FORMATS:
-      raise UserError(f"sweep.formats: unknown format {f!r}: use {', '.join(data_lib.FORMATS)}")
-  fractions = _floats(s.layer_fractions, "layer_fractions")
-  for f in fractions:
-    if not 0.0 < f < 1.0:
-      raise UserError(f"sweep.layer_fractions: {f} is outside (0, 1)")
-  try:
-    seeds = [int(x) for x in _split(s.seeds, "seeds")]
-  except ValueError:
-    raise UserError(f"sweep.seeds={s.seeds!r} must be comma-separated non-negative integers") from None
-  if any(x < 0 for x in seeds):
-    raise UserError(f"sweep.seeds={s.seeds!r} must be non-negative")
-  if not 0.0 < s.confidence < 1.0:
-    raise UserError(f"sweep.confidence must be in (0, 1), got {s.confidence}")
-  target_sets = _split(s.target_sets, "target_sets")
-  from lazarus_jax.data.targets import TARGET_SETS
-
-  for t in target_sets:
-    if t not in TARGET_SETS:
-      raise UserError(f"sweep.target_sets: unknown target set {t!r}: use {', '.join(TARGET_SETS)}")
-  eval_formats = str(s.eval_formats).strip()
-  if eval_formats and eval_formats != "all":
-    data_lib.check_formats(_split(eval_formats, "eval_formats"), "sweep.eval_formats", data_lib.EVAL_FORMATS)
-  grpo_arms = _split(s.grpo_arms, "grpo_arms") if str(s.grpo_arms).strip() else []
-  unknown = [a for a in grpo_arms if a not in GRPO_ARMS]
-  if unknown:
-    raise UserError(f"sweep.grpo_arms: unknown arm(s) {unknown}: use some of {', '.join(GRPO_ARMS)}")
-  if grpo_arms and 0.0 not in weights:
-    raise UserError("sweep.grpo_arms warm-start from the SFT arm: sweep.weights must include 0")
-  if grpo_arms and (s.grpo_steps <= 0 or s.grpo_lr <= 0 or not 0.0 < s.grpo_lens_weight <= 1.0):
-    raise UserError(
-      f"sweep.grpo_steps and sweep.grpo_lr must be positive and sweep.grpo_lens_weight in (0, 1], got "
-      f"{s.grpo_steps}, {s.grpo_lr}, {s.grpo_lens_weight}"
-    )
-  return {
-    "weights": weights,
-    "formats": formats,
-    "layer_fractions": fractions,
-    "seeds": seeds,
-    "include_base": bool(s.include_base),
-    "target_sets": target_sets,
-    "eval_formats": eval_formats,
-    "grpo_arms": grpo_arms,
-  }
+  """The parsed, checked grid (settings.sweep_grid), as the dict the sweep's records hold."""
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings.sweep_grid(c)).items()}
 
 
 def arm_label(weight: float | None, target_set: str = "operation") -> str:
@@ -1158,9 +1092,8 @@ def run(config, workdir: str) -> dict:
   from lazarus_jax.workdir import WorkdirLock
 
   c = config
-  from lazarus_jax import experiment
 
-  experiment.validate_config(c)
+  settings.parse(c)
   g = grid(c)
   arms = plan(c)
   workdir = files.abspath(workdir)  # a local directory or a URL (gs://...): every path below goes through files

@@ -172,10 +172,10 @@ def preflight(c: ml_collections.ConfigDict, accelerator: str, devices=None, hbm:
   """Compiles the step `train.run` would compile for config `c` on the TPU slice `accelerator` (abstract weights,
   compile-only devices). Returns (memory record, one line); the line says what to change when it does not fit.
   `devices` / `hbm` stand in for the slice's devices and HBM per chip (tests on simulated CPU devices)."""
-  from lazarus_jax import experiment
+  from lazarus_jax import experiment, settings
   from lazarus_jax.models.loading import load_shape
 
-  experiment.validate_config(c)
+  settings.parse(c)
   topology = topology_name(accelerator)
   if devices is None:
     try:
@@ -200,7 +200,7 @@ def preflight(c: ml_collections.ConfigDict, accelerator: str, devices=None, hbm:
     batch_size=c.train.batch_size,
     seq_len=seq_len,
     max_answer_tokens=c.data.max_answer_tokens,
-    lora=LoRAConfig.from_config(c.lora),
+    lora=settings.lora_config(c),
     classifier_layer=experiment.classifier_layer(c, model_cfg.num_layers),
     grad_accum_steps=c.train.grad_accum_steps,
     n_classes=len(c.classifier.targets),

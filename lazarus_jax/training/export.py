@@ -15,7 +15,7 @@ import tempfile
 import jax
 import ml_collections
 
-from lazarus_jax import experiment, files
+from lazarus_jax import experiment, files, settings
 from lazarus_jax.config import default_config
 from lazarus_jax.errors import UserError
 from lazarus_jax.models.adapters import export_peft, model_fingerprint
@@ -95,7 +95,7 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
   files.check_output_dir(out, "--out")
 
   pretrained = experiment.load_model(c)
-  lora_cfg = LoRAConfig.from_config(c.lora)
+  lora_cfg = settings.lora_config(c)
   lora_cfg.validate(pretrained.config.num_layers)
   tx, _ = loop.make_optimizer(c.train)  # the optimizer state's structure: the checkpoint holds it beside the adapters
   abstract = jax.eval_shape(loop.initial_state_fn(pretrained.config, lora_cfg, tx, c.seed, c.train.objective))

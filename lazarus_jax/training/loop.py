@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lazarus_jax import experiment, files, provenance
+from lazarus_jax import experiment, files, provenance, settings
 from lazarus_jax import workdir as workdir_lib
 from lazarus_jax.config import flat_config, without_added_defaults
 from lazarus_jax.data import arithmetic as data_lib
@@ -37,7 +37,6 @@ from lazarus_jax.models.sharding import batch_sharding, make_mesh, pinned_activa
 from lazarus_jax.training import grpo
 from lazarus_jax.training.checkpoints import Checkpointer, abstract_like
 from lazarus_jax.training.export import write_adapter
-from lazarus_jax.training.grpo import GRPOConfig
 from lazarus_jax.training.logging_utils import MetricsWriter, progress_bar, run_hparams
 from lazarus_jax.training.losses import dual_reward_loss
 from lazarus_jax.workdir import WorkdirLock
@@ -230,7 +229,7 @@ def _run(
   config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag", held: contextlib.ExitStack, reward_fn=None
 ) -> TrainResult:
   c = config
-  experiment.validate_config(c)
+  parsed = settings.parse(c)
   workdir = files.abspath(workdir)
   if c.distributed:
     initialize_distributed()
@@ -250,7 +249,7 @@ def _run(
   model = pretrained.build()
   n_layers = pretrained.config.num_layers
   layer = experiment.classifier_layer(c, n_layers)
-  lora_cfg = LoRAConfig.from_config(c.lora)
+  lora_cfg = parsed.lora
   lora = add_lora(model, lora_cfg, seed=c.seed)
   tok = pretrained.tokenizer
   stop.stop_if_requested()
@@ -259,7 +258,7 @@ def _run(
   train_labels = experiment.example_labels(c, tok, datasets.train)  # the class each example's lens targets
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
   rules = tuple(tuple(r) for r in c.mesh.rules)
-  grpo_cfg = GRPOConfig.from_config(c.grpo) if c.train.objective == "grpo" else None
+  grpo_cfg = parsed.grpo
   warm_start = read_warm_start(c, pretrained.config, lora_cfg, datasets.split) if c.train.init_adapter else None
   if is_main:
     print(

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lazarus_jax import experiment
+from lazarus_jax import experiment, settings
 from lazarus_jax.analysis import compute_or_copy
 from lazarus_jax.configs import tiny as tiny_config
 from lazarus_jax.data import arithmetic as data_lib
@@ -146,7 +146,7 @@ def test_target_sets_resolve_and_answer_labels_are_first_answer_tokens():
   assert labels == [e.answer[0] for e in s.eval]
   c.classifier.target_set = "nonsense"
   with pytest.raises(UserError, match="target_set"):
-    experiment.validate_config(c)
+    settings.parse(c)
 
 
 @pytest.fixture(scope="module")
@@ -211,14 +211,14 @@ def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
 
 def test_default_eval_formats():
   c = tiny_config.get_config()
-  assert experiment.eval_formats(c) == ["symbolic"]  # round-1 runs evaluate what they train on, as before
+  assert settings.eval_formats(c) == ["symbolic"]  # round-1 runs evaluate what they train on, as before
   c.data.format = "fewshot"
-  assert experiment.eval_formats(c) == list(data_lib.EVAL_FORMATS)  # a cue-free run reports its transfer row
+  assert settings.eval_formats(c) == list(data_lib.EVAL_FORMATS)  # a cue-free run reports its transfer row
   c.data.eval_format = "fewshot,symbolic_alt"
-  assert experiment.eval_formats(c) == ["fewshot", "symbolic_alt"]
+  assert settings.eval_formats(c) == ["fewshot", "symbolic_alt"]
   c.data.eval_format = "symbolic_alt,nope"
   with pytest.raises(UserError, match="nope"):
-    experiment.validate_config(c)
+    settings.parse(c)
 
 
 def test_batches_are_balanced_as_before_target_sets_existed():

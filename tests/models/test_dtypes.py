@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lazarus_jax import experiment
+from lazarus_jax import experiment, settings
 from lazarus_jax.cli.train import train_and_evaluate
 from lazarus_jax.models import dtypes
 
@@ -89,7 +89,7 @@ def _config(name):
 def test_shipped_configs_default_to_auto(name):
   c = _config(name)
   assert (c.model.param_dtype, c.model.compute_dtype, c.model.activation_dtype) == AUTO3
-  experiment.validate_config(c)  # auto is a valid value
+  settings.parse(c)  # auto is a valid value
 
 
 def test_tiny_config_stays_float32():

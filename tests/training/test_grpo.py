@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lazarus_jax import settings
 from lazarus_jax.models.generate import pick_token
 from lazarus_jax.models.loading import load_pretrained
 from lazarus_jax.models.lora import LoRAConfig, add_lora
@@ -269,7 +270,7 @@ def test_warm_start_reads_the_adapter_and_checks_it(toy_run, tmp_path):
   _, final, _ = restore_final(workdir)
   pretrained = load_pretrained("tiny-random")
   c = toy_config(**{"train.init_adapter": adapter})
-  lora_cfg = LoRAConfig.from_config(c.lora)
+  lora_cfg = settings.lora_config(c)
   with open(workdir / "train_summary.json") as f:
     split = json.load(f)["split"]
   weights = train.read_warm_start(c, pretrained.config, lora_cfg, split)
