@@ -207,6 +207,14 @@ CASES = {
   "eval_probe_fraction": (["--config.eval.probe_test_fraction=1.5", OW], ["eval.probe_test_fraction", "1.5"], {}),
   "eval_max_examples_zero": (["--config.eval.max_examples_per_op=0", OW], ["eval.max_examples_per_op", ">= 1"], {}),
   "remat_typo": (["--config.model.remat=ful", OW], ["model.remat", "'ful'"], {}),
+  # evaluate's mechanism keys too (settings.parse): they were checked by evaluate only, after training.
+  "mechanism_alphas_typo": (["--config.eval.mechanism.steer_alphas=1,two", OW], ["eval.mechanism.steer_alphas", "1,two"], {}),
+  "mechanism_rows_typo": (["--config.eval.mechanism.rows=0,x", OW], ["eval.mechanism.rows", "0,x"], {}),
+  "mechanism_cue_free_format": (
+    ["--config.eval.mechanism.enabled=True", "--config.data.format=fewshot", OW],
+    ["eval.mechanism", "symbolic and semantic", "fewshot"],
+    {},
+  ),
   "fresh_workdir_bad_eval_key": (["--config.eval.probe_method=x"], ["eval.probe_method"], {"fresh": True}),
   # overwrite deletes what a run of ours wrote, and refuses a directory holding anything else.
   "overwrite_foreign_file": ([OW], ["notes.txt", "no run writes", "another --workdir"], {"setup": "foreign_file"}),
