@@ -378,18 +378,7 @@ def probe_format(
   if len(y) < 4 or np.sum(n_per_class > 0) < 2 or np.min(n_per_class[n_per_class > 0]) < 2:
     return {"skipped": f"too few examples to probe ({len(y)}, per class {n_per_class.tolist()})"}
   train_idx, test_idx = probes.split_indices(len(y), c.eval.probe_test_fraction, seed=c.seed, stratify_labels=y)
-  res = probes.fit_probes(
-    hidden,
-    y,
-    train_idx,
-    test_idx,
-    l2=c.eval.probe_l2,
-    steps=c.eval.probe_steps,
-    seed=c.seed,
-    method=c.eval.probe_method,
-    learning_rate=c.eval.probe_lr,
-    control_types=control_types,
-  )
+  res = probes.fit_probes(hidden, y, train_idx, test_idx, control_types=control_types, **probe_options(c))
   lexical = probes.lexical_baseline(prompt_ids, y, (train_idx, test_idx), l2=c.eval.probe_l2, steps=c.eval.probe_steps)
   summary = res.summary()
   summary["classes"] = [labels[int(k)] for k in summary["classes"]]
@@ -397,6 +386,12 @@ def probe_format(
   if embed is not None:
     out["layer0_positions"] = layer0_baseline(embed, prompt_ids, y, (train_idx, test_idx), c)
   return out
+
+
+def probe_options(c) -> dict:
+  """The eval.probe_* settings every probe of a run is fitted with."""
+  e = c.eval
+  return dict(l2=e.probe_l2, steps=e.probe_steps, seed=c.seed, method=e.probe_method, learning_rate=e.probe_lr)
 
 
 def layer0_baseline(embed: np.ndarray, prompt_ids, y: np.ndarray, split, c) -> dict:
@@ -412,17 +407,7 @@ def layer0_baseline(embed: np.ndarray, prompt_ids, y: np.ndarray, split, c) -> d
     back = np.asarray(ids[::-1])
     feats[: len(back), i] = embed[back]
   train_idx, test_idx = split
-  res = probes.fit_probes(
-    feats,
-    y,
-    train_idx,
-    test_idx,
-    l2=c.eval.probe_l2,
-    steps=c.eval.probe_steps,
-    seed=c.seed,
-    method=c.eval.probe_method,
-    learning_rate=c.eval.probe_lr,
-  )
+  res = probes.fit_probes(feats, y, train_idx, test_idx, **probe_options(c))
   rows = [
     {
       "from_end": p + 1,
