@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ from lazarus_jax.config import flat_config, without_added_defaults
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.errors import UserError
 from lazarus_jax.files import check_output_dir, read_json, write_text
+from lazarus_jax.models.loading import Pretrained
 from lazarus_jax.models.lora import LoRA, LoRAConfig, add_lora
 from lazarus_jax.models.model import LoRAParam, pack_frozen_layers
 from lazarus_jax.models.padding import pad_prompts
@@ -225,18 +227,69 @@ def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> Trai
       stop.restore()
 
 
+@dataclasses.dataclass
+class Setup:
+  """What the set-up built and checked, before anything is written."""
+
+  c: ml_collections.ConfigDict
+  workdir: str
+  is_main: bool
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  pretrained: Pretrained
+  model: nnx.Module
+  layer: int  # the classifier layer L
+  lora_cfg: LoRAConfig
+  lora: LoRA
+  datasets: experiment.Datasets
+  targets: experiment.ResolvedTargets
+  train_labels: list[str]  # the class each training example's lens targets
+  grpo_cfg: grpo.GRPOConfig | None
+  warm_start: dict | None
+
+
+@dataclasses.dataclass
+class Step:
+  """The sharded state and the compiled step (dual-reward) or round (GRPO) that advances it."""
+
+  state: dict
+  abstract: object  # the state's shapes (a checkpoint restores into them)
+  state_sh: dict
+  run: Callable[[dict, int], tuple]  # (state, step) -> (state, metrics)
+  compile_s: float
+  work_unit: str  # what `work_per_step` counts, for the throughput column: tokens or samples
+  work_per_step: int
+
+
 def _run(
   config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag", held: contextlib.ExitStack, reward_fn=None
 ) -> TrainResult:
-  c = config
+  setup = set_up(config, workdir, stop)
+  stop.stop_if_requested()
+  step = compile_step(setup, stop, reward_fn)
+  ckpt, start_step = prepare_workdir(setup, step, held)
+  stop.stop_if_requested()
+  final_step, history, preempted = train_loop(setup, step, ckpt, start_step, stop)
+  if preempted:
+    if setup.is_main:
+      print(
+        f"stopped by {stop.signal_name} at step {final_step}: checkpoint {setup.workdir}/checkpoints/{final_step} "
+        "saved; continue with --config.resume=True",
+        file=sys.stderr,
+      )
+    return TrainResult(setup.workdir, final_step, history, preempted=True, signal_number=stop.signal_number)
+  write_outputs(setup, step, final_step, history)
+  return TrainResult(setup.workdir, final_step, history)
+
+
+def set_up(c: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag") -> Setup:
+  """Config, mesh, model, adapters, targets and data: every check that can run before anything is written."""
   parsed = settings.parse(c)
   workdir = files.abspath(workdir)
   if c.distributed:
     initialize_distributed()
   check_workdir(c, workdir)
   is_main = jax.process_index() == 0
-
-  # -- setup: mesh, model, adapters, targets, data (all checks before anything is written) --
   mesh = make_mesh(c.mesh.shape)  # device count and batch divisibility need no model: fail before loading it
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
   if c.train.batch_size % data_size:
@@ -249,17 +302,14 @@ def _run(
   model = pretrained.build()
   n_layers = pretrained.config.num_layers
   layer = experiment.classifier_layer(c, n_layers)
-  lora_cfg = parsed.lora
-  lora = add_lora(model, lora_cfg, seed=c.seed)
+  lora = add_lora(model, parsed.lora, seed=c.seed)
   tok = pretrained.tokenizer
   stop.stop_if_requested()
   datasets = experiment.build_data(c, tok)
   targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets), examples=datasets.train + datasets.eval)
-  train_labels = experiment.example_labels(c, tok, datasets.train)  # the class each example's lens targets
+  train_labels = experiment.example_labels(c, tok, datasets.train)
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
-  rules = tuple(tuple(r) for r in c.mesh.rules)
-  grpo_cfg = parsed.grpo
-  warm_start = read_warm_start(c, pretrained.config, lora_cfg, datasets.split) if c.train.init_adapter else None
+  warm_start = read_warm_start(c, pretrained.config, parsed.lora, datasets.split) if c.train.init_adapter else None
   if is_main:
     print(
       f"model {pretrained.name}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
@@ -268,101 +318,129 @@ def _run(
       f"seq_len {datasets.seq_len}",
       file=sys.stderr,
     )
+  rules = tuple(tuple(r) for r in c.mesh.rules)
+  return Setup(
+    c,
+    workdir,
+    is_main,
+    mesh,
+    rules,
+    pretrained,
+    model,
+    layer,
+    parsed.lora,
+    lora,
+    datasets,
+    targets,
+    train_labels,
+    parsed.grpo,
+    warm_start,
+  )
 
-  # -- state: base weights placed by rules; adapters + optimizer created already sharded --
-  graphdef, base, lora_state, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
+
+def compile_step(s: Setup, stop: "PreemptionFlag", reward_fn=None) -> Step:
+  """The state (base weights placed by the rules; adapters and optimizer created already sharded) and the step,
+  compiled ahead of time, so sharding or memory errors fail before the workdir is touched."""
+  c, mesh, rules, tok, datasets = s.c, s.mesh, s.rules, s.pretrained.tokenizer, s.datasets
+  graphdef, base, lora_state, rest = nnx.split(s.model, nnx.Param, LoRAParam, ...)
   base_shardings = to_pure(state_shardings(base, mesh, rules))
   lora_shardings = to_pure(state_shardings(lora_state, mesh, rules))
   base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base), base_shardings), base_shardings)
   rest = nnx.to_pure_dict(rest)
+  grpo_cfg = s.grpo_cfg
   tx, schedule = make_optimizer(c.train, grpo_cfg.updates_per_batch if grpo_cfg else 1)
-  init_state = initial_state_fn(pretrained.config, lora_cfg, tx, c.seed, c.train.objective)
+  init_state = initial_state_fn(s.pretrained.config, s.lora_cfg, tx, c.seed, c.train.objective)
   abstract = jax.eval_shape(init_state)
   state_sh = train_state_shardings(abstract, lora_shardings, mesh)
   state = jax.jit(init_state, out_shardings=state_sh)()
 
-  # -- the step, compiled ahead of time (sharding or memory errors fail before the loop) --
-  class_ids = jnp.asarray(targets.token_ids, jnp.int32)
+  class_ids = jnp.asarray(s.targets.token_ids, jnp.int32)
   weight = jnp.asarray(c.classifier.weight, jnp.float32)
   bsh = batch_sharding(mesh, rules)
   n = len(datasets.train_encoded)
   label_ids = experiment.balance_ids(datasets.train_labels)
 
-  def global_batch(step):
+  def local_indices(step):
     idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
-    local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
-    arrays = data_lib.collate(
-      [datasets.train_encoded[i] for i in local],
-      [train_labels[i] for i in local],
-      datasets.seq_len,
-      c.data.max_answer_tokens,
-      tok.pad_id,
-      label_names=targets.labels,
-    )
-    return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
+    return idx, data_lib.process_slice(idx, jax.process_index(), jax.process_count())
 
   stop.stop_if_requested()
   if grpo_cfg is None:
+
+    def global_batch(step):
+      _, local = local_indices(step)
+      arrays = data_lib.collate(
+        [datasets.train_encoded[i] for i in local],
+        [s.train_labels[i] for i in local],
+        datasets.seq_len,
+        c.data.max_answer_tokens,
+        tok.pad_id,
+        label_names=s.targets.labels,
+      )
+      return {k: jax.make_array_from_process_local_data(bsh, v) for k, v in arrays.items()}
+
     t0 = time.perf_counter()
-    step_fn = make_train_step(graphdef, tx, schedule, layer, c.classifier.restrict_to_classes, c.train.grad_accum_steps)
+    step_fn = make_train_step(graphdef, tx, schedule, s.layer, c.classifier.restrict_to_classes, c.train.grad_accum_steps)
     jitted = jit_train_step(step_fn, state_sh, base_shardings, bsh, mesh)
     with pinned_activations(mesh, rules):  # FSDP: activations stay batch-sharded, weights gathered one layer at a time
       compiled = jitted.lower(state, base, rest, global_batch(0), weight, class_ids).compile()
     compile_s = time.perf_counter() - t0
-    if is_main:
+    if s.is_main:
       print(f"compiled train step in {compile_s:.1f}s; {memory_summary(compiled)}", file=sys.stderr)
 
     def one_step(state, step):
       return compiled(state, base, rest, global_batch(step), weight, class_ids)
 
-    work_unit, work_per_step = "tokens", c.train.batch_size * datasets.seq_len
-  else:
-    prompt_width = max(e.prompt_len for e in datasets.train_encoded)  # fixed: the rollout compiles once
+    return Step(state, abstract, state_sh, one_step, compile_s, "tokens", c.train.batch_size * datasets.seq_len)
 
-    def prompt_batch(step):
-      idx = data_lib.batch_indices(n, c.train.batch_size, step, c.seed, labels=label_ids)
-      local = data_lib.process_slice(idx, jax.process_index(), jax.process_count())
-      enc = datasets.train_encoded
-      tokens, mask, _ = pad_prompts([enc[i].ids[: enc[i].prompt_len] for i in local], prompt_width, tok.pad_id, left=True)
-      return {
-        "prompts": jax.make_array_from_process_local_data(bsh, tokens),
-        "prompt_mask": jax.make_array_from_process_local_data(bsh, mask),
-        "answers": [datasets.train[i].answer for i in idx],
-        "label_host": label_ids[idx],
-      }
+  prompt_width = max(e.prompt_len for e in datasets.train_encoded)  # fixed: the rollout compiles once
 
-    shardings = {
-      "lora": state_sh["lora"],
-      "base": base_shardings,
-      "batch": bsh,
-      "state": state_sh,
-      "replicated": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+  def prompt_batch(step):
+    idx, local = local_indices(step)
+    enc = datasets.train_encoded
+    tokens, mask, _ = pad_prompts([enc[i].ids[: enc[i].prompt_len] for i in local], prompt_width, tok.pad_id, left=True)
+    return {
+      "prompts": jax.make_array_from_process_local_data(bsh, tokens),
+      "prompt_mask": jax.make_array_from_process_local_data(bsh, mask),
+      "answers": [datasets.train[i].answer for i in idx],
+      "label_host": label_ids[idx],
     }
-    rounds = grpo.Rounds(
-      grpo_cfg,
-      grpo.make_rollout(graphdef, grpo_cfg, tok.eos_id, tok.pad_id, layer),
-      grpo.make_update(graphdef, tx, schedule, grpo_cfg, layer, c.classifier.restrict_to_classes),
-      shardings,
-      tok,
-      prompt_batch,
-      reward_fn,
-    )
-    with pinned_activations(mesh, rules):
-      compile_s = rounds.compile(state, base, rest, weight, class_ids, 0)
-    if is_main:
-      print(
-        f"compiled GRPO rollout and update in {compile_s:.1f}s; {memory_summary(rounds._update)}; "
-        f"{c.train.batch_size} prompts x G={grpo_cfg.group_size}, <= {grpo_cfg.max_new_tokens} new tokens, "
-        f"mu={grpo_cfg.updates_per_batch}, {grpo_cfg.aggregation}-level loss",
-        file=sys.stderr,
-      )
-    one_step = rounds
-    work_unit, work_per_step = "samples", c.train.batch_size * grpo_cfg.group_size
 
-  # -- outputs: prepare the workdir, now that every check passed and the step compiled (on every process) --
+  shardings = {
+    "lora": state_sh["lora"],
+    "base": base_shardings,
+    "batch": bsh,
+    "state": state_sh,
+    "replicated": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+  }
+  rounds = grpo.Rounds(
+    grpo_cfg,
+    grpo.make_rollout(graphdef, grpo_cfg, tok.eos_id, tok.pad_id, s.layer),
+    grpo.make_update(graphdef, tx, schedule, grpo_cfg, s.layer, c.classifier.restrict_to_classes),
+    shardings,
+    tok,
+    prompt_batch,
+    reward_fn,
+  )
+  with pinned_activations(mesh, rules):
+    compile_s = rounds.compile(state, base, rest, weight, class_ids, 0)
+  if s.is_main:
+    print(
+      f"compiled GRPO rollout and update in {compile_s:.1f}s; {memory_summary(rounds._update)}; "
+      f"{c.train.batch_size} prompts x G={grpo_cfg.group_size}, <= {grpo_cfg.max_new_tokens} new tokens, "
+      f"mu={grpo_cfg.updates_per_batch}, {grpo_cfg.aggregation}-level loss",
+      file=sys.stderr,
+    )
+  return Step(state, abstract, state_sh, rounds, compile_s, "samples", c.train.batch_size * grpo_cfg.group_size)
+
+
+def prepare_workdir(s: Setup, step: Step, held: contextlib.ExitStack) -> tuple[Checkpointer, int]:
+  """Now that every check passed and the step compiled (on every process): the lock, a clean workdir when
+  overwriting, config.json; then the state restored (resume) or warm-started. Returns the checkpointer and the
+  step to start from."""
+  c, workdir = s.c, s.workdir
   sync_processes("inputs checked")
-  ckpt_dir = files.join(workdir, "checkpoints")
-  if is_main:
+  if s.is_main:
     held.enter_context(WorkdirLock(workdir, "train"))
     check_workdir(c, workdir)  # again, under the lock: another run may have written here since the first check
     if c.overwrite:
@@ -370,46 +448,50 @@ def _run(
     files.makedirs(workdir)
     write_text(files.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
   sync_processes("workdir prepared")
-  if not is_main:
+  if not s.is_main:
     files.makedirs(workdir)
-  ckpt = Checkpointer(ckpt_dir, max_to_keep=c.train.max_to_keep)
-  start_step = 0
-  restored = ckpt.restore_latest(abstract_like(abstract, state_sh), say=_say) if c.resume else None
+  ckpt = Checkpointer(files.join(workdir, "checkpoints"), max_to_keep=c.train.max_to_keep)
+  restored = ckpt.restore_latest(abstract_like(step.abstract, step.state_sh), say=_say) if c.resume else None
   if restored is not None:
-    state, meta = restored
-    start_step = int(meta["step"])
-    if is_main:
-      print(f"resumed from {ckpt_dir} at step {start_step}", file=sys.stderr)
-  elif warm_start is not None:  # the adapters start from another run's; the optimizer starts fresh
-    lora_now = state["lora"]["lora"]
-    state["lora"] = {"lora": {k: jax.device_put(jnp.asarray(v), lora_now[k].sharding) for k, v in warm_start.items()}}
-    if is_main:
+    step.state, meta = restored
+    if s.is_main:
+      print(f"resumed from {files.join(workdir, 'checkpoints')} at step {int(meta['step'])}", file=sys.stderr)
+    return ckpt, int(meta["step"])
+  if s.warm_start is not None:  # the adapters start from another run's; the optimizer starts fresh
+    lora_now = step.state["lora"]["lora"]
+    step.state["lora"] = {"lora": {k: jax.device_put(jnp.asarray(v), lora_now[k].sharding) for k, v in s.warm_start.items()}}
+    if s.is_main:
       print(f"warm start: adapters from {c.train.init_adapter}", file=sys.stderr)
+  return ckpt, 0
 
-  # -- the loop --
-  stop.stop_if_requested()
-  writer = MetricsWriter(workdir, enabled=is_main, truncate_after=start_step, hparams=run_hparams(c))
-  pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=is_main)
+
+def train_loop(s: Setup, step: Step, ckpt: Checkpointer, start_step: int, stop: "PreemptionFlag") -> tuple[int, list, bool]:
+  """Steps from `start_step` to train.steps: metrics every log_every, checkpoints every checkpoint_every and at a
+  stop request (all processes at the same step). Returns (last step, metric rows, whether a signal stopped it)."""
+  c, mesh, rules = s.c, s.mesh, s.rules
+  ckpt_dir = files.join(s.workdir, "checkpoints")
+  writer = MetricsWriter(s.workdir, enabled=s.is_main, truncate_after=start_step, hparams=run_hparams(c))
+  pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=s.is_main)
   pending, t_window, work_window = [], time.perf_counter(), 0
-  step = start_step
+  n = start_step
   preempted = False
   multi_process = jax.process_count() > 1
   try:
-    while step < c.train.steps:
+    while n < c.train.steps:
       with pinned_activations(mesh, rules):
-        state, metrics = one_step(state, step)
-      step += 1
+        step.state, metrics = step.run(step.state, n)
+      n += 1
       pending.append(metrics)
-      work_window += int(work_per_step)
-      if step % c.train.log_every == 0 or step == c.train.steps:
+      work_window += int(step.work_per_step)
+      if n % c.train.log_every == 0 or n == c.train.steps:
         rows = jax.device_get(pending)
         dt = time.perf_counter() - t_window
         row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "samples"}
         row.update(
           {
-            "step": step,
+            "step": n,
             "steps_per_s": len(rows) / dt,
-            f"{work_unit}_per_s": work_window / dt,
+            f"{step.work_unit}_per_s": work_window / dt,
             "skipped": float(np.sum([r["skipped"] for r in rows])),
           }
         )
@@ -417,17 +499,17 @@ def _run(
         pbar.update(len(rows))
         pbar.set_postfix(**progress_fields(row))
         pending, t_window, work_window = [], time.perf_counter(), 0
-        nonfinite = int(jax.device_get(state["nonfinite"]))
+        nonfinite = int(jax.device_get(step.state["nonfinite"]))
         if nonfinite >= c.train.max_consecutive_nonfinite:
           ckpt.wait()
           raise TrainingDiverged(
-            f"{nonfinite} consecutive non-finite updates were skipped at step {step}; the last good checkpoint "
+            f"{nonfinite} consecutive non-finite updates were skipped at step {n}; the last good checkpoint "
             f"is step {ckpt.latest_step()} in {ckpt_dir}: lower train.lr or check the data"
           )
-      stop_now = stop.requested if not multi_process else stop.reached_sync_point(step)
-      if step % c.train.checkpoint_every == 0 or step == c.train.steps or stop_now:
-        save_checkpoint(ckpt, state, step, c, force=stop_now)
-      if stop_now and step < c.train.steps:  # at the last step, finish normally (outputs)
+      stop_now = stop.requested if not multi_process else stop.reached_sync_point(n)
+      if n % c.train.checkpoint_every == 0 or n == c.train.steps or stop_now:
+        save_checkpoint(ckpt, step.state, n, c, force=stop_now)
+      if stop_now and n < c.train.steps:  # at the last step, finish normally (outputs)
         preempted = True
         break
   finally:
@@ -435,36 +517,32 @@ def _run(
     stop.restore()
     writer.close()  # never raises; the checkpointer's close may (a failed last save), so it goes last
     ckpt.close()
+  return n, writer.history, preempted
 
-  if preempted:
-    if is_main:
-      print(
-        f"stopped by {stop.signal_name} at step {step}: checkpoint {ckpt_dir}/{step} saved; continue with --config.resume=True",
-        file=sys.stderr,
-      )
-    return TrainResult(workdir, step, writer.history, preempted=True, signal_number=stop.signal_number)
 
-  # -- outputs --
-  lora_params = gather_to_host(state["lora"]["lora"])  # a collective: every process takes part
-  if is_main:
-    # the same writer as `python -m lazarus_jax.export` (training/export.py): its export of this step is these bytes
-    write_adapter(lora_params, lora_cfg, pretrained, datasets.split, step, c.train.objective, files.join(workdir, "adapter"))
-    table = training_table(writer.history, c.train.table_steps, c.train.objective)
-    write_text(files.join(workdir, "training_table.md"), table + "\n")
-    summary = {
-      "final_step": step,
-      "compile_seconds": compile_s,
-      "classifier_layer": layer,
-      "objective": c.train.objective,
-      "init_adapter": warm_start_record(c.train.init_adapter),
-      "skipped_updates": int(jax.device_get(state["skipped"])),
-      "class_targets": targets.as_dict(),
-      "split": datasets.split,
-      "provenance": provenance.collect(c, pretrained.dtypes),
-    }
-    write_text(files.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
-    print(table)
-  return TrainResult(workdir, step, writer.history)
+def write_outputs(s: Setup, step: Step, final_step: int, history: list) -> None:
+  """The PEFT adapter, the training table and train_summary.json (process 0; the gather is a collective)."""
+  c, workdir = s.c, s.workdir
+  lora_params = gather_to_host(step.state["lora"]["lora"])  # a collective: every process takes part
+  if not s.is_main:
+    return
+  # the same writer as `python -m lazarus_jax.export` (training/export.py): its export of this step is these bytes
+  write_adapter(lora_params, s.lora_cfg, s.pretrained, s.datasets.split, final_step, c.train.objective, files.join(workdir, "adapter"))
+  table = training_table(history, c.train.table_steps, c.train.objective)
+  write_text(files.join(workdir, "training_table.md"), table + "\n")
+  summary = {
+    "final_step": final_step,
+    "compile_seconds": step.compile_s,
+    "classifier_layer": s.layer,
+    "objective": c.train.objective,
+    "init_adapter": warm_start_record(c.train.init_adapter),
+    "skipped_updates": int(jax.device_get(step.state["skipped"])),
+    "class_targets": s.targets.as_dict(),
+    "split": s.datasets.split,
+    "provenance": provenance.collect(c, s.pretrained.dtypes),
+  }
+  write_text(files.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
+  print(table)
 
 
 def initialize_distributed() -> None:
