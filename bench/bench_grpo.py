@@ -1,7 +1,7 @@
 """One GRPO round (`train.objective=grpo`) on the embedded default against its FLOP floor.
 
   python bench/bench_grpo.py [--rounds 6] [--prompts 8] [--group 8] [--new-tokens 8] [--mu 1] [--kl-beta 0.04]
-                             [--init-adapter <an SFT run>/adapter] [--json out.json]
+                             [--init-adapter <an SFT run>/adapter] [--trl] [--trl-threads 2] [--json out.json]
 
 Ours: `python -m lazarus_jax.train` (the CLI, as a user runs it) for --rounds GRPO rounds, eval off; the median
 round time after the first, split into rollout (sampling with the KV cache + reference log-probs + decoding and
@@ -14,7 +14,10 @@ when mu > 1) over prompt + completion, and mu forward + backward passes of the u
 activation gradients down to the lowest adapted layer, adapter gradients; the head at the completion positions and
 the lens readout). Every row is counted at its full padded length: the work a batched implementation does.
 
-TRL's GRPOTrainer is not run here (see bench/RESULTS.md: no TRL side was measured on this machine yet).
+--trl: TRL's GRPOTrainer in the same invocation (bench/trl_grpo_side.py, a subprocess, after ours), on the same
+weights, LoRA, prompts (each round's, in our order), G, lengths, sampling, KL, mu, reward and optimizer settings
+(`trl_spec`); its median round after the first beside ours, as a ratio. Needs the [bench] extra
+(`pip install -c constraints.txt -e ".[bench]"`, see bench/RESULTS.md). TRL runs on torch with --trl-threads threads.
 """
 
 from __future__ import annotations
@@ -113,6 +116,75 @@ def run_ours(a, workdir: str) -> dict:
   }
 
 
+def round_prompts(c, tokenizer, rounds: int) -> list[list[dict]]:
+  """Each round's prompts and answers, as `lazarus_jax.train` draws them (training/loop.py `local_indices`): the
+  balanced batch order of the training split, round r = step r."""
+  from lazarus_jax import experiment
+  from lazarus_jax.data import arithmetic as data_lib
+
+  ds = experiment.build_data(c, tokenizer)
+  labels = experiment.balance_ids(ds.train_labels)
+  out = []
+  for step in range(rounds):
+    idx = data_lib.batch_indices(len(ds.train_encoded), c.train.batch_size, step, c.seed, labels=labels)
+    out.append([{"prompt": ds.train[i].prompt, "answer": ds.train[i].answer} for i in idx])
+  return out
+
+
+def trl_spec(a, c, tokenizer) -> dict:
+  """What the TRL side is told: our run's settings (the CLI flags above over the shipped config) and its prompts."""
+  g, t = c.grpo, c.train
+  return {
+    "rounds": a.rounds,
+    "prompts": a.prompts,
+    "group": a.group,
+    "new_tokens": a.new_tokens,
+    "mu": a.mu,
+    "kl_beta": a.kl_beta,
+    "temperature": g.temperature,
+    "top_p": g.top_p,
+    "clip_low": g.clip_low,
+    "clip_high": g.clip_high,
+    "aggregation": g.aggregation,
+    "scale_rewards": g.scale_rewards,
+    "format_weight": g.format_weight,
+    "lr": t.lr,
+    "warmup_steps": t.warmup_steps,
+    "end_lr_fraction": t.end_lr_fraction,
+    "weight_decay": t.weight_decay,
+    "b1": t.b1,
+    "b2": t.b2,
+    "grad_clip": t.grad_clip,
+    "seed": c.seed,
+    "dtype": a.dtype,
+    "threads": a.trl_threads,
+    "init_adapter": a.init_adapter,
+    "rounds_prompts": round_prompts(c, tokenizer, a.rounds),
+  }
+
+
+def our_config(a):
+  """The shipped config with the flags run_ours passes that trl_spec reads (the rest stay at their defaults)."""
+  c = common.smollm2_config(a.dtype, a.prompts)
+  c.grpo.group_size, c.grpo.max_new_tokens, c.grpo.updates_per_batch, c.grpo.kl_beta = a.group, a.new_tokens, a.mu, a.kl_beta
+  return c
+
+
+def run_trl(spec: dict, workdir: str) -> dict:
+  spec_path, out_path = os.path.join(workdir, "trl_spec.json"), os.path.join(workdir, "trl_out.json")
+  with open(spec_path, "w") as f:
+    json.dump(spec, f)
+  cmd = [sys.executable, os.path.join(common.HERE, "trl_grpo_side.py"), "--spec", spec_path, "--json", out_path]
+  proc = subprocess.run(
+    cmd, capture_output=True, text=True, cwd=common.ROOT, env=common.side_env("lazarus_jax.train")
+  )  # the env ours runs in
+  if proc.returncode:
+    sys.stderr.write(proc.stderr[-4000:])
+    raise SystemExit(f"the TRL side failed (exit {proc.returncode})")
+  with open(out_path) as f:
+    return json.load(f)
+
+
 def prompt_width(tokenizer) -> int:
   """The rollout's padded prompt width: the longest training prompt (what train.py pads to)."""
   from lazarus_jax import experiment
@@ -131,8 +203,15 @@ def main():
   p.add_argument("--kl-beta", type=float, default=0.04)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--init-adapter", default="", help="warm start (an SFT run's adapter): realistic response lengths")
+  p.add_argument("--trl", action="store_true", help="also run TRL's GRPOTrainer (bench/trl_grpo_side.py)")
+  p.add_argument("--trl-threads", type=int, default=2)
   p.add_argument("--json", default="")
   a = p.parse_args()
+  if a.trl:
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+      raise SystemExit('--trl needs TRL: pip install -c constraints.txt -e ".[bench]"')
 
   from peak import matmul_peak
 
@@ -143,12 +222,15 @@ def main():
   gguf = load_gguf(embedded_gguf_path())
   cfg = LlamaConfig.from_hf(gguf.config)
   width = prompt_width(gguf.tokenizer)
+  spec = trl_spec(a, our_config(a), gguf.tokenizer) if a.trl else None
   del gguf
   flops = round_flops(cfg, a.prompts, a.group, width, a.new_tokens, a.mu, a.kl_beta > 0)
   load_before = common.load_avg()
   workdir = tempfile.mkdtemp(prefix="bench_grpo_")
   try:
     ours = run_ours(a, workdir)
+    load_between = common.load_avg()
+    theirs = run_trl(spec, workdir) if a.trl else None
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   floor_s = flops["total"] / peak[a.dtype]
@@ -165,6 +247,12 @@ def main():
     "ours": ours,
     "ours_over_floor": ours["round_s"] / floor_s,
   }
+  if theirs:
+    out["load_avg_between"] = load_between
+    out["trl_spec"] = {k: v for k, v in spec.items() if k != "rounds_prompts"}
+    out["trl"] = theirs
+    out["trl_over_floor"] = theirs["round_s"] / floor_s
+    out["trl_over_ours"] = theirs["round_s"] / ours["round_s"]
   print(f"{out['machine']}; load {load_before} -> {out['load_avg_after']}")
   print(f"matmul peak: float32 {peak['float32'] / 1e9:.0f} GFLOP/s, bfloat16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s")
   print(
@@ -177,6 +265,13 @@ def main():
     f"{ours['completions_per_s']:.1f} completions/s = {out['ours_over_floor']:.1f}x the floor; mean response "
     f"{ours['response_length']:.1f} tokens"
   )
+  if theirs:
+    print(
+      f"  TRL {theirs['trl']} GRPOTrainer ({theirs['threads']} torch threads): {theirs['round_s']:.2f} s/round "
+      f"(rollout {theirs['rollout_s']:.2f} s, update {theirs['update_s']:.2f} s), {theirs['completions_per_s']:.2f} "
+      f"completions/s = {out['trl_over_floor']:.1f}x the floor; mean response {theirs['response_length']:.1f} tokens"
+    )
+    print(f"  ours is {out['trl_over_ours']:.1f}x TRL's completions/s (load before TRL {load_between}, after {out['load_avg_after']})")
   if a.json:
     with open(a.json, "w") as f:
       json.dump(out, f, indent=1)

@@ -25,14 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def build(dtype: str):
+def build_base(dtype: str):
+  """HF `LlamaForCausalLM` from the embedded GGUF (our loader's dequantised HF-layout float32 tensors), in `dtype`,
+  in train mode, no adapters (bench/trl_grpo_side.py gives it to TRL, which adds them)."""
   import torch
   import transformers
-  from peft import LoraConfig, get_peft_model
 
   from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
 
-  torch.set_num_threads(os.cpu_count())
   ckpt = load_gguf(embedded_gguf_path())
   cfg = dict(ckpt.config)
   cfg.pop("model_type", None)
@@ -46,7 +46,22 @@ def build(dtype: str):
   if dtype == "bfloat16":
     model = model.to(torch.bfloat16)
   model.train()
-  lora = LoraConfig(r=32, lora_alpha=64, target_modules=["v_proj", "o_proj"], lora_dropout=0.0, bias="none")
+  return model
+
+
+def lora_config():
+  from peft import LoraConfig
+
+  return LoraConfig(r=32, lora_alpha=64, target_modules=["v_proj", "o_proj"], lora_dropout=0.0, bias="none")
+
+
+def build(dtype: str):
+  import torch
+  from peft import get_peft_model
+
+  torch.set_num_threads(os.cpu_count())
+  model = build_base(dtype)
+  lora = lora_config()
   model = get_peft_model(model, lora)
   for p in model.parameters():  # adapters in float32 (PEFT's autocast_adapter_dtype does this too)
     if p.requires_grad:
