@@ -10,6 +10,7 @@ import time
 
 import ml_collections
 
+from lazarus_jax.cli import supervise
 from lazarus_jax.training import loop
 
 
@@ -26,6 +27,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reward_f
 def main(argv) -> int:
   from absl import flags
 
+  if flags.FLAGS.config.distributed and supervise.wanted():
+    supervise.split_off_worker()  # returns in the worker; this process stays its supervisor (cli/supervise.py)
   workdir = flags.FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
   result = train_and_evaluate(flags.FLAGS.config, workdir)
   if result.preempted:  # checkpoint saved, run incomplete: the shell's status for "stopped by this signal"
