@@ -542,7 +542,7 @@ def write_report(results: dict, out_dir: str) -> list[str]:
 
 
 def plot_sweep(summary_rows: list[dict], path: str, metric: str, ylabel: str) -> None:
-  """`metric` (mean with its interval from sweep.summarize) against classifier depth, one line per arm, per format."""
+  """`metric` (mean with its interval from sweep_stats.summarize) against classifier depth, one line per arm, per format."""
   plt = _plt()
   rows = [r for r in summary_rows if r["metric"] == metric]
   fmts = sorted({r["format"] for r in rows})

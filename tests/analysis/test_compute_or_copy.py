@@ -188,7 +188,7 @@ def test_fewshot_evaluation_carries_baselines_counterfactuals_transfer_and_verdi
 
 
 def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
-  from lazarus_jax.reporting import sweep
+  from lazarus_jax.reporting import sweep, sweep_report
 
   r, _ = fewshot_base_eval
   rows = []
@@ -205,7 +205,7 @@ def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
   cell = next(x for x in summary if x["eval_format"] == "fewshot" and x["layer"] == 2)
   assert cell["n_seeds"] == 2 and cell["verdicts"] == [few["verdict"]] * 2
   assert cell["lens_accuracy"]["mean"] == pytest.approx(few["lens_accuracy"])
-  md = "\n".join(sweep.transfer_markdown(summary, "95%"))
+  md = "\n".join(sweep_report.transfer_markdown(summary, "95%"))
   assert "## Transfer matrix" in md and "| base | fewshot | 0.55 |" in md and "## Computed or copied?" in md
 
 

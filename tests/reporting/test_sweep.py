@@ -12,7 +12,7 @@ import pytest
 from lazarus_jax.analysis.stats import mcnemar_exact, wilson_interval
 from lazarus_jax.config import default_config
 from lazarus_jax.errors import UserError
-from lazarus_jax.reporting import sweep
+from lazarus_jax.reporting import sweep, sweep_report, sweep_stats
 
 import repo
 
@@ -164,19 +164,19 @@ def test_arm_dir_is_keyed_by_the_result_config():
 
 def test_per_example_vectors_and_pairing_by_key():
   res = fake_results("symbolic", ["a", "b", "c"], [1, 0, 1], np.array([1, 1, 0]), first=None)
-  keys, v = sweep.per_example_vector(res, "answer_correct", "symbolic")
+  keys, v = sweep_stats.per_example_vector(res, "answer_correct", "symbolic")
   assert keys == ["symbolic|a", "symbolic|b", "symbolic|c"] and v.tolist() == [1, 0, 1]
-  assert sweep.per_example_vector(res, "lens_correct", "symbolic", row=3)[1].tolist() == [1, 1, 0]
-  assert sweep.per_example_vector(res, "first_token_correct", "symbolic") is None  # generation off: not a zero
+  assert sweep_stats.per_example_vector(res, "lens_correct", "symbolic", row=3)[1].tolist() == [1, 1, 0]
+  assert sweep_stats.per_example_vector(res, "first_token_correct", "symbolic") is None  # generation off: not a zero
   with pytest.raises(UserError, match="format"):
-    sweep.per_example_vector(res, "answer_correct", "semantic")
+    sweep_stats.per_example_vector(res, "answer_correct", "semantic")
   with pytest.raises(UserError, match="per_example"):
-    sweep.per_example_vector({k: v for k, v in res.items() if k != "per_example"}, "answer_correct", "symbolic")
+    sweep_stats.per_example_vector({k: v for k, v in res.items() if k != "per_example"}, "answer_correct", "symbolic")
   # Pairing follows the keys, not the order; arms on different prompts are refused.
-  va, vb = sweep.align((["x", "y", "z"], np.array([1, 0, 0])), (["z", "x", "y"], np.array([1, 1, 0])), "t")
+  va, vb = sweep_stats.align((["x", "y", "z"], np.array([1, 0, 0])), (["z", "x", "y"], np.array([1, 1, 0])), "t")
   assert va.tolist() == [1, 0, 0] and vb.tolist() == [1, 0, 1]
   with pytest.raises(UserError, match="same prompts"):
-    sweep.align((["x", "y"], np.array([1, 0])), (["x", "w"], np.array([1, 0])), "dual vs sft")
+    sweep_stats.align((["x", "y"], np.array([1, 0])), (["x", "w"], np.array([1, 0])), "dual vs sft")
 
 
 def test_cells_bootstrap_over_seeds_and_examples_with_a_wilson_fallback():
@@ -198,7 +198,7 @@ def test_cells_bootstrap_over_seeds_and_examples_with_a_wilson_fallback():
   md = sweep.render_markdown(
     sweep.summarize(rows), [], {"formats": ["symbolic"], "layer_fractions": [0.5], "seeds": [0, 1, 2]}, _meta(), rows
   )
-  assert f"100.0% [{100 * wilson_interval(180, 180)[0]:.1f}, 100.0]{sweep.FALLBACK_NOTE}" in md
+  assert f"100.0% [{100 * wilson_interval(180, 180)[0]:.1f}, 100.0]{sweep_report.FALLBACK_NOTE}" in md
   # One seed still gets an interval: it comes from the examples.
   one = {r["metric"]: r for r in sweep.summarize(rows[:1])}
   assert one["answer_accuracy"]["ci_low"] < 0.5 < one["answer_accuracy"]["ci_high"]
@@ -272,7 +272,7 @@ def test_the_classifier_term_costs_helps_or_cannot_tell():
   ):
     rows = _two_arms(sft_p, dual_p)
     diffs = sweep.contrasts(rows)
-    first = sweep.answers(sweep.summarize(rows), diffs, g, rows)[0]
+    first = sweep_report.answers(sweep.summarize(rows), diffs, g, rows)[0]
     d = next(x for x in diffs if x["metric"] == "answer_accuracy")
     assert words in first and f"{100 * d['mean_diff']:+.1f} pp [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" in first
   # Both arms right on every example: the paired bootstrap collapses, the discordant-pair interval does not.
@@ -285,7 +285,7 @@ def test_tied_depths_say_cannot_tell_with_the_numbers():
   g = {"formats": ["symbolic"], "layer_fractions": [0.25, 0.5, 0.75], "seeds": [0, 1, 2]}
   rows = _two_arms(0.5, 0.5, fracs=(0.25, 0.5, 0.75))  # lens 100% at every depth
   summary = sweep.summarize(rows)
-  depth = sweep.answers(summary, sweep.contrasts(rows), g, rows)[2]
+  depth = sweep_report.answers(summary, sweep.contrasts(rows), g, rows)[2]
   assert "dual, symbolic: **cannot tell** between" in depth
   for f, layer in ((0.25, 1), (0.5, 2), (0.75, 3)):
     assert f"fraction {f:g} (L={layer}) 100.0% [" in depth
@@ -295,7 +295,7 @@ def test_tied_depths_say_cannot_tell_with_the_numbers():
 def test_a_clear_best_depth_is_named():
   g = {"formats": ["symbolic"], "layer_fractions": [0.25, 0.5, 0.75], "seeds": [0, 1, 2]}
   rows = _two_arms(0.5, 0.5, fracs=(0.25, 0.5, 0.75), dual_lens={0.25: 0.3, 0.5: 0.95, 0.75: 0.5})
-  depth = sweep.answers(sweep.summarize(rows), [], g, rows)[2]
+  depth = sweep_report.answers(sweep.summarize(rows), [], g, rows)[2]
   assert "dual, symbolic: fraction 0.5 (L=2)" in depth and "above every other depth (closest: fraction 0.75 by +" in depth
   assert "cannot tell" not in depth
 
@@ -308,9 +308,9 @@ def test_symbolic_vs_semantic_unpaired():
   for seed in (0, 1):
     for fmt, lens in (("symbolic", np.ones(100, int)), ("semantic", _outcomes(rng, 100, 0.5))):
       rows += sweep.arm_rows(sweep.Arm("dual", 0.7, fmt, 0.5, seed), fake_results(fmt, keys, None, lens), [0.5])
-  line = sweep.answers(sweep.summarize(rows), [], g, rows)[1]
+  line = sweep_report.answers(sweep.summarize(rows), [], g, rows)[1]
   assert "dual, fraction 0.5: symbolic 100.0% [" in line and "symbolic higher (symbolic − semantic +" in line
-  assert sweep.FALLBACK_NOTE in line  # one side is 100% everywhere: Newcombe's interval, marked
+  assert sweep_report.FALLBACK_NOTE in line  # one side is 100% everywhere: Newcombe's interval, marked
 
 
 def test_lens_survival_past_L():
@@ -336,7 +336,7 @@ def test_lens_survival_past_L():
   res = fake_results("symbolic", keys, None, [always_add] * 9, n_layers=8, operations=ops)
   row = sweep.arm_rows(sweep.Arm("dual", 0.7, "symbolic", 0.25, 0), res, [0.25])[0]
   assert row["chance"] == 0.4 and row["lens_survives_to"] is None
-  assert sweep.survival_block([0.9, 0.25, 0.9], 5, 0.25) == 5  # at chance is not above it
+  assert sweep_stats.survival_block([0.9, 0.25, 0.9], 5, 0.25) == 5  # at chance is not above it
 
 
 def test_markdown_states_the_contrast_before_the_results():
