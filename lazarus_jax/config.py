@@ -167,7 +167,21 @@ def default_config() -> ml_collections.ConfigDict:
 
 # Keys added after runs were recorded: at their default value they are left out when runs are compared (resume)
 # and hashed (sweep arms), so every earlier run and arm keeps its identity.
-ADDED_KEY_PREFIXES = ("model.attention", "model.layer_loop", "train.objective", "train.init_adapter", "grpo.", "sweep.grpo_")
+ADDED_KEY_PREFIXES = (
+  # round 2: cue-free formats, target controls, transfer evaluation
+  "data.eval_format",
+  "data.fewshot_k",
+  "classifier.target_set",
+  "sweep.eval_formats",
+  "sweep.target_sets",
+  # kernels (auto = einsum attention and the scanned loop on the CPUs earlier runs used), GRPO
+  "model.attention",
+  "model.layer_loop",
+  "train.objective",
+  "train.init_adapter",
+  "grpo.",
+  "sweep.grpo_",
+)
 
 
 def without_added_defaults(flat: dict) -> dict:

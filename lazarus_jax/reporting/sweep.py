@@ -141,34 +141,15 @@ def arm_config(c, arm: Arm, workdir: str | None = None) -> ml_collections.Config
   return ac
 
 
-# Keys added after sweeps had run, left out of the hash while at the value that reproduces the older behaviour,
-# so an arm trained before they existed keeps its hash (and its results) instead of being retrained.
-LATER_KEYS_AT_DEFAULT = {
-  "data.eval_format": "",
-  "data.fewshot_k": 2,
-  "classifier.target_set": "operation",
-  "sweep.eval_formats": "",
-  "sweep.target_sets": "operation",
-  # auto = einsum attention and the scanned loop on the CPUs earlier arms ran on
-  "model.attention": "auto",
-  "model.layer_loop": "auto",
-}
-
-
 def result_config(config) -> dict:
   """An arm's resolved config (a ConfigDict, or the dict of its config.json), flat, without NON_RESULT_KEYS (and
-  LATER_KEYS_AT_DEFAULT at their defaults)."""
+  keys added after the first arms ran, at their defaults: config.ADDED_KEY_PREFIXES)."""
   d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
   flat = flat_config(json.loads(json.dumps(d, default=list)))  # as config.json holds it: tuples read back as lists
   flat = without_added_defaults(flat)  # keys added later, at their defaults: earlier arms keep their hashes
   if flat.get("train.init_adapter"):  # a GRPO arm's warm start: the SFT arm's directory (name + hash), not where
     flat["train.init_adapter"] = "/".join(flat["train.init_adapter"].split(os.sep)[-3:])  # the sweep lives
-  return {
-    k: v
-    for k, v in flat.items()
-    if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
-    and not (k in LATER_KEYS_AT_DEFAULT and v == LATER_KEYS_AT_DEFAULT[k])
-  }
+  return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)}
 
 
 def config_hash(config) -> str:
