@@ -148,15 +148,23 @@ WORKER = textwrap.dedent(
     os.abort()
   if what == "exit":
     sys.stderr.write("last words\\n"); sys.exit(3)
+  if what == "count":  # how many SIGINTs arrive in a second after the first
+    got = []
+    signal.signal(signal.SIGINT, lambda s, f: got.append(s))
+    while not got:
+      time.sleep(0.01)
+    time.sleep(1)
+    sys.exit(100 + len(got))
   signal.signal(signal.SIGTERM, lambda s, f: (sys.stderr.write("worker got SIGTERM\\n"), sys.exit(143)))
   time.sleep(60)
   """
 )
 
 
-def start(what: str, stdin: bytes = b""):
+def start(what: str, stdin: bytes = b"", **popen):
   proc = subprocess.Popen(
     [sys.executable, "-c", WORKER, what],
+    **popen,
     cwd=repo.ROOT,
     env=dict(os.environ, PYTHONPATH=repo.ROOT),
     stdin=subprocess.PIPE,
@@ -191,6 +199,15 @@ def test_a_sigterm_to_the_supervisor_reaches_the_worker_once():
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=30)
   assert proc.returncode == 143 and err == b"worker got SIGTERM\n", (proc.returncode, err)
+
+
+def test_a_signal_to_the_whole_process_group_reaches_the_worker_once():
+  """As a terminal's Ctrl-C does: the worker has a group of its own, so only the supervisor's copy reaches it."""
+  proc, _ = start("count", start_new_session=True)
+  time.sleep(0.3)
+  os.killpg(proc.pid, signal.SIGINT)
+  proc.communicate(timeout=30)
+  assert proc.returncode == 101, proc.returncode
 
 
 def test_a_sigkill_of_the_supervisor_takes_the_worker_with_it():
