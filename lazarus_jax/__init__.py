@@ -12,8 +12,12 @@ _API = (
   "fit_probes",
   "generate_text",
   "plot_lens",
+  "class_directions",
+  "intervene",
+  "position_lens",
   "Loaded",
   "Lens",
+  "Intervention",
 )
 
 

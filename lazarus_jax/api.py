@@ -8,6 +8,7 @@ probes, generation and plots, as arrays a notebook can use (the CLIs write files
   lens.top_tokens(0, 17)                                 # the lens's top-5 tokens for prompt 0 at that row
   lj.plot_lens(lens)                                     # a matplotlib Figure (path= to save a PNG)
   lj.generate_text(m, ["7 * 8 = "], max_new_tokens=4)    # greedy continuations (text), with the KV cache
+  lj.intervene(m, ["7 * 8 = "], row=17, ablate=lj.class_directions(m)).texts  # answers without the class words
 
 (`lazarus_jax.models.generate` is the decoding module, hence `generate_text`.) Rows: row 0 is the embeddings, row
 r > 0 the stream after block r - 1 (DESIGN.md §2), read at each prompt's last token (the readout position used
@@ -144,6 +145,61 @@ def generate_text(m: Loaded, prompts: Sequence[str], max_new_tokens: int = 8) ->
   ids = [encode_prompt(m.tokenizer, p) for p in prompts]
   out = greedy_generate(m.model, ids, max_new_tokens, m.tokenizer.eos_id, m.tokenizer.pad_id)
   return [m.tokenizer.decode(x) for x in out]
+
+
+def class_directions(m: Loaded, words: Sequence[str] = ("add", "subtract", "multiply", "divide")) -> np.ndarray:
+  """[K, D]: the residual-stream direction the logit lens reads for each word's token (g * W_U[token]; the
+  interventions' "class directions", analysis/interventions.py)."""
+  from lazarus_jax.analysis import interventions
+  from lazarus_jax.data.targets import resolve_targets
+
+  resolved = resolve_targets(m.tokenizer, {w: w for w in words}, [], allow_target_in_prompt=True)
+  return interventions.class_directions(m.model, resolved.token_ids)
+
+
+@dataclasses.dataclass
+class Intervention:
+  """The model's greedy answers with the residual stream edited at the readout (each prompt's last token)."""
+
+  texts: list[str]  # greedy continuations
+  logits: np.ndarray  # [B, V] the final-layer logits at the readout (the first answer token's distribution)
+  readout: np.ndarray  # [rows, B, D] the residual rows at the readout, after the edit
+
+
+def intervene(
+  m: Loaded,
+  prompts: Sequence[str],
+  row: int,
+  ablate: np.ndarray | None = None,
+  add: np.ndarray | None = None,
+  max_new_tokens: int = 8,
+) -> Intervention:
+  """Edits residual row `row` (0 = embeddings, r = after block r-1; the classifier layer L is row L+1) at the
+  readout, then decodes: `ablate` [k, D] directions are projected out (e.g. `class_directions(m)`), then `add`
+  ([D], or [B, D] per prompt) is added. Neither: the plain model. Later rows and the answer see the edit."""
+  from lazarus_jax.analysis import interventions
+  from lazarus_jax.data.arithmetic import encode_prompt
+
+  if isinstance(prompts, str):
+    prompts = [prompts]
+  n_rows, dim = m.n_layers + 1, m.model.cfg.hidden_size
+  if not 0 <= row < n_rows:
+    raise UserError(f"row {row} is outside 0..{n_rows - 1} (row r = after block r-1)")
+  basis = None if ablate is None else interventions.orthonormal_basis(np.atleast_2d(ablate))
+  if add is not None:
+    add = np.broadcast_to(np.asarray(add, np.float32), (len(prompts), dim))
+  edit = interventions.make_edit(n_rows, len(prompts), dim, rows=[row], basis=basis, add=add)
+  ids = [encode_prompt(m.tokenizer, p) for p in prompts]
+  run = interventions.run_edited(m.model, m.tokenizer, ids, edit, max_new_tokens=max_new_tokens)
+  return Intervention(run.texts, np.asarray(run.logits), np.asarray(run.readout))
+
+
+def position_lens(m: Loaded, prompt: str, top_k: int = 1) -> dict:
+  """The logit lens at every row and every position of one prompt (the top_k tokens of each cell): what the
+  mechanism report draws as its layer x position figure."""
+  from lazarus_jax.analysis import lens as lens_lib
+
+  return lens_lib.position_lens(m.model, m.tokenizer, prompt, top_k=top_k)
 
 
 def plot_lens(lens: Lens, path: str | None = None, prompt: int = 0):

@@ -9,6 +9,7 @@ import pytest
 import lazarus_jax as lj
 from lazarus_jax.analysis import lens as lens_lib
 from lazarus_jax.data.arithmetic import encode_prompt
+from lazarus_jax.errors import UserError
 from lazarus_jax.models.generate import greedy_generate
 from lazarus_jax.models.model import residual_stream
 
@@ -77,3 +78,26 @@ def test_readme_notebook_block_runs(tmp_path, monkeypatch):
   assert scope["lens"].target_probs.shape == (2, 31, 4)
   assert scope["features"].shape == (31, 2, 576)
   assert os.path.getsize(tmp_path / "lens.png") > 1000
+
+
+def test_intervene_with_no_edit_is_the_plain_model_and_an_ablation_removes_the_directions(tiny):
+  prompts = ["7 * 8 = ", "23 + 45 = "]
+  plain = lj.intervene(tiny, prompts, row=3)
+  assert plain.texts == lj.generate_text(tiny, prompts)
+  dirs = lj.class_directions(tiny)
+  assert dirs.shape == (4, tiny.model.cfg.hidden_size)
+  cut = lj.intervene(tiny, prompts, row=3, ablate=dirs)
+  before = np.abs(plain.readout[3].astype(np.float64) @ dirs.T).max()
+  after = np.abs(cut.readout[3].astype(np.float64) @ dirs.T).max()
+  assert before > 1e-3 and after < 1e-4 * before  # the class words' lens directions are gone at that row only
+  np.testing.assert_allclose(cut.readout[:3], plain.readout[:3], atol=1e-6)  # rows below the edit: untouched
+  push = lj.intervene(tiny, prompts, row=3, add=100 * dirs[0] / np.linalg.norm(dirs[0]))
+  assert not np.allclose(push.logits, plain.logits)  # later rows and the answer see the edit
+  with pytest.raises(UserError, match="outside 0..4"):
+    lj.intervene(tiny, prompts, row=5)
+
+
+def test_position_lens_is_the_lens_tools_grid(tiny):
+  grid = lj.position_lens(tiny, "7 * 8 = ")
+  assert grid == lens_lib.position_lens(tiny.model, tiny.tokenizer, "7 * 8 = ")
+  assert len(grid["rows"]) == tiny.n_layers + 1
