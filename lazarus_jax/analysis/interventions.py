@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lazarus_jax.analysis.stats import accuracy_summary
+from lazarus_jax.analysis.stats import accuracy_summary, bootstrap_mean
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.models.generate import greedy_generate, parse_integer
 
@@ -154,17 +154,26 @@ def first_answer_tokens(tok, examples, answers: Sequence[int]) -> np.ndarray:
   )
 
 
+def kl_interval(kl_per_prompt: np.ndarray) -> dict:
+  """{mean, ci_low, ci_high, se, method, n}: the mean KL over prompts with a seeded bootstrap interval."""
+  out = bootstrap_mean([np.asarray(kl_per_prompt, np.float64)])
+  out.pop("n_groups", None)
+  return out
+
+
 def outcome(run: EditedRun, clean: EditedRun, examples, first_ids: np.ndarray, answers: np.ndarray) -> dict:
   """What an edit did to the answers: exact-match accuracy, first-token accuracy (the argmax of the final logits at
   the readout), mean p(first answer token), mean KL(clean || edited) of the final distribution at the readout, and
   the fraction of answers that changed."""
   lp = _log_softmax(run.logits)
   n = np.arange(len(examples))
+  kl = kl_divergence(clean.logits, run.logits)
   return {
     "answer_accuracy": _summary(answers_match(run.texts, answers)),
     "first_token_accuracy": _summary(np.argmax(run.logits, axis=-1) == first_ids),
     "mean_p_first_token": float(np.mean(np.exp(lp[n, first_ids]))),
-    "mean_kl_from_clean": float(np.mean(kl_divergence(clean.logits, run.logits))),
+    "mean_kl_from_clean": float(np.mean(kl)),
+    "kl_from_clean": kl_interval(kl),  # the same mean with its bootstrap interval over prompts
     "changed_answer_fraction": float(np.mean([a != b for a, b in zip(run.ids, clean.ids)])),
   }
 
@@ -222,17 +231,21 @@ def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequenc
 
     entry = {"row": int(row), "layer": int(row) - 1 if row > 0 else None}
     run = run_edited(model, tok, prep.prompt_ids, make_edit(n_rows, n, dim, [row], basis=class_basis), max_new_tokens)
+    kl_class = kl_divergence(clean.logits, run.logits)
     entry["class"] = {
       **outcome(run, clean, prep.examples, prep.first_ids, prep.answers),
       "norm_fraction_removed": removed(class_basis),
     }
     for name, bases in controls.items():
-      draws = []
+      draws, kls = [], []
       for basis in bases:
         run = run_edited(model, tok, prep.prompt_ids, make_edit(n_rows, n, dim, [row], basis=basis), max_new_tokens)
         draws.append({**outcome(run, clean, prep.examples, prep.first_ids, prep.answers), "norm_fraction_removed": removed(basis)})
+        kls.append(kl_divergence(clean.logits, run.logits))
       entry[name] = draws
-      entry[f"{name}_mean"] = {k: float(np.mean([_scalar(d[k]) for d in draws])) for k in draws[0]}
+      entry[f"{name}_mean"] = {k: float(np.mean([_scalar(d[k]) for d in draws])) for k in draws[0] if k != "kl_from_clean"}
+      # Paired by prompt: the class directions' KL minus the control's (mean over its draws), with its interval.
+      entry[f"kl_class_minus_{name}"] = kl_interval(kl_class - np.mean(kls, axis=0))
     out["rows"].append(entry)
   return out
 

@@ -192,11 +192,16 @@ def used_verdict(row_entry: dict) -> str:
   return "cannot tell apart from the controls"
 
 
+def _kl_diff(d: dict | None) -> str:
+  """A paired KL difference (nats) with its bootstrap interval; results written before it existed have none."""
+  return "n/a" if not d else f"{d['mean']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"
+
+
 def _model_rows(mech: dict) -> list[str]:
   lines = [
     "| model | clean answers | class ablation at L | Gaussian random (mean of draws) | random tokens (mean) | "
-    "norm removed: class / random / tokens | KL: class / random / tokens | verdict |",
-    "|---|---|---|---|---|---|---|---|",
+    "norm removed: class / random / tokens | KL: class / random / tokens | KL class − random, class − tokens | verdict |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for name, m in _models(mech):
     at = next((r for r in m["ablation"]["rows"] if r["row"] == m["row"]), None)
@@ -208,6 +213,7 @@ def _model_rows(mech: dict) -> list[str]:
       f"{_pct(at['class']['norm_fraction_removed'])} / {_pct(at['random_mean']['norm_fraction_removed'])} / "
       f"{_pct(at['random_tokens_mean']['norm_fraction_removed'])} | {at['class']['mean_kl_from_clean']:.3g} / "
       f"{at['random_mean']['mean_kl_from_clean']:.3g} / {at['random_tokens_mean']['mean_kl_from_clean']:.3g} | "
+      f"{_kl_diff(at.get('kl_class_minus_random'))}, {_kl_diff(at.get('kl_class_minus_random_tokens'))} | "
       f"{used_verdict(at)} |"
     )
   return lines

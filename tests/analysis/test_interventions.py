@@ -176,6 +176,12 @@ def test_experiments_on_the_tiny_model(tiny):
   for r in abl["rows"]:
     assert len(r["random"]) == len(r["random_tokens"]) == 2
     assert 0 < r["class"]["norm_fraction_removed"] < 1 and r["class"]["mean_kl_from_clean"] >= 0
+    kl = r["class"]["kl_from_clean"]  # the mean with its bootstrap interval over the 5 prompts
+    assert kl["mean"] == r["class"]["mean_kl_from_clean"] and kl["ci_low"] <= kl["mean"] <= kl["ci_high"] and kl["n"] == 5
+    for control in ("random", "random_tokens"):  # paired by prompt: class KL minus the control draws' mean KL
+      d = r[f"kl_class_minus_{control}"]
+      want = r["class"]["mean_kl_from_clean"] - np.mean([x["mean_kl_from_clean"] for x in r[control]])
+      assert d["mean"] == pytest.approx(want, rel=1e-9, abs=1e-12) and d["ci_low"] <= d["mean"] <= d["ci_high"]
   steer = iv.steering(model, tok, prep, class_ids, ["multiply", "add", "subtract", "divide"], row=3, alphas=[0, 4])
   assert steer["n"] == 4  # 2 + 2 = 2 * 2: its counterpart's answer is its own, so it is left out
   zero = steer["alphas"][0]
