@@ -113,6 +113,7 @@ def run_ours(a, workdir: str) -> dict:
     "reward_mean": sum(r["reward_mean"] for r in rows) / len(rows),
     "compile": compile_line,
     "rounds_timed": len(rows),
+    "round_seconds": [r["round_seconds"] for r in rows],
   }
 
 
@@ -158,6 +159,7 @@ def trl_spec(a, c, tokenizer) -> dict:
     "seed": c.seed,
     "dtype": a.dtype,
     "threads": a.trl_threads,
+    "weights_dtype": a.trl_weights_dtype or a.dtype,
     "init_adapter": a.init_adapter,
     "rounds_prompts": round_prompts(c, tokenizer, a.rounds),
   }
@@ -205,6 +207,9 @@ def main():
   p.add_argument("--init-adapter", default="", help="warm start (an SFT run's adapter): realistic response lengths")
   p.add_argument("--trl", action="store_true", help="also run TRL's GRPOTrainer (bench/trl_grpo_side.py)")
   p.add_argument("--trl-threads", type=int, default=2)
+  p.add_argument(
+    "--trl-weights-dtype", default="", help="TRL's base weights (default: --dtype); float32 with --dtype bfloat16 = autocast only"
+  )
   p.add_argument("--json", default="")
   a = p.parse_args()
   if a.trl:
@@ -268,7 +273,8 @@ def main():
   if theirs:
     print(
       f"  TRL {theirs['trl']} GRPOTrainer ({theirs['threads']} torch threads): {theirs['round_s']:.2f} s/round "
-      f"(rollout {theirs['rollout_s']:.2f} s, update {theirs['update_s']:.2f} s), {theirs['completions_per_s']:.2f} "
+      f"(rollout {theirs['rollout_s']:.2f} s of which generation {theirs['generation_s']:.2f} s, update "
+      f"{theirs['update_s']:.2f} s), {theirs['completions_per_s']:.2f} "
       f"completions/s = {out['trl_over_floor']:.1f}x the floor; mean response {theirs['response_length']:.1f} tokens"
     )
     print(f"  ours is {out['trl_over_ours']:.1f}x TRL's completions/s (load before TRL {load_between}, after {out['load_avg_after']})")

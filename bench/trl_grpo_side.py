@@ -18,7 +18,8 @@
 - torch threads: `--threads` (the spec's, default 2).
 
 Timed: wall time per optimizer step from a callback (on_step_begin -> on_step_end), and inside it the rollout
-(`_generate_and_score_completions`: generation, reference log-probs, rewards), like our rollout/update split. A
+(`_generate_and_score_completions`: generation, reference log-probs, rewards), like our rollout/update split, and
+inside that the generation alone (`_generate`). A
 round is mu optimizer steps; the first round warms up and is left out of the medians.
 """
 
@@ -117,7 +118,7 @@ def run(spec: dict) -> dict:
     ours, theirs = tok.encode(r["prompt"]), hf_tok(text=r["prompt"])["input_ids"]
     if ours != theirs:
       raise SystemExit(f"tokenizers differ on {r['prompt']!r}: ours {ours}, TRL's {theirs}")
-  model = torch_side.build_base(spec["dtype"])
+  model = torch_side.build_base(spec.get("weights_dtype") or spec["dtype"])  # float32 + bf16: autocast over f32 weights
 
   def exact_answer(completions, answer, **_):
     return [float(generate.exact_match(c, a)) for c, a in zip(completions, answer)]
@@ -140,7 +141,7 @@ def run(spec: dict) -> dict:
       if result.unexpected_keys:
         raise SystemExit(f"adapter keys TRL's model lacks: {result.unexpected_keys[:3]}")
 
-    steps, rollouts, logs_seen = [], [], []
+    steps, rollouts, generations, logs_seen = [], [], [], []
     inner = trainer._generate_and_score_completions
 
     def timed(*a, **k):
@@ -150,6 +151,15 @@ def run(spec: dict) -> dict:
       return out
 
     trainer._generate_and_score_completions = timed
+    generate_inner = trainer._generate  # inside the rollout: sampling alone (HF generate with its KV cache)
+
+    def timed_generate(*a, **k):
+      t0 = time.perf_counter()
+      out = generate_inner(*a, **k)
+      generations.append((len(steps), time.perf_counter() - t0))
+      return out
+
+    trainer._generate = timed_generate
 
     class Clock(transformers.TrainerCallback):
       def on_step_begin(self, args, state, control, **kw):
@@ -167,9 +177,14 @@ def run(spec: dict) -> dict:
 
   mu = spec["mu"]
   rounds = [sum(steps[i : i + mu]) for i in range(0, len(steps), mu)]
-  rollout_by_round = {}
-  for step_index, secs in rollouts:
-    rollout_by_round[step_index // mu] = rollout_by_round.get(step_index // mu, 0.0) + secs
+
+  def by_round(timed_calls):
+    out = {}
+    for step_index, secs in timed_calls:
+      out[step_index // mu] = out.get(step_index // mu, 0.0) + secs
+    return out
+
+  rollout_by_round, generation_by_round = by_round(rollouts), by_round(generations)
   timed_rounds = list(range(1, len(rounds)))  # the first round warms up
 
   def median(vals):
@@ -191,6 +206,8 @@ def run(spec: dict) -> dict:
     rollout_seconds=[rollout_by_round.get(i, 0.0) for i in range(len(rounds))],
     round_s=round_s,
     rollout_s=rollout_s,
+    generation_seconds=[generation_by_round.get(i, 0.0) for i in range(len(rounds))],
+    generation_s=median([generation_by_round.get(i, 0.0) for i in timed_rounds]),
     update_s=median([rounds[i] - rollout_by_round.get(i, 0.0) for i in timed_rounds]),
     completions_per_s=n / round_s,
     rounds_timed=len(timed_rounds),

@@ -19,7 +19,18 @@ import trl_grpo_side  # noqa: E402
 
 
 def _spec(monkeypatch, **over):
-  flags = dict(rounds=3, prompts=4, group=6, new_tokens=5, mu=2, kl_beta=0.02, dtype="bfloat16", init_adapter="", trl_threads=2)
+  flags = dict(
+    rounds=3,
+    prompts=4,
+    group=6,
+    new_tokens=5,
+    mu=2,
+    kl_beta=0.02,
+    dtype="bfloat16",
+    init_adapter="",
+    trl_threads=2,
+    trl_weights_dtype="",
+  )
   flags.update(over)
   a = argparse.Namespace(**flags)
   monkeypatch.setattr(bench_grpo, "round_prompts", lambda c, tok, rounds: [[{"prompt": "1 + 2 = ", "answer": "3"}]] * rounds)
@@ -60,7 +71,7 @@ def test_trl_gets_our_settings(monkeypatch):
   }
   assert {k: args[k] for k in expected} == expected
   assert args["lr_scheduler_kwargs"] == {"min_lr_rate": t.end_lr_fraction}
-  assert spec["threads"] == 2 and len(spec["rounds_prompts"]) == a.rounds
+  assert spec["threads"] == 2 and spec["weights_dtype"] == "bfloat16" and len(spec["rounds_prompts"]) == a.rounds
   assert g.aggregation == "token" and args["loss_type"] == "dapo"  # the shipped default: DAPO's token-level mean
 
 
