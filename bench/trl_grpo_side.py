@@ -125,6 +125,8 @@ def run(spec: dict) -> dict:
 
   with tempfile.TemporaryDirectory(prefix="trl_grpo_") as out_dir:
     args = trl.GRPOConfig(**trl_args(spec, out_dir))
+    if args.steps_per_generation != 1 or args.num_generations != spec["group"]:  # ours: one update per round
+      raise SystemExit(f"TRL derived {args.steps_per_generation} steps per generation batch, G={args.num_generations}")
     trainer = trl.GRPOTrainer(
       model=model,
       reward_funcs=exact_answer,
