@@ -29,19 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-TINYLLAMA = dict(
-  model_type="llama",
-  vocab_size=32000,
-  hidden_size=2048,
-  intermediate_size=5632,
-  num_hidden_layers=22,
-  num_attention_heads=32,
-  num_key_value_heads=4,
-  rms_norm_eps=1e-5,
-  rope_theta=10000.0,
-  tie_word_embeddings=False,
-  max_position_embeddings=2048,
-)
+from lazarus_jax.models.tiny import TINYLLAMA  # noqa: E402
+
 TINY = dict(
   TINYLLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4
 )

@@ -82,3 +82,20 @@ def tiny_hf_config(**overrides) -> dict:
   )
   cfg.update(overrides)
   return cfg
+
+
+# TinyLlama-1.1B's shape (its HF config's architecture keys): the seed's model, for shape-only work (the
+# pre-flight compile, memory tests, benchmarks) where no weights are read.
+TINYLLAMA = dict(
+  model_type="llama",
+  vocab_size=32000,
+  hidden_size=2048,
+  intermediate_size=5632,
+  num_hidden_layers=22,
+  num_attention_heads=32,
+  num_key_value_heads=4,
+  rms_norm_eps=1e-5,
+  rope_theta=10000.0,
+  tie_word_embeddings=False,
+  max_position_embeddings=2048,
+)

@@ -14,21 +14,9 @@ import pytest
 
 from lazarus_jax.models import sharding
 from lazarus_jax.models.model import LlamaConfig
+from lazarus_jax.models.tiny import TINYLLAMA
 from lazarus_jax.training import aot
 
-TINYLLAMA = dict(
-  model_type="llama",
-  vocab_size=32000,
-  hidden_size=2048,
-  intermediate_size=5632,
-  num_hidden_layers=22,
-  num_attention_heads=32,
-  num_key_value_heads=4,
-  rms_norm_eps=1e-5,
-  rope_theta=10000.0,
-  tie_word_embeddings=False,
-  max_position_embeddings=2048,
-)
 BATCH, SEQ = 64, 32
 CFG = LlamaConfig.from_hf(TINYLLAMA, param_dtype="bfloat16", compute_dtype="bfloat16")
 GIB = 2**30

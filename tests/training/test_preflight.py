@@ -9,25 +9,12 @@ import jax
 import pytest
 
 from lazarus_jax.errors import UserError
-from lazarus_jax.models.tiny import tiny_backend
+from lazarus_jax.models.tiny import TINYLLAMA, tiny_backend
 from lazarus_jax.training import aot
 
 import repo
 
 ROOT = repo.ROOT
-TINYLLAMA = dict(
-  model_type="llama",
-  vocab_size=32000,
-  hidden_size=2048,
-  intermediate_size=5632,
-  num_hidden_layers=22,
-  num_attention_heads=32,
-  num_key_value_heads=4,
-  rms_norm_eps=1e-5,
-  rope_theta=10000.0,
-  tie_word_embeddings=False,
-  max_position_embeddings=2048,
-)
 GIB = 2**30
 
 
