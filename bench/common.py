@@ -62,13 +62,16 @@ def smollm2_config(compute_dtype: str = "float32", batch_size: int = 8):
   return c
 
 
-def write_batch(path: str, batch_size: int = 8, seed_step: int = 0) -> dict:
-  """The first training batch of the embedded default, plus the class token ids and classifier layer."""
+def write_batch(path: str, batch_size: int = 8, seed_step: int = 0, seq_len: int | None = None) -> dict:
+  """The first training batch of the embedded default, plus the class token ids and classifier layer.
+  seq_len: pad the examples to this length (data.seq_len) instead of the data's own (16 for the default)."""
   from lazarus_jax import experiment
   from lazarus_jax.data import arithmetic as data_lib
   from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
 
   c = smollm2_config(batch_size=batch_size)
+  if seq_len:
+    c.data.seq_len = seq_len
   tok = load_gguf(embedded_gguf_path()).tokenizer
   ds = experiment.build_data(c, tok)
   targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in ds.train[:2000]}))

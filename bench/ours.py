@@ -1,6 +1,6 @@
 """Our side of the training benchmark: the exact step `lazarus_jax.train` compiles, on a fixed batch.
 
-python bench/ours.py --dtype float32 --batch bench_batch.npz --steps 20 [--json out.json]
+python bench/ours.py --dtype float32 --batch bench_batch.npz --steps 20 [--lora-layer-start 0] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", activation_dtype: str = "float32"):
+def build(
+  compute_dtype: str,
+  batch_np: dict,
+  param_dtype: str = "float32",
+  activation_dtype: str = "float32",
+  layer_start: int = 0,
+  attention: str = "",
+):
   """Returns (compiled step, args tuple, compile seconds, model config)."""
   import jax
   import jax.numpy as jnp
@@ -30,6 +37,9 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", acti
   c = common.smollm2_config(compute_dtype, batch_size=batch_np["tokens"].shape[0])
   c.model.param_dtype = param_dtype
   c.model.activation_dtype = activation_dtype
+  c.lora.layer_start = layer_start  # adapters on [layer_start, n): the backward stops there
+  if attention:
+    c.model.attention = attention  # model.attention (lazarus_jax/models/kernels.py); default: the config's
   pretrained = experiment.load_model(c)
   model = pretrained.build()
   lora_cfg = settings.lora_config(c)
@@ -58,11 +68,20 @@ def build(compute_dtype: str, batch_np: dict, param_dtype: str = "float32", acti
   return compiled, (state, base, rest, batch, weight, class_ids), compile_s, pretrained.config
 
 
-def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "float32", activation_dtype: str = "float32") -> dict:
+def run(
+  compute_dtype: str,
+  batch_np: dict,
+  steps: int,
+  param_dtype: str = "float32",
+  activation_dtype: str = "float32",
+  layer_start: int = 0,
+  warmup: int = 2,
+  attention: str = "",
+) -> dict:
   import jax
 
   t_start = time.perf_counter()
-  compiled, args, compile_s, cfg = build(compute_dtype, batch_np, param_dtype, activation_dtype)
+  compiled, args, compile_s, cfg = build(compute_dtype, batch_np, param_dtype, activation_dtype, layer_start, attention)
   state, rest_args = args[0], args[1:]
   losses = []
 
@@ -72,9 +91,9 @@ def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "floa
     losses.append(metrics["loss"])
     jax.block_until_ready(state)
 
-  times = common.time_calls(one, steps, warmup=2)
+  times = common.time_calls(one, steps, warmup=warmup)
   b = batch_np["tokens"].shape[0]
-  flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32)
+  flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32, layer_start=layer_start)
   med = sorted(times)[len(times) // 2]
   return dict(
     side="jax",
@@ -82,6 +101,9 @@ def run(compute_dtype: str, batch_np: dict, steps: int, param_dtype: str = "floa
     param_dtype=param_dtype,
     activation_dtype=activation_dtype,
     batch=b,
+    seq_len=int(batch_np["tokens"].shape[1]),
+    lora_layer_start=layer_start,
+    attention=cfg.attention,
     resolved={"param": cfg.param_dtype, "compute": cfg.compute_dtype, "activation": cfg.activation_dtype},
     step_s_median=med,
     step_s_min=min(times),
@@ -103,11 +125,14 @@ if __name__ == "__main__":
   p.add_argument("--param-dtype", default="float32", help="frozen base weights' storage dtype")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--activation-dtype", default="float32", help="model.activation_dtype")
+  p.add_argument("--lora-layer-start", type=int, default=0, help="lora.layer_start (adapters on [start, n_layers))")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after the compile")
+  p.add_argument("--attention", default="", help="model.attention: einsum | xla | cudnn | auto (default: the config's)")
   p.add_argument("--json", default="")
   a = p.parse_args()
   import numpy as np
 
-  out = run(a.dtype, dict(np.load(a.batch)), a.steps, a.param_dtype, a.activation_dtype)
+  out = run(a.dtype, dict(np.load(a.batch)), a.steps, a.param_dtype, a.activation_dtype, a.lora_layer_start, a.warmup, a.attention)
   print(json.dumps(out))
   if a.json:
     with open(a.json, "w") as f:

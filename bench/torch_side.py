@@ -8,7 +8,7 @@ r32/alpha 64 on v_proj,o_proj (all layers), the same batch and the same dual-rew
 bfloat16: base weights stored in bf16 (frozen, no master copy needed), adapters and AdamW state in float32,
 forward under `torch.autocast("cpu", bfloat16)` -- the usual PEFT mixed-precision recipe on CPU.
 
-  python bench/torch_side.py --dtype float32 --batch bench_batch.npz --steps 10 [--json out.json]
+  python bench/torch_side.py --dtype float32 --batch bench_batch.npz --steps 10 [--lora-layer-start 0] [--json out.json]
 """
 
 from __future__ import annotations
@@ -49,19 +49,29 @@ def build_base(dtype: str):
   return model
 
 
-def lora_config():
+def lora_config(layer_start: int = 0, n_layers: int = 30):
+  """layer_start > 0: adapters on layers [layer_start, n_layers) only (PEFT's layers_to_transform); autograd then
+  stops at the lowest adapted layer, as ours does."""
   from peft import LoraConfig
 
-  return LoraConfig(r=32, lora_alpha=64, target_modules=["v_proj", "o_proj"], lora_dropout=0.0, bias="none")
+  layers = list(range(layer_start, n_layers)) if layer_start else None
+  return LoraConfig(
+    r=32,
+    lora_alpha=64,
+    target_modules=["v_proj", "o_proj"],
+    lora_dropout=0.0,
+    bias="none",
+    layers_to_transform=layers,
+  )
 
 
-def build(dtype: str):
+def build(dtype: str, layer_start: int = 0):
   import torch
   from peft import get_peft_model
 
   torch.set_num_threads(os.cpu_count())
   model = build_base(dtype)
-  lora = lora_config()
+  lora = lora_config(layer_start, model.config.num_hidden_layers)
   model = get_peft_model(model, lora)
   for p in model.parameters():  # adapters in float32 (PEFT's autocast_adapter_dtype does this too)
     if p.requires_grad:
@@ -88,11 +98,11 @@ def dual_reward_loss(model, batch, class_ids, layer: int, w: float):
   return w * cls_loss + (1 - w) * ans_loss
 
 
-def run(dtype: str, batch_np: dict, steps: int) -> dict:
+def run(dtype: str, batch_np: dict, steps: int, layer_start: int = 0, warmup: int = 1) -> dict:
   import torch
 
   t_start = time.perf_counter()
-  model = build(dtype)
+  model = build(dtype, layer_start)
   layer = int(batch_np["classifier_layer"])
   class_ids = torch.from_numpy(batch_np["class_ids"]).long()
   batch = {k: torch.from_numpy(v) for k, v in batch_np.items() if k not in ("class_ids", "classifier_layer")}
@@ -116,13 +126,16 @@ def run(dtype: str, batch_np: dict, steps: int) -> dict:
   t0 = time.perf_counter()
   one()  # first step: torch's "compile" (allocator warm-up, oneDNN primitive creation)
   first_s = time.perf_counter() - t0
-  times = common.time_calls(one, steps, warmup=1)
+  times = common.time_calls(one, steps, warmup=warmup)
   b = batch_np["tokens"].shape[0]
   med = sorted(times)[len(times) // 2]
   return dict(
     side="torch",
     dtype=dtype,
     batch=b,
+    seq_len=int(batch_np["tokens"].shape[1]),
+    lora_layer_start=layer_start,
+    n_trainable=sum(p.numel() for p in params),
     step_s_median=med,
     step_s_min=min(times),
     examples_per_s=b / med,
@@ -140,11 +153,13 @@ if __name__ == "__main__":
   p.add_argument("--dtype", default="float32")
   p.add_argument("--batch", required=True)
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--lora-layer-start", type=int, default=0, help="adapters on layers [start, n_layers)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
   p.add_argument("--json", default="")
   a = p.parse_args()
   import numpy as np
 
-  out = run(a.dtype, dict(np.load(a.batch)), a.steps)
+  out = run(a.dtype, dict(np.load(a.batch)), a.steps, a.lora_layer_start, a.warmup)
   print(json.dumps(out))
   if a.json:
     with open(a.json, "w") as f:
