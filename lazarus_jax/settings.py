@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from lazarus_jax.config import AGGREGATIONS, GRPOConfig, check_ranges  # noqa: F401  (AGGREGATIONS: GRPO's)
+from lazarus_jax.config import GRPOConfig, check_ranges
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.data.targets import TARGET_SETS
 from lazarus_jax.errors import UserError

@@ -112,7 +112,8 @@ def read_adapter(path: str, model_cfg) -> tuple[LoRAConfig, dict]:
   pc = read_json(cfg_file, "adapter config", fix)
   try:
     rank, alpha = int(pc["r"]), float(pc["lora_alpha"])
-    pc["target_modules"]  # noqa: B018  (its presence; peft_options.check reads it)
+    if "target_modules" not in pc:  # peft_options.check reads it
+      raise KeyError("target_modules")
   except (KeyError, TypeError, ValueError) as e:
     raise UserError(
       f"adapter config {cfg_file} lacks a valid r, lora_alpha or target_modules ({type(e).__name__}: {e}): {fix}"

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lazarus_jax.config import AGGREGATIONS, GRPOConfig  # noqa: F401  (GRPOConfig: part of this module's API)
+from lazarus_jax.config import AGGREGATIONS, GRPOConfig  # noqa: F401  (GRPO's typed config, re-exported here)
 from lazarus_jax.models import generate
 from lazarus_jax.models.model import residual_stream
 from lazarus_jax.models.sharding import constrain
