@@ -27,7 +27,6 @@ from lazarus_jax.models.model import PROJS
 DTYPES = ("float32", "bfloat16", "float16", dtypes.AUTO)
 OBJECTIVES = ("dual_reward", "grpo")
 GRPO_ARMS = ("grpo", "grpo+lens")  # sweep arms: train.objective=grpo from the SFT arm's adapter
-MECHANISM_FORMATS = ("symbolic", "semantic")  # counterpart prompts and token roles exist for these only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +193,7 @@ def _checked_mechanism(c, formats: list[str]) -> tuple[float, ...]:
   if m.rows.strip() not in ("all", "auto"):
     mechanism_rows(m.rows, 10**6)
   if m.enabled:
-    other = sorted(set(formats) - set(MECHANISM_FORMATS))
+    other = sorted(set(formats) - set(data_lib.MECHANISM_FORMATS))
     if other:
       raise UserError(
         f"eval.mechanism supports the symbolic and semantic formats only, not {', '.join(other)}: "
