@@ -35,7 +35,7 @@ import numpy as np
 
 from lazarus_jax.analysis import interventions, tuned_lens, vo_analysis
 from lazarus_jax.data import arithmetic as data_lib
-from lazarus_jax.settings import mechanism_rows, steer_alphas
+from lazarus_jax.settings import mechanism_rows
 
 
 def subset(examples, cap: int, seed: int) -> list:
@@ -67,7 +67,7 @@ def analyse_model(
   timing[f"{tag}_ablation_s"] = time.perf_counter() - t0
   _say(tag, "ablation", timing[f"{tag}_ablation_s"])
   t0 = time.perf_counter()
-  out["steering"] = interventions.steering(model, tok, prep, class_ids, labels, layer + 1, steer_alphas(c), c.seed)
+  out["steering"] = interventions.steering(model, tok, prep, class_ids, labels, layer + 1, m.steer_alphas, c.seed)
   timing[f"{tag}_steering_s"] = time.perf_counter() - t0
   _say(tag, "steering", timing[f"{tag}_steering_s"])
   t0 = time.perf_counter()
