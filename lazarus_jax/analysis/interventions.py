@@ -22,6 +22,9 @@ Experiments (host side, numpy results that `evaluate` writes into results.json u
     (`STEER_TO`), alpha in units of each prompt's own readout norm at that row;
   - `patching`: the readout residual of the same operands under operation A (`STEER_TO`'s map, A = t) put into the
     prompt of operation B, at each row; the fraction of answers that follow A is the layer x effect curve.
+Counterpart prompts (`counterpart_example`): symbolic / semantic render the same operands with A's symbol or word;
+fewshot keeps the query and its symbol and shows solved examples of A (from A's training pairs); word uses A's
+template of the same split side and index (prompt_formats.counterpart).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 
 from lazarus_jax.analysis.stats import accuracy_summary, bootstrap_mean
 from lazarus_jax.data import arithmetic as data_lib
+from lazarus_jax.data import prompt_formats
 from lazarus_jax.models.generate import greedy_generate, parse_integer
 
 # Each source operation's counterpart for steering and patching: every (a, b) of the source has an integer answer
@@ -191,14 +195,36 @@ class Prepared:
   first_ids: np.ndarray  # first token of the correct answer
   clean: EditedRun
   max_new_tokens: int  # every edited run decodes as far as the clean one
+  counterparts: list  # per prompt, its counterpart (`counterpart_example`): the same operands under STEER_TO's op
 
 
-def prepare(model, tok, examples, max_new_tokens: int = 8) -> Prepared:
+def counterpart_example(e, train_pairs_by_op: dict | None = None, seed: int = 0):
+  """Example `e` with the same operands under STEER_TO[e.operation] (an integer answer for every generated pair), in
+  e's format. fewshot needs `train_pairs_by_op` (its solved examples come from training pairs); `seed` picks them."""
+  op = STEER_TO[e.operation]
+  if e.fmt in ("fewshot", "word"):
+    return prompt_formats.counterpart(e, op, train_pairs_by_op, seed)
+  return data_lib.make_example(e.a, op, e.b, e.fmt)
+
+
+def train_pairs_by_operation(train_examples) -> dict:
+  """{operation: its distinct (a, b) pairs, first-seen order} of training examples (every format renders the same
+  training pairs, so any format's examples give them)."""
+  out: dict = {}
+  for e in train_examples:
+    if e.a is not None and e.b is not None:
+      out.setdefault(e.operation, {})[(e.a, e.b)] = None
+  return {op: list(pairs) for op, pairs in out.items()}
+
+
+def prepare(model, tok, examples, max_new_tokens: int = 8, train_pairs_by_op: dict | None = None, seed: int = 0) -> Prepared:
+  """The clean greedy run of `examples` and their counterparts (fewshot ones need `train_pairs_by_op`)."""
   examples = list(examples)
+  counterparts = [counterpart_example(e, train_pairs_by_op, seed) for e in examples]
   prompt_ids = [data_lib.encode_prompt(tok, e.prompt) for e in examples]
   answers = np.asarray([int(e.answer) for e in examples])
   clean = run_edited(model, tok, prompt_ids, None, max_new_tokens)
-  return Prepared(examples, prompt_ids, answers, first_answer_tokens(tok, examples, answers), clean, max_new_tokens)
+  return Prepared(examples, prompt_ids, answers, first_answer_tokens(tok, examples, answers), clean, max_new_tokens, counterparts)
 
 
 def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequence[int], n_random: int = 3, seed: int = 0) -> dict:
@@ -265,8 +291,8 @@ def _scalar(v):
 def _counterpart(prep: Prepared):
   """Indices of prompts whose counterpart answer (STEER_TO) differs from their own, and those answers."""
   keep, other = [], []
-  for i, e in enumerate(prep.examples):
-    value = data_lib.compute(e.a, STEER_TO[e.operation], e.b)
+  for i, cp in enumerate(prep.counterparts):
+    value = int(cp.answer)
     if value != prep.answers[i]:
       keep.append(i)
       other.append(value)
@@ -300,7 +326,7 @@ def steering(
   first_ids, target_first = prep.first_ids[idx], first_answer_tokens(tok, examples, target_answers)
   # What the model itself answers to the target operation's prompt (same operands): "becomes the target's answer"
   # is also scored against that, since a model that answers few prompts right rarely produces the true one.
-  target_run = counterpart_run(model, tok, examples, max_new_tokens)
+  target_run = counterpart_run(model, tok, [prep.counterparts[i] for i in idx], max_new_tokens)
   target_outputs = [parse_integer(t) for t in target_run.texts]
   out = {
     "row": int(row),
@@ -325,10 +351,9 @@ def steering(
   return out
 
 
-def counterpart_run(model, tok, examples, max_new_tokens: int) -> EditedRun:
-  """The clean run of each example's counterpart prompt: the same operands under STEER_TO's operation."""
-  prompts = [data_lib.make_example(e.a, STEER_TO[e.operation], e.b, e.fmt).prompt for e in examples]
-  return run_edited(model, tok, [data_lib.encode_prompt(tok, p) for p in prompts], None, max_new_tokens)
+def counterpart_run(model, tok, counterparts, max_new_tokens: int) -> EditedRun:
+  """The clean run of counterpart prompts (`Prepared.counterparts`: the same operands under STEER_TO's operation)."""
+  return run_edited(model, tok, [data_lib.encode_prompt(tok, e.prompt) for e in counterparts], None, max_new_tokens)
 
 
 def _same_output(texts, reference_outputs, clean_texts) -> np.ndarray:
@@ -348,7 +373,7 @@ def patching(model, tok, prep: Prepared, rows: Sequence[int]) -> dict:
   n_rows, dim = model.cfg.num_layers + 1, model.cfg.hidden_size
   idx, source_answers = _counterpart(prep)
   examples = [prep.examples[i] for i in idx]
-  source_run = counterpart_run(model, tok, examples, max_new_tokens)
+  source_run = counterpart_run(model, tok, [prep.counterparts[i] for i in idx], max_new_tokens)
   source_outputs = [parse_integer(t) for t in source_run.texts]
   source_top = np.argmax(source_run.logits, axis=-1)
   prompts = [prep.prompt_ids[i] for i in idx]

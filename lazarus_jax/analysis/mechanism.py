@@ -5,7 +5,10 @@ Per model (base, and the adapted one when an adapter is evaluated), on a seeded 
   - interventions (`interventions.py`): class-direction vs random ablation at each row, steering at L, activation
     patching at each row; answers are the model's own greedy decoding;
   - the tuned lens (`tuned_lens.py`) trained on training prompts, beside the logit lens;
-  - attention from the readout to the prompt's operands and operator, per layer and head (`vo_analysis.py`).
+  - attention from the readout to the prompt's token roles, per layer and head (`vo_analysis.py`): operands and
+    operator; fewshot also its solved examples; word has no operator token, so no operator role.
+Every format of `data_lib.MECHANISM_FORMATS` has counterpart prompts (interventions.counterpart_example) and token
+roles (vo_analysis.role_spans).
 For the adapted model also: the LoRA update norms per layer and head, and how much of each head's OV change writes
 the class-word directions. Figures: `mechanism_*.png` beside report.md (report.py draws them).
 
@@ -62,7 +65,8 @@ def analyse_model(
   out = {"n": len(chosen), "rows": rows, "layer": layer, "row": layer + 1}
 
   t0 = time.perf_counter()
-  prep = interventions.prepare(model, tok, chosen, c.eval.max_new_tokens)
+  train_pairs = interventions.train_pairs_by_operation(train_examples)  # fewshot counterparts' solved examples
+  prep = interventions.prepare(model, tok, chosen, c.eval.max_new_tokens, train_pairs, c.seed)
   out["ablation"] = interventions.ablation(model, tok, prep, class_ids, rows, m.n_random, c.seed)
   timing[f"{tag}_ablation_s"] = time.perf_counter() - t0
   _say(tag, "ablation", timing[f"{tag}_ablation_s"])
@@ -82,10 +86,23 @@ def analyse_model(
     _say(tag, "tuned_lens", timing[f"{tag}_tuned_lens_s"])
 
   t0 = time.perf_counter()
-  att = vo_analysis.attention_by_role(model, tok, [e.prompt for e in chosen], prep.prompt_ids)
-  out["attention"] = {"roles": list(att), "mean_mass": {r: v.tolist() for r, v in att.items()}, "n": len(chosen)}
+  out["attention"] = attention_section(model, tok, chosen, prep.prompt_ids)
   timing[f"{tag}_attention_s"] = time.perf_counter() - t0
   _say(tag, "attention", timing[f"{tag}_attention_s"])
+  return out
+
+
+def attention_section(model, tok, examples, prompt_ids) -> dict:
+  """The readout's attention mass per token role (vo_analysis.role_masses), over all prompts and per format; a
+  format's `roles` are the ones its prompts have (word: no operator token, so no `operator` role)."""
+  masses = vo_analysis.role_masses(model, tok, examples, prompt_ids)
+
+  def summary(ms):
+    mean = vo_analysis.mean_role_mass(ms)
+    return {"roles": list(mean), "mean_mass": {r: v.tolist() for r, v in mean.items()}, "n": len(ms)}
+
+  out = summary(masses)
+  out["by_format"] = {fmt: summary([m for m, e in zip(masses, examples) if e.fmt == fmt]) for fmt in sorted({e.fmt for e in examples})}
   return out
 
 

@@ -21,7 +21,15 @@ from flax import nnx
 
 from lazarus_jax.models.model import residual_stream, rope_inv_freq, split_packed
 
-ROLES = ("operand_a", "operator", "operand_b", "readout_token", "other")
+# Token roles per format (`role_spans`). The word format has no operator token (the operation is only in the
+# story), so it has no `operator` role; fewshot's `operator` is the query's symbol and `examples` its solved examples.
+FORMAT_ROLES = {
+  "symbolic": ("operand_a", "operator", "operand_b", "readout_token", "other"),
+  "semantic": ("operand_a", "operator", "operand_b", "readout_token", "other"),
+  "fewshot": ("operand_a", "operator", "operand_b", "examples", "readout_token", "other"),
+  "word": ("operand_a", "operand_b", "readout_token", "other"),
+}
+ROLES = ("operand_a", "operator", "operand_b", "examples", "readout_token", "other")  # every format's, in this order
 
 
 def _weights(model, name: str) -> np.ndarray:
@@ -102,23 +110,73 @@ def delta_ov_class_fraction(model, class_basis: np.ndarray) -> dict:
 _OPERANDS = re.compile(r"(-?\d+)(\D+?)(-?\d+)")
 
 
-def token_roles(tok, prompt: str, ids) -> list[str]:
-  """Each prompt token's role (ROLES): the first operand, the operator (the text between the operands), the second
-  operand, the readout token (the last one), other. Character spans come from decoding growing prefixes."""
-  m = _OPERANDS.search(prompt)
-  spans = {}
-  if m:
-    op_start = m.start(2) + len(m.group(2)) - len(m.group(2).lstrip())
-    op_end = m.end(2) - (len(m.group(2)) - len(m.group(2).rstrip()))
-    spans = {"operand_a": (m.start(1), m.end(1)), "operator": (op_start, op_end), "operand_b": (m.start(3), m.end(3))}
+def _operand_spans(text: str, offset: int = 0) -> dict:
+  """The first `a <op> b` in `text`: operand_a, operator (the text between the operands, stripped), operand_b."""
+  m = _OPERANDS.search(text)
+  if not m:
+    return {}
+  op_start = m.start(2) + len(m.group(2)) - len(m.group(2).lstrip())
+  op_end = m.end(2) - (len(m.group(2)) - len(m.group(2).rstrip()))
+  return {
+    "operand_a": (offset + m.start(1), offset + m.end(1)),
+    "operator": (offset + op_start, offset + op_end),
+    "operand_b": (offset + m.start(3), offset + m.end(3)),
+  }
+
+
+def role_spans(example) -> tuple[dict, tuple[str, ...]]:
+  """({role: (start, end) character span}, the format's roles) of an `Example` (or a bare prompt string, read as
+  symbolic / semantic). symbolic, semantic: the first `a <op> b`. fewshot: the query line's operands and symbol, and
+  `examples` = the solved-example lines before it (their newlines included). word: the two operands where the
+  template puts `{a}` and `{b}` (b may come first); no operator."""
+  if isinstance(example, str):
+    return _operand_spans(example), FORMAT_ROLES["symbolic"]
+  fmt, prompt = example.fmt, example.prompt
+  if fmt == "fewshot":
+    query = prompt.rfind("\n") + 1
+    spans = _operand_spans(prompt[query:], query)
+    if query:
+      spans["examples"] = (0, query)
+    return spans, FORMAT_ROLES[fmt]
+  if fmt == "word":
+    from lazarus_jax.data.prompt_formats import word_template
+
+    _, _, template = word_template(example)
+    return _template_operand_spans(template, example.a, example.b), FORMAT_ROLES[fmt]
+  if fmt in FORMAT_ROLES:
+    return _operand_spans(prompt), FORMAT_ROLES[fmt]
+  raise ValueError(f"no token roles for format {fmt!r}: use one of {', '.join(FORMAT_ROLES)}")
+
+
+def _template_operand_spans(template: str, a: int, b: int) -> dict:
+  """Character spans of `{a}` and `{b}` in `template.format(a=a, b=b)`."""
+  import string
+
+  spans, pos, values = {}, 0, {"a": str(a), "b": str(b)}
+  for literal, field, _, _ in string.Formatter().parse(template):
+    pos += len(literal)
+    if field is not None:
+      spans[f"operand_{field}"] = (pos, pos + len(values[field]))
+      pos += len(values[field])
+  return spans
+
+
+def token_roles(tok, example, ids) -> list[str]:
+  """Each prompt token's role (`role_spans`; the last token is `readout_token` when it has no other role; the rest
+  `other`). Character spans of tokens come from decoding growing prefixes; a token that adds no character (the
+  second byte of a two-byte character) takes the role of the token it completes."""
+  spans, _ = role_spans(example)
   roles, prev = [], 0
   for i in range(len(ids)):
     end = len(tok.decode(ids[: i + 1]))
     role = "other"
-    for name, (s, e) in spans.items():
-      if prev < e and end > s:  # the token's characters overlap the span
-        role = name
-        break
+    if end == prev and roles:
+      role = roles[-1]
+    else:
+      for name, (s, e) in spans.items():
+        if prev < e and end > s:  # the token's characters overlap the span
+          role = name
+          break
     if i == len(ids) - 1 and role == "other":
       role = "readout_token"
     roles.append(role)
@@ -188,12 +246,24 @@ def readout_attention(model, prompt_ids) -> list[np.ndarray]:
   return out
 
 
-def attention_by_role(model, tok, prompts, prompt_ids) -> dict:
-  """Mean attention mass from the readout to each role's tokens, [n_layers, H] per role (ROLES)."""
-  cfg = model.cfg
-  sums = {r: np.zeros((cfg.num_layers, cfg.num_heads)) for r in ROLES}
-  for prompt, ids, probs in zip(prompts, prompt_ids, readout_attention(model, prompt_ids)):
-    roles = np.asarray(token_roles(tok, prompt, ids))
-    for r in ROLES:
-      sums[r] += probs[:, :, roles == r].sum(-1)
-  return {r: v / max(1, len(prompt_ids)) for r, v in sums.items()}
+def role_masses(model, tok, examples, prompt_ids) -> list[dict]:
+  """Per prompt, the readout's attention mass on each of its format's roles, {role: [n_layers, H]} (summing to 1
+  over the roles); `examples`: `Example`s or bare symbolic / semantic prompt strings."""
+  out = []
+  for example, ids, probs in zip(examples, prompt_ids, readout_attention(model, prompt_ids)):
+    roles = np.asarray(token_roles(tok, example, ids))
+    out.append({r: probs[:, :, roles == r].sum(-1) for r in role_spans(example)[1]})
+  return out
+
+
+def mean_role_mass(masses: list[dict]) -> dict:
+  """{role: [n_layers, H]} mean over prompts of `role_masses`, for the roles of every prompt's format (a word prompt
+  has no operator, so a run of word prompts has no `operator` entry). Roles only some prompts have are averaged over
+  those prompts."""
+  roles = [r for r in ROLES if any(r in m for m in masses)]
+  return {r: np.mean([m[r] for m in masses if r in m], axis=0) for r in roles}
+
+
+def attention_by_role(model, tok, examples, prompt_ids) -> dict:
+  """Mean attention mass from the readout to each role's tokens, [n_layers, H] per role (`mean_role_mass`)."""
+  return mean_role_mass(role_masses(model, tok, examples, prompt_ids))

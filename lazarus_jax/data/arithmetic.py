@@ -35,7 +35,7 @@ OPERATIONS = ("multiply", "add", "subtract", "divide")
 FORMATS = ("symbolic", "semantic", "fewshot", "word")
 EVAL_FORMATS = FORMATS + ("symbolic_alt",)
 ROUND2_FORMATS = ("fewshot", "word", "symbolic_alt")  # rendered by prompt_formats.py
-MECHANISM_FORMATS = ("symbolic", "semantic")  # eval.mechanism: counterpart prompts and token roles exist for these
+MECHANISM_FORMATS = ("symbolic", "semantic", "fewshot", "word")  # eval.mechanism: counterpart prompts and token roles exist for these
 SYMBOLS = {"multiply": "*", "add": "+", "subtract": "-", "divide": "/"}
 WORDS = {"multiply": "times", "add": "plus", "subtract": "minus", "divide": "divided by"}
 

@@ -224,7 +224,26 @@ def render(
   return out
 
 
-# ---- counterfactuals (evaluation of fewshot) ------------------------------------------------------------
+# ---- counterfactuals and counterparts (evaluation of fewshot and word) -----------------------------------
+
+
+def fewshot_with_operation(e, operation: str, candidates: Sequence[tuple[int, int]], rng: np.random.Generator, fmt: str):
+  """Fewshot example `e`'s query and symbol with as many solved examples of `operation`, drawn from `candidates`
+  (that operation's unambiguous training pairs): the answer is the query under `operation`, `source` e's own."""
+  from lazarus_jax.data.arithmetic import Example, compute
+
+  shots = draw_shots(operation, candidates, (e.a, e.b), len(e.shots), rng)
+  return Example(
+    prompt=fewshot_prompt(e.symbol, shots, e.a, e.b),
+    answer=str(compute(e.a, operation, e.b)),
+    operation=operation,
+    a=e.a,
+    b=e.b,
+    fmt=fmt,
+    symbol=e.symbol,
+    shots=shots,
+    source=e.operation,
+  )
 
 
 def counterfactual_examples(examples: Sequence, train_pairs_by_op: dict, seed: int) -> list:
@@ -234,7 +253,7 @@ def counterfactual_examples(examples: Sequence, train_pairs_by_op: dict, seed: i
   the new examples show: a classifier that reads the examples follows it (the flip rate); one that reads the
   query's operands does not. The answer is the query under the new operation. The new examples come from that
   operation's training pairs, like every fewshot example."""
-  from lazarus_jax.data.arithmetic import OPERATIONS, Example, compute
+  from lazarus_jax.data.arithmetic import OPERATIONS
 
   rng = np.random.default_rng([seed, _STREAM["fewshot"], 17])
   candidates = {op: unambiguous_pairs(op, train_pairs_by_op[op]) for op in OPERATIONS if op in train_pairs_by_op}
@@ -243,21 +262,40 @@ def counterfactual_examples(examples: Sequence, train_pairs_by_op: dict, seed: i
     others = [op for op in OPERATIONS if op != e.operation and op in candidates and valid_query(e.a, op, e.b)]
     if others:
       op = others[int(rng.integers(len(others)))]
-      shots = draw_shots(op, candidates[op], (e.a, e.b), len(e.shots), rng)
-      out.append(
-        Example(
-          prompt=fewshot_prompt(e.symbol, shots, e.a, e.b),
-          answer=str(compute(e.a, op, e.b)),
-          operation=op,
-          a=e.a,
-          b=e.b,
-          fmt="fewshot_counterfactual",
-          symbol=e.symbol,
-          shots=shots,
-          source=e.operation,
-        )
-      )
+      out.append(fewshot_with_operation(e, op, candidates[op], rng, "fewshot_counterfactual"))
   return out
+
+
+def word_template(e) -> tuple[bool, int, str]:
+  """(held out?, index, template) of the word template that renders example `e` (its operation's training and
+  held-out lists are disjoint, so the prompt names one)."""
+  for heldout, table in ((False, WORD_TEMPLATES), (True, WORD_HELDOUT_TEMPLATES)):
+    for i, t in enumerate(table[e.operation]):
+      if t.format(a=e.a, b=e.b) == e.prompt:
+        return heldout, i, t
+  raise ValueError(f"no word template renders {e.prompt!r} ({e.operation})")
+
+
+def counterpart(e, operation: str, train_pairs_by_op: dict | None, seed: int):
+  """Example `e` (fewshot or word) with the same operands under `operation`, a pure function of (e, seed):
+  - fewshot: the same query and symbol, with solved examples of `operation` from its training pairs
+    (`train_pairs_by_op[operation]`), drawn with a stream of (seed, operands, operation);
+  - word: `operation`'s template of the same split side and index (modulo that list's length).
+  The answer is `e.a operation e.b` (the caller picks an operation under which it is an integer)."""
+  from lazarus_jax.data.arithmetic import OPERATIONS, Example, compute
+
+  if e.fmt == "fewshot":
+    if not train_pairs_by_op or not train_pairs_by_op.get(operation):
+      raise ValueError(f"a fewshot counterpart under {operation!r} needs that operation's training pairs")
+    rng = np.random.default_rng([seed, _STREAM["fewshot"], 37, e.a, e.b, OPERATIONS.index(operation)])
+    return fewshot_with_operation(e, operation, unambiguous_pairs(operation, train_pairs_by_op[operation]), rng, "fewshot")
+  if e.fmt == "word":
+    heldout, i, _ = word_template(e)
+    templates = (WORD_HELDOUT_TEMPLATES if heldout else WORD_TEMPLATES)[operation]
+    t = i % len(templates)
+    prompt = templates[t].format(a=e.a, b=e.b)
+    return Example(prompt=prompt, answer=str(compute(e.a, operation, e.b)), operation=operation, a=e.a, b=e.b, fmt="word", template=t)
+  raise ValueError(f"no counterpart rule for format {e.fmt!r}")
 
 
 def valid_query(a: int, operation: str, b: int) -> bool:

@@ -2,7 +2,8 @@
 
 Figures (beside report.md): `mechanism_interventions.png` (ablation, patching and steering curves),
 `mechanism_tuned_lens.png` (tuned vs logit lens by row), `mechanism_heads.png` (LoRA update norms, ΔOV class-word
-fraction and readout attention to the operator, layers x heads), `mechanism_position_lens.png` (layer x position
+fraction and readout attention to the operator -- to the operands for word problems, which have no operator token --
+layers x heads), `mechanism_position_lens.png` (layer x position
 logit lens of one prompt). Nothing here computes a metric; the verdict rule is stated in the section.
 """
 
@@ -139,11 +140,11 @@ def plot_heads(mech: dict, path: str) -> None:
         panels.append((f"||ΔW_{t.upper()}|| / ||W_{t.upper()}|| per head", d / np.maximum(b, 1e-12), "viridis"))
     frac = np.asarray([[np.nan if x is None else x for x in row] for row in vo["delta_ov"]["class_fraction"]], float)
     panels.append((f"ΔOV output in class-word span (chance {vo['delta_ov']['chance']:.3f})", frac, "magma"))
-  att = {name: np.asarray(m["attention"]["mean_mass"]["operator"]) for name, m in _models(mech) if m.get("attention")}
+  role, att = _heads_role(mech)
   for name, a in att.items():
-    panels.append((f"{name}: readout -> operator attention", a, "Blues"))
+    panels.append((f"{name}: readout -> {role} attention", a, "Blues"))
   if len(att) == 2:
-    panels.append(("adapted - base: attention to operator", att["adapted"] - att["base"], "RdBu_r"))
+    panels.append((f"adapted - base: attention to {role}", att["adapted"] - att["base"], "RdBu_r"))
   if not panels:
     return
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 5), squeeze=False, constrained_layout=True)
@@ -159,6 +160,44 @@ def plot_heads(mech: dict, path: str) -> None:
   with files.atomic_path(path) as tmp:  # whole, with the umask, local or remote
     fig.savefig(tmp, dpi=100, format="png")
   plt.close(fig)
+
+
+def _heads_role(mech: dict) -> tuple[str, dict]:
+  """The role the heads figure shows: the operator, or the two operands together where the prompts have no operator
+  token (word problems). Returns (its name, {model: [n_layers, H]})."""
+  atts = {name: m["attention"]["mean_mass"] for name, m in _models(mech) if m.get("attention")}
+  if all("operator" in a for a in atts.values()):
+    return "operator", {name: np.asarray(a["operator"]) for name, a in atts.items()}
+  return "operands", {name: np.asarray(a["operand_a"]) + np.asarray(a["operand_b"]) for name, a in atts.items()}
+
+
+def _attention_rows(mech: dict, L: int) -> list[str]:
+  """Readout attention mass per role at block L (mean over heads), per model and format; the note on word."""
+  lines = []
+  for name, m in _models(mech):
+    att = m.get("attention")
+    if not att:
+      continue
+    groups = att.get("by_format") or {"all": att}
+    for fmt, g in groups.items():
+      cells = [f"{r} {np.mean(g['mean_mass'][r][L]):.3f}" for r in g["roles"]]
+      lines.append(f"| {name} | {fmt} | {g['n']} | " + ", ".join(cells) + " |")
+  if not lines:
+    return []
+  out = [
+    "",
+    f"### Readout attention by token role (block {L}, mean over heads)",
+    "",
+    "Attention probability from the readout to the prompt tokens of each role, mean over prompts. fewshot: "
+    "`operator` = the query's symbol, `examples` = the solved-example lines.",
+    "",
+    "| model | format | n | mass per role |",
+    "|---|---|---|---|",
+  ] + lines
+  fmts = {f for _, m in _models(mech) if m.get("attention") for f in m["attention"].get("by_format", {})}
+  if "word" in fmts:
+    out += ["", "- word: the prompt has no operator token (the operation is only in the story), so there is no operator row."]
+  return out
 
 
 def write_figures(results: dict, out_dir: str) -> list[str]:
@@ -277,7 +316,9 @@ def render_markdown(results: dict) -> list[str]:
     "",
     "The readout residual of the same operands under the counterpart operation replaces the prompt's own. "
     "*Follows* = the answer equals the model's own answer to the source prompt and differs from its "
-    "unedited answer; first token = the source run's first token.",
+    "unedited answer; first token = the source run's first token. Counterpart prompt: symbolic / semantic, the "
+    "other operation's symbol or word; fewshot, the same query and symbol after solved examples of the other "
+    "operation; word, the other operation's template with the same operands.",
     "",
     "| row | " + " | ".join(f"{name}: answer follows / first token" for name, _ in models) + " |",
     "|---|" + "---|" * len(models),
@@ -318,6 +359,7 @@ def render_markdown(results: dict) -> list[str]:
       lines.append(f"| {r} ({_row_name(r)}) | " + " | ".join(cells) + " |")
     for name, tl in tl_models:
       lines.append(f"- {name}: training KL summed over rows {tl['loss_first']:.3g} -> {tl['loss_last']:.3g}.")
+  lines += _attention_rows(mech, L)
   vo = mech.get("vo")
   if vo:
     frac = np.asarray([[np.nan if x is None else x for x in row] for row in vo["delta_ov"]["class_fraction"]], float)
