@@ -120,10 +120,10 @@ def run_ours(a, workdir: str) -> dict:
 def round_prompts(c, tokenizer, rounds: int) -> list[list[dict]]:
   """Each round's prompts and answers, as `lazarus_jax.train` draws them (training/loop.py `local_indices`): the
   balanced batch order of the training split, round r = step r."""
-  from lazarus_jax import experiment
+  from lazarus_jax import experiment, settings
   from lazarus_jax.data import arithmetic as data_lib
 
-  ds = experiment.build_data(c, tokenizer)
+  ds = experiment.build_data(settings.parse(c), tokenizer)
   labels = experiment.balance_ids(ds.train_labels)
   out = []
   for step in range(rounds):
@@ -189,9 +189,9 @@ def run_trl(spec: dict, workdir: str) -> dict:
 
 def prompt_width(tokenizer) -> int:
   """The rollout's padded prompt width: the longest training prompt (what train.py pads to)."""
-  from lazarus_jax import experiment
+  from lazarus_jax import experiment, settings
 
-  ds = experiment.build_data(common.smollm2_config(), tokenizer)
+  ds = experiment.build_data(settings.parse(common.smollm2_config()), tokenizer)
   return max(e.prompt_len for e in ds.train_encoded)
 
 

@@ -30,15 +30,15 @@ def make_batches(n_prompts: int, batch: int):
   """Padded token batches of the embedded default's evaluation prompts, and the class token ids."""
   import numpy as np
 
-  from lazarus_jax import experiment
+  from lazarus_jax import experiment, settings
   from lazarus_jax.data import arithmetic as data_lib
   from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
 
-  c = common.smollm2_config()
+  s = settings.parse(common.smollm2_config())
   tok = load_gguf(embedded_gguf_path()).tokenizer
-  ds = experiment.build_data(c, tok)
+  ds = experiment.build_data(s, tok)
   prompts = [e.prompt for e in ds.eval[:n_prompts]]
-  targets = experiment.class_targets(c, tok, prompts=prompts)
+  targets = experiment.class_targets(s.classifier, tok, prompts=prompts)
   encoded = [data_lib.encode_prompt(tok, p) for p in prompts]
   seq_len = 16
   out = []
@@ -57,12 +57,12 @@ def make_batches(n_prompts: int, batch: int):
 def run_ours(batches, target_ids) -> dict:
   import jax
 
-  from lazarus_jax import experiment
+  from lazarus_jax import experiment, settings
   from lazarus_jax.analysis.lens import all_layer_lens
 
   c = common.smollm2_config()
   c.model.param_dtype = "float32"  # as the torch side's weights
-  model = experiment.load_model(c).build()
+  model = experiment.load_model(settings.parse(c).model).build()
   t0 = time.perf_counter()
   jax.block_until_ready(all_layer_lens(model, *batches[0], target_ids, top_k=TOP_K))
   compile_s = time.perf_counter() - t0

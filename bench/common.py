@@ -65,7 +65,7 @@ def smollm2_config(compute_dtype: str = "float32", batch_size: int = 8):
 def write_batch(path: str, batch_size: int = 8, seed_step: int = 0, seq_len: int | None = None) -> dict:
   """The first training batch of the embedded default, plus the class token ids and classifier layer.
   seq_len: pad the examples to this length (data.seq_len) instead of the data's own (16 for the default)."""
-  from lazarus_jax import experiment
+  from lazarus_jax import experiment, settings
   from lazarus_jax.data import arithmetic as data_lib
   from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
 
@@ -73,8 +73,9 @@ def write_batch(path: str, batch_size: int = 8, seed_step: int = 0, seq_len: int
   if seq_len:
     c.data.seq_len = seq_len
   tok = load_gguf(embedded_gguf_path()).tokenizer
-  ds = experiment.build_data(c, tok)
-  targets = experiment.class_targets(c, tok, prompts=sorted({e.prompt for e in ds.train[:2000]}))
+  s = settings.parse(c)
+  ds = experiment.build_data(s, tok)
+  targets = experiment.class_targets(s.classifier, tok, prompts=sorted({e.prompt for e in ds.train[:2000]}))
   labels = np.asarray([data_lib.label_index(lab, targets.labels) for lab in ds.train_labels])
   idx = data_lib.batch_indices(len(ds.train_encoded), batch_size, seed_step, c.seed, labels=labels)
   arrays = data_lib.collate(
@@ -86,7 +87,7 @@ def write_batch(path: str, batch_size: int = 8, seed_step: int = 0, seq_len: int
     label_names=targets.labels,
   )
   arrays["class_ids"] = np.asarray(targets.token_ids, np.int32)
-  arrays["classifier_layer"] = np.asarray(experiment.classifier_layer(c, 30), np.int32)
+  arrays["classifier_layer"] = np.asarray(experiment.classifier_layer(s.classifier, 30), np.int32)
   np.savez(path, **arrays)
   return arrays
 

@@ -40,10 +40,11 @@ def build(
   c.lora.layer_start = layer_start  # adapters on [layer_start, n): the backward stops there
   if attention:
     c.model.attention = attention  # model.attention (lazarus_jax/models/kernels.py); default: the config's
-  pretrained = experiment.load_model(c)
+  s = settings.parse(c)
+  pretrained = experiment.load_model(s.model)
   model = pretrained.build()
-  lora_cfg = settings.lora_config(c)
-  add_lora(model, lora_cfg, seed=c.seed)
+  lora_cfg = s.lora
+  add_lora(model, lora_cfg, seed=s.seed)
   graphdef, base, _, rest = nnx.split(model, nnx.Param, LoRAParam, ...)
   base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base)))  # as lazarus_jax.train does
   rest = nnx.to_pure_dict(rest)

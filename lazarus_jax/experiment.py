@@ -13,38 +13,37 @@ from lazarus_jax.errors import UserError
 from lazarus_jax.models import dtypes
 from lazarus_jax.models import kernels as kernel_choice
 from lazarus_jax.models.loading import Pretrained, load_pretrained
-from lazarus_jax.settings import data_formats, eval_formats
+from lazarus_jax.settings import ClassifierSettings, ModelSettings, Settings
 
 
-def classifier_layer(c, num_layers: int) -> int:
+def classifier_layer(classifier: ClassifierSettings, num_layers: int) -> int:
   """Block index L (DESIGN.md §2): config value, or int(n_layers * fraction)."""
-  layer = c.classifier.layer if c.classifier.layer >= 0 else int(num_layers * c.classifier.layer_fraction)
+  layer = classifier.layer if classifier.layer >= 0 else int(num_layers * classifier.layer_fraction)
   if not 0 <= layer < num_layers:
     raise UserError(f"classifier.layer {layer} is outside 0..{num_layers - 1} for this {num_layers}-layer model")
   return layer
 
 
-def resolve_dtypes(c) -> dtypes.DtypeChoice:
+def resolve_dtypes(m: ModelSettings) -> dtypes.DtypeChoice:
   """The model dtypes with `auto` resolved for this machine (lazarus_jax/models/dtypes.py)."""
-  return dtypes.resolve(c.model.param_dtype, c.model.compute_dtype, c.model.activation_dtype)
+  return dtypes.resolve(m.param_dtype, m.compute_dtype, m.activation_dtype)
 
 
-def load_model(c) -> Pretrained:
+def load_model(m: ModelSettings) -> Pretrained:
   """The pretrained model in the config's dtypes, `auto` resolved here, once (said in one line, and recorded as
   `Pretrained.dtypes` for the run's provenance), and the kernels (`kernels.py`) likewise."""
-  source = c.model.path or c.model.source
-  choice = resolve_dtypes(c)
+  choice = resolve_dtypes(m)
   import jax
 
-  kernels = kernel_choice.resolve(c.model.get("attention", "auto"), c.model.get("layer_loop", "auto"), choice.compute_dtype)
+  kernels = kernel_choice.resolve(m.attention, m.layer_loop, choice.compute_dtype)
   if jax.process_index() == 0:
     print(choice.describe(), file=sys.stderr)
     print(kernels.describe(), file=sys.stderr)
   pretrained = load_pretrained(
-    source,
+    m.location,
     param_dtype=choice.param_dtype,
     compute_dtype=choice.compute_dtype,
-    remat=c.model.remat,
+    remat=m.remat,
     activation_dtype=choice.activation_dtype,
     attention=kernels.attention,
     scan_layers=kernels.scan_layers,
@@ -65,28 +64,28 @@ class Datasets:
   split: dict  # data.heldout_identity: recorded with the adapter, checked by evaluation
 
 
-def build_data(c, tokenizer) -> Datasets:
-  formats = data_formats(c)
+def build_data(s: Settings, tokenizer) -> Datasets:
+  d = s.data
   splits = data_lib.make_splits(
-    formats=formats, n_eval_per_op=c.data.n_eval_per_op, seed=c.seed, eval_formats=eval_formats(c), fewshot_k=c.data.fewshot_k
+    formats=list(d.formats), n_eval_per_op=d.n_eval_per_op, seed=s.seed, eval_formats=list(d.eval_formats), fewshot_k=d.fewshot_k
   )
-  if c.data.jsonl:
-    train = data_lib.load_jsonl(c.data.jsonl)
+  if d.jsonl:
+    train = data_lib.load_jsonl(d.jsonl)
     # The held-out split in every format, not only the ones trained on: evaluation may read any of them.
     every_format = data_lib.make_splits(
       formats=data_lib.FORMATS,
-      n_eval_per_op=c.data.n_eval_per_op,
-      seed=c.seed,
+      n_eval_per_op=d.n_eval_per_op,
+      seed=s.seed,
       eval_formats=data_lib.EVAL_FORMATS,
-      fewshot_k=c.data.fewshot_k,
+      fewshot_k=d.fewshot_k,
     )
-    data_lib.check_jsonl_against_heldout(train, every_format.eval, c.data.jsonl)
-    train_source = f"jsonl:{data_lib.file_sha256(c.data.jsonl)}"
+    data_lib.check_jsonl_against_heldout(train, every_format.eval, d.jsonl)
+    train_source = f"jsonl:{data_lib.file_sha256(d.jsonl)}"
   else:
     train, train_source = splits.train, "generator"
-  encoded = data_lib.encode_examples(tokenizer, train, append_eos=c.data.append_eos)
-  seq_len = c.data.seq_len or data_lib.choose_seq_len(encoded)
-  split = data_lib.heldout_identity(splits.eval, c.seed, c.data.n_eval_per_op, train_source)
+  encoded = data_lib.encode_examples(tokenizer, train, append_eos=d.append_eos)
+  seq_len = d.seq_len or data_lib.choose_seq_len(encoded)
+  split = data_lib.heldout_identity(splits.eval, s.seed, d.n_eval_per_op, train_source)
   return Datasets(
     train=train,
     eval=splits.eval,
@@ -103,15 +102,15 @@ def all_prompts(datasets: Datasets) -> list[str]:
   return sorted({e.prompt for e in datasets.train} | {e.prompt for e in datasets.eval})
 
 
-def class_targets(c, tokenizer, prompts, examples=None) -> ResolvedTargets:
+def class_targets(classifier: ClassifierSettings, tokenizer, prompts, examples=None) -> ResolvedTargets:
   """The class tokens of `classifier.target_set` (targets.py); `examples` (train + eval) for the answer set."""
-  if c.classifier.target_set == "answer":
+  if classifier.target_set == "answer":
     if examples is None:
       raise ValueError("the answer target set needs the examples")
     resolved = answer_targets(tokenizer, examples)
   else:
-    mapping = TARGET_SETS[c.classifier.target_set] or dict(c.classifier.targets)
-    resolved = resolve_targets(tokenizer, mapping, prompts=prompts, allow_target_in_prompt=c.classifier.allow_target_in_prompt)
+    mapping = TARGET_SETS[classifier.target_set] or dict(classifier.targets)
+    resolved = resolve_targets(tokenizer, mapping, prompts=prompts, allow_target_in_prompt=classifier.allow_target_in_prompt)
   print(resolved.describe(), file=sys.stderr)
   return resolved
 
@@ -125,8 +124,8 @@ def balance_ids(operations) -> np.ndarray:
   return np.asarray([data_lib.label_index(op, order) for op in operations])
 
 
-def example_labels(c, tokenizer, examples) -> list[str]:
+def example_labels(classifier: ClassifierSettings, tokenizer, examples) -> list[str]:
   """Each example's class label under `classifier.target_set`: its operation, or (answer) its first answer token."""
-  if c.classifier.target_set == "answer":
+  if classifier.target_set == "answer":
     return [answer_label(tokenizer, e) for e in examples]
   return [e.operation for e in examples]

@@ -5,6 +5,11 @@ train, evaluate, sweep and the pre-flight call `parse` before anything is read o
 not after a run. Checks that need the model (the classifier layer, the LoRA layer range, the mesh against the
 devices) run once the model is known, in experiment.py / models/sharding.py.
 
+What the code reads is the typed result (`Settings`: one frozen dataclass per section, `s.train.batch_size`,
+`s.eval.mechanism.rows`, ...); functions take the section they need (`experiment.load_model(s.model)`). The
+ConfigDict stays the run's record (`Settings.record`): written to config.json and provenance, compared on resume,
+hashed by the sweep, which also makes its arms' configs from it.
+
 Comma-separated keys are split here only (`comma_list`).
 """
 
@@ -29,6 +34,112 @@ OBJECTIVES = ("dual_reward", "grpo")
 GRPO_ARMS = ("grpo", "grpo+lens")  # sweep arms: train.objective=grpo from the SFT arm's adapter
 
 
+# ---- the typed sub-configs ---------------------------------------------------------------------------
+# One frozen dataclass per config section, its fields the section's keys (tests/test_settings.py checks that every
+# key of config.default_config() has its field), except where a value is parsed: data.format -> data.formats,
+# data.eval_format -> data.eval_formats, eval.mechanism.steer_alphas -> a tuple of floats, lora.*: LoRAConfig.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  source: str
+  path: str
+  param_dtype: str
+  compute_dtype: str
+  remat: str
+  activation_dtype: str
+  attention: str
+  layer_loop: str
+
+  @property
+  def location(self) -> str:
+    """What to load: model.path if set, else model.source."""
+    return self.path or self.source
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSettings:
+  layer: int
+  layer_fraction: float
+  weight: float
+  restrict_to_classes: bool
+  allow_target_in_prompt: bool
+  targets: dict  # operation -> class word (the "operation" target set)
+  target_set: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  formats: tuple[str, ...]  # data.format, split
+  eval_formats: tuple[str, ...]  # data.eval_format resolved (see eval_formats)
+  fewshot_k: int
+  jsonl: str
+  n_eval_per_op: int
+  append_eos: bool
+  max_answer_tokens: int
+  seq_len: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  objective: str
+  init_adapter: str
+  steps: int
+  batch_size: int
+  lr: float
+  warmup_steps: int
+  end_lr_fraction: float
+  weight_decay: float
+  b1: float
+  b2: float
+  grad_clip: float
+  grad_accum_steps: int
+  log_every: int
+  checkpoint_every: int
+  max_to_keep: int
+  max_consecutive_nonfinite: int
+  table_steps: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+  shape: tuple[int, ...]
+  rules: tuple  # (logical axis, mesh axes) pairs, as tuples
+
+
+@dataclasses.dataclass(frozen=True)
+class MechanismSettings:
+  enabled: bool
+  max_examples_per_op: int
+  rows: str  # auto | all | a comma list: resolved against the model by mechanism_rows
+  n_random: int
+  steer_alphas: tuple[float, ...]
+  tuned_lens: bool
+  tuned_lens_train: int
+  tuned_lens_steps: int
+  tuned_lens_lr: float
+  tuned_lens_top_k: int
+  position_prompt: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  enabled: bool
+  adapter: str
+  max_examples_per_op: int
+  batch_size: int
+  generate: bool
+  max_new_tokens: int
+  compare_base: bool
+  probes: bool
+  probe_test_fraction: float
+  probe_l2: float
+  probe_steps: int
+  probe_method: str
+  probe_lr: float
+  mechanism: MechanismSettings
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepGrid:
   """The `sweep.*` keys, split and checked."""
@@ -41,18 +152,36 @@ class SweepGrid:
   target_sets: tuple[str, ...]
   eval_formats: str  # as given ("" = each arm's default, "all", or a list: data.eval_format's syntax)
   grpo_arms: tuple[str, ...]
+  confidence: float
+  grpo_steps: int
+  grpo_lens_weight: float
+  grpo_lr: float
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """What `parse` returns: the typed sub-configs the code uses (the ConfigDict stays the record: config.json)."""
+  """What `parse` returns: the checked config as typed sub-configs, the ones the code reads. `record` is the
+  ConfigDict itself, kept only to be written (config.json, provenance, TensorBoard's hparams) and compared."""
 
-  formats: tuple[str, ...]  # data.format
-  eval_formats: tuple[str, ...]  # data.eval_format resolved (eval_formats)
+  seed: int
+  resume: bool
+  overwrite: bool
+  distributed: bool
+  model: ModelSettings
   lora: LoRAConfig
+  classifier: ClassifierSettings
+  data: DataSettings
+  train: TrainSettings
   grpo: GRPOConfig | None  # None unless train.objective=grpo
+  mesh: MeshSettings
+  eval: EvalSettings
   sweep: SweepGrid
-  steer_alphas: tuple[float, ...]  # eval.mechanism.steer_alphas
+  record: ml_collections.ConfigDict = dataclasses.field(repr=False, compare=False)
+
+
+def section(cls, values, **parsed):
+  """`cls` from a config section: each field is the key of its name, unless `parsed` gives it."""
+  return cls(**{f.name: parsed[f.name] if f.name in parsed else values[f.name] for f in dataclasses.fields(cls)})
 
 
 def comma_list(spec, key: str, unique: bool = False) -> list[str]:
@@ -136,7 +265,23 @@ def parse(c: ml_collections.ConfigDict) -> Settings:
   if c.model.remat not in ("none", "full", "dots"):
     raise UserError(f"model.remat must be none, full or dots, got {c.model.remat!r}")
   alphas = _checked_mechanism(c, formats + evals)
-  return Settings(tuple(formats), tuple(evals), lora, grpo, sweep_grid(c), alphas)
+  mechanism = section(MechanismSettings, c.eval.mechanism, steer_alphas=alphas)
+  return Settings(
+    seed=c.seed,
+    resume=c.resume,
+    overwrite=c.overwrite,
+    distributed=c.distributed,
+    model=section(ModelSettings, c.model),
+    lora=lora,
+    classifier=section(ClassifierSettings, c.classifier, targets=dict(c.classifier.targets)),
+    data=section(DataSettings, c.data, formats=tuple(formats), eval_formats=tuple(evals)),
+    train=section(TrainSettings, c.train, table_steps=tuple(int(x) for x in c.train.table_steps)),
+    grpo=grpo,
+    mesh=MeshSettings(tuple(c.mesh.shape), tuple(tuple(r) for r in c.mesh.rules)),
+    eval=section(EvalSettings, c.eval, mechanism=mechanism),
+    sweep=sweep_grid(c),
+    record=c,
+  )
 
 
 def _checked_lora(c) -> LoRAConfig:
@@ -257,5 +402,16 @@ def sweep_grid(c) -> SweepGrid:
       f"{s.grpo_steps}, {s.grpo_lr}, {s.grpo_lens_weight}"
     )
   return SweepGrid(
-    tuple(weights), tuple(formats), tuple(fractions), tuple(seeds), bool(s.include_base), tuple(target_sets), evals, tuple(grpo_arms)
+    tuple(weights),
+    tuple(formats),
+    tuple(fractions),
+    tuple(seeds),
+    bool(s.include_base),
+    tuple(target_sets),
+    evals,
+    tuple(grpo_arms),
+    float(s.confidence),
+    int(s.grpo_steps),
+    float(s.grpo_lens_weight),
+    float(s.grpo_lr),
   )

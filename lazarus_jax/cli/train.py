@@ -10,17 +10,20 @@ import time
 
 import ml_collections
 
+from lazarus_jax import settings
 from lazarus_jax.cli import supervise
 from lazarus_jax.training import loop
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> loop.TrainResult:
-  """What `python -m lazarus_jax.train` does. A preempted run is not evaluated (re-run with resume to finish)."""
-  result = loop.run(config, workdir, reward_fn=reward_fn)
-  if config.eval.enabled and not result.preempted:
+  """What `python -m lazarus_jax.train` does. A preempted run is not evaluated (re-run with resume to finish).
+  The config is parsed once (every check, evaluate's included, before training starts) for both."""
+  parsed = settings.parse(config)
+  result = loop.run(parsed, workdir, reward_fn=reward_fn)
+  if parsed.eval.enabled and not result.preempted:
     from lazarus_jax.reporting import evaluate  # its imports (plots) only when it runs
 
-    evaluate.run(config, result.workdir)
+    evaluate.run(parsed, result.workdir)
   return result
 
 

@@ -56,6 +56,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -182,10 +183,10 @@ def _strip(d: dict) -> dict:
 def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, tag: str) -> dict:
   """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys."""
   labels = list(targets.labels)
-  y = np.asarray([data_lib.label_index(lab, labels) for lab in experiment.example_labels(c, tok, examples)])
+  y = np.asarray([data_lib.label_index(lab, labels) for lab in experiment.example_labels(c.classifier, tok, examples)])
   fmts = np.asarray([e.fmt for e in examples])
   prompt_ids = [data_lib.encode_prompt(tok, e.prompt) for e in examples]
-  conf = c.sweep.confidence if "sweep" in c else 0.95
+  conf = c.sweep.confidence
   # stages: forward, probes, counterfactuals, answers (a terminal sees where a long evaluation is; see progress_wanted)
   bar = progress_bar(total=4, desc=f"evaluate {tag}")
   bar.set_postfix_str("forward + lens")
@@ -606,15 +607,15 @@ def _nan_to_none(o):
   return o
 
 
-def run(config, workdir: str) -> dict:
-  """Evaluates the model `config.eval.adapter` names; writes `<workdir>/eval/`; returns the results dict."""
+def run(config: ml_collections.ConfigDict | settings.Settings, workdir: str) -> dict:
+  """Evaluates the model `config.eval.adapter` names; writes `<workdir>/eval/`; returns the results dict.
+  `config`: a ConfigDict, or the Settings `settings.parse` made of it (the train command parses once for both)."""
   with contextlib.ExitStack() as held:  # the workdir lock, from the first write on
     return _run(config, workdir, held)
 
 
 def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
-  c = config
-  settings.parse(c)  # every key's value, the mechanism's included
+  c = config if isinstance(config, settings.Settings) else settings.parse(config)  # every key, the mechanism's too
   workdir = files.abspath(workdir)
   files.check_output_dir(files.join(workdir, "eval"), "--workdir")
   from lazarus_jax.workdir import check_not_in_use
@@ -628,17 +629,18 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   origin = adapter_origin(adapter, workdir if c.eval.adapter == "workdir" else None)
   timing = {}
   t0 = time.perf_counter()
-  pretrained = experiment.load_model(c)
+  pretrained = experiment.load_model(c.model)
   model = pretrained.build()
   tok = pretrained.tokenizer
   n_layers = pretrained.config.num_layers
-  layer = experiment.classifier_layer(c, n_layers)
+  layer = experiment.classifier_layer(c.classifier, n_layers)
   if c.eval.mechanism.enabled:  # rows against this model, before any evaluation work
     settings.mechanism_rows(c.eval.mechanism.rows, n_layers + 1, layer)
   datasets = experiment.build_data(c, tok)
   split = check_split(adapter, datasets.split)  # before any evaluation work: never score training data
   examples = select_examples(datasets.eval, datasets.seed_prompts, c.eval.max_examples_per_op, c.seed)
-  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets), examples=datasets.train + datasets.eval)
+  every = datasets.train + datasets.eval
+  targets = experiment.class_targets(c.classifier, tok, prompts=experiment.all_prompts(datasets), examples=every)
   timing["load_s"] = time.perf_counter() - t0
   print(
     f"evaluate: {pretrained.name}, {n_layers} layers, L={layer}, {len(examples)} held-out examples, "
@@ -685,7 +687,7 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
     # One row of the transfer matrix: trained on `train_formats`, lens at L on each eval format
     # (classifier_eval.by_format), the same held-out triples in each.
     "transfer": {
-      "train_formats": settings.data_formats(c) if not c.data.jsonl else ["jsonl"],
+      "train_formats": list(c.data.formats) if not c.data.jsonl else ["jsonl"],
       "eval_formats": fmts,
       "target_set": c.classifier.target_set,
       "fewshot_k": c.data.fewshot_k,
@@ -695,7 +697,7 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
     "training": training_summary(workdir, origin.get("step") if adapter is not None else None),
     "mechanism": mech,
     "timing": timing,
-    "provenance": provenance.collect(c, pretrained.dtypes),
+    "provenance": provenance.collect(c.record, pretrained.dtypes),
   }
   results = _nan_to_none(portable_paths(results, workdir))
   out_dir = files.join(workdir, "eval")

@@ -102,7 +102,7 @@ def plan(c) -> list[Arm]:
         if "grpo" in g["grpo_arms"]:
           arms.append(Arm(grpo_label("grpo", ts), 0.0, fmt, None, seed, ts))
         if "grpo+lens" in g["grpo_arms"]:
-          arms += [Arm(grpo_label("grpo+lens", ts), c.sweep.grpo_lens_weight, fmt, f, seed, ts) for f in g["layer_fractions"]]
+          arms += [Arm(grpo_label("grpo+lens", ts), g["grpo_lens_weight"], fmt, f, seed, ts) for f in g["layer_fractions"]]
   return arms
 
 
@@ -200,10 +200,11 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
     from lazarus_jax.reporting import evaluate
     from lazarus_jax.training import loop as train
 
-    result = train.run(ac, armdir)
+    parsed = settings.parse(ac)  # once, for both
+    result = train.run(parsed, armdir)
     if result.preempted:
       raise UserError(f"arm {arm.name} was stopped at step {result.final_step}: re-run the sweep to continue")
-    evaluate.run(ac, armdir)
+    evaluate.run(parsed, armdir)
   return True
 
 
@@ -219,7 +220,7 @@ def run_arm(c, arm: Arm, workdir: str) -> bool:
 # ---- run ---------------------------------------------------------------------------------------------
 
 
-def planned_pairs(c, g: dict) -> dict:
+def planned_pairs(s: settings.Settings, g: dict) -> dict:
   """Held-out examples per format over all seeds, from the config alone (the design's N, before any results)."""
   from lazarus_jax.reporting.evaluate import select_examples
 
@@ -227,8 +228,8 @@ def planned_pairs(c, g: dict) -> dict:
   for fmt in g["formats"]:
     out[fmt] = 0
     for seed in g["seeds"]:
-      splits = data_lib.make_splits(formats=[fmt], n_eval_per_op=c.data.n_eval_per_op, seed=seed)
-      out[fmt] += len(select_examples(splits.eval, splits.seed_prompts, c.eval.max_examples_per_op, seed))
+      splits = data_lib.make_splits(formats=[fmt], n_eval_per_op=s.data.n_eval_per_op, seed=seed)
+      out[fmt] += len(select_examples(splits.eval, splits.seed_prompts, s.eval.max_examples_per_op, seed))
   return out
 
 
@@ -280,15 +281,14 @@ def run(config, workdir: str) -> dict:
   """Runs (or resumes) every arm, then writes the tables, figures and sweep.md. Returns the summary."""
   from lazarus_jax.workdir import WorkdirLock
 
-  c = config
-
-  settings.parse(c)
+  c = config  # arms' configs are made from the ConfigDict (arm_config); what the sweep itself reads, from `s`
+  s = settings.parse(c)
   g = grid(c)
   arms = plan(c)
   workdir = files.abspath(workdir)  # a local directory or a URL (gs://...): every path below goes through files
   files.check_output_dir(workdir, "--workdir")
   with WorkdirLock(workdir, "sweep"):  # one sweep per directory (each arm's run also locks its own directory)
-    return _run(c, g, arms, workdir)
+    return _run(c, s, g, arms, workdir)
 
 
 def _relative(path: str, workdir: str) -> str:
@@ -296,7 +296,7 @@ def _relative(path: str, workdir: str) -> str:
   return path[len(workdir.rstrip("/")) + 1 :] if files.is_remote(workdir) else os.path.relpath(path, workdir)
 
 
-def _run(c, g: dict, arms: list, workdir: str) -> dict:
+def _run(c, s: settings.Settings, g: dict, arms: list, workdir: str) -> dict:
   files.makedirs(files.join(workdir, "arms"))
   files.write_json(files.join(workdir, "sweep_config.json"), c.to_dict(), indent=2, default=list)
   from lazarus_jax.training import compile_cache
@@ -324,15 +324,15 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
     configs.append(stored_config(dirs[arm.name], arm_config(c, arm, workdir)))
     res = files.read_json(results_path(dirs[arm.name]), "arm results", f"delete {dirs[arm.name]} to run that arm again")
     n_layers = res["model"]["n_layers"]
-    arm_result = arm_rows(arm, res, g["layer_fractions"], c.sweep.confidence)
+    arm_result = arm_rows(arm, res, g["layer_fractions"], s.sweep.confidence)
     for r in arm_result:
       r["arm_dir"] = _relative(dirs[arm.name], workdir)
     rows += arm_result
     t_rows += transfer_rows(arm, res, g["layer_fractions"])
-  summary = summarize(rows, c.sweep.confidence)
-  transfer = summarize_transfer(t_rows, c.sweep.confidence)
-  diffs = contrasts(rows, c.sweep.confidence)
-  meta = {**describe_arms(configs), "n_layers": n_layers, "design_pairs": planned_pairs(c, g)}
+  summary = summarize(rows, s.sweep.confidence)
+  transfer = summarize_transfer(t_rows, s.sweep.confidence)
+  diffs = contrasts(rows, s.sweep.confidence)
+  meta = {**describe_arms(configs), "n_layers": n_layers, "design_pairs": planned_pairs(s, g)}
   write_csv(files.join(workdir, "sweep_runs.csv"), rows)
   write_csv(files.join(workdir, "sweep_summary.csv"), summary)
   write_csv(files.join(workdir, "sweep_contrasts.csv"), diffs)
@@ -342,7 +342,7 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
 
   report.plot_sweep(summary, files.join(workdir, "sweep_lens.png"), "lens_accuracy", "lens accuracy at L")
   report.plot_sweep(summary, files.join(workdir, "sweep_answer.png"), "answer_accuracy", "answer accuracy")
-  files.write_text(files.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, c.sweep.confidence, transfer))
+  files.write_text(files.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, s.sweep.confidence, transfer))
   out = {
     "grid": g,
     "meta": meta,
@@ -356,8 +356,8 @@ def _run(c, g: dict, arms: list, workdir: str) -> dict:
     "contrasts": diffs,
     "transfer_runs": [public(r) for r in t_rows],
     "transfer": transfer,
-    "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER, "confidence": c.sweep.confidence},
-    "provenance": provenance.collect(c),
+    "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER, "confidence": s.sweep.confidence},
+    "provenance": provenance.collect(s.record),
   }
   files.write_json(files.join(workdir, "sweep_results.json"), out, indent=1, default=str)
   print(

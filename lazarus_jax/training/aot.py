@@ -175,7 +175,7 @@ def preflight(c: ml_collections.ConfigDict, accelerator: str, devices=None, hbm:
   from lazarus_jax import experiment, settings
   from lazarus_jax.models.loading import load_shape
 
-  settings.parse(c)
+  c = settings.parse(c)
   topology = topology_name(accelerator)
   if devices is None:
     try:
@@ -188,7 +188,7 @@ def preflight(c: ml_collections.ConfigDict, accelerator: str, devices=None, hbm:
       ) from None
   choice = dtypes.resolve(c.model.param_dtype, c.model.compute_dtype, c.model.activation_dtype, platform="tpu")
   model_cfg, tokenizer = load_shape(
-    c.model.path or c.model.source,
+    c.model.location,
     param_dtype=choice.param_dtype,
     compute_dtype=choice.compute_dtype,
     activation_dtype=choice.activation_dtype,
@@ -200,8 +200,8 @@ def preflight(c: ml_collections.ConfigDict, accelerator: str, devices=None, hbm:
     batch_size=c.train.batch_size,
     seq_len=seq_len,
     max_answer_tokens=c.data.max_answer_tokens,
-    lora=settings.lora_config(c),
-    classifier_layer=experiment.classifier_layer(c, model_cfg.num_layers),
+    lora=c.lora,
+    classifier_layer=experiment.classifier_layer(c.classifier, model_cfg.num_layers),
     grad_accum_steps=c.train.grad_accum_steps,
     n_classes=len(c.classifier.targets),
   )

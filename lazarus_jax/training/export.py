@@ -78,7 +78,7 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
   workdir = files.abspath(workdir)
   if not files.isdir(workdir):
     raise UserError(f"--workdir {workdir} does not exist: pass the directory of a training run")
-  c = run_config(workdir)
+  c = settings.parse(run_config(workdir))
   steps = complete_steps(workdir)
   if not steps:
     raise UserError(f"{workdir}/checkpoints holds no complete checkpoint: train first (python -m lazarus_jax.train ...)")
@@ -94,8 +94,8 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
     raise UserError(f"--out {out} is a file: pass a directory")
   files.check_output_dir(out, "--out")
 
-  pretrained = experiment.load_model(c)
-  lora_cfg = settings.lora_config(c)
+  pretrained = experiment.load_model(c.model)
+  lora_cfg = c.lora
   lora_cfg.validate(pretrained.config.num_layers)
   tx, _ = loop.make_optimizer(c.train)  # the optimizer state's structure: the checkpoint holds it beside the adapters
   abstract = jax.eval_shape(loop.initial_state_fn(pretrained.config, lora_cfg, tx, c.seed, c.train.objective))

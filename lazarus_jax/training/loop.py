@@ -169,7 +169,7 @@ class TrainResult:
   signal_number: int | None = None  # the signal that stopped a preempted run
 
 
-def check_workdir(c, workdir: str) -> None:
+def check_workdir(c: settings.Settings, workdir: str) -> None:
   """Refuses, before any work and any write, a workdir this run must not write into (issues 6 and 16):
   one that cannot be written, holds a run with another config, holds this run's checkpoints without
   --config.resume=True, holds our outputs without a run's config.json, or (with --config.overwrite=True) holds
@@ -195,7 +195,7 @@ def check_workdir(c, workdir: str) -> None:
       )
     return
   old = read_json(cfg_file, "run config", "use another --workdir, or --config.overwrite=True to replace it")
-  new = json.loads(json.dumps(c.to_dict(), default=list))
+  new = json.loads(json.dumps(c.record.to_dict(), default=list))
 
   def relevant(d):
     flat = without_added_defaults(flat_config(d))
@@ -214,9 +214,10 @@ def check_workdir(c, workdir: str) -> None:
     )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> TrainResult:
-  """Trains into `workdir` (the train command then evaluates: lazarus_jax/cli/train.py). `reward_fn`: GRPO's completion scorer
-  `(texts, ended, answers, ids) -> (rewards, correct, well_formed)` in place of the exact-answer reward (tests)."""
+def run(config: ml_collections.ConfigDict | settings.Settings, workdir: str, reward_fn=None) -> TrainResult:
+  """Trains into `workdir` (the train command then evaluates: lazarus_jax/cli/train.py). `config`: a ConfigDict, or
+  the Settings `settings.parse` made of it (the train command parses once for both). `reward_fn`: GRPO's completion
+  scorer `(texts, ended, answers, ids) -> (rewards, correct, well_formed)` in place of the exact-answer reward (tests)."""
   # SIGINT/SIGTERM are a flag from the very start, checked between set-up stages: a KeyboardInterrupt raised
   # asynchronously during set-up could land inside a library that swallows it (seen: ~1 in 15 early Ctrl-Cs lost).
   stop = PreemptionFlag()
@@ -231,7 +232,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, reward_fn=None) -> Trai
 class Setup:
   """What the set-up built and checked, before anything is written."""
 
-  c: ml_collections.ConfigDict
+  c: settings.Settings
   workdir: str
   is_main: bool
   mesh: jax.sharding.Mesh
@@ -261,9 +262,7 @@ class Step:
   work_per_step: int
 
 
-def _run(
-  config: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag", held: contextlib.ExitStack, reward_fn=None
-) -> TrainResult:
+def _run(config, workdir: str, stop: "PreemptionFlag", held: contextlib.ExitStack, reward_fn=None) -> TrainResult:
   setup = set_up(config, workdir, stop)
   stop.stop_if_requested()
   step = compile_step(setup, stop, reward_fn)
@@ -282,9 +281,9 @@ def _run(
   return TrainResult(setup.workdir, final_step, history)
 
 
-def set_up(c: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag") -> Setup:
+def set_up(config: ml_collections.ConfigDict | settings.Settings, workdir: str, stop: "PreemptionFlag") -> Setup:
   """Config, mesh, model, adapters, targets and data: every check that can run before anything is written."""
-  parsed = settings.parse(c)
+  c = config if isinstance(config, settings.Settings) else settings.parse(config)
   workdir = files.abspath(workdir)
   if c.distributed:
     initialize_distributed()
@@ -298,18 +297,19 @@ def set_up(c: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag") -
       f"(mesh data x fsdp on {mesh.size} devices): change train.batch_size or mesh.shape"
     )
   stop.stop_if_requested()
-  pretrained = experiment.load_model(c)
+  pretrained = experiment.load_model(c.model)
   model = pretrained.build()
   n_layers = pretrained.config.num_layers
-  layer = experiment.classifier_layer(c, n_layers)
-  lora = add_lora(model, parsed.lora, seed=c.seed)
+  layer = experiment.classifier_layer(c.classifier, n_layers)
+  lora = add_lora(model, c.lora, seed=c.seed)
   tok = pretrained.tokenizer
   stop.stop_if_requested()
   datasets = experiment.build_data(c, tok)
-  targets = experiment.class_targets(c, tok, prompts=experiment.all_prompts(datasets), examples=datasets.train + datasets.eval)
-  train_labels = experiment.example_labels(c, tok, datasets.train)
+  every = datasets.train + datasets.eval
+  targets = experiment.class_targets(c.classifier, tok, prompts=experiment.all_prompts(datasets), examples=every)
+  train_labels = experiment.example_labels(c.classifier, tok, datasets.train)
   validate_model_for_mesh(mesh, pretrained.config, c.train.batch_size)
-  warm_start = read_warm_start(c, pretrained.config, parsed.lora, datasets.split) if c.train.init_adapter else None
+  warm_start = read_warm_start(c.train.init_adapter, pretrained.config, c.lora, datasets.split) if c.train.init_adapter else None
   if is_main:
     print(
       f"model {pretrained.name}: {n_layers} layers; classifier layer L={layer}; LoRA r{lora.rank} "
@@ -318,22 +318,21 @@ def set_up(c: ml_collections.ConfigDict, workdir: str, stop: "PreemptionFlag") -
       f"seq_len {datasets.seq_len}",
       file=sys.stderr,
     )
-  rules = tuple(tuple(r) for r in c.mesh.rules)
   return Setup(
     c,
     workdir,
     is_main,
     mesh,
-    rules,
+    c.mesh.rules,
     pretrained,
     model,
     layer,
-    parsed.lora,
+    c.lora,
     lora,
     datasets,
     targets,
     train_labels,
-    parsed.grpo,
+    c.grpo,
     warm_start,
   )
 
@@ -446,7 +445,7 @@ def prepare_workdir(s: Setup, step: Step, held: contextlib.ExitStack) -> tuple[C
     if c.overwrite:
       workdir_lib.clean(workdir)  # what a run of ours wrote, nothing else (check_workdir refused anything else)
     files.makedirs(workdir)
-    write_text(files.join(workdir, "config.json"), json.dumps(c.to_dict(), indent=2, default=list))
+    write_text(files.join(workdir, "config.json"), json.dumps(c.record.to_dict(), indent=2, default=list))
   sync_processes("workdir prepared")
   if not s.is_main:
     files.makedirs(workdir)
@@ -470,7 +469,7 @@ def train_loop(s: Setup, step: Step, ckpt: Checkpointer, start_step: int, stop: 
   stop request (all processes at the same step). Returns (last step, metric rows, whether a signal stopped it)."""
   c, mesh, rules = s.c, s.mesh, s.rules
   ckpt_dir = files.join(s.workdir, "checkpoints")
-  writer = MetricsWriter(s.workdir, enabled=s.is_main, truncate_after=start_step, hparams=run_hparams(c))
+  writer = MetricsWriter(s.workdir, enabled=s.is_main, truncate_after=start_step, hparams=run_hparams(c.record))
   pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=s.is_main)
   pending, t_window, work_window = [], time.perf_counter(), 0
   n = start_step
@@ -508,7 +507,7 @@ def train_loop(s: Setup, step: Step, ckpt: Checkpointer, start_step: int, stop: 
           )
       stop_now = stop.requested if not multi_process else stop.reached_sync_point(n)
       if n % c.train.checkpoint_every == 0 or n == c.train.steps or stop_now:
-        save_checkpoint(ckpt, step.state, n, c, force=stop_now)
+        save_checkpoint(ckpt, step.state, n, c.seed, force=stop_now)
       if stop_now and n < c.train.steps:  # at the last step, finish normally (outputs)
         preempted = True
         break
@@ -539,7 +538,7 @@ def write_outputs(s: Setup, step: Step, final_step: int, history: list) -> None:
     "skipped_updates": int(jax.device_get(step.state["skipped"])),
     "class_targets": s.targets.as_dict(),
     "split": s.datasets.split,
-    "provenance": provenance.collect(c, s.pretrained.dtypes),
+    "provenance": provenance.collect(c.record, s.pretrained.dtypes),
   }
   write_text(files.join(workdir, "train_summary.json"), json.dumps(summary, indent=2, default=str))
   print(table)
@@ -582,8 +581,8 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def save_checkpoint(ckpt: Checkpointer, state, step: int, c, force: bool = False) -> None:
-  meta = {"step": step, "data_position": step, "seed": c.seed, "skipped": int(jax.device_get(state["skipped"]))}
+def save_checkpoint(ckpt: Checkpointer, state, step: int, seed: int, force: bool = False) -> None:
+  meta = {"step": step, "data_position": step, "seed": seed, "skipped": int(jax.device_get(state["skipped"]))}
   ckpt.save(step, state, meta, force=force)
 
 
@@ -637,12 +636,11 @@ def progress_fields(row: dict) -> dict:
   }
 
 
-def read_warm_start(c, model_cfg, lora_cfg: LoRAConfig, split: dict) -> dict:
+def read_warm_start(path: str, model_cfg, lora_cfg: LoRAConfig, split: dict) -> dict:
   """The adapter weights of `train.init_adapter`, checked against this run: the same LoRA shape, and trained against
   this run's held-out split (else its training may have seen prompts this run evaluates on)."""
   from lazarus_jax.models.adapters import adapter_record, read_adapter
 
-  path = c.train.init_adapter
   if not files.isdir(path):
     raise UserError(f"train.init_adapter {path} is not a directory: pass another run's <workdir>/adapter")
   saved_cfg, weights = read_adapter(path, model_cfg)

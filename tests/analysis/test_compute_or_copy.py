@@ -34,7 +34,7 @@ def test_layer0_baseline_finds_the_position_that_carries_the_label():
   from lazarus_jax.analysis import probes
 
   split = probes.split_indices(120, 0.5, seed=0, stratify_labels=y)
-  out = evaluate.layer0_baseline(embed, prompts, y, split, c)
+  out = evaluate.layer0_baseline(embed, prompts, y, split, settings.parse(c))
   assert len(out["positions"]) == 8
   assert out["best"]["from_end"] == 3 and out["best"]["accuracy"] == 1.0 and out["best"]["n"] == 60
   others = [r["accuracy"] for r in out["positions"] if r["from_end"] != 3]
@@ -62,7 +62,7 @@ def _reads_first_example(prompt):
 
 
 def test_counterfactual_metrics_of_a_lens_that_follows_the_examples(monkeypatch):
-  c = tiny_config.get_config()
+  c = settings.parse(tiny_config.get_config())
   s = data_lib.make_splits(formats=("fewshot",), n_eval_per_op=16, seed=0)
   targets = type("T", (), {"labels": tuple(LABELS), "token_ids": (1, 2, 3, 4)})()
   monkeypatch.setattr(evaluate, "readout_states", _oracle_states(_reads_first_example))
@@ -135,14 +135,15 @@ def test_target_sets_resolve_and_answer_labels_are_first_answer_tokens():
     ("shuffled", {"multiply": "add", "add": "divide"}, prompts),
   ):
     c.classifier.target_set = name
-    t = experiment.class_targets(c, tok, ps)
+    t = experiment.class_targets(settings.parse(c).classifier, tok, ps)
     for label, word in words.items():
       assert t.words[t.index(label)] == word
-    assert experiment.example_labels(c, tok, s.eval[:3]) == [e.operation for e in s.eval[:3]]
+    assert experiment.example_labels(settings.parse(c).classifier, tok, s.eval[:3]) == [e.operation for e in s.eval[:3]]
   c.classifier.target_set = "answer"
-  t = experiment.class_targets(c, tok, prompts, examples=s.train + s.eval)
+  answer = settings.parse(c).classifier
+  t = experiment.class_targets(answer, tok, prompts, examples=s.train + s.eval)
   assert set(t.labels) == set("0123456789")  # the tiny tokenizer splits digits
-  labels = experiment.example_labels(c, tok, s.eval)
+  labels = experiment.example_labels(answer, tok, s.eval)
   assert labels == [e.answer[0] for e in s.eval]
   c.classifier.target_set = "nonsense"
   with pytest.raises(UserError, match="target_set"):
@@ -228,7 +229,7 @@ def test_batches_are_balanced_as_before_target_sets_existed():
   tok = tiny_tokenizer()
   s = data_lib.make_splits(n_eval_per_op=16)
   ops = [e.operation for e in s.train]
-  labels = experiment.class_targets(c, tok, []).labels
+  labels = experiment.class_targets(settings.parse(c).classifier, tok, []).labels
   assert list(experiment.balance_ids(ops)) == [data_lib.label_index(op, labels) for op in ops]
   np.testing.assert_array_equal(
     data_lib.batch_indices(len(ops), 8, 5, 0, labels=experiment.balance_ids(ops)),

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lazarus_jax import settings
 from lazarus_jax.analysis import lens
 from lazarus_jax.analysis.stats import wilson_interval
 from lazarus_jax.data import arithmetic as data_lib
@@ -94,11 +95,12 @@ def test_probe_control_is_per_type_and_learnable_from_types():
   feats = np.stack([onehot + 0.01 * rng.normal(size=onehot.shape)] * 2).astype(np.float32)  # two "rows"
   c = tiny_config.get_config()
   c.eval.probe_steps = 300
-  out = evaluate.probe_format(feats, y, [[1]] * len(ex), c, LABELS, control_types=[evaluate.control_type(e) for e in ex])
+  types_of = [evaluate.control_type(e) for e in ex]
+  out = evaluate.probe_format(feats, y, [[1]] * len(ex), settings.parse(c), LABELS, control_types=types_of)
   assert out["summary"]["config"]["control"] == "per_type"
   ctrl = out["layers"][0]["control_accuracy"]
   assert ctrl > 0.5, ctrl  # memorised by type, far above the 1/4 a permutation gives
-  permuted = evaluate.probe_format(feats, y, [[1]] * len(ex), c, LABELS)
+  permuted = evaluate.probe_format(feats, y, [[1]] * len(ex), settings.parse(c), LABELS)
   assert permuted["layers"][0]["control_accuracy"] < 0.4
 
 
@@ -166,7 +168,7 @@ def test_evaluate_model_on_a_crafted_model_whose_answer_is_known(tiny):
   c.eval.probes = False
   c.eval.generate = False
   timing = {}
-  res = evaluate.evaluate_model(model, tok, examples, targets, 2, c, timing, "crafted")
+  res = evaluate.evaluate_model(model, tok, examples, targets, 2, settings.parse(c), timing, "crafted")
   cls = res["classifier_eval"]
   assert cls["n"] == 8 and cls["n_correct"] == 6 and cls["accuracy"] == 0.75
   assert cls["vocab_top1_accuracy"] == 0.75  # the class token is the argmax over the whole vocabulary

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lazarus_jax import settings
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.data.targets import resolve_targets
 from lazarus_jax.models.loading import load_pretrained
@@ -64,7 +65,7 @@ def test_evaluate_shows_its_stages(monkeypatch, capsys, setting):
   c = load_config("configs/tiny.py")
   c.eval.probes, c.eval.generate = False, False
   monkeypatch.setenv(PROGRESS_ENV, setting)
-  evaluate.evaluate_model(model, tok, examples, targets, 2, c, {}, "shown")
+  evaluate.evaluate_model(model, tok, examples, targets, 2, settings.parse(c), {}, "shown")
   err = capsys.readouterr().err
   if setting == "1":
     assert "evaluate shown" in err and "4/4" in err, err

@@ -269,20 +269,19 @@ def test_warm_start_reads_the_adapter_and_checks_it(toy_run, tmp_path):
   adapter = str(workdir / "adapter")
   _, final, _ = restore_final(workdir)
   pretrained = load_pretrained("tiny-random")
-  c = toy_config(**{"train.init_adapter": adapter})
-  lora_cfg = settings.lora_config(c)
+  lora_cfg = settings.parse(toy_config(**{"train.init_adapter": adapter})).lora
   with open(workdir / "train_summary.json") as f:
     split = json.load(f)["split"]
-  weights = train.read_warm_start(c, pretrained.config, lora_cfg, split)
+  weights = train.read_warm_start(adapter, pretrained.config, lora_cfg, split)
   assert set(weights) == set(final["lora"]["lora"])
   for k, v in weights.items():
     np.testing.assert_array_equal(v, final["lora"]["lora"][k])
   from lazarus_jax.errors import UserError
 
   with pytest.raises(UserError, match="rank, alpha, targets"):
-    train.read_warm_start(c, pretrained.config, dataclasses.replace(lora_cfg, rank=2), split)
+    train.read_warm_start(adapter, pretrained.config, dataclasses.replace(lora_cfg, rank=2), split)
   with pytest.raises(UserError, match="another held-out split"):
-    train.read_warm_start(c, pretrained.config, lora_cfg, dict(split, heldout_sha256="0" * 64))
+    train.read_warm_start(adapter, pretrained.config, lora_cfg, dict(split, heldout_sha256="0" * 64))
   with pytest.raises(UserError, match="init_adapter"):  # before any work: the config check
     train.run(toy_config(**{"train.init_adapter": str(tmp_path / "missing")}), str(tmp_path / "run"))
 
