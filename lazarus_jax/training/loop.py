@@ -232,20 +232,17 @@ def run(config: ml_collections.ConfigDict | settings.Settings, workdir: str, rew
 class Setup:
   """What the set-up built and checked, before anything is written."""
 
-  c: settings.Settings
+  c: settings.Settings  # c.lora, c.grpo (None for dual reward), c.mesh.rules: what the steps are built from
   workdir: str
   is_main: bool
   mesh: jax.sharding.Mesh
-  rules: tuple
   pretrained: Pretrained
   model: nnx.Module
   layer: int  # the classifier layer L
-  lora_cfg: LoRAConfig
   lora: LoRA
   datasets: experiment.Datasets
   targets: experiment.ResolvedTargets
   train_labels: list[str]  # the class each training example's lens targets
-  grpo_cfg: grpo.GRPOConfig | None
   warm_start: dict | None
 
 
@@ -323,16 +320,13 @@ def set_up(config: ml_collections.ConfigDict | settings.Settings, workdir: str, 
     workdir,
     is_main,
     mesh,
-    c.mesh.rules,
     pretrained,
     model,
     layer,
-    c.lora,
     lora,
     datasets,
     targets,
     train_labels,
-    c.grpo,
     warm_start,
   )
 
@@ -340,15 +334,15 @@ def set_up(config: ml_collections.ConfigDict | settings.Settings, workdir: str, 
 def compile_step(s: Setup, stop: "PreemptionFlag", reward_fn=None) -> Step:
   """The state (base weights placed by the rules; adapters and optimizer created already sharded) and the step,
   compiled ahead of time, so sharding or memory errors fail before the workdir is touched."""
-  c, mesh, rules, tok, datasets = s.c, s.mesh, s.rules, s.pretrained.tokenizer, s.datasets
+  c, mesh, rules, tok, datasets = s.c, s.mesh, s.c.mesh.rules, s.pretrained.tokenizer, s.datasets
   graphdef, base, lora_state, rest = nnx.split(s.model, nnx.Param, LoRAParam, ...)
   base_shardings = to_pure(state_shardings(base, mesh, rules))
   lora_shardings = to_pure(state_shardings(lora_state, mesh, rules))
   base = pack_frozen_layers(jax.device_put(nnx.to_pure_dict(base), base_shardings), base_shardings)
   rest = nnx.to_pure_dict(rest)
-  grpo_cfg = s.grpo_cfg
+  grpo_cfg = c.grpo
   tx, schedule = make_optimizer(c.train, grpo_cfg.updates_per_batch if grpo_cfg else 1)
-  init_state = initial_state_fn(s.pretrained.config, s.lora_cfg, tx, c.seed, c.train.objective)
+  init_state = initial_state_fn(s.pretrained.config, c.lora, tx, c.seed, c.train.objective)
   abstract = jax.eval_shape(init_state)
   state_sh = train_state_shardings(abstract, lora_shardings, mesh)
   state = jax.jit(init_state, out_shardings=state_sh)()
@@ -467,7 +461,7 @@ def prepare_workdir(s: Setup, step: Step, held: contextlib.ExitStack) -> tuple[C
 def train_loop(s: Setup, step: Step, ckpt: Checkpointer, start_step: int, stop: "PreemptionFlag") -> tuple[int, list, bool]:
   """Steps from `start_step` to train.steps: metrics every log_every, checkpoints every checkpoint_every and at a
   stop request (all processes at the same step). Returns (last step, metric rows, whether a signal stopped it)."""
-  c, mesh, rules = s.c, s.mesh, s.rules
+  c, mesh, rules = s.c, s.mesh, s.c.mesh.rules
   ckpt_dir = files.join(s.workdir, "checkpoints")
   writer = MetricsWriter(s.workdir, enabled=s.is_main, truncate_after=start_step, hparams=run_hparams(c.record))
   pbar = progress_bar(total=c.train.steps, initial=start_step, enabled=s.is_main)
@@ -526,7 +520,7 @@ def write_outputs(s: Setup, step: Step, final_step: int, history: list) -> None:
   if not s.is_main:
     return
   # the same writer as `python -m lazarus_jax.export` (training/export.py): its export of this step is these bytes
-  write_adapter(lora_params, s.lora_cfg, s.pretrained, s.datasets.split, final_step, c.train.objective, files.join(workdir, "adapter"))
+  write_adapter(lora_params, c.lora, s.pretrained, s.datasets.split, final_step, c.train.objective, files.join(workdir, "adapter"))
   table = training_table(history, c.train.table_steps, c.train.objective)
   write_text(files.join(workdir, "training_table.md"), table + "\n")
   summary = {
