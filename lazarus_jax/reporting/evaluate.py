@@ -180,7 +180,7 @@ def _strip(d: dict) -> dict:
 # ---- one model ---------------------------------------------------------------------------------------
 
 
-def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, tag: str) -> dict:
+def evaluate_model(model, tok, examples, targets, layer: int, c: settings.Settings, timing: dict, tag: str) -> dict:
   """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys."""
   labels = list(targets.labels)
   y = np.asarray([data_lib.label_index(lab, labels) for lab in experiment.example_labels(c.classifier, tok, examples)])
@@ -290,7 +290,7 @@ def evaluate_model(model, tok, examples, targets, layer: int, c, timing: dict, t
   return out
 
 
-def counterfactual_metrics(model, tok, examples, targets, layer: int, c, conf: float) -> dict | None:
+def counterfactual_metrics(model, tok, examples, targets, layer: int, c: settings.Settings, conf: float) -> dict | None:
   """The fewshot counterfactuals (prompt_formats.py) read by the lens at L. None without fewshot held-out
   examples, or with answer targets (whose classes are digits, not operations).
 
@@ -367,7 +367,7 @@ def experiment_seed_prompts(examples) -> list:
 
 
 def probe_format(
-  hidden: np.ndarray, y: np.ndarray, prompt_ids, c, labels, control_types=None, embed: np.ndarray | None = None
+  hidden: np.ndarray, y: np.ndarray, prompt_ids, c: settings.Settings, labels, control_types=None, embed: np.ndarray | None = None
 ) -> dict:
   """Probes at every row on one format's readout states: stratified split, control task (per-type labels when
   `control_types` is given, see `control_type`), and the input-only baselines on the same split: the lexical
@@ -389,13 +389,13 @@ def probe_format(
   return out
 
 
-def probe_options(c) -> dict:
+def probe_options(c: settings.Settings) -> dict:
   """The eval.probe_* settings every probe of a run is fitted with."""
   e = c.eval
   return dict(l2=e.probe_l2, steps=e.probe_steps, seed=c.seed, method=e.probe_method, learning_rate=e.probe_lr)
 
 
-def layer0_baseline(embed: np.ndarray, prompt_ids, y: np.ndarray, split, c) -> dict:
+def layer0_baseline(embed: np.ndarray, prompt_ids, y: np.ndarray, split, c: settings.Settings) -> dict:
   """Input-only baseline: one linear probe per prompt position on the layer-0 residual (the token embedding,
   row 0: no computation across positions has happened), positions counted back from the readout (1 = the
   readout token, 2 = the one before, ...; a prompt without that position gives a zero vector). `best` is the
@@ -466,7 +466,9 @@ def answer_metrics(model, tok, examples, prompt_ids, max_new_tokens: int, seed_k
 # ---- mechanism (eval.mechanism.enabled) -----------------------------------------------------------------
 
 
-def mechanism_section(model, lora, tok, examples, datasets, targets, layer: int, c, timing: dict, base_only: bool) -> dict | None:
+def mechanism_section(
+  model, lora, tok, examples, datasets, targets, layer: int, c: settings.Settings, timing: dict, base_only: bool
+) -> dict | None:
   """results.json `mechanism` (schema: docs/results_schema.md), or None when `eval.mechanism.enabled` is off.
 
   The base model is analysed when it is the evaluated one or `eval.compare_base` is on; the adapted one when an
@@ -500,7 +502,7 @@ def mechanism_section(model, lora, tok, examples, datasets, targets, layer: int,
 # ---- run ---------------------------------------------------------------------------------------------
 
 
-def adapter_path(c, workdir: str) -> str | None:
+def adapter_path(c: settings.Settings, workdir: str) -> str | None:
   """The adapter directory `eval.adapter` names (None for the base model); refuses a missing one."""
   spec = c.eval.adapter
   if spec == "none":
