@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.activation_dtype = "float32"  # residual stream + matmul outputs; bfloat16 halves activation traffic on GPU/TPU
   # Kernels (lazarus_jax/models/kernels.py): auto = cuDNN fused attention and unrolled layers on NVIDIA GPUs (31% -> 47%
   # MFU on an H200), einsum attention and the scanned layer loop elsewhere.
-  c.model.attention = "auto"  # auto | einsum | xla | cudnn
+  c.model.attention = "auto"  # auto (blockwise on CPU: models/blockwise.py) | einsum | blockwise | xla | cudnn
   c.model.layer_loop = "auto"  # auto | scan | unroll
 
   c.lora = ml_collections.ConfigDict()

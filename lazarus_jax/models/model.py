@@ -50,8 +50,9 @@ class LlamaConfig:
   # 60% slower for SmolLM2); bfloat16 halves the activation traffic on accelerators (+22% tokens/s on an H200).
   activation_dtype: str = "float32"
   remat: str = "none"  # none | full | dots (save matmul outputs)
-  # Attention kernel: einsum (ours; every backend) | xla | cudnn (`jax.nn.dot_product_attention`; cudnn = fused
-  # flash attention on NVIDIA GPUs, bf16/fp16 only). Generation with a KV cache always uses einsum.
+  # Attention kernel: einsum (ours; every backend) | blockwise (ours: causal blocks, online softmax, recomputed in
+  # the backward; models/blockwise.py) | xla | cudnn (`jax.nn.dot_product_attention`; cudnn = fused flash attention
+  # on NVIDIA GPUs, bf16/fp16 only). Generation with a KV cache always uses einsum.
   attention: str = "einsum"
   # True: the blocks run as a `jax.lax.scan` over the stacked weights (one compiled block, fast compiles; what
   # XLA:CPU wants). False: unrolled, static per-layer slices (longer compiles; no per-iteration weight copies).
@@ -400,14 +401,21 @@ def project(x, weights, adapters, lora_scale, name, cdt, out_dtype=jnp.float32):
 def attention(q, k, v, bias, impl: str = "einsum"):
   """Grouped-query attention. q [B,T,H,hd], k/v [B,S,KV,hd], bias [B,1,1,T,S] -> [B,T,H*hd].
 
-  impl: einsum (below) or `jax.nn.dot_product_attention`'s xla / cudnn (softmax scale 1/sqrt(hd) in both).
+  impl: einsum (below), blockwise (`blockwise.py`: causal blocks, online softmax, recomputed in the backward;
+  `bias` must be causal) or `jax.nn.dot_product_attention`'s xla / cudnn (softmax scale 1/sqrt(hd) in all).
   """
   b, t, h, hd = q.shape
+  if impl == "blockwise":
+    from lazarus_jax.models import blockwise
+
+    if t > blockwise.MIN_SEQ:
+      return blockwise.blockwise_attention(q, k, v, bias)
+    impl = "einsum"  # short sequences: one block, where the plain einsum is as cheap (blockwise.MIN_SEQ)
   if impl != "einsum":
     if impl not in ("xla", "cudnn"):
       from lazarus_jax.errors import UserError
 
-      raise UserError(f"model.attention={impl!r} is not one of einsum, xla, cudnn")
+      raise UserError(f"model.attention={impl!r} is not one of einsum, blockwise, xla, cudnn")
     # The boolean mask the bias encodes, with the diagonal always allowed: a padded query row would otherwise be
     # fully masked, which the fused kernel may turn into NaN (einsum gives it a uniform row); real rows unchanged.
     allowed = (bias[:, 0] == 0) | jnp.eye(t, k.shape[1], dtype=bool)

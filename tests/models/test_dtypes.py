@@ -136,10 +136,10 @@ def test_a_run_records_the_resolved_dtypes(monkeypatch, tmp_path, capsys, flags,
     "requested": {"param_dtype": "auto", "compute_dtype": "auto", "activation_dtype": "auto"},
     "reason": reason,
     "kernels": {
-      "attention": "einsum",
+      "attention": "blockwise",
       "layer_loop": "scan",  # kernels.py: auto on a CPU
       "requested": {"attention": "auto", "layer_loop": "auto"},
-      "reason": "einsum attention on cpu; scanned layers on cpu",
+      "reason": "blockwise attention on cpu (einsum up to 128 positions); scanned layers on cpu",
     },
   }
   with open(tmp_path / "train_summary.json") as f:

@@ -72,9 +72,11 @@ def test_auto_kernels_follow_the_device():
   assert (k.attention, k.scan_layers) == ("cudnn", False) and "NVIDIA" in k.describe()
   assert kernels.resolve("auto", "auto", "float32", gpu).attention == "einsum"  # cuDNN's kernel is 16-bit only
   assert kernels.resolve("auto", "auto", "bfloat16", _Device("gpu", "rocm 6")).attention == "einsum"
-  for platform in ("cpu", "tpu"):
-    k = kernels.resolve("auto", "auto", "bfloat16", _Device(platform))
-    assert (k.attention, k.scan_layers) == ("einsum", True)
+  k = kernels.resolve("auto", "auto", "bfloat16", _Device("tpu"))
+  assert (k.attention, k.scan_layers) == ("einsum", True)
+  for dtype in ("bfloat16", "float32"):  # CPU: blockwise attention (einsum up to blockwise.MIN_SEQ positions)
+    k = kernels.resolve("auto", "auto", dtype, _Device("cpu"))
+    assert (k.attention, k.scan_layers) == ("blockwise", True) and "blockwise attention on cpu" in k.describe()
   k = kernels.resolve("xla", "unroll", "float32", _Device("cpu"))  # explicit choices are kept as given
   assert (k.attention, k.scan_layers, k.reason) == ("xla", False, "")
   assert k.as_dict()["layer_loop"] == "unroll"
