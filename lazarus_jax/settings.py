@@ -31,7 +31,10 @@ from lazarus_jax.models.model import PROJS
 
 DTYPES = ("float32", "bfloat16", "float16", dtypes.AUTO)
 OBJECTIVES = ("dual_reward", "grpo")
-GRPO_ARMS = ("grpo", "grpo+lens")  # sweep arms: train.objective=grpo from the SFT arm's adapter
+# Sweep arms warm-started from the SFT arm's adapter for sweep.grpo_steps more steps: grpo and grpo+lens
+# (train.objective=grpo) and sft+more, the equal-budget control (the same steps, prompts and lr, supervised).
+GRPO_ARMS = ("grpo", "grpo+lens", "sft+more")
+RL_ARMS = ("grpo", "grpo+lens")
 
 
 # ---- the typed sub-configs ---------------------------------------------------------------------------

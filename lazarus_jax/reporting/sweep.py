@@ -74,7 +74,7 @@ from lazarus_jax.reporting.sweep_stats import (
   summarize_transfer,
   transfer_rows,
 )
-from lazarus_jax.settings import GRPO_ARMS
+from lazarus_jax.settings import GRPO_ARMS, RL_ARMS
 from lazarus_jax.training.logging_utils import progress_bar
 
 # ---- the grid ----------------------------------------------------------------------------------------
@@ -103,6 +103,8 @@ def plan(c) -> list[Arm]:
           arms.append(Arm(grpo_label("grpo", ts), 0.0, fmt, None, seed, ts))
         if "grpo+lens" in g["grpo_arms"]:
           arms += [Arm(grpo_label("grpo+lens", ts), g["grpo_lens_weight"], fmt, f, seed, ts) for f in g["layer_fractions"]]
+        if "sft+more" in g["grpo_arms"]:
+          arms.append(Arm(grpo_label("sft+more", ts), 0.0, fmt, None, seed, ts))
   return arms
 
 
@@ -111,7 +113,8 @@ def arm_config(c, arm: Arm, workdir: str | None = None) -> ml_collections.Config
 
   A GRPO arm also sets train.objective=grpo, train.steps=sweep.grpo_steps, train.lr=sweep.grpo_lr and
   train.init_adapter = the adapter of the same (format, seed) SFT arm under `workdir` (its hash names that arm's
-  directory: a changed SFT arm makes new GRPO arms)."""
+  directory: a changed SFT arm makes new GRPO arms). The sft+more arm is the same warm start, steps and lr with
+  the supervised objective: GRPO's equal-budget control (the same optimizer steps, on the same prompts)."""
   d = c.to_dict()
   ac = ml_collections.ConfigDict(d)
   ac.sweep = default_config().sweep  # the grid is not part of an arm, so a grown sweep still resumes
@@ -130,7 +133,7 @@ def arm_config(c, arm: Arm, workdir: str | None = None) -> ml_collections.Config
   if plain_arm(arm.arm) in GRPO_ARMS:
     sft = Arm(arm_label(0.0, arm.target_set), 0.0, arm.fmt, None, arm.seed, arm.target_set)
     root = files.abspath(workdir or ".")
-    ac.train.objective = "grpo"
+    ac.train.objective = "grpo" if plain_arm(arm.arm) in RL_ARMS else "dual_reward"
     ac.train.steps = c.sweep.grpo_steps
     ac.train.lr = c.sweep.grpo_lr
     ac.train.warmup_steps = min(c.train.warmup_steps, max(c.sweep.grpo_steps // 10, 1))
@@ -240,9 +243,10 @@ def describe_arms(configs: list[dict]) -> dict:
   def shared(get):
     return _shared_in(flats, get)
 
-  # The base arm's train.steps mean nothing; GRPO arms are described on their own line.
+  # The base arm's train.steps mean nothing; GRPO arms (and sft+more, warm-started too) on their own line.
   is_grpo = lambda fl: fl.get("train.objective", "dual_reward") == "grpo"  # noqa: E731
-  trained = [fl for fl in flats if fl["eval.adapter"] != "none" and not is_grpo(fl)]
+  trained = [fl for fl in flats if fl["eval.adapter"] != "none" and not is_grpo(fl) and not fl.get("train.init_adapter")]
+  more = [fl for fl in flats if not is_grpo(fl) and fl.get("train.init_adapter")]
   grpo = [fl for fl in flats if is_grpo(fl)]
   grpo_desc = None
   if grpo:
@@ -268,6 +272,7 @@ def describe_arms(configs: list[dict]) -> dict:
     "model": shared(lambda fl: fl["model.path"] or fl["model.source"]),
     "steps": _shared_in(trained, lambda fl: fl["train.steps"]) if trained else "no",
     "grpo": grpo_desc,
+    "sft_more": {k: _shared_in(more, lambda fl, k=k: fl[k]) for k in ("train.steps", "train.lr")} if more else None,
     "lora_rank": shared(lambda fl: fl["lora.rank"]),
     "lora_alpha": shared(lambda fl: fl["lora.alpha"]),
     "lora_targets": shared(lambda fl: fl["lora.targets"]),

@@ -94,6 +94,7 @@ def render_markdown(
     f"training, sft = 0, dual = 0.7, classifier = 1). Seeds {g['seeds']} (split, init, batch order). "
     "base and sft do not depend on depth: one run each, read at every depth's layer.",
     *grpo_header(meta.get("grpo")),
+    *sft_more_header(meta.get("sft_more")),
     "- Each arm is `arms/<name>-<hash>`, the hash of its whole resolved config except "
     f"{', '.join(NON_RESULT_KEYS)}: a changed config trains new arms; old results are never reported under it.",
     "- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), survives "
@@ -352,7 +353,7 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
   parts = []
   for fmt in g["formats"]:
     for f in g["layer_fractions"]:
-      for rl, sup in (("grpo", "sft"), ("grpo+lens", "dual"), ("grpo+lens", "grpo")):
+      for rl, sup in (("grpo", "sft+more"), ("grpo", "sft"), ("grpo+lens", "dual"), ("grpo+lens", "grpo")):
         a_rows, b_rows = rows_of(rl, fmt, f), rows_of(sup, fmt, f)
         if not (a_rows and b_rows):
           continue
@@ -367,8 +368,8 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
             )
   if parts:
     out.append(
-      "**Does GRPO produce better classifiers?** (paired on the same prompts; the GRPO arms trained longer, "
-      "see the header) " + "; ".join(parts) + "."
+      "**Does GRPO produce better classifiers?** (paired on the same prompts; the GRPO arms trained longer than "
+      "sft and dual, see the header; grpo vs sft+more is the equal-budget contrast) " + "; ".join(parts) + "."
     )
   return [f"{i}. {text}" for i, text in enumerate(out, 1)]
 
@@ -379,6 +380,17 @@ def _shared_in(flats: list[dict], get):
     if get(fl) not in vals:
       vals.append(get(fl))
   return vals[0] if len(vals) == 1 else "mixed: " + ", ".join(map(str, vals))
+
+
+def sft_more_header(desc: dict | None) -> list[str]:
+  """The equal-budget control's line (sweep.grpo_arms=...,sft+more)."""
+  if not desc:
+    return []
+  return [
+    f"- sft+more: the same seed's SFT adapter trained {desc['train.steps']} more supervised steps (lr "
+    f"{desc['train.lr']}) on the batches the GRPO rounds draw: GRPO's equal-budget control (the same optimizer "
+    "steps and prompts; GRPO also samples G completions per prompt)."
+  ]
 
 
 def grpo_header(desc: dict | None) -> list[str]:

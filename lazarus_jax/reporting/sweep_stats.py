@@ -401,7 +401,7 @@ def contrasts(rows: list[dict], confidence: float = 0.95, baseline: str = "sft")
 
 
 def _order(r):
-  arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3, "grpo": 5, "grpo+lens": 6}.get(plain_arm(r["arm"]), 4)
+  arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3, "grpo": 5, "grpo+lens": 6, "sft+more": 7}.get(plain_arm(r["arm"]), 4)
   return (
     r["format"],
     target_suffix(r["arm"]),

@@ -512,13 +512,14 @@ def with_defaults(stored: dict, defaults: dict) -> dict:
 
 def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
   c = _micro_config(weights="0,0.7", seeds="0,1")
-  c.sweep.grpo_arms, c.sweep.grpo_steps, c.sweep.grpo_lr = "grpo,grpo+lens", 3, 1e-3
+  c.sweep.grpo_arms, c.sweep.grpo_steps, c.sweep.grpo_lr = "grpo,grpo+lens,sft+more", 3, 1e-3
   arms = sweep.plan(c)
   assert [a.name for a in arms if a.seed == 0] == [
     "sft-symbolic-s0",
     "dual-symbolic-f0.5-s0",
     "grpo-symbolic-s0",
     "grpo+lens-symbolic-f0.5-s0",
+    "sft+more-symbolic-s0",
   ]
   from lazarus_jax.config import flat_config
 
@@ -533,6 +534,10 @@ def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
     "train.init_adapter",
   }
   assert fg["train.init_adapter"] == os.path.join(sweep.arm_dir("/w", sft, sweep.arm_config(c, sft)), "adapter")
+  # The equal-budget control: GRPO's warm start, steps, lr and batches, with the supervised objective.
+  more = flat_config(sweep.arm_config(c, sweep.Arm("sft+more", 0.0, "symbolic", None, 1), "/w"))
+  assert {k for k in fs if fs[k] != more[k]} == {"train.steps", "train.lr", "train.warmup_steps", "train.init_adapter"}
+  assert {k for k in fg if fg[k] != more[k]} == {"train.objective"}
   lens = flat_config(sweep.arm_config(c, sweep.Arm("grpo+lens", 0.7, "symbolic", 0.5, 1), "/w"))
   assert lens["classifier.weight"] == 0.7 and lens["train.objective"] == "grpo"
   # The hash holds the SFT arm's directory name, not where the sweep lives.
@@ -544,14 +549,18 @@ def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
 
 def test_micro_sweep_with_a_grpo_arm(tmp_path):
   c = _micro_config(weights="0", seeds="0")
-  c.sweep.grpo_arms, c.sweep.grpo_steps, c.grpo.group_size, c.grpo.max_new_tokens = "grpo", 2, 2, 2
+  c.sweep.grpo_arms, c.sweep.grpo_steps, c.grpo.group_size, c.grpo.max_new_tokens = "grpo,sft+more", 2, 2, 2
   out = sweep.run(c, str(tmp_path))
-  assert out["ran"] == ["sft-symbolic-s0", "grpo-symbolic-s0"]
+  assert out["ran"] == ["sft-symbolic-s0", "grpo-symbolic-s0", "sft+more-symbolic-s0"]
+  with open(tmp_path / out["arm_dirs"]["sft+more-symbolic-s0"] / "train_summary.json") as f:
+    more = json.load(f)
+  assert more["objective"] == "dual_reward" and more["init_adapter"]["final_step"] == 2  # from the SFT arm's step 2
   with open(tmp_path / out["arm_dirs"]["grpo-symbolic-s0"] / "train_summary.json") as f:
     summary = json.load(f)
   assert summary["objective"] == "grpo" and summary["init_adapter"]["final_step"] == 2
   md = (tmp_path / "sweep.md").read_text()
   assert "GRPO arms (train.objective=grpo)" in md and "| grpo | 0 | 0.5 | 2 |" in md
-  assert "**Does GRPO produce better classifiers?**" in md
+  assert "**Does GRPO produce better classifiers?**" in md and "vs sft+more" in md
+  assert "- sft+more: the same seed's SFT adapter trained 2 more supervised steps" in md
   with open(tmp_path / "sweep_contrasts.csv") as f:
-    assert {r["contrast"] for r in csv.DictReader(f)} == {"grpo - sft"}
+    assert {r["contrast"] for r in csv.DictReader(f)} == {"grpo - sft", "sft+more - sft"}
