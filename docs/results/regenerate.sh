@@ -8,6 +8,7 @@
 #   bash docs/results/regenerate.sh depth     # classifier depth, dual w=0.7, symbolic, 2 seeds (reuses compare's arms)
 #   bash docs/results/regenerate.sh sft_steps # symbolic SFT arms at 600 steps (SFT_STEPS="100 600 1000" for more), 2 seeds: where SFT levels off
 #   bash docs/results/regenerate.sh grpo      # GRPO and GRPO+lens arms from compare's symbolic SFT arms, 3 seeds
+#   bash docs/results/regenerate.sh grpo_control # grpo beside sft+more, its equal-budget control, 3 seeds
 #   bash docs/results/regenerate.sh mechanism # is the classifier used? interventions, tuned lens, V/O on compare's arms
 #   bash docs/results/regenerate.sh copy      # copy finished runs into docs/results/
 #
@@ -56,6 +57,14 @@ case "${1:-}" in
     python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/grpo" "${ARM_FLAGS[@]}" \
       --config.sweep.weights=0,0.7 --config.sweep.formats=symbolic --config.sweep.layer_fractions=0.55 \
       --config.sweep.seeds=0,1,2 --config.sweep.grpo_arms=grpo,grpo+lens --config.sweep.grpo_steps=40 ;;
+  grpo_control)
+    # GRPO's equal-budget control (issue 13): the grpo arm (40 rounds) beside sft+more (the same SFT adapter, 40
+    # more supervised steps at the same lr, on the same batches), symbolic, seeds 0-2; SFT and base arms as compare's.
+    mkdir -p "$RUNS/compare/arms" "$RUNS/grpo_control"
+    [ -e "$RUNS/grpo_control/arms" ] || ln -s ../compare/arms "$RUNS/grpo_control/arms"
+    python -m lazarus_jax.sweep --config "$CONFIG" --workdir "$RUNS/grpo_control" "${ARM_FLAGS[@]}" \
+      --config.sweep.weights=0 --config.sweep.formats=symbolic --config.sweep.layer_fractions=0.55 \
+      --config.sweep.seeds=0,1,2 --config.sweep.grpo_arms=grpo,sft+more --config.sweep.grpo_steps=40 ;;
   mechanism)
     # evaluate's `mechanism` section (eval.mechanism.enabled) on compare's 300-step arms: base, SFT (w = 0) and dual
     # (w = 0.7, L = 16), 25 held-out prompts per operation. MECH_RUNS lists format:seed pairs, most important first.
@@ -89,7 +98,7 @@ case "${1:-}" in
       cp "$RUNS/smollm2_1000_steps/eval/"{results.json,report.md,*.png} "$OUT/smollm2_1000_steps/"
       cp "$RUNS/smollm2_1000_steps/training_table.md" "$OUT/smollm2_1000_steps/"
     fi
-    for dir in "$RUNS"/compare "$RUNS"/depth "$RUNS"/sft_steps_* "$RUNS"/grpo; do
+    for dir in "$RUNS"/compare "$RUNS"/depth "$RUNS"/sft_steps_* "$RUNS"/grpo "$RUNS"/grpo_control; do
       sweep=$(basename "$dir")
       [ -d "$RUNS/$sweep" ] || continue
       mkdir -p "$OUT/$sweep"
@@ -105,7 +114,7 @@ case "${1:-}" in
       mkdir -p "$dest"
       cp "$run/eval/results.json" "$dest/"
       # report.md and figures re-rendered from results.json by this checkout's report code (numbers unchanged)
-      python -c "import json, sys; from lazarus_jax import report; report.write_report(json.load(open(sys.argv[1])), sys.argv[2])" \
+      python -c "import json, sys; from lazarus_jax.reporting import report; report.write_report(json.load(open(sys.argv[1])), sys.argv[2])" \
         "$dest/results.json" "$dest"
     done
     if [ -d "$RUNS/mechanism" ]; then
@@ -122,5 +131,5 @@ case "${1:-}" in
       done
     done ;;
   *)
-    echo "usage: bash docs/results/regenerate.sh main|compare|depth|sft_steps|grpo|mechanism|copy" >&2; exit 2 ;;
+    echo "usage: bash docs/results/regenerate.sh main|compare|depth|sft_steps|grpo|grpo_control|mechanism|copy" >&2; exit 2 ;;
 esac
