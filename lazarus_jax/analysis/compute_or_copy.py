@@ -19,6 +19,12 @@ Verdict for one model (`verdict`), in this order:
 - "cannot tell": anything else (no fewshot evaluation, intervals overlap, the flip rate straddles 1/2, no probes);
   the reason says which.
 `word` is reported beside it (beats the input or not) but decides nothing alone: it has no counterfactual.
+
+Beside the rule, each format reports the *trained reader* (`bag_of_tokens_from_training`): a bag-of-tokens probe
+fitted on the run's training prompts and tested on the whole held-out set, as the lens is (`beats_trained_reader`:
+the lens's lower bound above its upper bound). On `word` the same-split baseline is ~100% (three held-out
+templates per operation differ in their words), so it is this reader that says whether the lens carries the
+operation to templates that training never showed further than the training prompts' words do.
 """
 
 from __future__ import annotations
@@ -52,8 +58,15 @@ def format_row(res: dict, fmt: str) -> dict | None:
     "layer0_best": None,
     "probe_at_L": None,
     "beats_input": None,
+    "bag_of_tokens_from_training": None,
+    "beats_trained_reader": None,
   }
   pr = ((res.get("probes") or {}).get("by_format") or {}).get(fmt)
+  reader = (pr or {}).get("bag_of_tokens_from_training")
+  if reader is not None:
+    row["bag_of_tokens_from_training"] = {k: reader[k] for k in ("accuracy", "ci_low", "ci_high", "n", "n_train")}
+    if lens["ci_low"] is not None:
+      row["beats_trained_reader"] = bool(lens["ci_low"] > reader["ci_high"])
   if not pr or "skipped" in pr:
     return row
   row["bag_of_tokens"] = {k: pr["lexical_baseline"][k] for k in ("accuracy", "ci_low", "ci_high", "n")}

@@ -180,8 +180,11 @@ def _strip(d: dict) -> dict:
 # ---- one model ---------------------------------------------------------------------------------------
 
 
-def evaluate_model(model, tok, examples, targets, layer: int, c: settings.Settings, timing: dict, tag: str) -> dict:
-  """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys."""
+def evaluate_model(
+  model, tok, examples, targets, layer: int, c: settings.Settings, timing: dict, tag: str, train_examples=None
+) -> dict:
+  """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys.
+  `train_examples`: the run's training split, for the input-only reader fitted on it (`trained_reader`)."""
   labels = list(targets.labels)
   y = np.asarray([data_lib.label_index(lab, labels) for lab in experiment.example_labels(c.classifier, tok, examples)])
   fmts = np.asarray([e.fmt for e in examples])
@@ -243,6 +246,9 @@ def evaluate_model(model, tok, examples, targets, layer: int, c: settings.Settin
         embed=embed,
       )
     del embed
+    if train_examples:
+      for fmt, reader in trained_reader(tok, train_examples, examples, labels, c).items():
+        probes_out["by_format"][fmt]["bag_of_tokens_from_training"] = reader
     timing[f"{tag}_probes_s"] = time.perf_counter() - t0
   bar.update(1)
   bar.set_postfix_str("counterfactuals")
@@ -386,6 +392,35 @@ def probe_format(
   out = {"summary": summary, "layers": res.to_json(), "lexical_baseline": lexical}
   if embed is not None:
     out["layer0_positions"] = layer0_baseline(embed, prompt_ids, y, (train_idx, test_idx), c)
+  return out
+
+
+TRAINED_READER_MAX = 4096  # training prompts the trained reader is fitted on (a seeded subset of larger splits)
+
+
+def trained_reader(tok, train_examples, examples, labels, c: settings.Settings) -> dict:
+  """{format: accuracy} of a bag-of-tokens probe fitted on the run's training prompts (what the adapters were
+  trained on; at most TRAINED_READER_MAX, seeded) and tested on each format's whole held-out set, as the lens is.
+
+  The input-only bar a lens must clear where held-out prompts use templates, symbols or spellings that training
+  never showed. The same-split baseline (`lexical_baseline` in probe_format) is fitted on held-out prompts of the
+  very templates it is tested on: on `word` it tells the held-out templates apart by their words (100%), a bar
+  no lens can clear; this one measures what the training prompts' words alone carry over to the held-out ones."""
+  from lazarus_jax.analysis import probes
+
+  rng = np.random.default_rng([c.seed, 4099])
+  pick = sorted(rng.choice(len(train_examples), size=min(TRAINED_READER_MAX, len(train_examples)), replace=False))
+  train = [train_examples[i] for i in pick]
+  train_y = [data_lib.label_index(lab, labels) for lab in experiment.example_labels(c.classifier, tok, train)]
+  train_ids = [data_lib.encode_prompt(tok, e.prompt) for e in train]
+  y = [data_lib.label_index(lab, labels) for lab in experiment.example_labels(c.classifier, tok, examples)]
+  out = {}
+  for fmt in sorted({e.fmt for e in examples}):
+    idx = [i for i, e in enumerate(examples) if e.fmt == fmt]
+    seqs = train_ids + [data_lib.encode_prompt(tok, examples[i].prompt) for i in idx]
+    split = (np.arange(len(train)), np.arange(len(train), len(seqs)))
+    res = probes.lexical_baseline(seqs, np.asarray(train_y + [y[i] for i in idx]), split, l2=c.eval.probe_l2, steps=c.eval.probe_steps)
+    out[fmt] = dict(res, n_train=len(train), trained_formats=sorted({e.fmt for e in train}))
   return out
 
 
@@ -662,11 +697,11 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   base = None
   if adapter is None or c.eval.compare_base:
     model.lora = nnx.data(None)  # the same model without its adapter
-    base = evaluate_model(model, tok, examples, targets, layer, c, timing, "base")
+    base = evaluate_model(model, tok, examples, targets, layer, c, timing, "base", datasets.train)
     model.lora = nnx.data(lora)
   adapted = None
   if adapter is not None:
-    adapted = evaluate_model(model, tok, examples, targets, layer, c, timing, "adapted")
+    adapted = evaluate_model(model, tok, examples, targets, layer, c, timing, "adapted", datasets.train)
   main = adapted if adapted is not None else base
   mech = mechanism_section(model, lora, tok, examples, datasets, targets, layer, c, timing, adapter is None)
 

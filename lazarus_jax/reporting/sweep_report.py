@@ -216,19 +216,21 @@ def transfer_markdown(transfer: list[dict], pct: str) -> list[str]:
     "",
     "## Computed or copied?",
     "",
-    f"Rule (per run, at its classifier layer): {RULE}.",
+    f"Rule (per run, at its classifier layer): {RULE}. Trained reader: a bag-of-tokens probe fitted on the "
+    "run's training prompts and tested on the whole held-out set (the bar for held-out templates and symbols; "
+    "beside the rule, not part of it).",
     "",
-    "| Arm | trained on | fraction | eval format | lens at L | bag-of-tokens | layer-0 best | flip rate | "
-    "shuffled results | verdict per seed |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| Arm | trained on | fraction | eval format | lens at L | bag-of-tokens | layer-0 best | trained reader | "
+    "flip rate | shuffled results | verdict per seed |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in transfer:
     if not r["verdicts"] and r["flip_rate"] is None:
       continue  # a depth-independent arm read at a depth other than its run's: no verdict there
-    base = [f"{100 * r[k]:.1f}%" if r[k] is not None else "—" for k in ("bag_of_tokens", "layer0_best")]
+    base = [f"{100 * r[k]:.1f}%" if r.get(k) is not None else "—" for k in ("bag_of_tokens", "layer0_best", "trained_reader")]
     lines.append(
       f"| {r['arm']} | {r['train_format']} | {r['layer_fraction']:g} | {r['eval_format']} | "
-      f"{_fmt_ci(r['lens_accuracy'])} | {base[0]} | {base[1]} | {_fmt_boot(r['flip_rate'])} | "
+      f"{_fmt_ci(r['lens_accuracy'])} | {base[0]} | {base[1]} | {base[2]} | {_fmt_boot(r['flip_rate'])} | "
       f"{_fmt_boot(r['shuffled_accuracy'])} | {', '.join(r['verdicts']) or '—'} |"
     )
   return lines + [""]

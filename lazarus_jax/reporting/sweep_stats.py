@@ -171,6 +171,7 @@ def transfer_rows(arm: Arm, results: dict, fractions: list[float]) -> list[dict]
       vec = per_example_vector(results, "lens_correct", efmt, layer + 1)
       fr = (cc.get("formats") or {}).get(efmt) or {}
       bag, l0 = fr.get("bag_of_tokens") or {}, fr.get("layer0_best") or {}
+      reader = fr.get("bag_of_tokens_from_training") or {}
       with_cf = at_run_layer and cf is not None and efmt == "fewshot"
       rows.append(
         {
@@ -187,6 +188,7 @@ def transfer_rows(arm: Arm, results: dict, fractions: list[float]) -> list[dict]
           "lens_accuracy": _mean(vec),
           "bag_of_tokens": bag.get("accuracy"),
           "layer0_best": l0.get("accuracy"),
+          "trained_reader": reader.get("accuracy"),
           "baseline_n": bag.get("n"),
           "flip_rate": cf["flip_rate"]["accuracy"] if with_cf else None,
           "flip_n": cf["flip_rate"]["n"] if with_cf else None,
@@ -222,8 +224,8 @@ def summarize_transfer(rows: list[dict], confidence: float = 0.95) -> list[dict]
       "n_seeds": len(rs),
       "lens_accuracy": _cell(rs, "lens_accuracy", confidence),
     }
-    for key in ("bag_of_tokens", "layer0_best"):
-      vals = [r[key] for r in rs if r[key] is not None]
+    for key in ("bag_of_tokens", "layer0_best", "trained_reader"):
+      vals = [r[key] for r in rs if r.get(key) is not None]
       cell[key] = float(np.mean(vals)) if vals else None
     for key, n_key in (("flip_rate", "flip_n"), ("shuffled_accuracy", "shuffled_n")):
       vecs = [_count_vector(r[key], r[n_key]) for r in rs if r[key] is not None and r[n_key]]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lazarus_jax import experiment, settings
-from lazarus_jax.analysis import compute_or_copy
+from lazarus_jax.analysis import compute_or_copy, probes
 from lazarus_jax.configs import tiny as tiny_config
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.data import prompt_formats
@@ -59,6 +59,33 @@ def _reads_first_example(prompt):
   a, _, b, _, r = prompt.split("\n")[0].split(" ")
   fits = prompt_formats.fitting_operations(int(a), int(b), int(r))
   return fits[0] if fits else "multiply"
+
+
+def test_trained_reader_reads_only_what_the_training_prompts_carry():
+  # Training prompts name the class by a letter (q: add, z: multiply, ...). Held-out "word" prompts use letters
+  # that training never showed: the trained reader falls to one guess for all (a quarter right), where a reader
+  # fitted on the held-out prompts themselves would read them perfectly. Held-out "symbolic" prompts reuse the
+  # training letters: it reads them all.
+  tok = tiny_tokenizer()
+  c = settings.parse(tiny_config.get_config())
+  train_letter = dict(zip(LABELS, "qzxv"))
+  unseen_letter = dict(zip(LABELS, "kwjy"))
+
+  def ex(letter, op, i, fmt):
+    return data_lib.Example(prompt=f"{letter} {i} = ", answer=" 1", operation=op, a=i, b=1, fmt=fmt)
+
+  train = [ex(train_letter[op], op, i, "word") for op in LABELS for i in range(10, 40)]
+  held = [ex(unseen_letter[op], op, i, "word") for op in LABELS for i in range(2, 8)]
+  held += [ex(train_letter[op], op, i, "symbolic") for op in LABELS for i in range(2, 8)]
+  out = evaluate.trained_reader(tok, train, held, LABELS, c)
+  assert out["symbolic"]["accuracy"] == 1.0 and out["symbolic"]["n"] == 24
+  assert out["word"]["accuracy"] <= 0.5 and out["word"]["n"] == 24 and out["word"]["n_train"] == 120
+  same_split = probes.lexical_baseline(
+    [data_lib.encode_prompt(tok, e.prompt) for e in held[:24]] * 2,
+    np.tile([data_lib.label_index(e.operation, LABELS) for e in held[:24]], 2),
+    (np.arange(24), np.arange(24, 48)),
+  )
+  assert same_split["accuracy"] == 1.0  # the bar the same-split baseline sets on such prompts: unbeatable
 
 
 def test_counterfactual_metrics_of_a_lens_that_follows_the_examples(monkeypatch):
@@ -173,6 +200,11 @@ def test_fewshot_evaluation_carries_baselines_counterfactuals_transfer_and_verdi
   for fmt in ("fewshot", "symbolic_alt"):
     pr = r["probes"]["by_format"][fmt]
     assert pr["layer0_positions"]["best"]["n"] == pr["lexical_baseline"]["n"]  # the same held-out half
+    reader = pr["bag_of_tokens_from_training"]  # fitted on the training prompts, tested on the whole held-out set
+    assert reader["n"] == r["n_eval"][fmt] and reader["n_train"] > 100 and reader["trained_formats"] == ["fewshot"]
+    row = r["compute_or_copy"]["formats"][fmt]
+    assert row["bag_of_tokens_from_training"]["accuracy"] == reader["accuracy"]
+    assert row["beats_trained_reader"] == (row["lens"]["ci_low"] > reader["ci_high"])
   cf = r["counterfactuals"]
   assert cf["n"] == 32 and cf["flip_rate"]["n"] == 32 and cf["flip_rate"]["n_correct"] + cf["stay_rate"]["n_correct"] <= 32
   cc = r["compute_or_copy"]
@@ -184,6 +216,7 @@ def test_fewshot_evaluation_carries_baselines_counterfactuals_transfer_and_verdi
     "Verdict (base)",
     "| base | fewshot |",
     "| base | symbolic_alt |",
+    "Trained reader | Beats it |",
   ):
     assert needle in text, needle
 
@@ -201,6 +234,7 @@ def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
   assert few["flip_rate"] == r["counterfactuals"]["flip_rate"]["accuracy"] and few["verdict"] == r["compute_or_copy"]["verdict"]
   assert few["lens_accuracy"] == r["classifier_eval"]["by_format"]["fewshot"]["accuracy"]
   assert few["bag_of_tokens"] == r["probes"]["by_format"]["fewshot"]["lexical_baseline"]["accuracy"]
+  assert few["trained_reader"] == r["probes"]["by_format"]["fewshot"]["bag_of_tokens_from_training"]["accuracy"]
   assert all(x["verdict"] is None and x["flip_rate"] is None for x in rows if x["layer"] != r["classifier_layer"])
   summary = sweep.summarize_transfer(rows)
   cell = next(x for x in summary if x["eval_format"] == "fewshot" and x["layer"] == 2)
@@ -208,6 +242,7 @@ def test_sweep_transfer_rows_and_tables_from_real_results(fewshot_base_eval):
   assert cell["lens_accuracy"]["mean"] == pytest.approx(few["lens_accuracy"])
   md = "\n".join(sweep_report.transfer_markdown(summary, "95%"))
   assert "## Transfer matrix" in md and "| base | fewshot | 0.55 |" in md and "## Computed or copied?" in md
+  assert cell["trained_reader"] == pytest.approx(few["trained_reader"]) and f"{100 * few['trained_reader']:.1f}% |" in md
 
 
 def test_default_eval_formats():
