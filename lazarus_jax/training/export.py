@@ -43,6 +43,11 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
   if not files.exists(path):
     raise UserError(f"{workdir} holds no config.json: not a training run's workdir (pass the --workdir train wrote)")
   stored = files.read_json(path, "run config", "pass the workdir of an intact run")
+  return recorded_config(stored, path)
+
+
+def recorded_config(stored, path: str) -> ml_collections.ConfigDict:
+  """A config recorded as a dict (config.json, or results.json's provenance.config) over today's defaults."""
   if not isinstance(stored, dict):
     raise UserError(f"run config {path} is not a JSON object: pass the workdir of an intact run")
   c = default_config()
