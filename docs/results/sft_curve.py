@@ -15,8 +15,8 @@ import json
 import os
 import sys
 
-from lazarus_jax import stats
-from lazarus_jax.evaluate import unbits
+from lazarus_jax.analysis import stats
+from lazarus_jax.reporting.evaluate import unbits
 
 N_RESAMPLES, SEED = 4000, 0
 

@@ -21,13 +21,18 @@ Verdict for one model (`verdict`), in this order:
 `word` is reported beside it (beats the input or not) but decides nothing alone: it has no counterfactual.
 
 Beside the rule, each format reports the *trained reader* (`bag_of_tokens_from_training`): a bag-of-tokens probe
-fitted on the run's training prompts and tested on the whole held-out set, as the lens is (`beats_trained_reader`:
-the lens's lower bound above its upper bound). On `word` the same-split baseline is ~100% (three held-out
+fitted on the run's training prompts and tested on the whole held-out set, as the lens is; `lens_minus_trained_reader`
+is the paired difference on the same prompts (bootstrap, McNemar beside it) and `beats_trained_reader` says whether
+its lower bound is above 0. On `word` the same-split baseline is ~100% (three held-out
 templates per operation differ in their words), so it is this reader that says whether the lens carries the
 operation to templates that training never showed further than the training prompts' words do.
 """
 
 from __future__ import annotations
+
+import numpy as np
+
+from lazarus_jax.analysis import stats
 
 CUE_FREE = ("fewshot", "word")
 NAMED = ("symbolic", "semantic", "symbolic_alt")
@@ -59,14 +64,17 @@ def format_row(res: dict, fmt: str) -> dict | None:
     "probe_at_L": None,
     "beats_input": None,
     "bag_of_tokens_from_training": None,
+    "lens_minus_trained_reader": None,
     "beats_trained_reader": None,
   }
   pr = ((res.get("probes") or {}).get("by_format") or {}).get(fmt)
   reader = (pr or {}).get("bag_of_tokens_from_training")
   if reader is not None:
     row["bag_of_tokens_from_training"] = {k: reader[k] for k in ("accuracy", "ci_low", "ci_high", "n", "n_train")}
-    if lens["ci_low"] is not None:
-      row["beats_trained_reader"] = bool(lens["ci_low"] > reader["ci_high"])
+    d = _paired_with_reader(res, fmt, reader)
+    if d is not None:
+      row["lens_minus_trained_reader"] = d
+      row["beats_trained_reader"] = bool(d["ci_low"] > 0)
   if not pr or "skipped" in pr:
     return row
   row["bag_of_tokens"] = {k: pr["lexical_baseline"][k] for k in ("accuracy", "ci_low", "ci_high", "n")}
@@ -83,6 +91,20 @@ def format_row(res: dict, fmt: str) -> dict | None:
   if lens["ci_low"] is not None and baselines:
     row["beats_input"] = bool(lens["ci_low"] > max(b["ci_high"] for b in baselines))
   return row
+
+
+def _paired_with_reader(res: dict, fmt: str, reader: dict) -> dict | None:
+  """Lens at L minus the trained reader on the same held-out prompts of `fmt` (None without per-prompt outcomes)."""
+  pe = res.get("per_example")
+  if not pe or not reader.get("correct"):
+    return None
+  bits = np.frombuffer(pe["lens_correct"][res["classifier_eval"]["row"]].encode(), np.uint8) == ord("1")
+  lens = bits[np.asarray(pe["format"]) == fmt].astype(np.int8)
+  theirs = (np.frombuffer(reader["correct"].encode(), np.uint8) == ord("1")).astype(np.int8)
+  if lens.size != theirs.size or not lens.size:
+    return None
+  d = stats.paired_difference([(lens, theirs)])
+  return {k: d[k] for k in ("mean_diff", "ci_low", "ci_high", "method", "n")} | {"mcnemar_p": d["mcnemar"][0]["p"]}
 
 
 def verdict(res: dict) -> dict:

@@ -396,13 +396,14 @@ def lexical_baseline(
   l2: float = 1e-3,
   steps: int = 300,
   confidence: float = 0.95,
+  return_correct: bool = False,
 ) -> dict:
   """Accuracy of predicting the label from the bag of input token ids alone (order ignored).
 
   A logistic-regression probe on token counts, vocabulary taken from the train split only (test-only ids
   carry no weight). This is roughly what a layer-0 probe can exploit: if the operator symbol is in the
   prompt, this baseline is ~100% and a 100% layer-0 probe shows nothing about computation.
-  split: (train_idx, test_idx).
+  split: (train_idx, test_idx). `return_correct`: also `correct`, one bool per test example (paired tests).
   """
   train_idx, test_idx = split
   seqs = list(token_ids_per_example)
@@ -434,4 +435,6 @@ def lexical_baseline(
   out["train_accuracy"] = float(np.mean(pred_tr == y[tr]))
   out["vocab_size"] = int(vocab.size)
   out["method"] = "bag_of_tokens_logreg"
+  if return_correct:
+    out["correct"] = (pred_te == y[te]).tolist()
   return out

@@ -400,7 +400,8 @@ TRAINED_READER_MAX = 4096  # training prompts the trained reader is fitted on (a
 
 def trained_reader(tok, train_examples, examples, labels, c: settings.Settings) -> dict:
   """{format: accuracy} of a bag-of-tokens probe fitted on the run's training prompts (what the adapters were
-  trained on; at most TRAINED_READER_MAX, seeded) and tested on each format's whole held-out set, as the lens is.
+  trained on; at most TRAINED_READER_MAX, seeded) and tested on each format's whole held-out set, as the lens is;
+  `correct` holds its outcome per prompt (bits, in `examples` order) for tests paired with the lens.
 
   The input-only bar a lens must clear where held-out prompts use templates, symbols or spellings that training
   never showed. The same-split baseline (`lexical_baseline` in probe_format) is fitted on held-out prompts of the
@@ -419,7 +420,9 @@ def trained_reader(tok, train_examples, examples, labels, c: settings.Settings) 
     idx = [i for i, e in enumerate(examples) if e.fmt == fmt]
     seqs = train_ids + [data_lib.encode_prompt(tok, examples[i].prompt) for i in idx]
     split = (np.arange(len(train)), np.arange(len(train), len(seqs)))
-    res = probes.lexical_baseline(seqs, np.asarray(train_y + [y[i] for i in idx]), split, l2=c.eval.probe_l2, steps=c.eval.probe_steps)
+    labels_all = np.asarray(train_y + [y[i] for i in idx])
+    res = probes.lexical_baseline(seqs, labels_all, split, l2=c.eval.probe_l2, steps=c.eval.probe_steps, return_correct=True)
+    res["correct"] = bits(res["correct"])  # per held-out prompt of the format, in `examples` order: paired tests
     out[fmt] = dict(res, n_train=len(train), trained_formats=sorted({e.fmt for e in train}))
   return out
 

@@ -382,6 +382,12 @@ def _ci_or_dash(d: dict | None) -> str:
   return "—" if not d or d.get("accuracy") is None else ci(d)
 
 
+def _paired_text(d: dict | None) -> str:
+  if not d:
+    return ""
+  return f" ({100 * d['mean_diff']:+.1f} pp [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], paired)"
+
+
 def _compute_or_copy(results: dict) -> list[str]:
   """The transfer row, the input-only baselines, the fewshot counterfactuals and the verdict per model."""
   from lazarus_jax.analysis import compute_or_copy
@@ -395,7 +401,8 @@ def _compute_or_copy(results: dict) -> list[str]:
     "each format). Input-only baselines on the same held-out split: a bag-of-tokens probe and the best "
     "single-position probe on the layer-0 residual (token embeddings; no computation across positions). "
     "The trained reader is a bag-of-tokens probe fitted on the run's training prompts and tested on the whole "
-    "held-out set, as the lens is: the bar for held-out templates and symbols that training never showed.",
+    "held-out set, as the lens is: the bar for held-out templates and symbols that training never showed (beats "
+    "it: the lens minus the reader on the same prompts, bootstrap interval above 0).",
     "",
     f"Rule: {compute_or_copy.RULE}.",
     "",
@@ -414,7 +421,8 @@ def _compute_or_copy(results: dict) -> list[str]:
       lines.append(
         f"| {name} | {fmt} | {_ci_or_dash(r['lens'])} | {_ci_or_dash(r['bag_of_tokens'])} | {l0_text} | "
         f"{_ci_or_dash(r['probe_at_L'])} | {yes_no[r['beats_input']]} | "
-        f"{_ci_or_dash(r.get('bag_of_tokens_from_training'))} | {yes_no[r.get('beats_trained_reader')]} |"
+        f"{_ci_or_dash(r.get('bag_of_tokens_from_training'))} | {yes_no[r.get('beats_trained_reader')]}"
+        f"{_paired_text(r.get('lens_minus_trained_reader'))} |"
       )
   lines.append("")
   for name, res in _models(results):

@@ -204,7 +204,12 @@ def test_fewshot_evaluation_carries_baselines_counterfactuals_transfer_and_verdi
     assert reader["n"] == r["n_eval"][fmt] and reader["n_train"] > 100 and reader["trained_formats"] == ["fewshot"]
     row = r["compute_or_copy"]["formats"][fmt]
     assert row["bag_of_tokens_from_training"]["accuracy"] == reader["accuracy"]
-    assert row["beats_trained_reader"] == (row["lens"]["ci_low"] > reader["ci_high"])
+    d = row["lens_minus_trained_reader"]  # paired on the same prompts: the lens's and the reader's outcomes
+    lens_bits = evaluate.unbits(r["per_example"]["lens_correct"][r["lens_row"]])[np.asarray(r["per_example"]["format"]) == fmt]
+    reader_bits = evaluate.unbits(reader["correct"])
+    assert d["n"] == reader["n"] == len(reader_bits) and reader_bits.mean() == pytest.approx(reader["accuracy"])
+    assert d["mean_diff"] == pytest.approx(lens_bits.mean() - reader_bits.mean())
+    assert row["beats_trained_reader"] == (d["ci_low"] > 0)
   cf = r["counterfactuals"]
   assert cf["n"] == 32 and cf["flip_rate"]["n"] == 32 and cf["flip_rate"]["n_correct"] + cf["stay_rate"]["n_correct"] <= 32
   cc = r["compute_or_copy"]

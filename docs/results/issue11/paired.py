@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 
-from lazarus_jax import stats
-from lazarus_jax.evaluate import unbits
+from lazarus_jax.analysis import stats
+from lazarus_jax.reporting.evaluate import unbits
 
 
 def outcomes(path: str, which: str, metric: str, fmt: str) -> dict:

@@ -15,6 +15,7 @@ import os
 import sys
 
 from lazarus_jax import experiment, settings
+from lazarus_jax.analysis import compute_or_copy
 from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
 from lazarus_jax.reporting import evaluate
 from lazarus_jax.training.export import recorded_config
@@ -22,8 +23,8 @@ from lazarus_jax.training.export import recorded_config
 
 def main(run_dirs: list[str]) -> None:
   tok = load_gguf(embedded_gguf_path()).tokenizer
-  print("| run | eval format | n | lens at L (recorded) | trained reader | lens beats it |")
-  print("|---|---|---|---|---|---|")
+  print("| run | eval format | n | lens at L (recorded) | trained reader | lens − reader, paired | lens beats it |")
+  print("|---|---|---|---|---|---|---|")
   for run in run_dirs:
     with open(os.path.join(run, "results.json")) as f:
       res = json.load(f)
@@ -32,17 +33,24 @@ def main(run_dirs: list[str]) -> None:
     if data.split["heldout_sha256"] != res["split"]["heldout_sha256"]:
       raise SystemExit(f"{run}: the rebuilt held-out split differs from the recorded one")
     examples = evaluate.select_examples(data.eval, data.seed_prompts, s.eval.max_examples_per_op, s.seed)
+    if [evaluate.example_key(e) for e in examples] != res["per_example"]["key"]:
+      raise SystemExit(f"{run}: the rebuilt held-out examples differ from the recorded ones")
     labels = [t["label"] for t in res["class_targets"]["targets"]]
     reader = evaluate.trained_reader(tok, data.train, examples, labels, s)
-    for fmt, lens in sorted(res["classifier_eval"]["by_format"].items()):
-      r = reader[fmt]
-      low, high = lens["ci_low"], lens["ci_high"]
-      beats = "yes" if low > r["ci_high"] else "no"
+    for fmt in sorted(res["classifier_eval"]["by_format"]):
+      res["probes"]["by_format"][fmt]["bag_of_tokens_from_training"] = reader[fmt]
+      row = compute_or_copy.format_row(res, fmt)  # as evaluate now reports it
+      lens, r, d = row["lens"], row["bag_of_tokens_from_training"], row["lens_minus_trained_reader"]
       print(
-        f"| {os.path.basename(os.path.normpath(run))} | {fmt} | {lens['n']} | {100 * lens['accuracy']:.1f}% "
-        f"[{100 * low:.1f}, {100 * high:.1f}] | {100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.1f}, "
-        f"{100 * r['ci_high']:.1f}] (fitted on {r['n_train']} {','.join(r['trained_formats'])} prompts) | {beats} |"
+        f"| {os.path.basename(os.path.normpath(run))} | {fmt} | {lens['n']} | {pct(lens)} | {pct(r)} (fitted on "
+        f"{r['n_train']} {','.join(reader[fmt]['trained_formats'])} prompts) | {100 * d['mean_diff']:+.1f} pp "
+        f"[{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], McNemar p = {d['mcnemar_p']:.2g} | "
+        f"{'yes' if row['beats_trained_reader'] else 'no'} |"
       )
+
+
+def pct(d: dict) -> str:
+  return f"{100 * d['accuracy']:.1f}% [{100 * d['ci_low']:.1f}, {100 * d['ci_high']:.1f}]"
 
 
 if __name__ == "__main__":
