@@ -26,6 +26,39 @@ def git_commit() -> dict:
     return {"commit": "unknown", "dirty": None}
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
+  """The CPU's feature flags (x86 `flags`, Arm `Features`); empty where unreadable (not Linux)."""
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+          return frozenset(value.split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+# The CPU features that decide dtypes and speed (models/dtypes.py): recorded with every result, as timings need them.
+NOTABLE_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "bf16", "sve")
+
+
+def cpu(path: str = "/proc/cpuinfo") -> dict:
+  """{model, flags}: the CPU's model name and which of NOTABLE_CPU_FLAGS it has."""
+  model = platform.processor() or None
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          model = value.strip()
+          break
+  except OSError:
+    pass
+  flags = cpu_flags(path)
+  return {"model": model, "flags": [f for f in NOTABLE_CPU_FLAGS if f in flags]}
+
+
 def versions() -> dict:
   out = {}
   for name in PACKAGES:
@@ -55,6 +88,7 @@ def collect(config=None, dtypes: dict | None = None) -> dict:
       "process_count": jax.process_count(),
     },
     "host": platform.node(),
+    "cpu": cpu(),
     # Settings outside the config that change speed or numerics (GLIBC_TUNABLES: see hugepages.py).
     "runtime_env": {k: os.environ.get(k) for k in RUNTIME_ENV},
     "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

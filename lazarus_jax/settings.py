@@ -267,7 +267,7 @@ def parse(c: ml_collections.ConfigDict) -> Settings:
     raise UserError(f"eval.probe_method must be adam or lbfgs, got {c.eval.probe_method!r}")
   if c.model.remat not in ("none", "full", "dots"):
     raise UserError(f"model.remat must be none, full or dots, got {c.model.remat!r}")
-  alphas = _checked_mechanism(c, formats + evals)
+  alphas = _checked_mechanism(c, evals)  # what it analyses: the evaluated formats
   mechanism = section(MechanismSettings, c.eval.mechanism, steer_alphas=alphas)
   return Settings(
     seed=c.seed,
@@ -340,13 +340,12 @@ def _checked_mechanism(c, formats: list[str]) -> tuple[float, ...]:
   alphas = tuple(steer_alphas(c))
   if m.rows.strip() not in ("all", "auto"):
     mechanism_rows(m.rows, 10**6)
-  if m.enabled:
-    other = sorted(set(formats) - set(data_lib.MECHANISM_FORMATS))
-    if other:
-      raise UserError(
-        f"eval.mechanism supports the symbolic and semantic formats only, not {', '.join(other)}: "
-        "evaluate those formats without --config.eval.mechanism.enabled"
-      )
+  if m.enabled and not set(formats) & set(data_lib.MECHANISM_FORMATS):
+    # Formats without counterpart prompts (symbolic_alt) are skipped by the analysis; with no other, nothing is left.
+    raise UserError(
+      f"eval.mechanism analyses the {', '.join(data_lib.MECHANISM_FORMATS)} formats, and this run evaluates only "
+      f"{', '.join(sorted(set(formats)))}: add one of them to data.eval_format, or drop --config.eval.mechanism.enabled"
+    )
   return alphas
 
 

@@ -155,10 +155,12 @@ def main(root: str) -> None:
     att = section(r)["attention"]["mean_mass"]
     blocks = range(max(0, L - 3), L + 1)
 
-    def mass(role, att=att, blocks=blocks):
-      return sum(sum(att[role][b]) / len(att[role][b]) for b in blocks) / len(blocks)
+    def mass(role, att=att, blocks=blocks):  # "—" where the format has no such token (word: no operator)
+      if role not in att:
+        return "—"
+      return f"{sum(sum(att[role][b]) / len(att[role][b]) for b in blocks) / len(blocks):.3f}"
 
-    print(f"| {arm} | {fmt} | {seed} | {mass('operator'):.3f} | {mass('operand_a'):.3f} | {mass('operand_b'):.3f} |")
+    print(f"| {arm} | {fmt} | {seed} | {mass('operator')} | {mass('operand_a')} | {mass('operand_b')} |")
 
 
 def plot(root: str, path: str) -> None:

@@ -13,21 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from lazarus_jax.provenance import cpu_flags  # what `resolve` reads (tests fake dtypes.cpu_flags)
+
 AUTO = "auto"
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
-  """The CPU's feature flags (x86 `flags`, Arm `Features`); empty where unreadable (not Linux)."""
-  try:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-          return frozenset(value.split())
-  except OSError:
-    pass
-  return frozenset()
 
 
 def native_bf16(platform: str, flags=frozenset(), compute_capability: str | None = None) -> tuple[bool, str]:

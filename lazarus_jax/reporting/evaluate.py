@@ -516,10 +516,13 @@ def mechanism_section(
   from lazarus_jax.analysis import lens as lens_lib
   from lazarus_jax.analysis import mechanism
 
+  skipped = sorted({e.fmt for e in examples} - set(data_lib.MECHANISM_FORMATS))  # no counterparts (symbolic_alt)
+  examples = [e for e in examples if e.fmt in data_lib.MECHANISM_FORMATS]
   fmts = sorted({e.fmt for e in examples})
   train = [e for e in datasets.train if e.fmt in fmts]
   prompt = c.eval.mechanism.position_prompt or experiment_seed_prompts(examples)[0].prompt
   out = {"max_examples_per_op": c.eval.mechanism.max_examples_per_op, "position_lens": {"prompt": prompt}}
+  out["skipped_formats"] = skipped
   models = []
   if base_only or c.eval.compare_base:
     models.append(("base", None))

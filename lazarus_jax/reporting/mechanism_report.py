@@ -271,7 +271,8 @@ def render_markdown(results: dict) -> list[str]:
       "",
       f"{n} held-out prompts ({mech['max_examples_per_op']} per operation, a seeded random subset); every answer is "
       "the model's own greedy decoding with the edit applied to the readout position's residual stream in the "
-      f"prefill (`lazarus_jax/analysis/interventions.py`). Row r = the residual after block r-1; L = {L} is row {L + 1}.",
+      f"prefill (`lazarus_jax/analysis/interventions.py`). Row r = the residual after block r-1; L = {L} is row {L + 1}."
+      + (f" Not analysed (no counterpart prompts): {', '.join(mech['skipped_formats'])}." if mech.get("skipped_formats") else ""),
       "",
       "### Ablation of the class-word lens directions",
       "",

@@ -113,10 +113,10 @@ def _numbers(o, path="mechanism"):
     yield path, o
 
 
-@pytest.mark.parametrize("fmt", ["fewshot", "word"])
-def test_evaluate_with_the_mechanism_on_a_cue_free_format(fmt, tmp_path):
+@pytest.mark.parametrize("fmt,evals", [("fewshot", "fewshot"), ("word", "word,symbolic_alt")])
+def test_evaluate_with_the_mechanism_on_a_cue_free_format(fmt, evals, tmp_path):
   c = tiny_config.get_config()
-  c.data.format = c.data.eval_format = fmt
+  c.data.format, c.data.eval_format = fmt, evals
   c.eval.adapter = "none"
   c.eval.max_examples_per_op = 3
   c.eval.probes = False
@@ -128,7 +128,8 @@ def test_evaluate_with_the_mechanism_on_a_cue_free_format(fmt, tmp_path):
   res = json.load(open(tmp_path / "eval" / "results.json"))
   mech = res["mechanism"]
   sec = mech["base"]
-  assert res["formats"] == [fmt] and mech["adapted"] is None and sec["n"] == 12 and sec["rows"] == [0, 3, 4]
+  assert res["formats"] == sorted(evals.split(",")) and mech["adapted"] is None and sec["n"] == 12 and sec["rows"] == [0, 3, 4]
+  assert mech["skipped_formats"] == (["symbolic_alt"] if "symbolic_alt" in evals else [])  # no counterparts there
   nums = list(_numbers(sec))
   assert len(nums) > 100 and all(math.isfinite(v) for _, v in nums), [p for p, v in nums if not math.isfinite(v)]
   for key in ("answer_accuracy", "first_token_accuracy"):
@@ -148,5 +149,6 @@ def test_evaluate_with_the_mechanism_on_a_cue_free_format(fmt, tmp_path):
   text = open(tmp_path / "eval" / "report.md").read()
   assert "## Mechanism: is the classifier used?" in text and "### Readout attention by token role" in text
   assert ("no operator token" in text) == (fmt == "word")
+  assert ("Not analysed (no counterpart prompts): symbolic_alt." in text) == ("symbolic_alt" in evals)
   for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png"):
     assert os.path.getsize(tmp_path / "eval" / name) > 0, name

@@ -210,9 +210,9 @@ CASES = {
   # evaluate's mechanism keys too (settings.parse): they were checked by evaluate only, after training.
   "mechanism_alphas_typo": (["--config.eval.mechanism.steer_alphas=1,two", OW], ["eval.mechanism.steer_alphas", "1,two"], {}),
   "mechanism_rows_typo": (["--config.eval.mechanism.rows=0,x", OW], ["eval.mechanism.rows", "0,x"], {}),
-  "mechanism_cue_free_format": (
-    ["--config.eval.mechanism.enabled=True", "--config.data.format=fewshot", OW],
-    ["eval.mechanism", "symbolic and semantic", "fewshot"],
+  "mechanism_no_supported_format": (
+    ["--config.eval.mechanism.enabled=True", "--config.data.eval_format=symbolic_alt", OW],
+    ["eval.mechanism", "evaluates only symbolic_alt", "data.eval_format"],
     {},
   ),
   "fresh_workdir_bad_eval_key": (["--config.eval.probe_method=x"], ["eval.probe_method"], {"fresh": True}),

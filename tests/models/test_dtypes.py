@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lazarus_jax import experiment, settings
+from lazarus_jax import experiment, provenance, settings
 from lazarus_jax.cli.train import train_and_evaluate
 from lazarus_jax.models import dtypes
 
@@ -76,6 +76,10 @@ def test_cpu_flags_read_x86_and_arm_cpuinfo(tmp_path):
   assert dtypes.cpu_flags(str(x86)) == {"fpu", "avx2", "avx512_bf16"}
   assert dtypes.cpu_flags(str(arm)) == {"fp", "asimd", "bf16", "i8mm"}
   assert dtypes.cpu_flags(str(tmp_path / "missing")) == frozenset()
+  # Every result records the CPU (provenance.cpu): its model and the flags that decide dtypes and speed.
+  assert provenance.cpu(str(x86)) == {"model": "AMD EPYC", "flags": ["avx2", "avx512_bf16"]}
+  assert provenance.cpu(str(arm))["flags"] == ["asimd", "bf16"]
+  assert set(provenance.collect()["cpu"]) == {"model", "flags"}
 
 
 def _config(name):
