@@ -33,7 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # none | full | dots
   c.model.activation_dtype = "float32"  # residual stream + matmul outputs; bfloat16 halves activation traffic on GPU/TPU
   # Kernels (lazarus_jax/models/kernels.py): auto = cuDNN fused attention and unrolled layers on NVIDIA GPUs (31% -> 47%
-  # MFU on an H200), einsum attention and the scanned layer loop elsewhere.
+  # MFU on an H200), blockwise attention (einsum up to 128 positions) and the scanned loop on CPU, einsum on TPU.
   c.model.attention = "auto"  # auto (blockwise on CPU: models/blockwise.py) | einsum | blockwise | xla | cudnn
   c.model.layer_loop = "auto"  # auto | scan | unroll
 
@@ -175,7 +175,7 @@ ADDED_KEY_PREFIXES = (
   "classifier.target_set",
   "sweep.eval_formats",
   "sweep.target_sets",
-  # kernels (auto = einsum attention and the scanned loop on the CPUs earlier runs used), GRPO
+  # kernels (auto = einsum attention and the scanned loop for the <= 128-position CPU runs recorded before), GRPO
   "model.attention",
   "model.layer_loop",
   "train.objective",
