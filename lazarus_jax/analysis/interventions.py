@@ -151,6 +151,15 @@ def _summary(correct: np.ndarray) -> dict:
   return accuracy_summary(np.asarray(correct, bool))
 
 
+def bits(values) -> str:
+  """Booleans as a compact "0110..." string (evaluate.bits' format; evaluate.unbits reads it back)."""
+  return "".join("1" if v else "0" for v in np.asarray(values, bool).tolist())
+
+
+def unbits(text: str) -> np.ndarray:
+  return np.frombuffer(text.encode(), np.uint8) == ord("1")
+
+
 def first_answer_tokens(tok, examples, answers: Sequence[int]) -> np.ndarray:
   """The first token of each answer as the joint encoding of prompt + answer splits it."""
   return np.asarray(
@@ -249,6 +258,8 @@ def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequenc
     "n": n,
     "clean": outcome(clean, clean, prep.examples, prep.first_ids, prep.answers),
   }
+  # Per prompt, per row: the answer is still correct under the class ablation and under each control's first draw.
+  per = {"rows": [int(r) for r in rows], "class": []} | {name: [] for name in controls}
   for row in rows:
     h = clean.readout[row].astype(np.float64)
 
@@ -258,14 +269,17 @@ def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequenc
     entry = {"row": int(row), "layer": int(row) - 1 if row > 0 else None}
     run = run_edited(model, tok, prep.prompt_ids, make_edit(n_rows, n, dim, [row], basis=class_basis), max_new_tokens)
     kl_class = kl_divergence(clean.logits, run.logits)
+    per["class"].append(bits(answers_match(run.texts, prep.answers)))
     entry["class"] = {
       **outcome(run, clean, prep.examples, prep.first_ids, prep.answers),
       "norm_fraction_removed": removed(class_basis),
     }
     for name, bases in controls.items():
       draws, kls = [], []
-      for basis in bases:
+      for j, basis in enumerate(bases):
         run = run_edited(model, tok, prep.prompt_ids, make_edit(n_rows, n, dim, [row], basis=basis), max_new_tokens)
+        if j == 0:
+          per[name].append(bits(answers_match(run.texts, prep.answers)))
         draws.append({**outcome(run, clean, prep.examples, prep.first_ids, prep.answers), "norm_fraction_removed": removed(basis)})
         kls.append(kl_divergence(clean.logits, run.logits))
       entry[name] = draws
@@ -273,6 +287,7 @@ def ablation(model, tok, prep: Prepared, class_ids: Sequence[int], rows: Sequenc
       # Paired by prompt: the class directions' KL minus the control's (mean over its draws), with its interval.
       entry[f"kl_class_minus_{name}"] = kl_interval(kl_class - np.mean(kls, axis=0))
     out["rows"].append(entry)
+  out["per_example"] = per
   return out
 
 
@@ -286,6 +301,13 @@ def random_token_ids(vocab_size: int, k: int, exclude: Sequence[int], seed: int,
 
 def _scalar(v):
   return v["accuracy"] if isinstance(v, dict) else v
+
+
+def counterpart_mask(prep: Prepared) -> np.ndarray:
+  """[N] bool: the prompts steering and patching use (their counterpart's answer differs from their own)."""
+  mask = np.zeros((len(prep.examples),), bool)
+  mask[_counterpart(prep)[0]] = True
+  return mask
 
 
 def _counterpart(prep: Prepared):
@@ -337,6 +359,10 @@ def steering(
     "target_prompt_accuracy": _summary(answers_match(target_run.texts, target_answers)),
     "alphas": [],
   }
+  # Per alpha, per prompt of the subset (`counterpart_mask`'s prompts, in order): the answer became the target's.
+  per = {"alphas": [float(a) for a in alphas]} | {
+    k: [] for k in ("class_target_answer", "class_target_output", "class_target_first_token", "random_target_output")
+  }
   for alpha in alphas:
     entry = {"alpha": float(alpha)}
     for name, vec in (("class", steer), ("random", rand)):
@@ -344,10 +370,17 @@ def steering(
       run = run_edited(model, tok, prompts, make_edit(n_rows, len(idx), dim, [row], add=add), max_new_tokens)
       res = outcome(run, clean_sub, examples, first_ids, answers)
       res["target_answer"] = _summary(answers_match(run.texts, target_answers))
-      res["target_first_token"] = _summary(np.argmax(run.logits, axis=-1) == target_first)
-      res["target_output"] = _summary(_same_output(run.texts, target_outputs, clean_sub.texts))
+      first_is_target = np.argmax(run.logits, axis=-1) == target_first
+      res["target_first_token"] = _summary(first_is_target)
+      same = _same_output(run.texts, target_outputs, clean_sub.texts)
+      res["target_output"] = _summary(same)
       entry[name] = res
+      if name == "class":
+        per["class_target_answer"].append(bits(answers_match(run.texts, target_answers)))
+        per["class_target_first_token"].append(bits(first_is_target))
+      per[f"{name}_target_output"].append(bits(same))
     out["alphas"].append(entry)
+  out["per_example"] = per
   return out
 
 
@@ -388,13 +421,21 @@ def patching(model, tok, prep: Prepared, rows: Sequence[int]) -> dict:
     "rows": [],
   }
   patch = np.ones((len(idx),), bool)
+  # Per row, per prompt of the subset (`counterpart_mask`'s prompts, in order): the answer followed the source.
+  per = {"rows": [int(r) for r in rows], "follows_source": [], "follows_source_output": [], "source_output_first_token": []}
   for row in rows:
     edit = make_edit(n_rows, len(idx), dim, [row], replace=source_run.readout[row], patch=patch)
     run = run_edited(model, tok, prompts, edit, max_new_tokens)
     res = outcome(run, clean_sub, examples, first_ids, answers)
-    res["follows_source"] = _summary(answers_match(run.texts, source_answers))
+    follows, follows_output = answers_match(run.texts, source_answers), _same_output(run.texts, source_outputs, clean_sub.texts)
+    res["follows_source"] = _summary(follows)
     res["source_first_token"] = _summary(np.argmax(run.logits, axis=-1) == source_first)
-    res["follows_source_output"] = _summary(_same_output(run.texts, source_outputs, clean_sub.texts))
-    res["source_output_first_token"] = _summary(np.argmax(run.logits, axis=-1) == source_top)
+    res["follows_source_output"] = _summary(follows_output)
+    first_is_source = np.argmax(run.logits, axis=-1) == source_top
+    res["source_output_first_token"] = _summary(first_is_source)
+    per["follows_source"].append(bits(follows))
+    per["follows_source_output"].append(bits(follows_output))
+    per["source_output_first_token"].append(bits(first_is_source))
     out["rows"].append({"row": int(row), "layer": int(row) - 1 if row > 0 else None, **res})
+  out["per_example"] = per
   return out

@@ -37,8 +37,11 @@ import jax
 import numpy as np
 
 from lazarus_jax.analysis import interventions, tuned_lens, vo_analysis
+from lazarus_jax.analysis.stats import hierarchical_bootstrap, paired_difference
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.settings import mechanism_rows
+
+N_RESAMPLES = 4000  # stats' default, for the ablation contrast's bootstrap
 
 
 def subset(examples, cap: int, seed: int) -> list:
@@ -78,6 +81,7 @@ def analyse_model(
   out["patching"] = interventions.patching(model, tok, prep, rows)
   timing[f"{tag}_patching_s"] = time.perf_counter() - t0
   _say(tag, "patching", timing[f"{tag}_patching_s"])
+  out["per_example"] = per_example(prep, out)
 
   if m.tuned_lens:
     t0 = time.perf_counter()
@@ -90,6 +94,86 @@ def analyse_model(
   timing[f"{tag}_attention_s"] = time.perf_counter() - t0
   _say(tag, "attention", timing[f"{tag}_attention_s"])
   return out
+
+
+def per_example(prep, sections: dict) -> dict:
+  """The per-prompt outcomes (what two models on the same prompts are paired by), as "0110..." strings: the clean
+  run's answers and first tokens; per ablation row the class ablation's and each control's first draw; and, over the
+  prompts of `counterpart` (in order), steering per alpha and patching per row. Moves each experiment's
+  `per_example` here, so the experiment sections keep their aggregate shape."""
+  clean = prep.clean
+  return {
+    "key": [f"{e.fmt}|{e.prompt}" for e in prep.examples],  # evaluate.example_key's form
+    "answer_correct": interventions.bits(interventions.answers_match(clean.texts, prep.answers)),
+    "first_token_correct": interventions.bits(np.argmax(clean.logits, axis=-1) == prep.first_ids),
+    "counterpart": interventions.bits(interventions.counterpart_mask(prep)),
+    **{name: sections[name].pop("per_example") for name in ("ablation", "steering", "patching")},
+  }
+
+
+def ablation_contrast(a: dict | None, b: dict | None, names: tuple[str, str] = ("adapted", "base")) -> dict | None:
+  """Model a minus model b, paired prompt by prompt, in the *ablation effect*: per prompt, clean-correct minus
+  correct with the class-word directions projected out (1: the ablation broke a correct answer, -1: it mended a
+  wrong one). A positive difference: the class ablation costs a more correct answers than b, on the same prompts
+  (a's answer uses the class directions more). Per ablation row of both:
+    `difference`: the mean per-prompt difference of effects with a seeded 95% percentile bootstrap over prompts
+      (the values lie in -2..2, so not stats.paired_difference, which takes 0/1 values);
+    `broken`: stats.paired_difference of "clean correct and ablated wrong" (a vs b), with McNemar's exact test;
+    `random_difference`: `difference` for the first Gaussian random draw (is a just more fragile to any ablation?).
+  a and b: per-model mechanism sections (`analyse_model`), e.g. adapted and base of one evaluation, or the same
+  model of two sweep arms of one seed; their prompts must be the same. None when either is missing."""
+  if not a or not b or "per_example" not in a or "per_example" not in b:
+    return None
+  pa, pb = a["per_example"], b["per_example"]
+  if pa["key"] != pb["key"]:
+    raise ValueError("ablation_contrast pairs the same prompts: the two sections' per_example keys differ")
+  ca, cb = (interventions.unbits(p["answer_correct"]).astype(np.int64) for p in (pa, pb))
+
+  def effect_diff(xa, xb) -> dict:
+    # The percentile bootstrap over prompts (the pair kept together). Not bootstrap_mean: where every difference is
+    # 0 it would give a Wilson interval, which is for proportions; here the interval is the bootstrap's, a point.
+    d = ((ca - xa) - (cb - xb)).astype(np.float64)
+    boot = hierarchical_bootstrap([d], N_RESAMPLES, seed=0)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return {
+      "mean_diff": float(d.mean()),
+      "ci_low": float(low),
+      "ci_high": float(high),
+      "se": float(np.std(boot, ddof=1)),
+      "method": "bootstrap" if np.ptp(d) > 0 else "bootstrap (every prompt's difference is the same)",
+      "n": int(d.size),
+    }
+
+  rows = []
+  for ia, row in enumerate(pa["ablation"]["rows"]):
+    if row not in pb["ablation"]["rows"]:
+      continue
+    ib = pb["ablation"]["rows"].index(row)
+    xa = interventions.unbits(pa["ablation"]["class"][ia]).astype(np.int64)
+    xb = interventions.unbits(pb["ablation"]["class"][ib]).astype(np.int64)
+    broken = paired_difference([(ca * (1 - xa), cb * (1 - xb))])
+    broken.pop("n_groups", None)
+    broken["mcnemar"] = broken["mcnemar"][0]
+    entry = {
+      "row": int(row),
+      "layer": int(row) - 1 if row > 0 else None,
+      "a_effect": float(np.mean(ca - xa)),
+      "b_effect": float(np.mean(cb - xb)),
+      "difference": effect_diff(xa, xb),
+      "broken": broken,
+    }
+    if pa["ablation"].get("random") and pb["ablation"].get("random"):
+      ra = interventions.unbits(pa["ablation"]["random"][ia]).astype(np.int64)
+      rb = interventions.unbits(pb["ablation"]["random"][ib]).astype(np.int64)
+      entry["random_difference"] = effect_diff(ra, rb)
+    rows.append(entry)
+  return {
+    "a": names[0],
+    "b": names[1],
+    "n": len(pa["key"]),
+    "effect": "per prompt: clean answer correct (1/0) minus answer correct with the class directions ablated",
+    "rows": rows,
+  }
 
 
 def attention_section(model, tok, examples, prompt_ids) -> dict:

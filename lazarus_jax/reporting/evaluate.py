@@ -535,6 +535,7 @@ def mechanism_section(
     out["position_lens"][tag] = lens_lib.position_lens(model, tok, prompt)
   out.setdefault("base", None)
   out.setdefault("adapted", None)
+  out["ablation_contrast"] = mechanism.ablation_contrast(out["adapted"], out["base"])  # adapted - base, paired
   model.lora = nnx.data(lora)
   out["vo"] = mechanism.vo_summary(model, targets)
   return out

@@ -258,6 +258,42 @@ def _model_rows(mech: dict) -> list[str]:
   return lines
 
 
+def _signed(d: dict) -> str:
+  return f"{100 * d['mean_diff']:+.1f} pp [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+
+
+def _contrast_rows(mech: dict) -> list[str]:
+  """The paired ablation-effect contrast, adapted minus base on the same prompts (mechanism.ablation_contrast)."""
+  con = mech.get("ablation_contrast")
+  if not con or not con["rows"]:
+    return []
+  a, b = con["a"], con["b"]
+  lines = [
+    "",
+    "### Is the classifier used more after training?",
+    "",
+    f"The ablation effect per prompt = clean answer correct minus answer correct with the class-word directions "
+    f"projected out (1: the ablation broke a correct answer). {a} − {b}, paired prompt by prompt on the same "
+    f"{con['n']} prompts (bootstrap over prompts). **A positive value means the class ablation costs the {a} model "
+    f"more correct answers than the {b} model: its answer uses the class-word directions more.** Broken = clean "
+    "correct and ablated wrong, with McNemar's exact test on the prompts broken in one model only; the Gaussian "
+    "random control's effect difference says whether a model is merely more fragile to any ablation.",
+    "",
+    f"| row | {b} effect | {a} effect | {a} − {b} (paired) | broken: {a} − {b}, only {a} / only {b}, McNemar p | "
+    f"random control: {a} − {b} |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in con["rows"]:
+    br = r["broken"]
+    rnd = r.get("random_difference")
+    lines.append(
+      f"| {r['row']} ({_row_name(r['row'])}) | {100 * r['b_effect']:+.1f} pp | {100 * r['a_effect']:+.1f} pp | "
+      f"{_signed(r['difference'])} | {_signed(br)}, {br['mcnemar']['n10']} / {br['mcnemar']['n01']}, "
+      f"p = {br['mcnemar']['p']:.3g} | {'n/a' if not rnd else _signed(rnd)} |"
+    )
+  return lines
+
+
 def render_markdown(results: dict) -> list[str]:
   mech = results.get("mechanism")
   if not mech:
@@ -292,6 +328,7 @@ def render_markdown(results: dict) -> list[str]:
       f"({_row_name(worst['row'])}): answers {_ci(worst['class']['answer_accuracy'])} vs clean "
       f"{_pct(m['ablation']['clean']['answer_accuracy']['accuracy'])}; {used_verdict(worst)}."
     )
+  lines += _contrast_rows(mech)
   lines += [
     "",
     "### Steering at L",
