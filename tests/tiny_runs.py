@@ -53,3 +53,25 @@ def restore_final(workdir):
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   manager.close()
   return step, jax.device_get(restored.state), restored.meta
+
+
+def random_adapter_dir(cfg, path) -> str:
+  """A PEFT adapter of random LoRA weights (rank 4, v and o, every layer) for the tiny model `cfg`, written to
+  `path`: an adapter that visibly changes the model, for tests that load one."""
+  import numpy as np
+
+  from lazarus_jax.models.adapters import export_peft, model_fingerprint
+  from lazarus_jax.models.lora import LoRAConfig
+
+  n, r = cfg.num_layers, 4
+  rng = np.random.default_rng(0)
+  kv, q = cfg.num_kv_heads * cfg.head_dim, cfg.num_heads * cfg.head_dim
+  params = {
+    "v_a": rng.normal(size=(n, cfg.hidden_size, r)),
+    "v_b": rng.normal(size=(n, r, kv)),
+    "o_a": rng.normal(size=(n, q, r)),
+    "o_b": rng.normal(size=(n, r, cfg.hidden_size)),
+  }
+  lcfg = LoRAConfig(rank=r, alpha=8.0, targets=("v", "o"), layer_start=0, layer_end=n)
+  export_peft(params, lcfg, (0, n), str(path), "tiny-random", model_fingerprint(cfg))
+  return str(path)

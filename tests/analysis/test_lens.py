@@ -18,6 +18,7 @@ from lazarus_jax.models.loading import load_pretrained
 from lazarus_jax.models.padding import pad_prompts
 
 import repo
+from tiny_runs import random_adapter_dir
 
 REPO = repo.ROOT
 PROMPTS = ["7 * 8 = ", "23 + 45 = ", "What is 48 divided by 6?", "5 - 3 = "]
@@ -92,28 +93,10 @@ def test_run_lens_schema_and_chunking(tiny):
         assert abs(lr["target_probs"][lab] - lw["target_probs"][lab]) < 1e-6
 
 
-def _adapter_dir(model, path):
-  from lazarus_jax.models.adapters import export_peft, model_fingerprint
-  from lazarus_jax.models.lora import LoRAConfig
-
-  cfg, n, r = model.cfg, model.cfg.num_layers, 4
-  rng = np.random.default_rng(0)
-  kv, q = cfg.num_kv_heads * cfg.head_dim, cfg.num_heads * cfg.head_dim
-  params = {
-    "v_a": rng.normal(size=(n, cfg.hidden_size, r)),
-    "v_b": rng.normal(size=(n, r, kv)),
-    "o_a": rng.normal(size=(n, q, r)),
-    "o_b": rng.normal(size=(n, r, cfg.hidden_size)),
-  }
-  lcfg = LoRAConfig(rank=r, alpha=8.0, targets=("v", "o"), layer_start=0, layer_end=n)
-  export_peft(params, lcfg, (0, n), str(path), "tiny-random", model_fingerprint(cfg))
-  return str(path)
-
-
 def test_an_adapter_changes_the_lens(tiny, tmp_path):
   base, tok = tiny
   adapted = load_pretrained("tiny-random").build()
-  load_adapter(adapted, _adapter_dir(base, tmp_path / "adapter"))
+  load_adapter(adapted, random_adapter_dir(base.cfg, tmp_path / "adapter"))
   (tokens, mask, readout), _ = _batch(tok, PROMPTS)  # same shapes as above: the base call hits the cache
   ids = resolve_targets(tok).token_ids
   a = lens.all_layer_lens(adapted, tokens, mask, readout, ids)["target_probs"]

@@ -23,6 +23,7 @@ from lazarus_jax.models.model import PROJS
 from lazarus_jax.reporting import evaluate
 
 import repo
+from tiny_runs import random_adapter_dir
 
 sys.path.insert(0, repo.ROOT)
 from configs import tiny as tiny_config  # noqa: E402
@@ -177,26 +178,9 @@ def test_per_example_bits_aggregate_and_the_paired_contrast(tiny):
     mechanism.ablation_contrast(adapted, other)
 
 
-def _adapter_dir(cfg, path) -> str:
-  from lazarus_jax.models.adapters import export_peft, model_fingerprint
-
-  n, r = cfg.num_layers, 4
-  rng = np.random.default_rng(0)
-  kv, q = cfg.num_kv_heads * cfg.head_dim, cfg.num_heads * cfg.head_dim
-  params = {
-    "v_a": rng.normal(size=(n, cfg.hidden_size, r)),
-    "v_b": rng.normal(size=(n, r, kv)),
-    "o_a": rng.normal(size=(n, q, r)),
-    "o_b": rng.normal(size=(n, r, cfg.hidden_size)),
-  }
-  lcfg = LoRAConfig(rank=r, alpha=8.0, targets=("v", "o"), layer_start=0, layer_end=n)
-  export_peft(params, lcfg, (0, n), str(path), "tiny-random", model_fingerprint(cfg))
-  return str(path)
-
-
 def test_evaluate_writes_per_example_outcomes_and_the_contrast(tmp_path):
   c = tiny_config.get_config()
-  c.eval.adapter = _adapter_dir(load_pretrained("tiny-random").build().cfg, tmp_path / "adapter")
+  c.eval.adapter = random_adapter_dir(load_pretrained("tiny-random").build().cfg, tmp_path / "adapter")
   c.eval.max_examples_per_op = 3
   c.eval.probes = False
   c.eval.max_new_tokens = 3
