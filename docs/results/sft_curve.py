@@ -16,7 +16,7 @@ import os
 import sys
 
 from lazarus_jax.analysis import stats
-from lazarus_jax.reporting.evaluate import unbits
+from lazarus_jax.analysis.stats import unbits
 
 N_RESAMPLES, SEED = 4000, 0
 

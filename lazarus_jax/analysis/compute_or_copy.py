@@ -98,9 +98,8 @@ def _paired_with_reader(res: dict, fmt: str, reader: dict) -> dict | None:
   pe = res.get("per_example")
   if not pe or not reader.get("correct"):
     return None
-  bits = np.frombuffer(pe["lens_correct"][res["classifier_eval"]["row"]].encode(), np.uint8) == ord("1")
-  lens = bits[np.asarray(pe["format"]) == fmt].astype(np.int8)
-  theirs = (np.frombuffer(reader["correct"].encode(), np.uint8) == ord("1")).astype(np.int8)
+  lens = stats.unbits(pe["lens_correct"][res["classifier_eval"]["row"]])[np.asarray(pe["format"]) == fmt].astype(np.int8)
+  theirs = stats.unbits(reader["correct"]).astype(np.int8)
   if lens.size != theirs.size or not lens.size:
     return None
   d = stats.paired_difference([(lens, theirs)])

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lazarus_jax.analysis.stats import accuracy_summary, bootstrap_mean
+from lazarus_jax.analysis.stats import accuracy_summary, bits, bootstrap_mean
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.data import prompt_formats
 from lazarus_jax.models.generate import greedy_generate, parse_integer
@@ -149,15 +149,6 @@ def answers_match(texts: Sequence[str], values: Sequence[int]) -> np.ndarray:
 
 def _summary(correct: np.ndarray) -> dict:
   return accuracy_summary(np.asarray(correct, bool))
-
-
-def bits(values) -> str:
-  """Booleans as a compact "0110..." string (evaluate.bits' format; evaluate.unbits reads it back)."""
-  return "".join("1" if v else "0" for v in np.asarray(values, bool).tolist())
-
-
-def unbits(text: str) -> np.ndarray:
-  return np.frombuffer(text.encode(), np.uint8) == ord("1")
 
 
 def first_answer_tokens(tok, examples, answers: Sequence[int]) -> np.ndarray:

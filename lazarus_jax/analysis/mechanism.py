@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from lazarus_jax.analysis import interventions, tuned_lens, vo_analysis
-from lazarus_jax.analysis.stats import hierarchical_bootstrap, paired_difference
+from lazarus_jax.analysis.stats import bits, hierarchical_bootstrap, paired_difference, unbits
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.settings import mechanism_rows
 
@@ -103,10 +103,10 @@ def per_example(prep, sections: dict) -> dict:
   `per_example` here, so the experiment sections keep their aggregate shape."""
   clean = prep.clean
   return {
-    "key": [f"{e.fmt}|{e.prompt}" for e in prep.examples],  # evaluate.example_key's form
-    "answer_correct": interventions.bits(interventions.answers_match(clean.texts, prep.answers)),
-    "first_token_correct": interventions.bits(np.argmax(clean.logits, axis=-1) == prep.first_ids),
-    "counterpart": interventions.bits(interventions.counterpart_mask(prep)),
+    "key": [data_lib.example_key(e) for e in prep.examples],
+    "answer_correct": bits(interventions.answers_match(clean.texts, prep.answers)),
+    "first_token_correct": bits(np.argmax(clean.logits, axis=-1) == prep.first_ids),
+    "counterpart": bits(interventions.counterpart_mask(prep)),
     **{name: sections[name].pop("per_example") for name in ("ablation", "steering", "patching")},
   }
 
@@ -127,7 +127,7 @@ def ablation_contrast(a: dict | None, b: dict | None, names: tuple[str, str] = (
   pa, pb = a["per_example"], b["per_example"]
   if pa["key"] != pb["key"]:
     raise ValueError("ablation_contrast pairs the same prompts: the two sections' per_example keys differ")
-  ca, cb = (interventions.unbits(p["answer_correct"]).astype(np.int64) for p in (pa, pb))
+  ca, cb = (unbits(p["answer_correct"]).astype(np.int64) for p in (pa, pb))
 
   def effect_diff(xa, xb) -> dict:
     # The percentile bootstrap over prompts (the pair kept together). Not bootstrap_mean: where every difference is
@@ -149,8 +149,8 @@ def ablation_contrast(a: dict | None, b: dict | None, names: tuple[str, str] = (
     if row not in pb["ablation"]["rows"]:
       continue
     ib = pb["ablation"]["rows"].index(row)
-    xa = interventions.unbits(pa["ablation"]["class"][ia]).astype(np.int64)
-    xb = interventions.unbits(pb["ablation"]["class"][ib]).astype(np.int64)
+    xa = unbits(pa["ablation"]["class"][ia]).astype(np.int64)
+    xb = unbits(pb["ablation"]["class"][ib]).astype(np.int64)
     broken = paired_difference([(ca * (1 - xa), cb * (1 - xb))])
     broken.pop("n_groups", None)
     broken["mcnemar"] = broken["mcnemar"][0]
@@ -163,8 +163,8 @@ def ablation_contrast(a: dict | None, b: dict | None, names: tuple[str, str] = (
       "broken": broken,
     }
     if pa["ablation"].get("random") and pb["ablation"].get("random"):
-      ra = interventions.unbits(pa["ablation"]["random"][ia]).astype(np.int64)
-      rb = interventions.unbits(pb["ablation"]["random"][ib]).astype(np.int64)
+      ra = unbits(pa["ablation"]["random"][ia]).astype(np.int64)
+      rb = unbits(pb["ablation"]["random"][ib]).astype(np.int64)
       entry["random_difference"] = effect_diff(ra, rb)
     rows.append(entry)
   return {

@@ -137,6 +137,16 @@ def accuracy_summary(correct, confidence: float = 0.95) -> dict:
 # ---- paired comparisons and the hierarchical bootstrap (the sweep's seeds x held-out examples) -----------
 
 
+def bits(values) -> str:
+  """Per-example booleans as a compact "0110..." string (results.json's per-example outcomes: small, diffable)."""
+  return "".join("1" if v else "0" for v in np.asarray(values, bool).tolist())
+
+
+def unbits(text: str) -> np.ndarray:
+  """`bits` read back: a bool array."""
+  return np.frombuffer(text.encode(), np.uint8) == ord("1")
+
+
 def mcnemar_exact(n10: int, n01: int) -> float:
   """Two-sided exact McNemar p-value for n10 / n01 discordant pairs: 2 * P(X <= min) under Binomial(n10 + n01, 1/2).
 

@@ -387,6 +387,11 @@ def choose_seq_len(encoded_list: Sequence[Encoded], multiple: int = 16) -> int:
   return -(-longest // multiple) * multiple
 
 
+def example_key(e) -> str:
+  """One held-out example's identity across runs and arms (results' per-example keys): format and prompt."""
+  return f"{e.fmt}|{e.prompt}"
+
+
 def label_index(label: str, label_names: Sequence[str]) -> int:
   try:
     return list(label_names).index(label)

@@ -62,8 +62,9 @@ from flax import nnx
 
 from lazarus_jax import experiment, files, provenance, settings
 from lazarus_jax.analysis.lens import readout_lens
-from lazarus_jax.analysis.stats import accuracy_summary
+from lazarus_jax.analysis.stats import accuracy_summary, bits
 from lazarus_jax.data import arithmetic as data_lib
+from lazarus_jax.data.arithmetic import example_key
 from lazarus_jax.errors import UserError
 from lazarus_jax.models.model import split_packed
 from lazarus_jax.models.padding import pad_prompts
@@ -181,10 +182,10 @@ def _strip(d: dict) -> dict:
 
 
 def evaluate_model(
-  model, tok, examples, targets, layer: int, c: settings.Settings, timing: dict, tag: str, train_examples=None
+  model, tok, examples, targets, layer: int, c: settings.Settings, timing: dict, tag: str, readers: dict | None = None
 ) -> dict:
   """Every metric for one model (base or adapted) on `examples`. See the module docstring for the keys.
-  `train_examples`: the run's training split, for the input-only reader fitted on it (`trained_reader`)."""
+  `readers`: `trained_reader`'s result (input-only, so one per evaluation), filed under each format's probes."""
   labels = list(targets.labels)
   y = np.asarray([data_lib.label_index(lab, labels) for lab in experiment.example_labels(c.classifier, tok, examples)])
   fmts = np.asarray([e.fmt for e in examples])
@@ -246,9 +247,8 @@ def evaluate_model(
         embed=embed,
       )
     del embed
-    if train_examples:
-      for fmt, reader in trained_reader(tok, train_examples, examples, labels, c).items():
-        probes_out["by_format"][fmt]["bag_of_tokens_from_training"] = reader
+    for fmt, reader in (readers or {}).items():
+      probes_out["by_format"][fmt]["bag_of_tokens_from_training"] = reader
     timing[f"{tag}_probes_s"] = time.perf_counter() - t0
   bar.update(1)
   bar.set_postfix_str("counterfactuals")
@@ -337,20 +337,6 @@ def counterfactual_metrics(model, tok, examples, targets, layer: int, c: setting
     ],
     "shuffled_examples": [{"prompt": e.prompt, "label": e.operation, "predicted": labels[p]} for e, p in list(zip(sh, pred_sh))[:4]],
   }
-
-
-def example_key(e) -> str:
-  """One held-out example's identity across arms: format and prompt."""
-  return f"{e.fmt}|{e.prompt}"
-
-
-def bits(values) -> str:
-  """Booleans as a compact "0110..." string (results.json stays small and diffable)."""
-  return "".join("1" if v else "0" for v in np.asarray(values, bool).tolist())
-
-
-def unbits(text: str) -> np.ndarray:
-  return np.frombuffer(text.encode(), np.uint8) == ord("1")
 
 
 # The probes' control task (Hewitt & Liang 2019): one random label per input type, a type being the prompt's
@@ -701,14 +687,19 @@ def _run(config, workdir: str, held: contextlib.ExitStack) -> dict:
   from lazarus_jax.workdir import WorkdirLock
 
   held.enter_context(WorkdirLock(workdir, "evaluate"))  # every check passed: now one writer (train holds it already)
+  readers = None
+  if c.eval.probes:  # input-only: the same for every model evaluated here
+    t0 = time.perf_counter()
+    readers = trained_reader(tok, datasets.train, examples, list(targets.labels), c)
+    timing["trained_reader_s"] = time.perf_counter() - t0
   base = None
   if adapter is None or c.eval.compare_base:
     model.lora = nnx.data(None)  # the same model without its adapter
-    base = evaluate_model(model, tok, examples, targets, layer, c, timing, "base", datasets.train)
+    base = evaluate_model(model, tok, examples, targets, layer, c, timing, "base", readers)
     model.lora = nnx.data(lora)
   adapted = None
   if adapter is not None:
-    adapted = evaluate_model(model, tok, examples, targets, layer, c, timing, "adapted", datasets.train)
+    adapted = evaluate_model(model, tok, examples, targets, layer, c, timing, "adapted", readers)
   main = adapted if adapted is not None else base
   mech = mechanism_section(model, lora, tok, examples, datasets, targets, layer, c, timing, adapter is None)
 

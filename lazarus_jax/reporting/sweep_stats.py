@@ -8,7 +8,6 @@ import numpy as np
 from lazarus_jax.analysis import stats
 from lazarus_jax.errors import UserError
 from lazarus_jax.reporting.arms import Arm, plain_arm, target_suffix
-from lazarus_jax.reporting.evaluate import unbits
 
 METRICS = (
   "lens_accuracy",
@@ -72,7 +71,7 @@ def per_example_vector(results: dict, metric: str, fmt: str, row: int | None = N
   idx = [i for i, f in enumerate(pe["format"]) if f == fmt]
   if not idx:
     raise UserError(f"results.json has no per-example results for format {fmt!r}")
-  vec = unbits(bits)[idx].astype(np.int8)
+  vec = stats.unbits(bits)[idx].astype(np.int8)
   return [pe["key"][i] for i in idx], vec
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lazarus_jax import experiment, settings
-from lazarus_jax.analysis import compute_or_copy, probes
+from lazarus_jax.analysis import compute_or_copy, probes, stats
 from lazarus_jax.configs import tiny as tiny_config
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.data import prompt_formats
@@ -205,8 +205,8 @@ def test_fewshot_evaluation_carries_baselines_counterfactuals_transfer_and_verdi
     row = r["compute_or_copy"]["formats"][fmt]
     assert row["bag_of_tokens_from_training"]["accuracy"] == reader["accuracy"]
     d = row["lens_minus_trained_reader"]  # paired on the same prompts: the lens's and the reader's outcomes
-    lens_bits = evaluate.unbits(r["per_example"]["lens_correct"][r["lens_row"]])[np.asarray(r["per_example"]["format"]) == fmt]
-    reader_bits = evaluate.unbits(reader["correct"])
+    lens_bits = stats.unbits(r["per_example"]["lens_correct"][r["lens_row"]])[np.asarray(r["per_example"]["format"]) == fmt]
+    reader_bits = stats.unbits(reader["correct"])
     assert d["n"] == reader["n"] == len(reader_bits) and reader_bits.mean() == pytest.approx(reader["accuracy"])
     assert d["mean_diff"] == pytest.approx(lens_bits.mean() - reader_bits.mean())
     assert row["beats_trained_reader"] == (d["ci_low"] > 0)

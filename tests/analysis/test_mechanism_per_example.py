@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from lazarus_jax.analysis import interventions as iv
-from lazarus_jax.analysis import mechanism
+from lazarus_jax.analysis import mechanism, stats
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.models.generate import parse_integer
 from lazarus_jax.models.loading import load_pretrained
@@ -76,7 +76,7 @@ def _section(model, tok, examples):
 
 
 def _count(text: str) -> int:
-  return int(evaluate.unbits(text).sum())
+  return int(stats.unbits(text).sum())
 
 
 def _check_bits_aggregate(sec: dict) -> None:
@@ -117,7 +117,7 @@ def _check_bits_aggregate(sec: dict) -> None:
 
 def _check_contrast(con: dict, a: dict, b: dict) -> None:
   """The contrast's numbers against the two sections' aggregates and a direct count of the discordant prompts."""
-  ca, cb = (evaluate.unbits(s["per_example"]["answer_correct"]) for s in (a, b))
+  ca, cb = (stats.unbits(s["per_example"]["answer_correct"]) for s in (a, b))
   assert [r["row"] for r in con["rows"]] == a["per_example"]["ablation"]["rows"]
   for i, r in enumerate(con["rows"]):
     want = []
@@ -127,7 +127,7 @@ def _check_contrast(con: dict, a: dict, b: dict) -> None:
     assert r["a_effect"] == pytest.approx(want[0], abs=1e-12) and r["b_effect"] == pytest.approx(want[1], abs=1e-12)
     d = r["difference"]
     assert d["mean_diff"] == pytest.approx(want[0] - want[1], abs=1e-12) and d["ci_low"] <= d["mean_diff"] <= d["ci_high"]
-    xa, xb = (evaluate.unbits(s["per_example"]["ablation"]["class"][i]) for s in (a, b))
+    xa, xb = (stats.unbits(s["per_example"]["ablation"]["class"][i]) for s in (a, b))
     broken_a, broken_b = ca & ~xa, cb & ~xb
     mc = r["broken"]["mcnemar"]
     assert (mc["n10"], mc["n01"]) == (int(np.sum(broken_a & ~broken_b)), int(np.sum(~broken_a & broken_b)))
@@ -139,7 +139,7 @@ def test_per_example_bits_aggregate_and_the_paired_contrast(tiny):
   base = _section(model, tok, examples)
   _check_bits_aggregate(base)
   pe = base["per_example"]
-  assert pe["key"] == [f"symbolic|{e.prompt}" for e in examples]  # evaluate.example_key's form
+  assert pe["key"] == [f"symbolic|{e.prompt}" for e in examples]  # data_lib.example_key's form
   # Not vacuous: the clean run is half right, and some ablation row moves answers.
   assert pe["answer_correct"] == "10" * (len(examples) // 2)  # as _section set the answers: in prompt order
   assert any(c != pe["answer_correct"] for c in pe["ablation"]["class"])

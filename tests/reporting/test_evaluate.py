@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lazarus_jax import settings
-from lazarus_jax.analysis import lens
+from lazarus_jax.analysis import lens, stats
 from lazarus_jax.analysis.stats import wilson_interval
 from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.data.targets import resolve_targets
@@ -233,8 +233,8 @@ def test_end_to_end_results_schema_report_and_figures(trained):
     assert len(pe["key"]) == 24 and len(pe["answer_correct"]) == 24 and len(pe["first_token_correct"]) == 24
     assert len(pe["lens_correct"]) == 5 and all(len(b) == 24 for b in pe["lens_correct"])
     # The per-example bits are the numbers the summaries were computed from.
-    assert evaluate.unbits(pe["answer_correct"]).sum() == ans["n_correct"]
-    assert evaluate.unbits(pe["lens_correct"][3]).sum() == cls["n_correct"]
+    assert stats.unbits(pe["answer_correct"]).sum() == ans["n_correct"]
+    assert stats.unbits(pe["lens_correct"][3]).sum() == cls["n_correct"]
   prov = r["provenance"]
   assert prov["seed"] == 0 and prov["config"]["classifier"]["layer"] == 2 and prov["git"]["commit"]
   assert prov["versions"]["jax"] and prov["devices"]["platform"]

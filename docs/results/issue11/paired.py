@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from lazarus_jax.analysis import stats
-from lazarus_jax.reporting.evaluate import unbits
+from lazarus_jax.analysis.stats import unbits
 
 
 def outcomes(path: str, which: str, metric: str, fmt: str) -> dict:

@@ -16,6 +16,7 @@ import sys
 
 from lazarus_jax import experiment, settings
 from lazarus_jax.analysis import compute_or_copy
+from lazarus_jax.data import arithmetic as data_lib
 from lazarus_jax.models.gguf_loader import embedded_gguf_path, load_gguf
 from lazarus_jax.reporting import evaluate
 from lazarus_jax.training.export import recorded_config
@@ -33,7 +34,7 @@ def main(run_dirs: list[str]) -> None:
     if data.split["heldout_sha256"] != res["split"]["heldout_sha256"]:
       raise SystemExit(f"{run}: the rebuilt held-out split differs from the recorded one")
     examples = evaluate.select_examples(data.eval, data.seed_prompts, s.eval.max_examples_per_op, s.seed)
-    if [evaluate.example_key(e) for e in examples] != res["per_example"]["key"]:
+    if [data_lib.example_key(e) for e in examples] != res["per_example"]["key"]:
       raise SystemExit(f"{run}: the rebuilt held-out examples differ from the recorded ones")
     labels = [t["label"] for t in res["class_targets"]["targets"]]
     reader = evaluate.trained_reader(tok, data.train, examples, labels, s)
