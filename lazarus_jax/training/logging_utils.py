@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sys
+import time
 
 from lazarus_jax import files
 from lazarus_jax.config import flat_config
@@ -31,6 +32,7 @@ class MetricsWriter:
       self.history = [r for r in read_metrics(self.path) if r["step"] <= truncate_after]
     self._rewrite()  # replaced whole: a kill here must not lose the history
     self._tb = tb_writer(workdir)
+    self._events = self._tb.file_writer.event_writer
     if hparams:
       write_hparams(self._tb, hparams, HPARAM_METRICS)
 
@@ -49,19 +51,15 @@ class MetricsWriter:
     for k, v in row.items():
       if k != "step":
         self._tb.add_scalar(f"train/{k}", v, row["step"])
+    self._events.flush_if_due()
 
   def close(self) -> None:
     if self._tb is None:
       return
     try:
-      self._tb.flush()
       self._tb.close()
     except OSError:
-      # The events copy metrics.jsonl: on a failing disk drop them, and keep tensorboardX's exit hook from
-      # retrying the flush (a traceback after the run's own error line).
-      for fw in (getattr(self._tb, "all_writers", None) or {}).values():
-        if getattr(fw, "event_writer", None) is not None:
-          fw.event_writer._closed = True
+      self._events.drop()  # the events copy metrics.jsonl: on a failing disk they go (the run reports the failure)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -88,7 +86,58 @@ def tb_writer(workdir: str, suffix: str = ""):
   tb_dir = files.join(workdir, "tb")
   if files.is_remote(workdir):
     _register_remote_events(tb_dir)
-  return summary_writer_class()(tb_dir, filename_suffix=suffix)
+  writer = summary_writer_class()(tb_dir, filename_suffix=suffix)
+  writer.file_writer.event_writer = SyncEventFileWriter(writer.file_writer.event_writer)
+  return writer
+
+
+class SyncEventFileWriter:
+  """tensorboardX's event file, written in the caller's thread instead of tensorboardX's background one.
+
+  That thread dies on a failed write (a full disk) and leaves its bounded queue unread, so the next `add_scalar`,
+  and the exit hook's `close`, block forever: a run on a failing disk hung instead of reporting. Here the failed
+  write raises OSError in the run, which reports it like any other (one line, exit 2). Flushed every
+  FLUSH_SECONDS (a live TensorBoard sees the run) and at close; metrics.jsonl stays the record.
+  """
+
+  FLUSH_SECONDS = 30.0
+
+  def __init__(self, threaded):
+    # Take over its file (the header is written) and end its thread: nothing is queued yet, so it ends at once.
+    self._events, self._logdir = threaded._ev_writer, threaded.get_logdir()
+    threaded._worker.stop()
+    threaded._event_queue.close()
+    threaded._event_queue.join_thread()
+    threaded._closed = True
+    self._closed, self._last_flush = False, time.monotonic()
+
+  def get_logdir(self) -> str:
+    return self._logdir
+
+  def add_event(self, event) -> None:
+    if not self._closed:
+      self._events.write_event(event)
+
+  def flush(self) -> None:
+    if not self._closed:
+      self._events.flush()
+      self._last_flush = time.monotonic()
+
+  def flush_if_due(self) -> None:
+    if time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
+      self.flush()
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True  # first: a failing close is not retried by tensorboardX's exit hook
+      self._events.close()
+
+  def drop(self) -> None:
+    """Closed without writing what is left (a failed disk): tensorboardX's exit hook then does nothing."""
+    self._closed = True
+
+  def reopen(self) -> None:
+    raise NotImplementedError("a closed run's event file is not reopened: open a new writer (tb_writer)")
 
 
 # The config values a run's HParams row shows: what tells runs apart, scalars and strings only.
