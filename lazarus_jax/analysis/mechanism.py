@@ -111,12 +111,61 @@ def per_example(prep, sections: dict) -> dict:
   }
 
 
-def ablation_contrast(a: dict | None, b: dict | None, names: tuple[str, str] = ("adapted", "base")) -> dict | None:
+def effect_summary(groups, confidence: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
+  """The mean of per-prompt effect differences (values in -2..2) with a seeded percentile bootstrap: over seeds,
+  then prompts within each drawn seed (stats.hierarchical_bootstrap; one group = prompts only, the pair kept
+  together). Not stats.bootstrap_mean: where every difference is 0 it would give a Wilson interval, which is for
+  proportions; here the interval is the bootstrap's, a point. {mean_diff, ci_low, ci_high, se, method, n_groups, n}."""
+  arrays = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
+  boot = hierarchical_bootstrap(arrays, n_resamples, seed=seed)
+  tail = round((1.0 - confidence) / 2.0, 12)  # 0.95 -> exactly 0.025
+  low, high = np.quantile(boot, [tail, 1.0 - tail])
+  pooled = np.concatenate(arrays)
+  return {
+    "mean_diff": float(np.mean([a.mean() for a in arrays])),
+    "ci_low": float(low),
+    "ci_high": float(high),
+    "se": float(np.std(boot, ddof=1)),
+    "method": "bootstrap" if np.ptp(pooled) > 0 else "bootstrap (every prompt's difference is the same)",
+    "n_groups": len(arrays),
+    "n": int(pooled.size),
+  }
+
+
+def ablation_effects(a: dict, b: dict) -> list[dict]:
+  """The per-prompt vectors ablation_contrast summarises, per ablation row of both sections (in a's order), for
+  pooling over several pairs (a sweep's seeds): `a_effect` / `b_effect` (clean correct minus class-ablated correct,
+  -1..1), `class` (a_effect - b_effect), `random` (the same for the first Gaussian draw; None without one) and
+  `broken` ((a, b) 0/1 vectors of "clean correct and class-ablated wrong"). Refuses sections on other prompts."""
+  pa, pb = a["per_example"], b["per_example"]
+  if pa["key"] != pb["key"]:
+    raise ValueError("ablation_contrast pairs the same prompts: the two sections' per_example keys differ")
+  ca, cb = (unbits(p["answer_correct"]).astype(np.int64) for p in (pa, pb))
+  out = []
+  for ia, row in enumerate(pa["ablation"]["rows"]):
+    if row not in pb["ablation"]["rows"]:
+      continue
+    ib = pb["ablation"]["rows"].index(row)
+    xa = unbits(pa["ablation"]["class"][ia]).astype(np.int64)
+    xb = unbits(pb["ablation"]["class"][ib]).astype(np.int64)
+    entry = {"row": int(row), "a_effect": ca - xa, "b_effect": cb - xb, "class": (ca - xa) - (cb - xb), "random": None}
+    entry["broken"] = (ca * (1 - xa), cb * (1 - xb))
+    if pa["ablation"].get("random") and pb["ablation"].get("random"):
+      ra = unbits(pa["ablation"]["random"][ia]).astype(np.int64)
+      rb = unbits(pb["ablation"]["random"][ib]).astype(np.int64)
+      entry["random"] = (ca - ra) - (cb - rb)
+    out.append(entry)
+  return out
+
+
+def ablation_contrast(
+  a: dict | None, b: dict | None, names: tuple[str, str] = ("adapted", "base"), confidence: float = 0.95
+) -> dict | None:
   """Model a minus model b, paired prompt by prompt, in the *ablation effect*: per prompt, clean-correct minus
   correct with the class-word directions projected out (1: the ablation broke a correct answer, -1: it mended a
   wrong one). A positive difference: the class ablation costs a more correct answers than b, on the same prompts
   (a's answer uses the class directions more). Per ablation row of both:
-    `difference`: the mean per-prompt difference of effects with a seeded 95% percentile bootstrap over prompts
+    `difference`: the mean per-prompt difference of effects with a seeded percentile bootstrap over prompts
       (the values lie in -2..2, so not stats.paired_difference, which takes 0/1 values);
     `broken`: stats.paired_difference of "clean correct and ablated wrong" (a vs b), with McNemar's exact test;
     `random_difference`: `difference` for the first Gaussian random draw (is a just more fragile to any ablation?).
@@ -124,53 +173,32 @@ def ablation_contrast(a: dict | None, b: dict | None, names: tuple[str, str] = (
   model of two sweep arms of one seed; their prompts must be the same. None when either is missing."""
   if not a or not b or "per_example" not in a or "per_example" not in b:
     return None
-  pa, pb = a["per_example"], b["per_example"]
-  if pa["key"] != pb["key"]:
-    raise ValueError("ablation_contrast pairs the same prompts: the two sections' per_example keys differ")
-  ca, cb = (unbits(p["answer_correct"]).astype(np.int64) for p in (pa, pb))
 
-  def effect_diff(xa, xb) -> dict:
-    # The percentile bootstrap over prompts (the pair kept together). Not bootstrap_mean: where every difference is
-    # 0 it would give a Wilson interval, which is for proportions; here the interval is the bootstrap's, a point.
-    d = ((ca - xa) - (cb - xb)).astype(np.float64)
-    boot = hierarchical_bootstrap([d], N_RESAMPLES, seed=0)
-    low, high = np.quantile(boot, [0.025, 0.975])
-    return {
-      "mean_diff": float(d.mean()),
-      "ci_low": float(low),
-      "ci_high": float(high),
-      "se": float(np.std(boot, ddof=1)),
-      "method": "bootstrap" if np.ptp(d) > 0 else "bootstrap (every prompt's difference is the same)",
-      "n": int(d.size),
-    }
+  def effect_diff(d) -> dict:
+    out = effect_summary([d], confidence)
+    out.pop("n_groups")
+    return out
 
   rows = []
-  for ia, row in enumerate(pa["ablation"]["rows"]):
-    if row not in pb["ablation"]["rows"]:
-      continue
-    ib = pb["ablation"]["rows"].index(row)
-    xa = unbits(pa["ablation"]["class"][ia]).astype(np.int64)
-    xb = unbits(pb["ablation"]["class"][ib]).astype(np.int64)
-    broken = paired_difference([(ca * (1 - xa), cb * (1 - xb))])
+  for e in ablation_effects(a, b):
+    broken = paired_difference([e["broken"]], confidence)
     broken.pop("n_groups", None)
     broken["mcnemar"] = broken["mcnemar"][0]
     entry = {
-      "row": int(row),
-      "layer": int(row) - 1 if row > 0 else None,
-      "a_effect": float(np.mean(ca - xa)),
-      "b_effect": float(np.mean(cb - xb)),
-      "difference": effect_diff(xa, xb),
+      "row": e["row"],
+      "layer": e["row"] - 1 if e["row"] > 0 else None,
+      "a_effect": float(np.mean(e["a_effect"])),
+      "b_effect": float(np.mean(e["b_effect"])),
+      "difference": effect_diff(e["class"]),
       "broken": broken,
     }
-    if pa["ablation"].get("random") and pb["ablation"].get("random"):
-      ra = unbits(pa["ablation"]["random"][ia]).astype(np.int64)
-      rb = unbits(pb["ablation"]["random"][ib]).astype(np.int64)
-      entry["random_difference"] = effect_diff(ra, rb)
+    if e["random"] is not None:
+      entry["random_difference"] = effect_diff(e["random"])
     rows.append(entry)
   return {
     "a": names[0],
     "b": names[1],
-    "n": len(pa["key"]),
+    "n": len(a["per_example"]["key"]),
     "effect": "per prompt: clean answer correct (1/0) minus answer correct with the class directions ablated",
     "rows": rows,
   }

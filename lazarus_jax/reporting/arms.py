@@ -9,8 +9,8 @@ NAMED_WEIGHTS = {0.0: "sft", 0.7: "dual", 1.0: "classifier"}
 
 # Keys that never change an arm's results, left out of its hash. Each is one that train also accepts on resume
 # (train.RESUMABLE_KEYS), so a partly trained arm continues under a changed value instead of being refused.
-# eval.mechanism: adds a results.json section that no sweep table reads; listed so that arms recorded before the
-# section existed keep their hashes.
+# eval.mechanism: adds a results.json section (read only by sweep.md's mechanism contrast, which lists the seeds that
+# lack it); listed so that arms recorded before the section existed keep their hashes.
 NON_RESULT_KEYS = ("resume", "overwrite", "distributed", "train.log_every", "train.table_steps", "eval.batch_size", "eval.mechanism")
 
 

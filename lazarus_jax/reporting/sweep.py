@@ -40,7 +40,9 @@ Outputs in `<workdir>/`:
   sweep_contrasts.csv paired differences of each weighted arm minus SFT-only (answer, first token, lens accuracy):
                      interval, se, smallest effect detectable at 80% power, McNemar per seed, verdict
   sweep.md           the pre-stated contrast, the method, the tables, the figures and the answers
-  sweep_lens.png, sweep_answer.png; sweep_results.json (all of the above as JSON)
+  sweep_lens.png, sweep_answer.png; sweep_results.json (all of the above as JSON, and `mechanism`: when the arms
+                     were evaluated with eval.mechanism, each arm's class-ablation effect minus sft's and base's on
+                     the same prompts, per seed and pooled over seeds; sweep.md's "Is the classifier used more ...")
 Metrics (held-out set of the arm's format, at the depth's layer L): lens_accuracy, lens_survives_to (the last
 block >= L up to which the lens accuracy's interval stays above the majority-class rate on every row from L), vocab_top1_accuracy,
 mean_correct_prob, probe_accuracy, probe_selectivity (row L+1 of the probes), answer_accuracy, first_token_accuracy.
@@ -69,6 +71,8 @@ from lazarus_jax.reporting.sweep_stats import (
   POWER,
   arm_rows,
   contrasts,
+  mechanism_contrasts,
+  mechanism_runs,
   public,
   summarize,
   summarize_transfer,
@@ -324,7 +328,7 @@ def _run(c, s: settings.Settings, g: dict, arms: list, workdir: str) -> dict:
   bar.close()
   elapsed = time.perf_counter() - t0
 
-  rows, t_rows, n_layers, configs = [], [], None, []
+  rows, t_rows, m_runs, n_layers, configs = [], [], [], None, []
   for arm in arms:
     configs.append(stored_config(dirs[arm.name], arm_config(c, arm, workdir)))
     res = files.read_json(results_path(dirs[arm.name]), "arm results", f"delete {dirs[arm.name]} to run that arm again")
@@ -334,9 +338,13 @@ def _run(c, s: settings.Settings, g: dict, arms: list, workdir: str) -> dict:
       r["arm_dir"] = _relative(dirs[arm.name], workdir)
     rows += arm_result
     t_rows += transfer_rows(arm, res, g["layer_fractions"])
+    m_runs += mechanism_runs(arm, res, g["layer_fractions"])
   summary = summarize(rows, s.sweep.confidence)
   transfer = summarize_transfer(t_rows, s.sweep.confidence)
   diffs = contrasts(rows, s.sweep.confidence)
+  # None: no arm has a mechanism section and none was asked for; [] (sweep.md says so): asked for, but reused arms
+  # evaluated before it was on keep their results (eval.mechanism is not part of an arm's hash).
+  mech = mechanism_contrasts(m_runs, s.sweep.confidence) if m_runs else ([] if s.eval.mechanism.enabled else None)
   meta = {**describe_arms(configs), "n_layers": n_layers, "design_pairs": planned_pairs(s, g)}
   write_csv(files.join(workdir, "sweep_runs.csv"), rows)
   write_csv(files.join(workdir, "sweep_summary.csv"), summary)
@@ -347,7 +355,7 @@ def _run(c, s: settings.Settings, g: dict, arms: list, workdir: str) -> dict:
 
   report.plot_sweep(summary, files.join(workdir, "sweep_lens.png"), "lens_accuracy", "lens accuracy at L")
   report.plot_sweep(summary, files.join(workdir, "sweep_answer.png"), "answer_accuracy", "answer accuracy")
-  files.write_text(files.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, s.sweep.confidence, transfer))
+  files.write_text(files.join(workdir, "sweep.md"), render_markdown(summary, diffs, g, meta, rows, s.sweep.confidence, transfer, mech))
   out = {
     "grid": g,
     "meta": meta,
@@ -361,6 +369,7 @@ def _run(c, s: settings.Settings, g: dict, arms: list, workdir: str) -> dict:
     "contrasts": diffs,
     "transfer_runs": [public(r) for r in t_rows],
     "transfer": transfer,
+    "mechanism": mech,
     "statistics": {"n_resamples": N_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED, "power": POWER, "confidence": s.sweep.confidence},
     "provenance": provenance.collect(s.record),
   }

@@ -79,6 +79,7 @@ def render_markdown(
   rows: list[dict] | None = None,
   confidence: float = 0.95,
   transfer: list[dict] | None = None,
+  mechanism: list[dict] | None = None,
 ) -> str:
   by = {(r["arm"], r["format"], r["layer_fraction"], r["metric"]): r for r in summary}
   pct = f"{100 * confidence:g}%"
@@ -183,6 +184,7 @@ def render_markdown(
     lines.append("")
   lines += ["![lens accuracy by depth](sweep_lens.png)", "", "![answer accuracy by depth](sweep_answer.png)", ""]
   lines += transfer_markdown(transfer or [], pct)
+  lines += mechanism_markdown(mechanism, pct)
   lines += ["## Answers", ""] + answers(summary, diffs, g, rows or [], confidence) + [""]
   return "\n".join(lines)
 
@@ -233,6 +235,64 @@ def transfer_markdown(transfer: list[dict], pct: str) -> list[str]:
       f"{_fmt_ci(r['lens_accuracy'])} | {base[0]} | {base[1]} | {base[2]} | {_fmt_boot(r['flip_rate'])} | "
       f"{_fmt_boot(r['shuffled_accuracy'])} | {', '.join(r['verdicts']) or '—'} |"
     )
+  return lines + [""]
+
+
+def _pp(d: dict | None) -> str:
+  return "n/a" if not d else f"{100 * d['mean_diff']:+.1f} pp [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+
+
+def mechanism_markdown(mech: list[dict] | None, pct: str) -> list[str]:
+  """Is the classifier used more after dual-reward training than after SFT (and than before training)? The
+  class-ablation effect at L, arm minus sft / base, paired by prompt within each seed (sweep_stats.mechanism_cell).
+  Empty when no arm was evaluated with eval.mechanism (mech None)."""
+  if mech is None:
+    return []
+  lines = [
+    "## Is the classifier used more after dual-reward training than after SFT?",
+    "",
+    "Ablation effect per prompt = clean answer correct minus answer correct with the class-word directions projected "
+    "out at row L+1 (1: the ablation broke a correct answer); a − b is paired prompt by prompt within each seed (the "
+    f"two arms of a seed answer the same held-out prompts), pooled over seeds then prompts [{pct} hierarchical "
+    "bootstrap]. **Positive = the class ablation costs a's answers more than b's on the same prompts (a's answer uses "
+    "the class directions more); read it against the random-direction control, the same difference for a Gaussian "
+    "direction ablation, which should be near 0.** Every edited row: sweep_results.json `mechanism`.",
+    "",
+  ]
+  if not mech:
+    return lines + [
+      "No pair of arms to compare: the arms (or the sft and base arms) have no mechanism section. eval.mechanism is not "
+      "part of an arm's hash, so arms evaluated before it was enabled are reused without one.",
+      "",
+    ]
+  lines += [
+    "| contrast | format | fraction | row (L) | b effect | a effect | class ablation: a − b | random direction: a − b | "
+    "broken only in a : only in b, McNemar p | verdict | seeds | prompts |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  words = {"higher": "a uses it more", "lower": "b uses it more", "cannot tell": "**cannot tell**"}
+  for m in mech:
+    head = f"| {m['contrast']} | {m['format']} | {m['layer_fraction']:g} | {m['row']} (L={m['layer']}) |"
+    r = m["at_L"]
+    if r is None:
+      why = "no seed paired" if not m["seeds"] else f"row {m['row']} not edited in both arms (eval.mechanism.rows)"
+      lines.append(f"{head} {why} | | | | | | {len(m['seeds'])} | {m['n_prompts']} |")
+    else:
+      tests = "; ".join(f"s{s} {t['n10']}:{t['n01']} p={t['p']:.2g}" for s, t in zip(r["broken"]["seeds"], r["broken"]["mcnemar"]))
+      lines.append(
+        f"{head} {100 * r['b_effect']:+.1f} pp | {100 * r['a_effect']:+.1f} pp | {_pp(r['difference'])} | "
+        f"{_pp(r['random_difference'])} | {tests} | {words[r['verdict']]} | {len(m['seeds'])} | {m['n_prompts']} |"
+      )
+    for ps in m["per_seed"]:
+      at = next((x for x in ps["rows"] if x["row"] == m["row"]), None)
+      if at is not None:
+        lines.append(
+          f"| ↳ seed {ps['seed']} | | | | {100 * at['b_effect']:+.1f} pp | {100 * at['a_effect']:+.1f} pp | "
+          f"{_pp(at['difference'])} | {_pp(at.get('random_difference'))} | "
+          f"{at['broken']['mcnemar']['n10']}:{at['broken']['mcnemar']['n01']} p={at['broken']['mcnemar']['p']:.2g} | | 1 | {ps['n']} |"
+        )
+    for u in m["unpaired"]:
+      lines.append(f"| ↳ seed {u['seed']} | not paired: {u['reason']} | | | | | | | | | | |")
   return lines + [""]
 
 

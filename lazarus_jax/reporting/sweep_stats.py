@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lazarus_jax.analysis import stats
+from lazarus_jax.analysis import mechanism, stats
 from lazarus_jax.errors import UserError
 from lazarus_jax.reporting.arms import Arm, plain_arm, target_suffix
 
@@ -399,6 +399,105 @@ def contrasts(rows: list[dict], confidence: float = 0.95, baseline: str = "sft")
         }
       )
   return sorted(out, key=_order)
+
+
+# ---- is the classifier used? (the arms' results.json `mechanism` sections, eval.mechanism.enabled) ----------
+
+MECHANISM_BASELINES = ("sft", "base")  # each other arm's ablation effect minus these arms', on the same prompts
+
+
+def mechanism_runs(arm: Arm, results: dict, fractions: list[float]) -> list[dict]:
+  """One entry per depth this arm reports (as arm_rows) holding its model's mechanism section: the adapted model's,
+  or the base model's for the base arm (an arm evaluates that one model alone). [] without eval.mechanism."""
+  section = (results.get("mechanism") or {}).get("base" if arm.weight is None else "adapted")
+  if not section or "per_example" not in section:
+    return []
+  n_layers = results["model"]["n_layers"]
+  return [
+    {
+      "arm": arm.arm,
+      "weight": arm.weight,
+      "format": arm.fmt,
+      "layer_fraction": f,
+      "layer": int(n_layers * f),
+      "seed": arm.seed,
+      "run": arm.name,
+      "_section": section,
+    }
+    for f in ([arm.layer_fraction] if arm.layer_fraction is not None else fractions)
+  ]
+
+
+def mechanism_contrasts(runs: list[dict], confidence: float = 0.95, baselines=MECHANISM_BASELINES) -> list[dict]:
+  """Per (arm, format, depth) and baseline arm of the same target set (sft, base): the class-ablation effect of the
+  arm minus the baseline's, paired prompt by prompt within each seed (mechanism.ablation_contrast per seed) and
+  pooled over seeds then prompts at every row both arms edited (mechanism_cell)."""
+  cells = _cells(runs)
+  out = []
+  for (arm, weight, fmt, frac, layer), rs in cells.items():
+    if plain_arm(arm) in baselines:
+      continue
+    for baseline in baselines:
+      ref = baseline + target_suffix(arm)
+      other = next((v for k, v in cells.items() if k[0] == ref and k[2] == fmt and k[3] == frac), None)
+      if other is not None:
+        out.append({"weight": weight, **mechanism_cell(rs, other, arm, ref, fmt, frac, layer, confidence)})
+  rank = {b: i for i, b in enumerate(baselines)}
+  return sorted(out, key=lambda r: (rank.get(plain_arm(r["b"]), len(rank)), _order(r)))
+
+
+def mechanism_cell(rows_a, rows_b, a: str, b: str, fmt: str, frac: float, layer: int, confidence: float) -> dict:
+  """a minus b (mechanism_contrasts). A seed is paired only when both arms have its section on the same prompts
+  (same per_example keys, in order); any other seed is listed in `unpaired` with the reason, never fatal."""
+  sa, sb = ({r["seed"]: r["_section"] for r in rs} for rs in (rows_a, rows_b))
+  paired, unpaired, per_seed = {}, [], []
+  for seed in sorted(set(sa) | set(sb)):
+    if seed not in sa or seed not in sb:
+      unpaired.append({"seed": seed, "reason": f"no mechanism section in {b if seed in sa else a}"})
+      continue
+    ka, kb = sa[seed]["per_example"]["key"], sb[seed]["per_example"]["key"]
+    if ka != kb:
+      unpaired.append(
+        {"seed": seed, "reason": f"the arms' mechanism prompts differ ({len(ka)} and {len(kb)}, {len(set(ka) & set(kb))} shared)"}
+      )
+      continue
+    paired[seed] = mechanism.ablation_effects(sa[seed], sb[seed])
+    per_seed.append({"seed": seed, **mechanism.ablation_contrast(sa[seed], sb[seed], (a, b), confidence)})
+  seeds = sorted(paired)
+  common = sorted(set.intersection(*({e["row"] for e in paired[s]} for s in seeds))) if seeds else []
+  rows = []
+  for row in common:
+    es = [next(e for e in paired[s] if e["row"] == row) for s in seeds]
+    broken = stats.paired_difference([e["broken"] for e in es], confidence, N_RESAMPLES, BOOTSTRAP_SEED)
+    entry = {
+      "row": row,
+      "layer": row - 1 if row > 0 else None,
+      "a_effect": float(np.mean([e["a_effect"].mean() for e in es])),
+      "b_effect": float(np.mean([e["b_effect"].mean() for e in es])),
+      "difference": mechanism.effect_summary([e["class"] for e in es], confidence, N_RESAMPLES, BOOTSTRAP_SEED),
+      "random_difference": None,
+      "broken": {**broken, "seeds": seeds},
+    }
+    if all(e["random"] is not None for e in es):
+      entry["random_difference"] = mechanism.effect_summary([e["random"] for e in es], confidence, N_RESAMPLES, BOOTSTRAP_SEED)
+    entry["verdict"] = direction(entry["difference"])
+    rows.append(entry)
+  return {
+    "contrast": f"{a} - {b}",
+    "a": a,
+    "b": b,
+    "arm": a,
+    "format": fmt,
+    "layer_fraction": frac,
+    "layer": layer,
+    "row": layer + 1,
+    "seeds": seeds,
+    "unpaired": unpaired,
+    "n_prompts": sum(len(sa[s]["per_example"]["key"]) for s in seeds),
+    "at_L": next((r for r in rows if r["row"] == layer + 1), None),
+    "rows": rows,
+    "per_seed": per_seed,
+  }
 
 
 def _order(r):
