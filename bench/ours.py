@@ -23,6 +23,7 @@ def build(
   activation_dtype: str = "float32",
   layer_start: int = 0,
   attention: str = "",
+  layer_loop: str = "",
 ):
   """Returns (compiled step, args tuple, compile seconds, model config)."""
   import jax
@@ -40,6 +41,8 @@ def build(
   c.lora.layer_start = layer_start  # adapters on [layer_start, n): the backward stops there
   if attention:
     c.model.attention = attention  # model.attention (lazarus_jax/models/kernels.py); default: the config's
+  if layer_loop:
+    c.model.layer_loop = layer_loop  # scan | unroll
   s = settings.parse(c)
   pretrained = experiment.load_model(s.model)
   model = pretrained.build()
