@@ -95,22 +95,6 @@ def matmul_shapes(hlo_text: str) -> list[tuple[int, int, int]]:
   return sorted(shapes, key=lambda s: -s[0] * s[1] * s[2])
 
 
-def shape_peak(m: int, k: int, n: int, reps: int = 20) -> float:
-  import jax
-  import jax.numpy as jnp
-
-  a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  jax.block_until_ready(f(a, b))
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a, b))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * m * k * n / best
-
-
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--dtype", default="float32")
@@ -122,7 +106,7 @@ def main():
 
   import jax
   import ours
-  from peak import matmul_peak
+  from peak import matmul_peak, matmul_rate
 
   print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {common.machine()}  load {common.load_avg()}")
   with tempfile.TemporaryDirectory() as tmp:
@@ -162,7 +146,7 @@ def main():
   flops = common.model_flops_per_step(cfg, batch_np, lora_rank=32)
   peak = matmul_peak("float32")
   shapes = matmul_shapes(hlo)[:5]
-  shaped = [(s, shape_peak(*s)) for s in shapes]
+  shaped = [(s, matmul_rate(*s, reps=20)) for s in shapes]
   total = sum(by_class.values())
   print(f"step {untraced * 1e3:.1f} ms untraced, {traced * 1e3:.1f} ms traced; compile {compile_s:.1f} s")
   print(f"model FLOPs/step {flops / 1e9:.1f} G -> {flops / untraced / 1e9:.1f} GFLOP/s = {flops / untraced / peak:.0%} of the")
