@@ -57,13 +57,18 @@ def tiny():
   return model, tok, examples
 
 
-def _section(model, tok, examples):
+def _section(model, tok, examples, integers_only: bool = True):
   """One model's mechanism outcomes, with the "correct" answer set to the model's own clean answer on every other
-  prompt (and one more on the rest), so the clean run is half right and the edits move answers both ways."""
+  prompt (and one more on the rest), so the clean run is half right and the edits move answers both ways.
+  integers_only: every clean answer must parse as an integer (asserted); otherwise a prompt whose clean answer is
+  not an integer keeps its true answer, which a non-integer output cannot match (wrong, as evaluate scores it)."""
   prep = iv.prepare(model, tok, examples, MAX_NEW)
-  own = np.asarray([parse_integer(t) for t in prep.clean.texts])
-  assert all(v is not None for v in own), prep.clean.texts
-  answers = np.where(np.arange(len(own)) % 2 == 0, own, own + 1).astype(int)
+  parsed = [parse_integer(t) for t in prep.clean.texts]
+  if integers_only:
+    assert all(v is not None for v in parsed), prep.clean.texts
+  own = np.asarray([int(e.answer) if v is None else v for v, e in zip(parsed, examples)])
+  answers = np.where(np.arange(len(own)) % 2 == 0, own, own + 1)
+  answers = np.where([v is None for v in parsed], own, answers).astype(int)
   prep = dataclasses.replace(prep, answers=answers, first_ids=iv.first_answer_tokens(tok, examples, answers))
   out = {
     "rows": [0, 2, 4],
