@@ -158,8 +158,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.sweep.confidence = 0.95
   # GRPO arms (train.objective=grpo), each warm-started from the same (format, seed) SFT arm (so sweep.weights
   # must hold 0): "grpo" (w = 0) and "grpo+lens" (w = grpo_lens_weight, at every layer fraction). Empty: none.
-  # sft+more: the equal-budget control, the SFT arm trained grpo_steps more supervised steps at grpo_lr.
-  c.sweep.grpo_arms = ""  # e.g. grpo,grpo+lens,sft+more
+  # Their equal-budget controls, the SFT arm trained grpo_steps more supervised steps at grpo_lr: sft+more (w = 0)
+  # for grpo, sft+lens (the dual-reward loss at w = grpo_lens_weight, every layer fraction) for grpo+lens.
+  c.sweep.grpo_arms = ""  # e.g. grpo,grpo+lens,sft+more,sft+lens
   c.sweep.grpo_steps = 100  # generation rounds of each GRPO arm, after the SFT arm's train.steps
   c.sweep.grpo_lens_weight = 0.7
   c.sweep.grpo_lr = 1e-4  # train.lr of the GRPO arms (RL steps are noisier than SFT's)

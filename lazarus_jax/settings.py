@@ -32,8 +32,9 @@ from lazarus_jax.models.model import PROJS
 DTYPES = ("float32", "bfloat16", "float16", dtypes.AUTO)
 OBJECTIVES = ("dual_reward", "grpo")
 # Sweep arms warm-started from the SFT arm's adapter for sweep.grpo_steps more steps: grpo and grpo+lens
-# (train.objective=grpo) and sft+more, the equal-budget control (the same steps, prompts and lr, supervised).
-GRPO_ARMS = ("grpo", "grpo+lens", "sft+more")
+# (train.objective=grpo) and their equal-budget controls (the same steps, prompts and lr, supervised): sft+more
+# (w = 0) for grpo, sft+lens (the dual-reward loss at w = grpo_lens_weight) for grpo+lens.
+GRPO_ARMS = ("grpo", "grpo+lens", "sft+more", "sft+lens")
 RL_ARMS = ("grpo", "grpo+lens")
 
 

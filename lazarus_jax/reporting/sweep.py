@@ -109,6 +109,8 @@ def plan(c) -> list[Arm]:
           arms += [Arm(grpo_label("grpo+lens", ts), g["grpo_lens_weight"], fmt, f, seed, ts) for f in g["layer_fractions"]]
         if "sft+more" in g["grpo_arms"]:
           arms.append(Arm(grpo_label("sft+more", ts), 0.0, fmt, None, seed, ts))
+        if "sft+lens" in g["grpo_arms"]:
+          arms += [Arm(grpo_label("sft+lens", ts), g["grpo_lens_weight"], fmt, f, seed, ts) for f in g["layer_fractions"]]
   return arms
 
 
@@ -117,8 +119,9 @@ def arm_config(c, arm: Arm, workdir: str | None = None) -> ml_collections.Config
 
   A GRPO arm also sets train.objective=grpo, train.steps=sweep.grpo_steps, train.lr=sweep.grpo_lr and
   train.init_adapter = the adapter of the same (format, seed) SFT arm under `workdir` (its hash names that arm's
-  directory: a changed SFT arm makes new GRPO arms). The sft+more arm is the same warm start, steps and lr with
-  the supervised objective: GRPO's equal-budget control (the same optimizer steps, on the same prompts)."""
+  directory: a changed SFT arm makes new GRPO arms). The sft+more and sft+lens arms are the same warm start, steps
+  and lr with the supervised objective (w = 0 and w = grpo_lens_weight): grpo's and grpo+lens's equal-budget
+  controls (the same optimizer steps, on the same prompts)."""
   d = c.to_dict()
   ac = ml_collections.ConfigDict(d)
   ac.sweep = default_config().sweep  # the grid is not part of an arm, so a grown sweep still resumes
@@ -240,6 +243,11 @@ def planned_pairs(s: settings.Settings, g: dict) -> dict:
   return out
 
 
+def _control_desc(flats: list[dict]) -> dict | None:
+  keys = ("train.steps", "train.lr", "classifier.weight")
+  return {k: _shared_in(flats, lambda fl, k=k: fl[k]) for k in keys} if flats else None
+
+
 def describe_arms(configs: list[dict]) -> dict:
   """The header's facts, read from the reported arms' own config.json (a value that differs is listed as such)."""
   flats = [flat_config(cfg) for cfg in configs]
@@ -247,7 +255,7 @@ def describe_arms(configs: list[dict]) -> dict:
   def shared(get):
     return _shared_in(flats, get)
 
-  # The base arm's train.steps mean nothing; GRPO arms (and sft+more, warm-started too) on their own line.
+  # The base arm's train.steps mean nothing; GRPO arms (and their controls, warm-started too) on their own lines.
   is_grpo = lambda fl: fl.get("train.objective", "dual_reward") == "grpo"  # noqa: E731
   trained = [fl for fl in flats if fl["eval.adapter"] != "none" and not is_grpo(fl) and not fl.get("train.init_adapter")]
   more = [fl for fl in flats if not is_grpo(fl) and fl.get("train.init_adapter")]
@@ -276,7 +284,8 @@ def describe_arms(configs: list[dict]) -> dict:
     "model": shared(lambda fl: fl["model.path"] or fl["model.source"]),
     "steps": _shared_in(trained, lambda fl: fl["train.steps"]) if trained else "no",
     "grpo": grpo_desc,
-    "sft_more": {k: _shared_in(more, lambda fl, k=k: fl[k]) for k in ("train.steps", "train.lr")} if more else None,
+    "sft_more": _control_desc([fl for fl in more if not fl["classifier.weight"]]),
+    "sft_lens": _control_desc([fl for fl in more if fl["classifier.weight"]]),
     "lora_rank": shared(lambda fl: fl["lora.rank"]),
     "lora_alpha": shared(lambda fl: fl["lora.alpha"]),
     "lora_targets": shared(lambda fl: fl["lora.targets"]),

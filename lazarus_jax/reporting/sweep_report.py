@@ -95,7 +95,8 @@ def render_markdown(
     f"training, sft = 0, dual = 0.7, classifier = 1). Seeds {g['seeds']} (split, init, batch order). "
     "base and sft do not depend on depth: one run each, read at every depth's layer.",
     *grpo_header(meta.get("grpo")),
-    *sft_more_header(meta.get("sft_more")),
+    *control_header("sft+more", meta.get("sft_more")),
+    *control_header("sft+lens", meta.get("sft_lens")),
     "- Each arm is `arms/<name>-<hash>`, the hash of its whole resolved config except "
     f"{', '.join(NON_RESULT_KEYS)}: a changed config trains new arms; old results are never reported under it.",
     "- Metrics at layer L = int(n_layers × fraction): lens = lens accuracy (argmax over class tokens), survives "
@@ -415,7 +416,8 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
   parts = []
   for fmt in g["formats"]:
     for f in g["layer_fractions"]:
-      for rl, sup in (("grpo", "sft+more"), ("grpo", "sft"), ("grpo+lens", "dual"), ("grpo+lens", "grpo")):
+      pairs = (("grpo", "sft+more"), ("grpo", "sft"), ("grpo+lens", "sft+lens"), ("grpo+lens", "dual"), ("grpo+lens", "grpo"))
+      for rl, sup in pairs:
         a_rows, b_rows = rows_of(rl, fmt, f), rows_of(sup, fmt, f)
         if not (a_rows and b_rows):
           continue
@@ -431,7 +433,9 @@ def answers(summary: list[dict], diffs: list[dict], g: dict, rows: list[dict], c
   if parts:
     out.append(
       "**Does GRPO produce better classifiers?** (paired on the same prompts; the GRPO arms trained longer than "
-      "sft and dual, see the header; grpo vs sft+more is the equal-budget contrast) " + "; ".join(parts) + "."
+      "sft and dual, see the header; grpo vs sft+more and grpo+lens vs sft+lens are the equal-budget contrasts) "
+      + "; ".join(parts)
+      + "."
     )
   return [f"{i}. {text}" for i, text in enumerate(out, 1)]
 
@@ -444,13 +448,15 @@ def _shared_in(flats: list[dict], get):
   return vals[0] if len(vals) == 1 else "mixed: " + ", ".join(map(str, vals))
 
 
-def sft_more_header(desc: dict | None) -> list[str]:
-  """The equal-budget control's line (sweep.grpo_arms=...,sft+more)."""
+def control_header(name: str, desc: dict | None) -> list[str]:
+  """An equal-budget control's line (sweep.grpo_arms=...,sft+more / sft+lens)."""
   if not desc:
     return []
+  loss = "supervised steps" if name == "sft+more" else f"dual-reward steps (w {desc['classifier.weight']})"
+  rl = "GRPO's" if name == "sft+more" else "GRPO+lens's"
   return [
-    f"- sft+more: the same seed's SFT adapter trained {desc['train.steps']} more supervised steps (lr "
-    f"{desc['train.lr']}) on the batches the GRPO rounds draw: GRPO's equal-budget control (the same optimizer "
+    f"- {name}: the same seed's SFT adapter trained {desc['train.steps']} more {loss} (lr "
+    f"{desc['train.lr']}) on the batches the GRPO rounds draw: {rl} equal-budget control (the same optimizer "
     "steps and prompts; GRPO also samples G completions per prompt)."
   ]
 

@@ -501,7 +501,8 @@ def mechanism_cell(rows_a, rows_b, a: str, b: str, fmt: str, frac: float, layer:
 
 
 def _order(r):
-  arm_rank = {"base": 0, "sft": 1, "dual": 2, "classifier": 3, "grpo": 5, "grpo+lens": 6, "sft+more": 7}.get(plain_arm(r["arm"]), 4)
+  ranks = {"base": 0, "sft": 1, "dual": 2, "classifier": 3, "grpo": 5, "grpo+lens": 6, "sft+more": 7, "sft+lens": 8}
+  arm_rank = ranks.get(plain_arm(r["arm"]), 4)
   return (
     r["format"],
     target_suffix(r["arm"]),

@@ -512,7 +512,7 @@ def with_defaults(stored: dict, defaults: dict) -> dict:
 
 def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
   c = _micro_config(weights="0,0.7", seeds="0,1")
-  c.sweep.grpo_arms, c.sweep.grpo_steps, c.sweep.grpo_lr = "grpo,grpo+lens,sft+more", 3, 1e-3
+  c.sweep.grpo_arms, c.sweep.grpo_steps, c.sweep.grpo_lr = "grpo,grpo+lens,sft+more,sft+lens", 3, 1e-3
   arms = sweep.plan(c)
   assert [a.name for a in arms if a.seed == 0] == [
     "sft-symbolic-s0",
@@ -520,6 +520,7 @@ def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
     "grpo-symbolic-s0",
     "grpo+lens-symbolic-f0.5-s0",
     "sft+more-symbolic-s0",
+    "sft+lens-symbolic-f0.5-s0",
   ]
   from lazarus_jax.config import flat_config
 
@@ -540,6 +541,10 @@ def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
   assert {k for k in fg if fg[k] != more[k]} == {"train.objective"}
   lens = flat_config(sweep.arm_config(c, sweep.Arm("grpo+lens", 0.7, "symbolic", 0.5, 1), "/w"))
   assert lens["classifier.weight"] == 0.7 and lens["train.objective"] == "grpo"
+  # grpo+lens's control: its warm start, steps, lr, batches, weight and layer, with the dual-reward objective.
+  sft_lens = flat_config(sweep.arm_config(c, sweep.Arm("sft+lens", 0.7, "symbolic", 0.5, 1), "/w"))
+  assert {k for k in lens if lens[k] != sft_lens[k]} == {"train.objective"}
+  assert sft_lens["train.objective"] == "dual_reward"
   # The hash holds the SFT arm's directory name, not where the sweep lives.
   assert sweep.config_hash(sweep.arm_config(c, grpo, "/w")) == sweep.config_hash(sweep.arm_config(c, grpo, "/x/y"))
   c.sweep.weights = "0.7"
@@ -549,9 +554,12 @@ def test_grpo_arms_warm_start_from_the_same_seeds_sft_arm():
 
 def test_micro_sweep_with_a_grpo_arm(tmp_path):
   c = _micro_config(weights="0", seeds="0")
-  c.sweep.grpo_arms, c.sweep.grpo_steps, c.grpo.group_size, c.grpo.max_new_tokens = "grpo,sft+more", 2, 2, 2
+  c.sweep.grpo_arms, c.sweep.grpo_steps, c.grpo.group_size, c.grpo.max_new_tokens = "grpo,sft+more,sft+lens", 2, 2, 2
   out = sweep.run(c, str(tmp_path))
-  assert out["ran"] == ["sft-symbolic-s0", "grpo-symbolic-s0", "sft+more-symbolic-s0"]
+  assert out["ran"] == ["sft-symbolic-s0", "grpo-symbolic-s0", "sft+more-symbolic-s0", "sft+lens-symbolic-f0.5-s0"]
+  with open(tmp_path / out["arm_dirs"]["sft+lens-symbolic-f0.5-s0"] / "config.json") as f:
+    lens_cfg = json.load(f)
+  assert lens_cfg["train"]["objective"] == "dual_reward" and lens_cfg["classifier"]["weight"] == 0.7
   with open(tmp_path / out["arm_dirs"]["sft+more-symbolic-s0"] / "train_summary.json") as f:
     more = json.load(f)
   assert more["objective"] == "dual_reward" and more["init_adapter"]["final_step"] == 2  # from the SFT arm's step 2
@@ -562,5 +570,6 @@ def test_micro_sweep_with_a_grpo_arm(tmp_path):
   assert "GRPO arms (train.objective=grpo)" in md and "| grpo | 0 | 0.5 | 2 |" in md
   assert "**Does GRPO produce better classifiers?**" in md and "vs sft+more" in md
   assert "- sft+more: the same seed's SFT adapter trained 2 more supervised steps" in md
+  assert "- sft+lens: the same seed's SFT adapter trained 2 more dual-reward steps (w 0.7)" in md
   with open(tmp_path / "sweep_contrasts.csv") as f:
-    assert {r["contrast"] for r in csv.DictReader(f)} == {"grpo - sft", "sft+more - sft"}
+    assert {r["contrast"] for r in csv.DictReader(f)} == {"grpo - sft", "sft+more - sft", "sft+lens - sft"}
