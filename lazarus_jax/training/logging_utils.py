@@ -106,8 +106,9 @@ class SyncEventFileWriter:
     # Take over its file (the header is written) and end its thread: nothing is queued yet, so it ends at once.
     self._events, self._logdir = threaded._ev_writer, threaded.get_logdir()
     threaded._worker.stop()
-    threaded._event_queue.close()
-    threaded._event_queue.join_thread()
+    queue = threaded._event_queue  # 2.6.5: a multiprocessing.Queue, whose feeder thread must end too
+    for end in ("close", "join_thread"):
+      getattr(queue, end, lambda: None)()
     threaded._closed = True
     self._closed, self._last_flush = False, time.monotonic()
 
