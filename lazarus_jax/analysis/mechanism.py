@@ -204,6 +204,91 @@ def ablation_contrast(
   }
 
 
+def _paired(x: np.ndarray, y: np.ndarray, confidence: float) -> dict:
+  """stats.paired_difference of one pair of 0/1 vectors (one group): McNemar's counts as a dict, not a list."""
+  out = paired_difference([(x, y)], confidence)
+  out.pop("n_groups", None)
+  out["mcnemar"] = out["mcnemar"][0]
+  return out
+
+
+def counterpart_pairs(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
+  """Positions, in a's and in b's counterpart-ordered strings (steering, patching), of the prompts in both
+  sections' `counterpart` subsets, in prompt order. Refuses sections on other prompts. Within one evaluation the
+  two subsets are the same (they depend on the true answers only); elsewhere they may differ, so pair the overlap."""
+  pa, pb = a["per_example"], b["per_example"]
+  if pa["key"] != pb["key"]:
+    raise ValueError("intervention_contrast pairs the same prompts: the two sections' per_example keys differ")
+  ma, mb = unbits(pa["counterpart"]), unbits(pb["counterpart"])
+  both = ma & mb
+  return (np.cumsum(ma) - 1)[both], (np.cumsum(mb) - 1)[both]
+
+
+def intervention_contrast(
+  a: dict | None, b: dict | None, names: tuple[str, str] = ("adapted", "base"), confidence: float = 0.95
+) -> dict | None:
+  """Model a minus model b, paired prompt by prompt, in steering and patching (ablation_contrast's twin), over the
+  counterpart prompts both sections steered and patched (`counterpart_pairs`). Each figure is
+  stats.paired_difference of two 0/1 vectors (a minus b, McNemar's exact test on the discordant prompts):
+    steering, per alpha both ran: `target_answer` (the answer became the target operation's true answer),
+    `target_output` (it became the model's own answer to the target's prompt, and left its unedited one) and
+    `random_target_output` (the same for the random direction: is a merely easier to move?);
+    patching, per row both patched: `follows_source` (the answer became the source prompt's true answer) and
+    `follows_source_output` (the model's own answer to the source prompt).
+  Positive: the edit moves a's answer more often than b's. Steering adds each model's own class-direction
+  difference at its own row L+1: for adapted - base of one evaluation both share L (and the unembedding the
+  directions come from), so the same edit is applied; two models at different L steer different rows, so steering
+  is skipped then (`skipped.steering`). None when either section is missing; skipped (null, with the reason) when
+  no counterpart prompt is shared."""
+  if not a or not b or "per_example" not in a or "per_example" not in b:
+    return None
+  ia, ib = counterpart_pairs(a, b)
+  pa, pb = a["per_example"], b["per_example"]
+  out = {
+    "a": names[0],
+    "b": names[1],
+    "n": len(ia),
+    "n_counterpart": [int(unbits(pa["counterpart"]).sum()), int(unbits(pb["counterpart"]).sum())],
+    "steering": None,
+    "patching": None,
+    "skipped": {},
+  }
+  if not len(ia):
+    out["skipped"] = {k: "no counterpart prompt is in both sections" for k in ("steering", "patching")}
+    return out
+
+  def vectors(sa: list, sb: list, i: int, j: int):
+    return unbits(sa[i]).astype(np.int64)[ia], unbits(sb[j]).astype(np.int64)[ib]
+
+  def figures(keys, sa: dict, sb: dict, i: int, j: int) -> dict:
+    entry = {}
+    for k_out, k in keys:
+      x, y = vectors(sa[k], sb[k], i, j)
+      entry[k_out] = {"a_rate": float(x.mean()), "b_rate": float(y.mean()), **_paired(x, y, confidence)}
+    return entry
+
+  row_a, row_b = a["steering"]["row"], b["steering"]["row"]
+  if row_a != row_b:
+    out["skipped"]["steering"] = f"the two models steer different rows ({row_a} and {row_b})"
+  else:
+    keys = (("target_answer", "class_target_answer"), ("target_output", "class_target_output"))
+    keys += (("random_target_output", "random_target_output"),)
+    sa, sb = pa["steering"], pb["steering"]
+    alphas = [(i, al, sb["alphas"].index(al)) for i, al in enumerate(sa["alphas"]) if al in sb["alphas"]]
+    out["steering"] = {
+      "row": int(row_a),
+      "layer": int(row_a) - 1 if row_a > 0 else None,
+      "alphas": [{"alpha": float(al), **figures(keys, sa, sb, i, j)} for i, al, j in alphas],
+    }
+  keys = (("follows_source", "follows_source"), ("follows_source_output", "follows_source_output"))
+  sa, sb = pa["patching"], pb["patching"]
+  rows = [(i, r, sb["rows"].index(r)) for i, r in enumerate(sa["rows"]) if r in sb["rows"]]
+  out["patching"] = {
+    "rows": [{"row": int(r), "layer": int(r) - 1 if r > 0 else None, **figures(keys, sa, sb, i, j)} for i, r, j in rows]
+  }
+  return out
+
+
 def attention_section(model, tok, examples, prompt_ids) -> dict:
   """The readout's attention mass per token role (vo_analysis.role_masses), over all prompts and per format; a
   format's `roles` are the ones its prompts have (word: no operator token, so no `operator` role)."""

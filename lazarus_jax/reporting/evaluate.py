@@ -522,6 +522,7 @@ def mechanism_section(
   out.setdefault("base", None)
   out.setdefault("adapted", None)
   out["ablation_contrast"] = mechanism.ablation_contrast(out["adapted"], out["base"])  # adapted - base, paired
+  out["intervention_contrast"] = mechanism.intervention_contrast(out["adapted"], out["base"])  # steering, patching
   model.lora = nnx.data(lora)
   out["vo"] = mechanism.vo_summary(model, targets)
   return out

@@ -294,6 +294,46 @@ def _contrast_rows(mech: dict) -> list[str]:
   return lines
 
 
+def _intervention_contrast_rows(mech: dict, heading: bool) -> list[str]:
+  """The paired steering and patching contrasts, adapted minus base on the same prompts (mechanism.intervention_contrast);
+  heading: start the section (when the ablation contrast did not)."""
+  con = mech.get("intervention_contrast")
+  if not con:
+    return []
+  a, b = con["a"], con["b"]
+  lines = ["", "### Is the classifier used more after training?"] if heading else []
+  lines += [
+    "",
+    f"Steering and patching, {a} − {b}, paired prompt by prompt on the {con['n']} counterpart prompts both steered and "
+    f"patched (stats.paired_difference; McNemar's exact test on the prompts moved in one model only). **A positive "
+    f"value means the edit moves the {a} model's answer more often than the {b} model's.** Own = the model's own answer "
+    "to the target's (source's) prompt; true = that prompt's true answer.",
+  ]
+  for name, reason in con.get("skipped", {}).items():
+    lines += ["", f"{name.capitalize()}: not compared ({reason})."]
+
+  def cell(d: dict) -> str:
+    mc = d["mcnemar"]
+    return f"{100 * d['b_rate']:.1f}% → {100 * d['a_rate']:.1f}%: {_signed(d)}, {mc['n10']} / {mc['n01']}, p = {mc['p']:.3g}"
+
+  cols = f"{b} → {a}: {a} − {b}, only {a} / only {b}, McNemar p"
+  st = con.get("steering")
+  if st and st["alphas"]:
+    lines += [
+      "",
+      f"| steering at row {st['row']}, alpha | becomes the target (own; {cols}) | target's true answer | random direction (own) |",
+      "|---|---|---|---|",
+    ]
+    for r in st["alphas"]:
+      lines.append(f"| {r['alpha']:g} | {cell(r['target_output'])} | {cell(r['target_answer'])} | {cell(r['random_target_output'])} |")
+  pa = con.get("patching")
+  if pa and pa["rows"]:
+    lines += ["", f"| patching row | follows the source (own; {cols}) | source's true answer |", "|---|---|---|"]
+    for r in pa["rows"]:
+      lines.append(f"| {r['row']} ({_row_name(r['row'])}) | {cell(r['follows_source_output'])} | {cell(r['follows_source'])} |")
+  return lines
+
+
 def render_markdown(results: dict) -> list[str]:
   mech = results.get("mechanism")
   if not mech:
@@ -328,7 +368,8 @@ def render_markdown(results: dict) -> list[str]:
       f"({_row_name(worst['row'])}): answers {_ci(worst['class']['answer_accuracy'])} vs clean "
       f"{_pct(m['ablation']['clean']['answer_accuracy']['accuracy'])}; {used_verdict(worst)}."
     )
-  lines += _contrast_rows(mech)
+  ablation = _contrast_rows(mech)
+  lines += ablation + _intervention_contrast_rows(mech, heading=not ablation)
   lines += [
     "",
     "### Steering at L",
