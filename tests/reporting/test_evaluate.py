@@ -341,8 +341,19 @@ def test_mechanism_section_results_report_and_figures(trained, tmp_path):
       ("operand_a", "operator", "operand_b", "readout_token", "other")
     )
     assert len(mech["position_lens"][name]["rows"]) == 5
+  # Steering and patching paired adapted - base on the same prompts: each side's rate is its own section's figure.
+  ic = mech["intervention_contrast"]
+  assert (ic["a"], ic["b"]) == ("adapted", "base") and [r["alpha"] for r in ic["steering"]["alphas"]] == [0, 2]
+  assert [r["row"] for r in ic["patching"]["rows"]] == [0, 3, 4]
+  for r, ra, rb in zip(ic["patching"]["rows"], mech["adapted"]["patching"]["rows"], mech["base"]["patching"]["rows"]):
+    d = r["follows_source"]
+    assert d["a_rate"] == pytest.approx(ra["follows_source"]["accuracy"])
+    assert d["b_rate"] == pytest.approx(rb["follows_source"]["accuracy"])
+    assert d["mean_diff"] == pytest.approx(d["a_rate"] - d["b_rate"])
+    assert d["mcnemar"]["n10"] - d["mcnemar"]["n01"] == round(d["mean_diff"] * d["n"])
   text = open(tmp_path / "eval" / "report.md").read()
   assert "## Mechanism: is the classifier used?" in text and "### What V/O learned" in text
+  assert "| patching row | follows the source" in text and "| steering at row 3, alpha |" in text
   for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png", "mechanism_position_lens.png"):
     assert (tmp_path / "eval" / name).stat().st_size > 0, name
   # A bad mechanism value is refused before any work, in one line.
