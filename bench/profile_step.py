@@ -114,22 +114,16 @@ def main():
     compiled, args, compile_s, cfg = ours.build(
       a.dtype, batch_np, param_dtype=a.dtype, activation_dtype="float32", layer_loop=a.layer_loop
     )
-    state, rest = args[0], args[1:]
-    for _ in range(2):
-      state, _m = compiled(state, *rest)
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-      state, _m = compiled(state, *rest)
-    jax.block_until_ready(state)
-    untraced = (time.perf_counter() - t0) / a.steps
+    state, rest = [args[0]], args[1:]
+
+    def one():
+      state[0], _ = compiled(state[0], *rest)
+      jax.block_until_ready(state[0])
+
+    untraced = sum(common.time_calls(one, a.steps)) / a.steps  # the mean step, after 2 warm-up steps
     trace_dir = os.path.join(tmp, "trace")
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      t0 = time.perf_counter()
-      for _ in range(a.steps):
-        state, _m = compiled(state, *rest)
-      jax.block_until_ready(state)
-      traced = (time.perf_counter() - t0) / a.steps
+      traced = sum(common.time_calls(one, a.steps, warmup=0)) / a.steps
     events = trace_events(trace_dir)
   hlo = compiled.as_text()
   classes = hlo_classes(hlo)
