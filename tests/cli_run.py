@@ -206,9 +206,11 @@ def run(
   **env_extra,
 ) -> subprocess.CompletedProcess:
   """Runs `python -m module args...` (via a fork server) to the end; `hide`: modules it must fail to import."""
-  out_dir = out_dir or tempfile.mkdtemp(prefix="lazarus_cli_")
-  with server() as srv:
-    return srv.start(module, args, out_dir, devices, umask=umask, hide=hide, **env_extra).result(timeout)
+  if out_dir is not None:
+    with server() as srv:
+      return srv.start(module, args, out_dir, devices, umask=umask, hide=hide, **env_extra).result(timeout)
+  with tempfile.TemporaryDirectory(prefix="lazarus_cli_") as tmp, server() as srv:  # read into the result: not kept
+    return srv.start(module, args, tmp, devices, umask=umask, hide=hide, **env_extra).result(timeout)
 
 
 @contextlib.contextmanager
