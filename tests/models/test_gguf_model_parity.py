@@ -1,4 +1,5 @@
-"""The converted SmolLM2 GGUF against transformers' own GGUF loader (torch, float32)."""
+"""The converted SmolLM2 GGUF against transformers' own GGUF loader (torch, float32): weights, logits and lens
+in one test, so the slow reference load (transformers dequantises the file in Python) happens once."""
 
 import os
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from lazarus_jax.models.gguf_loader import embedded_gguf_path
+from lazarus_jax.models import gguf_loader
 from lazarus_jax.models.loading import load_pretrained
 from lazarus_jax.models.model import residual_stream
 
@@ -15,11 +16,21 @@ PROMPTS = ["7 * 8 = ", "What is 48 divided by 6?", "23 + 45 = ", "The capital of
 
 
 @pytest.mark.embedded
-def test_smollm2_logits_and_lens_match_transformers():
-  path = embedded_gguf_path()
+def test_smollm2_weights_logits_and_lens_match_transformers():
+  path = gguf_loader.embedded_gguf_path()
   hf = transformers.AutoModelForCausalLM.from_pretrained(
     os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
   ).eval()
+  # The dequantised tensors, in HF's layout, before any conversion of ours.
+  state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+  ours = gguf_loader.load_gguf(path).tensors
+  # transformers lists the tied lm_head as its own entry; ours leaves it out when tied.
+  assert set(ours) == set(state) - {"lm_head.weight"}
+  for name, tensor in ours.items():
+    assert tensor.shape == state[name].shape, name
+    np.testing.assert_allclose(tensor, state[name], rtol=0, atol=1e-6, err_msg=name)
+  del state, ours
+
   pre = load_pretrained("smollm2-135m")
   model = pre.build()
   for prompt in PROMPTS:
