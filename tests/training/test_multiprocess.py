@@ -1,20 +1,25 @@
-"""Issue 16 §8: a coordinated stop across processes. Two local processes x 2 CPU devices (gloo collectives) train
-one run with `--config.distributed=True`; a SIGTERM to ONE of them stops both at the same step (JAX's preemption
-sync point), both save that step and exit with the preemption status, and the resumed run ends bit-identical to an
-uninterrupted two-process run. A SIGKILL of one process ends the other within a bounded time (JAX's heartbeat)
-with one `error:` line (cli/supervise.py), and the resume from the last complete checkpoint is exact.
+"""Two local processes x 2 CPU devices (gloo collectives) train one run with `--config.distributed=True` like one
+process with 4 devices (losses, adapter and checkpoints). Issue 16 §8, a coordinated stop: a SIGTERM to ONE of
+them stops both at the same step (JAX's preemption sync point), both save that step and exit with the preemption
+status, and the resumed run ends bit-identical to an uninterrupted two-process run. A SIGKILL of one process ends
+the other within a bounded time (JAX's heartbeat) with one `error:` line (cli/supervise.py), and the resume from
+the last complete checkpoint is exact.
 
-The slowest test file of the reliability suite (each two-process start compiles or loads the step twice).
+The slowest test file of the reliability suite (each two-process start compiles or loads the step twice), so
+one test holds every check that needs the uninterrupted two-process run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import socket
 import time
+
+import numpy as np
 
 import cli_run
 
@@ -76,11 +81,26 @@ def _reference(tmp_path) -> str:
   return workdir
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resumes_are_exact(tmp_path):
+def _losses(workdir: str) -> np.ndarray:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return np.array([[r["loss"], r["classifier_loss"], r["answer_loss"]] for r in map(json.loads, f)])
+
+
+def test_two_processes_match_one_and_sigterm_to_one_process_stops_both_at_one_step_and_the_resumes_are_exact(tmp_path):
   """One run, interrupted twice: a SIGTERM to one process (both stop at one step, save it, exit 143), then a SIGKILL
   of one process in the resumed run (the other stops within the heartbeat bound, in one line), then a resume to the end: the
   adapter is the uninterrupted two-process run's, bit for bit."""
   ref = _reference(tmp_path)
+  one = str(tmp_path / "one")  # the same run in one process with 4 devices: the same mesh, no collectives across processes
+  r = cli_run.run("lazarus_jax.train", cli_run.train_args(one, *OVERRIDES[1:]), devices=4)
+  assert r.returncode == 0, r.stderr[-3000:]
+  np.testing.assert_allclose(_losses(ref), _losses(one), atol=1e-5, rtol=0)
+  a, b = cli_run.adapter_tensors(ref), cli_run.adapter_tensors(one)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0, err_msg=k)
+  assert _complete_steps(ref) == _complete_steps(one)  # both processes took part in every checkpoint
+
   workdir = str(tmp_path / "run")
   with _job(workdir, str(tmp_path / "first")) as (p0, p1):
     _wait_for_metrics(workdir, (p0, p1))
