@@ -1,10 +1,11 @@
 """The mechanism's per-prompt outcomes (mechanism.per_example) and the paired ablation-effect contrast they allow
 (mechanism.ablation_contrast), on the tiny model (real code path): the bits aggregate exactly to the reported
-accuracies, a model against itself differs by exactly 0, and an evaluate run writes both into results.json and
-report.md."""
+accuracies, a model against itself differs by exactly 0, and an evaluate run with the mechanism on writes its
+whole section (both into results.json and report.md, the figures, the intervention contrast)."""
 
 import dataclasses
 import json
+import os
 import sys
 
 import jax
@@ -16,6 +17,7 @@ from flax import nnx
 from lazarus_jax.analysis import interventions as iv
 from lazarus_jax.analysis import mechanism, stats
 from lazarus_jax.data import arithmetic as data_lib
+from lazarus_jax.errors import UserError
 from lazarus_jax.models.generate import parse_integer
 from lazarus_jax.models.loading import load_pretrained
 from lazarus_jax.models.lora import LoRAConfig, add_lora
@@ -183,7 +185,9 @@ def test_per_example_bits_aggregate_and_the_paired_contrast(tiny):
     mechanism.ablation_contrast(adapted, other)
 
 
-def test_evaluate_writes_per_example_outcomes_and_the_contrast(tmp_path):
+def test_evaluate_writes_the_mechanism_section_per_example_outcomes_and_contrasts(tmp_path):
+  """One evaluate run with the mechanism on (base and adapted): the section's structure, the per-prompt bits, the
+  paired ablation and intervention contrasts, report.md's tables and the figures; a bad value is refused first."""
   c = tiny_config.get_config()
   c.eval.adapter = random_adapter_dir(load_pretrained("tiny-random").build().cfg, tmp_path / "adapter")
   c.eval.max_examples_per_op = 3
@@ -191,21 +195,50 @@ def test_evaluate_writes_per_example_outcomes_and_the_contrast(tmp_path):
   c.eval.max_new_tokens = 3
   m = c.eval.mechanism
   m.enabled, m.rows, m.n_random, m.steer_alphas, m.max_examples_per_op = True, "0,3,4", 1, "0,2", 3
-  m.tuned_lens = False
+  m.tuned_lens_train, m.tuned_lens_steps = 16, 5
   evaluate.run(c, str(tmp_path / "run"))
   res = json.load(open(tmp_path / "run" / "eval" / "results.json"))
   mech = res["mechanism"]
   base, adapted = mech["base"], mech["adapted"]
-  for sec in (base, adapted):
+  assert mech["vo"]["targets"] == ["o", "v"] and len(mech["vo"]["delta_ov"]["class_fraction"]) == 4
+  for name, sec in (("base", base), ("adapted", adapted)):
+    assert sec["row"] == 3 and sec["rows"] == [0, 3, 4]
+    assert [x["row"] for x in sec["ablation"]["rows"]] == [0, 3, 4]
+    assert [x["row"] for x in sec["patching"]["rows"]] == [0, 3, 4]
+    zero = sec["steering"]["alphas"][0]
+    assert zero["alpha"] == 0 and zero["class"]["changed_answer_fraction"] == 0.0  # alpha 0 is the clean run
+    assert len(sec["tuned_lens"]["rows"]) == 5 and set(sec["attention"]["mean_mass"]) == set(
+      ("operand_a", "operator", "operand_b", "readout_token", "other")
+    )
+    assert len(mech["position_lens"][name]["rows"]) == 5
     _check_bits_aggregate(sec)
   assert base["per_example"]["key"] == adapted["per_example"]["key"] and len(base["per_example"]["key"]) == base["n"]
   assert set(base["per_example"]["key"]) <= set(res["per_example"]["key"])  # the evaluation's own example keys
   con = mech["ablation_contrast"]
   assert (con["a"], con["b"], con["n"]) == ("adapted", "base", base["n"])
   _check_contrast(con, adapted, base)
+  # Steering and patching paired adapted - base on the same prompts: each side's rate is its own section's figure.
+  ic = mech["intervention_contrast"]
+  assert (ic["a"], ic["b"]) == ("adapted", "base") and [r["alpha"] for r in ic["steering"]["alphas"]] == [0, 2]
+  assert [r["row"] for r in ic["patching"]["rows"]] == [0, 3, 4]
+  for r, ra, rb in zip(ic["patching"]["rows"], adapted["patching"]["rows"], base["patching"]["rows"]):
+    d = r["follows_source"]
+    assert d["a_rate"] == pytest.approx(ra["follows_source"]["accuracy"])
+    assert d["b_rate"] == pytest.approx(rb["follows_source"]["accuracy"])
+    assert d["mean_diff"] == pytest.approx(d["a_rate"] - d["b_rate"])
+    assert d["mcnemar"]["n10"] - d["mcnemar"]["n01"] == round(d["mean_diff"] * d["n"])
   text = open(tmp_path / "run" / "eval" / "report.md").read()
+  assert "## Mechanism: is the classifier used?" in text and "### What V/O learned" in text
+  assert "| patching row | follows the source" in text and "| steering at row 3, alpha |" in text
   assert "### Is the classifier used more after training?" in text
   assert "A positive value means the class ablation costs the adapted model more correct answers" in text
   table = text[text.index("| row | base effect | adapted effect |") :].split("\n\n")[0].splitlines()
   assert len(table) == 2 + len(con["rows"])  # header, separator, one line per row
   assert [line.split(" ")[1] for line in table[2:]] == [str(r["row"]) for r in con["rows"]]
+  for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png", "mechanism_position_lens.png"):
+    assert (tmp_path / "run" / "eval" / name).stat().st_size > 0, name
+  # A bad mechanism value is refused before any work, in one line.
+  m.rows = "3,99"
+  with pytest.raises(UserError, match=r"eval.mechanism.rows '3,99': rows must lie in 0..4"):
+    evaluate.run(c, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "eval")

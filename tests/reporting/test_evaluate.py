@@ -317,54 +317,6 @@ def test_cli_missing_adapter_is_one_line_and_exit_2(tmp_path):
   assert not os.path.exists(tmp_path / "eval")
 
 
-def test_mechanism_section_results_report_and_figures(trained, tmp_path):
-  c, workdir = trained
-  c2 = tiny_config.get_config()
-  c2.eval.adapter = os.path.join(workdir, "adapter")
-  c2.eval.max_examples_per_op = 3
-  c2.eval.probes = False
-  c2.eval.max_new_tokens = 3
-  m = c2.eval.mechanism
-  m.enabled, m.rows, m.n_random, m.steer_alphas = True, "0,3,4", 1, "0,2"
-  m.tuned_lens_train, m.tuned_lens_steps = 16, 5
-  r = evaluate.run(c2, str(tmp_path))
-  mech = r["mechanism"]
-  assert mech["vo"]["targets"] == ["o", "v"] and len(mech["vo"]["delta_ov"]["class_fraction"]) == 4
-  for name in ("base", "adapted"):
-    sec = mech[name]
-    assert sec["row"] == 3 and sec["rows"] == [0, 3, 4]
-    assert [x["row"] for x in sec["ablation"]["rows"]] == [0, 3, 4]
-    assert [x["row"] for x in sec["patching"]["rows"]] == [0, 3, 4]
-    zero = sec["steering"]["alphas"][0]
-    assert zero["alpha"] == 0 and zero["class"]["changed_answer_fraction"] == 0.0  # alpha 0 is the clean run
-    assert len(sec["tuned_lens"]["rows"]) == 5 and set(sec["attention"]["mean_mass"]) == set(
-      ("operand_a", "operator", "operand_b", "readout_token", "other")
-    )
-    assert len(mech["position_lens"][name]["rows"]) == 5
-  # Steering and patching paired adapted - base on the same prompts: each side's rate is its own section's figure.
-  ic = mech["intervention_contrast"]
-  assert (ic["a"], ic["b"]) == ("adapted", "base") and [r["alpha"] for r in ic["steering"]["alphas"]] == [0, 2]
-  assert [r["row"] for r in ic["patching"]["rows"]] == [0, 3, 4]
-  for r, ra, rb in zip(ic["patching"]["rows"], mech["adapted"]["patching"]["rows"], mech["base"]["patching"]["rows"]):
-    d = r["follows_source"]
-    assert d["a_rate"] == pytest.approx(ra["follows_source"]["accuracy"])
-    assert d["b_rate"] == pytest.approx(rb["follows_source"]["accuracy"])
-    assert d["mean_diff"] == pytest.approx(d["a_rate"] - d["b_rate"])
-    assert d["mcnemar"]["n10"] - d["mcnemar"]["n01"] == round(d["mean_diff"] * d["n"])
-  text = open(tmp_path / "eval" / "report.md").read()
-  assert "## Mechanism: is the classifier used?" in text and "### What V/O learned" in text
-  assert "| patching row | follows the source" in text and "| steering at row 3, alpha |" in text
-  for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png", "mechanism_position_lens.png"):
-    assert (tmp_path / "eval" / name).stat().st_size > 0, name
-  # A bad mechanism value is refused before any work, in one line.
-  from lazarus_jax.errors import UserError
-
-  m.rows = "3,99"
-  with pytest.raises(UserError, match=r"eval.mechanism.rows '3,99': rows must lie in 0..4"):
-    evaluate.run(c2, str(tmp_path / "bad"))
-  assert not os.path.exists(tmp_path / "bad" / "eval")
-
-
 def test_tensorboard_holds_the_eval_scalars_and_the_run_hparams(trained):
   """Read back from <workdir>/tb's event files: evaluate's headline numbers at the adapter's step, beside
   training's curves, and the run's hyperparameters for the HParams dashboard."""
