@@ -1,5 +1,5 @@
 """The mechanism analyses on the cue-free formats (fewshot, word): counterpart prompts for patching and steering,
-token roles for the readout-attention analysis, and an evaluate run with the mechanism on each format (tiny model,
+token roles for the readout-attention analysis, and one evaluate run with the mechanism on both formats (tiny model,
 real code path)."""
 
 import json
@@ -113,10 +113,11 @@ def _numbers(o, path="mechanism"):
     yield path, o
 
 
-@pytest.mark.parametrize("fmt,evals", [("fewshot", "fewshot"), ("word", "word,symbolic_alt")])
-def test_evaluate_with_the_mechanism_on_a_cue_free_format(fmt, evals, tmp_path):
+def test_evaluate_with_the_mechanism_on_the_cue_free_formats(tmp_path):
+  """Both cue-free formats in one evaluate run (and symbolic_alt, which has no counterpart prompts): each format's
+  prompts are patched, steered and split by token role as its own."""
   c = tiny_config.get_config()
-  c.data.format, c.data.eval_format = fmt, evals
+  c.data.format, c.data.eval_format = "fewshot,word", "fewshot,word,symbolic_alt"
   c.eval.adapter = "none"
   c.eval.max_examples_per_op = 3
   c.eval.probes = False
@@ -128,8 +129,9 @@ def test_evaluate_with_the_mechanism_on_a_cue_free_format(fmt, evals, tmp_path):
   res = json.load(open(tmp_path / "eval" / "results.json"))
   mech = res["mechanism"]
   sec = mech["base"]
-  assert res["formats"] == sorted(evals.split(",")) and mech["adapted"] is None and sec["n"] == 12 and sec["rows"] == [0, 3, 4]
-  assert mech["skipped_formats"] == (["symbolic_alt"] if "symbolic_alt" in evals else [])  # no counterparts there
+  assert res["formats"] == ["fewshot", "symbolic_alt", "word"] and mech["adapted"] is None and sec["rows"] == [0, 3, 4]
+  assert mech["skipped_formats"] == ["symbolic_alt"]  # no counterparts there
+  assert sec["n"] == 24  # 3 triples per operation, in each of the two analysed formats
   nums = list(_numbers(sec))
   assert len(nums) > 100 and all(math.isfinite(v) for _, v in nums), [p for p, v in nums if not math.isfinite(v)]
   for key in ("answer_accuracy", "first_token_accuracy"):
@@ -141,14 +143,16 @@ def test_evaluate_with_the_mechanism_on_a_cue_free_format(fmt, evals, tmp_path):
   zero = sec["steering"]["alphas"][0]
   assert zero["alpha"] == 0 and zero["class"]["changed_answer_fraction"] == 0.0
   att = sec["attention"]
-  want = list(vo_analysis.FORMAT_ROLES[fmt])
-  assert att["roles"] == want and list(att["by_format"]) == [fmt] and att["by_format"][fmt]["roles"] == want
-  total = sum(np.asarray(att["mean_mass"][r]) for r in want)
-  np.testing.assert_allclose(total, 1.0, atol=1e-5)  # every readout head's attention, split over the roles
-  assert ("operator" in att["mean_mass"]) == (fmt == "fewshot") and ("examples" in att["mean_mass"]) == (fmt == "fewshot")
+  assert list(att["by_format"]) == ["fewshot", "word"] and att["by_format"]["fewshot"]["n"] == att["by_format"]["word"]["n"] == 12
+  for fmt, part in att["by_format"].items():
+    want = list(vo_analysis.FORMAT_ROLES[fmt])
+    assert part["roles"] == want, fmt
+    total = sum(np.asarray(part["mean_mass"][r]) for r in want)
+    np.testing.assert_allclose(total, 1.0, atol=1e-5, err_msg=fmt)  # every readout head's attention, split over the roles
+    assert ("operator" in part["mean_mass"]) == ("examples" in part["mean_mass"]) == (fmt == "fewshot"), fmt
   text = open(tmp_path / "eval" / "report.md").read()
   assert "## Mechanism: is the classifier used?" in text and "### Readout attention by token role" in text
-  assert ("no operator token" in text) == (fmt == "word")
-  assert ("Not analysed (no counterpart prompts): symbolic_alt." in text) == ("symbolic_alt" in evals)
+  assert "no operator token" in text  # word's prompts
+  assert "Not analysed (no counterpart prompts): symbolic_alt." in text
   for name in ("mechanism_interventions.png", "mechanism_tuned_lens.png", "mechanism_heads.png"):
     assert os.path.getsize(tmp_path / "eval" / name) > 0, name
