@@ -158,8 +158,40 @@ def ablation_effects(a: dict, b: dict) -> list[dict]:
   return out
 
 
+def pooled_ablation_rows(
+  pairs: list[list[dict]], confidence: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> list[dict]:
+  """The ablation contrast's rows from one or more pairs of sections (`ablation_effects` of each, e.g. one per sweep
+  seed), at every row all pairs edited: {row, layer, a_effect, b_effect (the mean over pairs of each pair's mean),
+  difference (effect_summary: over pairs, then prompts), random_difference (the same for the first Gaussian draw;
+  None unless every pair has one), broken (stats.paired_difference of "clean correct and class-ablated wrong")}."""
+  if not pairs:
+    return []
+  common = set.intersection(*({e["row"] for e in effects} for effects in pairs))
+  rows = []
+  for row in [e["row"] for e in pairs[0] if e["row"] in common]:
+    es = [next(e for e in effects if e["row"] == row) for effects in pairs]
+    entry = {
+      "row": row,
+      "layer": row - 1 if row > 0 else None,
+      "a_effect": float(np.mean([np.mean(e["a_effect"]) for e in es])),
+      "b_effect": float(np.mean([np.mean(e["b_effect"]) for e in es])),
+      "difference": effect_summary([e["class"] for e in es], confidence, n_resamples, seed),
+      "random_difference": None,
+      "broken": paired_difference([e["broken"] for e in es], confidence, n_resamples, seed),
+    }
+    if all(e["random"] is not None for e in es):
+      entry["random_difference"] = effect_summary([e["random"] for e in es], confidence, n_resamples, seed)
+    rows.append(entry)
+  return rows
+
+
 def ablation_contrast(
-  a: dict | None, b: dict | None, names: tuple[str, str] = ("adapted", "base"), confidence: float = 0.95
+  a: dict | None,
+  b: dict | None,
+  names: tuple[str, str] = ("adapted", "base"),
+  confidence: float = 0.95,
+  effects: list[dict] | None = None,
 ) -> dict | None:
   """Model a minus model b, paired prompt by prompt, in the *ablation effect*: per prompt, clean-correct minus
   correct with the class-word directions projected out (1: the ablation broke a correct answer, -1: it mended a
@@ -170,30 +202,19 @@ def ablation_contrast(
     `broken`: stats.paired_difference of "clean correct and ablated wrong" (a vs b), with McNemar's exact test;
     `random_difference`: `difference` for the first Gaussian random draw (is a just more fragile to any ablation?).
   a and b: per-model mechanism sections (`analyse_model`), e.g. adapted and base of one evaluation, or the same
-  model of two sweep arms of one seed; their prompts must be the same. None when either is missing."""
+  model of two sweep arms of one seed; their prompts must be the same. None when either is missing.
+  effects: ablation_effects(a, b), when the caller has computed it already."""
   if not a or not b or "per_example" not in a or "per_example" not in b:
     return None
 
-  def effect_diff(d) -> dict:
-    out = effect_summary([d], confidence)
-    out.pop("n_groups")
-    return out
-
   rows = []
-  for e in ablation_effects(a, b):
-    broken = paired_difference([e["broken"]], confidence)
-    broken.pop("n_groups", None)
-    broken["mcnemar"] = broken["mcnemar"][0]
-    entry = {
-      "row": e["row"],
-      "layer": e["row"] - 1 if e["row"] > 0 else None,
-      "a_effect": float(np.mean(e["a_effect"])),
-      "b_effect": float(np.mean(e["b_effect"])),
-      "difference": effect_diff(e["class"]),
-      "broken": broken,
-    }
-    if e["random"] is not None:
-      entry["random_difference"] = effect_diff(e["random"])
+  for entry in pooled_ablation_rows([effects if effects is not None else ablation_effects(a, b)], confidence):
+    for key in ("difference", "random_difference", "broken"):  # one pair: no groups to count
+      if entry[key] is not None:
+        entry[key].pop("n_groups", None)
+    entry["broken"]["mcnemar"] = entry["broken"]["mcnemar"][0]
+    if entry["random_difference"] is None:
+      del entry["random_difference"]
     rows.append(entry)
   return {
     "a": names[0],

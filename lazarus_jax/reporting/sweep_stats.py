@@ -462,26 +462,12 @@ def mechanism_cell(rows_a, rows_b, a: str, b: str, fmt: str, frac: float, layer:
       )
       continue
     paired[seed] = mechanism.ablation_effects(sa[seed], sb[seed])
-    per_seed.append({"seed": seed, **mechanism.ablation_contrast(sa[seed], sb[seed], (a, b), confidence)})
+    per_seed.append({"seed": seed, **mechanism.ablation_contrast(sa[seed], sb[seed], (a, b), confidence, paired[seed])})
   seeds = sorted(paired)
-  common = sorted(set.intersection(*({e["row"] for e in paired[s]} for s in seeds))) if seeds else []
-  rows = []
-  for row in common:
-    es = [next(e for e in paired[s] if e["row"] == row) for s in seeds]
-    broken = stats.paired_difference([e["broken"] for e in es], confidence, N_RESAMPLES, BOOTSTRAP_SEED)
-    entry = {
-      "row": row,
-      "layer": row - 1 if row > 0 else None,
-      "a_effect": float(np.mean([e["a_effect"].mean() for e in es])),
-      "b_effect": float(np.mean([e["b_effect"].mean() for e in es])),
-      "difference": mechanism.effect_summary([e["class"] for e in es], confidence, N_RESAMPLES, BOOTSTRAP_SEED),
-      "random_difference": None,
-      "broken": {**broken, "seeds": seeds},
-    }
-    if all(e["random"] is not None for e in es):
-      entry["random_difference"] = mechanism.effect_summary([e["random"] for e in es], confidence, N_RESAMPLES, BOOTSTRAP_SEED)
+  rows = mechanism.pooled_ablation_rows([paired[s] for s in seeds], confidence, N_RESAMPLES, BOOTSTRAP_SEED)
+  for entry in rows:
+    entry["broken"]["seeds"] = seeds
     entry["verdict"] = direction(entry["difference"])
-    rows.append(entry)
   return {
     "contrast": f"{a} - {b}",
     "a": a,
