@@ -262,7 +262,7 @@ def _signed(d: dict) -> str:
   return f"{100 * d['mean_diff']:+.1f} pp [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
-def _contrast_rows(mech: dict) -> list[str]:
+def ablation_contrast_rows(mech: dict) -> list[str]:
   """The paired ablation-effect contrast, adapted minus base on the same prompts (mechanism.ablation_contrast)."""
   con = mech.get("ablation_contrast")
   if not con or not con["rows"]:
@@ -294,7 +294,7 @@ def _contrast_rows(mech: dict) -> list[str]:
   return lines
 
 
-def _intervention_contrast_rows(mech: dict, heading: bool) -> list[str]:
+def intervention_contrast_rows(mech: dict, heading: bool) -> list[str]:
   """The paired steering and patching contrasts, adapted minus base on the same prompts (mechanism.intervention_contrast);
   heading: start the section (when the ablation contrast did not)."""
   con = mech.get("intervention_contrast")
@@ -368,8 +368,8 @@ def render_markdown(results: dict) -> list[str]:
       f"({_row_name(worst['row'])}): answers {_ci(worst['class']['answer_accuracy'])} vs clean "
       f"{_pct(m['ablation']['clean']['answer_accuracy']['accuracy'])}; {used_verdict(worst)}."
     )
-  ablation = _contrast_rows(mech)
-  lines += ablation + _intervention_contrast_rows(mech, heading=not ablation)
+  ablation = ablation_contrast_rows(mech)
+  lines += ablation + intervention_contrast_rows(mech, heading=not ablation)
   lines += [
     "",
     "### Steering at L",

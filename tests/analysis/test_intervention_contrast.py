@@ -97,7 +97,7 @@ def test_intervention_contrast_matches_numpy(sections):
   )
   _check(part, adapted, fewer)
   # The report's tables: one line per alpha and per row, the paired figures printed.
-  text = "\n".join(mechanism_report._intervention_contrast_rows({"intervention_contrast": con}, heading=True))
+  text = "\n".join(mechanism_report.intervention_contrast_rows({"intervention_contrast": con}, heading=True))
   assert "### Is the classifier used more after training?" in text and "moves the adapted model's answer more often" in text
   for head, n in (
     ("| steering at row 3, alpha |", len(con["steering"]["alphas"])),
@@ -118,7 +118,7 @@ def test_intervention_contrast_refuses_or_skips(sections):
   con = mechanism.intervention_contrast(adapted, moved)
   assert con["steering"] is None and "different rows (3 and 2)" in con["skipped"]["steering"]
   assert [r["row"] for r in con["patching"]["rows"]] == [0, 4] and "steering" not in con["patching"]
-  text = "\n".join(mechanism_report._intervention_contrast_rows({"intervention_contrast": con}, heading=False))
+  text = "\n".join(mechanism_report.intervention_contrast_rows({"intervention_contrast": con}, heading=False))
   assert "Steering: not compared" in text and "| steering at row" not in text and "| patching row |" in text
   # No counterpart prompt in common: both skipped, nothing paired.
   pe = base["per_example"]
