@@ -97,8 +97,13 @@ def test_identity_edit_changes_nothing_bit_for_bit(tiny):
   np.testing.assert_array_equal(zero.readout, none.readout)
   np.testing.assert_array_equal(zero.logits, none.logits)
   # And the unedited prefill is the model's own forward (another code path: float32 rounding only).
+  # (one right-padded batch: a prompt's last real position does not see the padding after it)
+  width = max(map(len, ids))
+  tokens = jnp.asarray([p + [tok.pad_id] * (width - len(p)) for p in ids], jnp.int32)
+  mask = jnp.asarray([[1] * len(p) + [0] * (width - len(p)) for p in ids], jnp.int32)
+  streams = np.asarray(residual_stream(model, tokens, mask))
   for i, p in enumerate(ids):
-    stack = np.asarray(residual_stream(model, jnp.asarray([p])))[:, 0, -1]
+    stack = streams[:, i, len(p) - 1]
     np.testing.assert_allclose(none.readout[:, i], stack, atol=2e-5)
     np.testing.assert_allclose(none.logits[i], np.asarray(model.lens(stack[-1])), atol=2e-5)
     np.testing.assert_allclose(none.logits[i], reference_logits(model, p), atol=1e-4)
