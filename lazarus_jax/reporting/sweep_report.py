@@ -221,10 +221,11 @@ def transfer_markdown(transfer: list[dict], pct: str) -> list[str]:
     "",
     f"Rule (per run, at its classifier layer): {RULE}. Trained reader: a bag-of-tokens probe fitted on the "
     "run's training prompts and tested on the whole held-out set (the bar for held-out templates and symbols; "
-    "beside the rule, not part of it).",
+    "beside the rule, not part of it). The verdict is the run's, from all its formats together (one per seed), "
+    "shown on each of its rows: a row's own lens and baselines are beside it.",
     "",
     "| Arm | trained on | fraction | eval format | lens at L | bag-of-tokens | layer-0 best | trained reader | "
-    "flip rate | shuffled results | verdict per seed |",
+    "flip rate | shuffled results | the run's verdict, per seed |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in transfer:
