@@ -4,7 +4,7 @@
 # 25 held-out prompts per operation, rows 0, 9, 15, 17 (= L + 1), 21, 30, one random-direction draw. Each section
 # carries per-prompt outcomes, so dual - sft and dual - base pair prompt by prompt (`mechanism_pairs.py`).
 #
-#   bash docs/results/issue11/mechanism_1000.sh        # SEED=1 for another seed's arms
+#   bash docs/results/issue11/mechanism_1000.sh        # SEED=1 for another seed's arms; MODELS=sft for one
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 RUNS=${RUNS:-runs/issue11}
@@ -14,7 +14,7 @@ FLAGS=(--config.model.param_dtype=bfloat16 --config.model.compute_dtype=bfloat16
        --config.seed="$SEED" --config.data.format=fewshot --config.data.eval_format=fewshot --config.eval.probes=False
        --config.eval.max_examples_per_op=25 --config.eval.mechanism.enabled=True --config.eval.mechanism.max_examples_per_op=25
        --config.eval.mechanism.rows=0,9,15,17,21,30 --config.eval.mechanism.n_random=1)
-for arm in dual sft; do
+for arm in ${MODELS:-dual sft}; do
   out=$RUNS/mechanism_1000/$arm-fewshot-s$SEED
   [ -f "$out/eval/results.json" ] && continue
   adapter=$(ls -d "$ARMS"/$arm-fewshot-*s$SEED-*/adapter | head -1)
