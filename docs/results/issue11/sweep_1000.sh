@@ -6,9 +6,39 @@
 # dtypes pinned to the 300-step runs' (bf16 weights and matmuls, float32 residual), whatever the CPU.
 #
 #   bash docs/results/issue11/sweep_1000.sh            # SEEDS="0" / "0,1" for a part; re-running resumes
+#   bash docs/results/issue11/sweep_1000.sh copy       # copy the sweep tables, the arms' records and
+#                                                      # mechanism_1000.sh's results into docs/results/issue11/
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 RUNS=${RUNS:-runs/issue11}
+if [ "${1:-}" = copy ]; then
+  OUT=docs/results/issue11/fewshot_1000
+  mkdir -p "$OUT"
+  for f in sweep.md sweep_results.json sweep_runs.csv sweep_summary.csv sweep_contrasts.csv sweep_transfer.csv \
+           sweep_lens.png sweep_answer.png; do
+    [ -f "$RUNS/fewshot_1000/$f" ] && cp "$RUNS/fewshot_1000/$f" "$OUT/"
+  done
+  for arm in "$RUNS"/fewshot_1000/arms/*/; do
+    [ -f "$arm/eval/results.json" ] || continue
+    dest="$OUT/arms/$(basename "$arm")"
+    mkdir -p "$dest"
+    cp "$arm/config.json" "$arm/eval/results.json" "$dest/"
+    for f in metrics.jsonl training_table.md train_summary.json; do [ -f "$arm/$f" ] && cp "$arm/$f" "$dest/"; done
+  done
+  for run in "$RUNS"/mechanism_1000/*/; do
+    [ -f "$run/eval/results.json" ] || continue
+    dest="$OUT/mechanism/$(basename "$run")"
+    mkdir -p "$dest"
+    cp "$run/eval/results.json" "$run/eval/report.md" "$run/eval/"mechanism_*.png "$dest/"
+  done
+  for seed in 0 1 2; do
+    m=$OUT/mechanism
+    [ -f "$m/dual-fewshot-s$seed/results.json" ] && [ -f "$m/sft-fewshot-s$seed/results.json" ] &&
+      python docs/results/issue11/mechanism_pairs.py "$m/dual-fewshot-s$seed/results.json" "$m/sft-fewshot-s$seed/results.json" \
+        > "$m/pairs-s$seed.md"
+  done
+  exit 0
+fi
 python -m lazarus_jax.sweep --config configs/smollm2_135m.py --workdir "$RUNS/fewshot_1000" \
   --config.model.param_dtype=bfloat16 --config.model.compute_dtype=bfloat16 --config.model.activation_dtype=float32 \
   --config.train.steps=1000 --config.train.table_steps=100,300,500,1000 --config.eval.max_examples_per_op=50 \
