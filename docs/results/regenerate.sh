@@ -98,7 +98,7 @@ case "${1:-}" in
       cp "$RUNS/smollm2_1000_steps/eval/"{results.json,report.md,*.png} "$OUT/smollm2_1000_steps/"
       cp "$RUNS/smollm2_1000_steps/training_table.md" "$OUT/smollm2_1000_steps/"
     fi
-    for dir in "$RUNS"/compare "$RUNS"/depth "$RUNS"/sft_steps_* "$RUNS"/grpo "$RUNS"/grpo_control; do
+    for dir in "$RUNS/compare" "$RUNS/depth" "$RUNS/sft_steps_"* "$RUNS/grpo" "$RUNS/grpo_control"; do
       sweep=$(basename "$dir")
       [ -d "$RUNS/$sweep" ] || continue
       mkdir -p "$OUT/$sweep"
@@ -108,7 +108,7 @@ case "${1:-}" in
       done
     done
     [ -d "$RUNS/compare/arms" ] && python docs/results/sft_curve.py "$RUNS/compare/arms" > "$OUT/sft_curve.md"
-    for run in "$RUNS"/mechanism/*/; do
+    for run in "$RUNS/mechanism/"*/; do
       [ -f "$run/eval/results.json" ] || continue
       dest="$OUT/mechanism/$(basename "$run")"
       mkdir -p "$dest"
@@ -121,7 +121,7 @@ case "${1:-}" in
       python docs/results/mechanism_summary.py "$RUNS/mechanism" "$OUT/mechanism/mechanism.png" > "$OUT/mechanism/mechanism.md"
     fi
     # Every finished arm: its results, config and training record (enough to recompute the sweep tables).
-    for arm in "$RUNS"/compare/arms/*/; do
+    for arm in "$RUNS/compare/arms/"*/; do
       [ -f "$arm/eval/results.json" ] || continue
       dest="$OUT/arms/$(basename "$arm")"
       mkdir -p "$dest"

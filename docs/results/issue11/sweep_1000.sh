@@ -18,14 +18,14 @@ if [ "${1:-}" = copy ]; then
            sweep_lens.png sweep_answer.png; do
     [ -f "$RUNS/fewshot_1000/$f" ] && cp "$RUNS/fewshot_1000/$f" "$OUT/"
   done
-  for arm in "$RUNS"/fewshot_1000/arms/*/; do
+  for arm in "$RUNS/fewshot_1000/arms/"*/; do
     [ -f "$arm/eval/results.json" ] || continue
     dest="$OUT/arms/$(basename "$arm")"
     mkdir -p "$dest"
     cp "$arm/config.json" "$arm/eval/results.json" "$dest/"
     for f in metrics.jsonl training_table.md train_summary.json; do [ -f "$arm/$f" ] && cp "$arm/$f" "$dest/"; done
   done
-  for run in "$RUNS"/mechanism_1000/*/; do
+  for run in "$RUNS/mechanism_1000/"*/; do
     [ -f "$run/eval/results.json" ] || continue
     dest="$OUT/mechanism/$(basename "$run")"
     mkdir -p "$dest"
