@@ -26,6 +26,12 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_DIR = os.path.join(tempfile.gettempdir(), f"lazarus_jax_test_jax_cache_{os.getuid()}")
 _STUB_DIR = os.path.join(tempfile.gettempdir(), f"lazarus_jax_test_no_torch_{os.getuid()}")
+# The persistent compilation cache every CLI test process shares (a tiny run is mostly compiles).
+CACHE_ENV = {
+  "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 
 # The tiny run every reliability test starts from: long enough to kill in the middle, short to run.
 BASE_OVERRIDES = (
@@ -47,9 +53,7 @@ def env(devices: int | None = None, **extra) -> dict:
   e.update(
     PYTHONPATH=os.pathsep.join([_STUB_DIR, REPO]),
     JAX_PLATFORMS="cpu",
-    JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    **CACHE_ENV,
     TF_CPP_MIN_LOG_LEVEL="3",
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" if devices else "",
   )

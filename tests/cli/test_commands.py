@@ -10,12 +10,7 @@ import repo
 
 ROOT = repo.ROOT
 # The reliability tests' persistent compilation cache (the same tiny programs): compiles are most of a tiny run.
-CACHED = {
-  **os.environ,
-  "JAX_COMPILATION_CACHE_DIR": cli_run.CACHE_DIR,
-  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-}
+CACHED = {**os.environ, **cli_run.CACHE_ENV}
 
 
 def _documented_modules():
