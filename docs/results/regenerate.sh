@@ -19,6 +19,7 @@ cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/results}
 OUT=docs/results
 CONFIG=configs/smollm2_135m.py
+source docs/results/copy_runs.sh
 # The dtypes the recorded runs used, pinned (the config's `auto` would pick float32 on a CPU without native bf16,
 # which changes the numbers and every arm's config hash): bf16 weights and matmuls, a float32 residual stream.
 DTYPES=(--config.model.param_dtype=bfloat16 --config.model.compute_dtype=bfloat16 --config.model.activation_dtype=float32)
@@ -99,13 +100,8 @@ case "${1:-}" in
       cp "$RUNS/smollm2_1000_steps/training_table.md" "$OUT/smollm2_1000_steps/"
     fi
     for dir in "$RUNS/compare" "$RUNS/depth" "$RUNS/sft_steps_"* "$RUNS/grpo" "$RUNS/grpo_control"; do
-      sweep=$(basename "$dir")
-      [ -d "$RUNS/$sweep" ] || continue
-      mkdir -p "$OUT/$sweep"
-      for f in sweep.md sweep_results.json sweep_runs.csv sweep_summary.csv sweep_contrasts.csv sweep_lens.png \
-               sweep_answer.png; do
-        [ -f "$RUNS/$sweep/$f" ] && cp "$RUNS/$sweep/$f" "$OUT/$sweep/"
-      done
+      [ -d "$dir" ] || continue
+      copy_sweep_tables "$dir" "$OUT/$(basename "$dir")"
     done
     [ -d "$RUNS/compare/arms" ] && python docs/results/sft_curve.py "$RUNS/compare/arms" > "$OUT/sft_curve.md"
     for run in "$RUNS/mechanism/"*/; do
@@ -120,16 +116,7 @@ case "${1:-}" in
     if [ -d "$RUNS/mechanism" ]; then
       python docs/results/mechanism_summary.py "$RUNS/mechanism" "$OUT/mechanism/mechanism.png" > "$OUT/mechanism/mechanism.md"
     fi
-    # Every finished arm: its results, config and training record (enough to recompute the sweep tables).
-    for arm in "$RUNS/compare/arms/"*/; do
-      [ -f "$arm/eval/results.json" ] || continue
-      dest="$OUT/arms/$(basename "$arm")"
-      mkdir -p "$dest"
-      cp "$arm/config.json" "$arm/eval/results.json" "$dest/"
-      for f in metrics.jsonl training_table.md train_summary.json; do
-        [ -f "$arm/$f" ] && cp "$arm/$f" "$dest/"
-      done
-    done ;;
+    copy_arm_records "$RUNS/compare/arms" "$OUT/arms" ;;
   *)
     echo "usage: bash docs/results/regenerate.sh main|compare|depth|sft_steps|grpo|grpo_control|mechanism|copy" >&2; exit 2 ;;
 esac

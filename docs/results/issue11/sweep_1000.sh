@@ -13,18 +13,9 @@ cd "$(dirname "$0")/../../.."
 RUNS=${RUNS:-runs/issue11}
 if [ "${1:-}" = copy ]; then
   OUT=docs/results/issue11/fewshot_1000
-  mkdir -p "$OUT"
-  for f in sweep.md sweep_results.json sweep_runs.csv sweep_summary.csv sweep_contrasts.csv sweep_transfer.csv \
-           sweep_lens.png sweep_answer.png; do
-    [ -f "$RUNS/fewshot_1000/$f" ] && cp "$RUNS/fewshot_1000/$f" "$OUT/"
-  done
-  for arm in "$RUNS/fewshot_1000/arms/"*/; do
-    [ -f "$arm/eval/results.json" ] || continue
-    dest="$OUT/arms/$(basename "$arm")"
-    mkdir -p "$dest"
-    cp "$arm/config.json" "$arm/eval/results.json" "$dest/"
-    for f in metrics.jsonl training_table.md train_summary.json; do [ -f "$arm/$f" ] && cp "$arm/$f" "$dest/"; done
-  done
+  source docs/results/copy_runs.sh
+  copy_sweep_tables "$RUNS/fewshot_1000" "$OUT"
+  copy_arm_records "$RUNS/fewshot_1000/arms" "$OUT/arms"
   for run in "$RUNS/mechanism_1000/"*/; do
     [ -f "$run/eval/results.json" ] || continue
     dest="$OUT/mechanism/$(basename "$run")"
