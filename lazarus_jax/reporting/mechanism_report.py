@@ -33,7 +33,7 @@ def _pct(x) -> str:
   return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _ci(d: dict) -> str:
+def accuracy_ci(d: dict) -> str:
   return f"{_pct(d['accuracy'])} [{100 * d['ci_low']:.1f}, {100 * d['ci_high']:.1f}]"
 
 
@@ -247,7 +247,7 @@ def _model_rows(mech: dict) -> list[str]:
     if at is None:
       continue
     lines.append(
-      f"| {name} | {_ci(m['ablation']['clean']['answer_accuracy'])} | {_ci(at['class']['answer_accuracy'])} | "
+      f"| {name} | {accuracy_ci(m['ablation']['clean']['answer_accuracy'])} | {accuracy_ci(at['class']['answer_accuracy'])} | "
       f"{_pct(at['random_mean']['answer_accuracy'])} | {_pct(at['random_tokens_mean']['answer_accuracy'])} | "
       f"{_pct(at['class']['norm_fraction_removed'])} / {_pct(at['random_mean']['norm_fraction_removed'])} / "
       f"{_pct(at['random_tokens_mean']['norm_fraction_removed'])} | {at['class']['mean_kl_from_clean']:.3g} / "
@@ -365,7 +365,7 @@ def render_markdown(results: dict) -> list[str]:
     worst = min(m["ablation"]["rows"], key=lambda r: r["class"]["answer_accuracy"]["accuracy"])
     lines.append(
       f"- {name}: the largest effect of the class ablation is at row {worst['row']} "
-      f"({_row_name(worst['row'])}): answers {_ci(worst['class']['answer_accuracy'])} vs clean "
+      f"({_row_name(worst['row'])}): answers {accuracy_ci(worst['class']['answer_accuracy'])} vs clean "
       f"{_pct(m['ablation']['clean']['answer_accuracy']['accuracy'])}; {used_verdict(worst)}."
     )
   ablation = ablation_contrast_rows(mech)
@@ -385,7 +385,7 @@ def render_markdown(results: dict) -> list[str]:
   for name, m in models:
     for a in m["steering"]["alphas"]:
       lines.append(
-        f"| {name} | {a['alpha']:g} | {_ci(a['class']['target_output'])} | "
+        f"| {name} | {a['alpha']:g} | {accuracy_ci(a['class']['target_output'])} | "
         f"{_pct(a['random']['target_output']['accuracy'])} | {_pct(a['class']['target_answer']['accuracy'])} | "
         f"{_pct(a['class']['answer_accuracy']['accuracy'])} / {_pct(a['random']['answer_accuracy']['accuracy'])} |"
       )

@@ -15,10 +15,6 @@ from lazarus_jax.analysis import mechanism
 from lazarus_jax.reporting import mechanism_report
 
 
-def ci(d: dict) -> str:
-  return f"{100 * d['accuracy']:.1f}% [{100 * d['ci_low']:.1f}, {100 * d['ci_high']:.1f}]"
-
-
 def main(dual_path: str, sft_path: str) -> None:
   dual, sft = (json.load(open(p))["mechanism"] for p in (dual_path, sft_path))
   models = {"base": dual["base"], "sft": sft["adapted"], "dual": dual["adapted"]}
@@ -28,8 +24,8 @@ def main(dual_path: str, sft_path: str) -> None:
       continue
     at = next(r for r in m["ablation"]["rows"] if r["row"] == m["row"])
     print(
-      f"| {name} | {ci(m['ablation']['clean']['answer_accuracy'])} | "
-      f"{ci(at['class']['answer_accuracy'])} | {mechanism_report.used_verdict(at)} |"
+      f"| {name} | {mechanism_report.accuracy_ci(m['ablation']['clean']['answer_accuracy'])} | "
+      f"{mechanism_report.accuracy_ci(at['class']['answer_accuracy'])} | {mechanism_report.used_verdict(at)} |"
     )
   for other in ("sft", "base"):
     if models[other] is None:
